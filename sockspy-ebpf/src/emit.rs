@@ -1,0 +1,308 @@
+//! Building records and handing them to the ring buffer.
+//!
+//! A socket record is built in a per-CPU scratch buffer (it can be up to
+//! 16 KiB, far over the 512-byte BPF stack) and copied out with one
+//! `bpf_ringbuf_output` of its real length, so records without payload stay
+//! small. Wake-ups are batched: the reader is only woken once the ring holds
+//! `wakeup_bytes`; below that it polls on a short timer.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+    },
+};
+use sockspy_common::{
+    Call, EventHeader, EventKind, MAX_ADDR_LEN, MAX_DATA_LEN, ProcEvent, SockEvent, Stat,
+};
+
+use crate::{EVENTS, SCRATCH, STATS, global, kernel};
+
+/// Room for the two addresses; a power of two so that a mask bounds offsets into it.
+const ADDR_AREA: usize = 4 * MAX_ADDR_LEN;
+/// Bytes after the fixed part: own address, peer address, payload. Twice the
+/// payload cap, because the verifier bounds a chunk's offset and length
+/// separately, not their sum.
+pub const TAIL_LEN: usize = ADDR_AREA + 2 * MAX_DATA_LEN;
+
+/// One record under construction.
+#[repr(C)]
+pub struct Scratch {
+    pub ev: SockEvent,
+    pub tail: [u8; TAIL_LEN],
+}
+
+/// Scratch slots per CPU: one for the syscall hooks, one for the data hooks.
+pub const SCRATCH_SLOTS: u32 = sockspy_common::SCRATCH_SLOTS;
+/// Slot of the syscall hooks.
+pub const SLOT_SYSCALL: u32 = 0;
+/// Slot of the data hooks.
+pub const SLOT_DATA: u32 = 1;
+
+/// Hides `value` from the optimizer. The verifier checks bounds on the
+/// register a helper receives; without this, LLVM folds a clamp it can
+/// prove into earlier arithmetic and the program is rejected. In loops it
+/// also makes the values coming out of different branches look alike to the
+/// verifier, which can then prune instead of exploring every combination.
+#[inline(always)]
+pub fn opaque<T: Copy>(value: T) -> T {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&value) }
+}
+
+/// Adds one to a kernel-side counter.
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot only this CPU writes, with preemption off in the program.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Header for an event caused by the current task.
+#[inline(always)]
+fn header(kind: EventKind) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tcomm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let comm = match kernel::leader_comm() {
+        Ok(comm) => comm,
+        Err(kernel::ReadFailed) => {
+            count(Stat::ReadFailed);
+            tcomm
+        }
+    };
+    EventHeader {
+        kind: kind as u32,
+        size: 0,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        comm,
+        tcomm,
+    }
+}
+
+/// Whether the current process is sockspy itself, whose own output must not
+/// feed back into the trace.
+#[inline(always)]
+pub fn is_self() -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == global!(CONFIG.self_pid)
+}
+
+/// Flags for a ring buffer write: wake the reader only once enough is queued.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= global!(CONFIG.wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Counts the outcome of one ring buffer write.
+#[inline(always)]
+fn counted(result: Result<(), i32>) {
+    count(match result {
+        Ok(()) => Stat::Emitted,
+        Err(_) => Stat::RingFull,
+    });
+}
+
+/// Sends a process event.
+#[inline(always)]
+pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32) {
+    let mut ev = ProcEvent {
+        header: header(kind),
+        child_pid,
+        exit_code,
+    };
+    ev.header.size = size_of::<ProcEvent>() as u32;
+    counted(EVENTS.output::<ProcEvent>(&ev, wakeup_flags()));
+}
+
+/// A socket record being filled in a scratch slot.
+pub struct Record {
+    scratch: *mut Scratch,
+}
+
+impl Record {
+    /// Starts a record of `kind` in `slot`, with every field at its "unknown" value.
+    #[inline(always)]
+    pub fn begin(slot: u32, kind: EventKind, call: Call) -> Option<Self> {
+        // SAFETY: helper without preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let scratch = SCRATCH.get_ptr_mut(cpu * SCRATCH_SLOTS + slot)?;
+        // SAFETY: a valid per-CPU map value.
+        let ev = unsafe { &mut (*scratch).ev };
+        ev.header = header(kind);
+        ev.sock = 0;
+        ev.peer_sock = 0;
+        ev.sk = 0;
+        ev.peer_sk = 0;
+        ev.ret = 0;
+        ev.fd = -1;
+        ev.fd2 = -1;
+        ev.family = 0;
+        ev.sock_type = 0;
+        ev.protocol = 0;
+        ev.state = 0;
+        ev.call = call as u16;
+        ev.addr_len = 0;
+        ev.peer_addr_len = 0;
+        ev.flags = 0;
+        ev.data_len = 0;
+        ev.passed_fds = 0;
+        ev._pad = 0;
+        Some(Self { scratch })
+    }
+
+    /// The fixed part, to fill in.
+    #[inline(always)]
+    pub fn ev(&mut self) -> &mut SockEvent {
+        // SAFETY: valid per-CPU map value, exclusively ours for the program's run.
+        unsafe { &mut (*self.scratch).ev }
+    }
+
+    /// Describes the socket `info` as the record's own socket.
+    #[inline(always)]
+    pub fn set_sock(&mut self, info: &kernel::SockInfo) {
+        let ev = self.ev();
+        ev.sk = info.sk;
+        ev.sock = info.ino;
+        ev.family = info.family;
+        ev.sock_type = info.sock_type;
+        ev.protocol = info.protocol;
+        ev.state = info.state;
+    }
+
+    /// Names `peer` (a `struct sock`, 0 for none) as the other end.
+    #[inline(always)]
+    pub fn set_peer(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
+        if peer != 0 {
+            let info = kernel::sock_info(peer)?;
+            let ev = self.ev();
+            ev.peer_sk = peer;
+            ev.peer_sock = info.ino;
+        }
+        Ok(())
+    }
+
+    /// Copies up to [`MAX_ADDR_LEN`] bytes of the own address from kernel memory.
+    #[inline(always)]
+    pub fn own_addr_kernel(&mut self, src: u64, len: u32) {
+        let copied = self.copy_addr(0, src, len, false);
+        self.ev().addr_len = copied;
+    }
+
+    /// Copies the peer address from kernel memory (after the own address).
+    #[inline(always)]
+    pub fn peer_addr_kernel(&mut self, src: u64, len: u32) {
+        let at = u32::from(self.ev().addr_len);
+        let copied = self.copy_addr(at, src, len, false);
+        self.ev().peer_addr_len = copied;
+    }
+
+    /// Copies the peer address from user memory (a `sockaddr` a call was given).
+    #[inline(always)]
+    pub fn peer_addr_user(&mut self, src: u64, len: u32) {
+        let at = u32::from(self.ev().addr_len);
+        let copied = self.copy_addr(at, src, len, true);
+        self.ev().peer_addr_len = copied;
+    }
+
+    /// Copies an address of `len` bytes into the tail at `at`, cut to
+    /// [`MAX_ADDR_LEN`]; returns the bytes copied (0 when the read failed).
+    #[inline(always)]
+    fn copy_addr(&mut self, at: u32, src: u64, len: u32, user: bool) -> u16 {
+        if src == 0 || len == 0 {
+            return 0;
+        }
+        let mut len = len as usize;
+        if len > MAX_ADDR_LEN {
+            len = MAX_ADDR_LEN;
+            self.ev().flags |= sockspy_common::FLAG_ADDR_TRUNCATED;
+        }
+        let (at, len) = (opaque(at as usize), opaque(len));
+        if at > MAX_ADDR_LEN || len > MAX_ADDR_LEN {
+            return 0;
+        }
+        // SAFETY: `at + len <= 2 * MAX_ADDR_LEN <= TAIL_LEN`, checked above.
+        let dst = unsafe { (*self.scratch).tail.as_mut_ptr().add(at) };
+        // SAFETY: the helpers check `src` and fail rather than fault.
+        let ret = unsafe {
+            if user {
+                bpf_probe_read_user(dst.cast(), len as u32, src as *const _)
+            } else {
+                bpf_probe_read_kernel(dst.cast(), len as u32, src as *const _)
+            }
+        };
+        if ret < 0 {
+            count(Stat::ReadFailed);
+            return 0;
+        }
+        len as u16
+    }
+
+    /// Appends up to `len` bytes of user memory at `src` to the payload, within
+    /// [`MAX_DATA_LEN`] in all. Returns the bytes appended; a failed read marks
+    /// the record (`FLAG_DATA_FAULT`) and appends nothing.
+    #[inline(always)]
+    pub fn data_user(&mut self, src: u64, len: u32) -> u32 {
+        let ev = self.ev();
+        let have = ev.data_len as usize;
+        if have >= MAX_DATA_LEN {
+            return 0;
+        }
+        let at = usize::from(ev.addr_len) + usize::from(ev.peer_addr_len) + have;
+        let mut len = len as usize;
+        if len > MAX_DATA_LEN - have {
+            len = MAX_DATA_LEN - have;
+        }
+        let (at, len) = (opaque(at), opaque(len));
+        if at >= ADDR_AREA + MAX_DATA_LEN || len == 0 || len > MAX_DATA_LEN {
+            return 0;
+        }
+        // SAFETY: at < ADDR_AREA + MAX_DATA_LEN and len <= MAX_DATA_LEN, so
+        // the write ends inside TAIL_LEN.
+        let dst = unsafe { (*self.scratch).tail.as_mut_ptr().add(at) };
+        // SAFETY: the helper checks `src` and fails rather than fault.
+        if unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) } < 0 {
+            count(Stat::ReadFailed);
+            self.ev().flags |= sockspy_common::FLAG_DATA_FAULT;
+            return 0;
+        }
+        self.ev().data_len += len as u32;
+        opaque(len as u32)
+    }
+
+    /// Writes the record to the ring buffer.
+    #[inline(always)]
+    pub fn submit(self) {
+        let ev = self.ev_ref();
+        let len = opaque(
+            size_of::<SockEvent>()
+                + usize::from(ev.addr_len)
+                + usize::from(ev.peer_addr_len)
+                + ev.data_len as usize,
+        );
+        if len > size_of::<Scratch>() {
+            return;
+        }
+        // SAFETY: as for `ev`.
+        unsafe { (*self.scratch).ev.header.size = len as u32 };
+        // SAFETY: `len` is within the scratch value, checked above.
+        let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
+        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()));
+    }
+
+    #[inline(always)]
+    fn ev_ref(&self) -> &SockEvent {
+        // SAFETY: as for `ev`.
+        unsafe { &(*self.scratch).ev }
+    }
+}

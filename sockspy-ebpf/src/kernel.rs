@@ -1,0 +1,140 @@
+//! Reading kernel structs through offsets resolved from BTF.
+//!
+//! Rust eBPF gets no CO-RE relocations, so `(*sk).field` would freeze one
+//! kernel's layout. Instead every field read here adds an offset from the
+//! `OFFSETS` global to a base address and goes through
+//! `bpf_probe_read_kernel`, which also makes a bad pointer a failed read
+//! rather than a rejected program.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use sockspy_common::{AF_UNIX, COMM_LEN};
+
+use crate::global;
+
+/// A failed kernel read; the caller counts it.
+pub struct ReadFailed;
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(|_| ReadFailed)
+}
+
+/// `S_IFMT` and `S_IFSOCK` from `stat.h`.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// What the probes need to know of one socket.
+#[derive(Clone, Copy, Default)]
+pub struct SockInfo {
+    /// `struct sock` address.
+    pub sk: u64,
+    /// Inode number, 0 if the socket has no `struct socket` (yet, or any more).
+    pub ino: u64,
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+    pub state: u16,
+}
+
+/// Reads family, type, state and inode of `sk`.
+#[inline(always)]
+pub fn sock_info(sk: u64) -> Result<SockInfo, ReadFailed> {
+    let family: u16 = read(sk, global!(OFFSETS.sock_family))?;
+    let sock_type: u16 = read(sk, global!(OFFSETS.sock_type))?;
+    let state: u8 = read(sk, global!(OFFSETS.sock_state))?;
+    let protocol: u16 = if family == AF_UNIX {
+        0
+    } else {
+        read(sk, global!(OFFSETS.sock_protocol))?
+    };
+    let socket: u64 = read(sk, global!(OFFSETS.sock_socket))?;
+    let ino = if socket == 0 {
+        0
+    } else {
+        read(
+            socket + u64::from(global!(OFFSETS.socket_to_inode)),
+            global!(OFFSETS.inode_ino),
+        )?
+    };
+    Ok(SockInfo {
+        sk,
+        ino,
+        family,
+        sock_type,
+        protocol,
+        state: u16::from(state),
+    })
+}
+
+/// The `struct sock` behind descriptor `fd` of the current task, if it is a socket.
+#[inline(always)]
+pub fn fd_to_sock(fd: i64) -> Result<Option<u64>, ReadFailed> {
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, global!(OFFSETS.task_files))?;
+    if files == 0 {
+        return Ok(None);
+    }
+    let fdt: u64 = read(files, global!(OFFSETS.files_fdt))?;
+    let max_fds: u32 = read(fdt, global!(OFFSETS.fdtable_max_fds))?;
+    if fd as u64 >= u64::from(max_fds) {
+        return Ok(None);
+    }
+    let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd))?;
+    let file: u64 = read(fd_array + (fd as u64) * 8, 0)?;
+    if file == 0 {
+        return Ok(None);
+    }
+    let inode: u64 = read(file, global!(OFFSETS.file_inode))?;
+    let mode: u16 = read(inode, global!(OFFSETS.inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
+    let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
+    Ok((sk != 0).then_some(sk))
+}
+
+/// The command name of the current task's thread group leader: the process
+/// name `ps` shows, which a thread's own `comm` may not be.
+#[inline(always)]
+pub fn leader_comm() -> Result<[u8; COMM_LEN], ReadFailed> {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read(task, global!(OFFSETS.task_group_leader))?;
+    read(leader, global!(OFFSETS.task_comm))
+}
+
+/// Process and thread ids of a task (for fork and exit).
+#[inline(always)]
+pub fn task_ids(task: u64) -> Result<(u32, u32), ReadFailed> {
+    let tgid: i32 = read(task, global!(OFFSETS.task_tgid))?;
+    let pid: i32 = read(task, global!(OFFSETS.task_pid))?;
+    Ok((tgid as u32, pid as u32))
+}
+
+/// Unix sockets: the connected peer's `struct sock` (0 if none).
+#[inline(always)]
+pub fn unix_peer(sk: u64) -> Result<u64, ReadFailed> {
+    read(sk, global!(OFFSETS.unix_peer))
+}
+
+/// Unix sockets: where the bound name (`struct unix_address`) is, and its length.
+/// `None` for an unnamed socket.
+#[inline(always)]
+pub fn unix_name(sk: u64) -> Result<Option<(u64, u32)>, ReadFailed> {
+    let addr: u64 = read(sk, global!(OFFSETS.unix_addr))?;
+    if addr == 0 {
+        return Ok(None);
+    }
+    let len: i32 = read(addr, global!(OFFSETS.unix_address_len))?;
+    Ok(Some((
+        addr + u64::from(global!(OFFSETS.unix_address_name)),
+        len as u32,
+    )))
+}

@@ -1,0 +1,98 @@
+//! sockspy's kernel programs.
+//!
+//! Every hook here is a tracepoint: this project's reference kernel refuses
+//! fentry and has no kprobes, and tracepoints are the one hook type every
+//! kernel offers. Hooks live in `probes/`, one file per area; they read
+//! kernel structs through offsets the loader resolved from BTF
+//! (`kernel.rs`), and write records through `emit.rs` into one ring buffer.
+#![no_std]
+#![no_main]
+
+mod arch;
+mod emit;
+mod kernel;
+mod probes;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use sockspy_common::{KernelOffsets, STAT_COUNT, TraceConfig};
+
+/// Kernel struct offsets, filled in by the loader from BTF before load.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_group_leader: 0,
+    task_comm: 0,
+    task_files: 0,
+    task_real_parent: 0,
+    task_exit_code: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    inode_ino: 0,
+    socket_sk: 0,
+    socket_to_inode: 0,
+    sock_family: 0,
+    sock_state: 0,
+    sock_type: 0,
+    sock_protocol: 0,
+    sock_socket: 0,
+    unix_addr: 0,
+    unix_peer: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
+    _pad: 0,
+};
+
+/// What to trace, filled in by the loader before load.
+#[unsafe(no_mangle)]
+static CONFIG: TraceConfig = TraceConfig {
+    families: 0,
+    capture_bytes: 0,
+    wakeup_bytes: 0,
+    self_pid: 0,
+    _pad: 0,
+};
+
+/// The one channel to userspace; the loader sets its size.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters of what the kernel side did and failed to do (`Stat`).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// System calls in flight, by thread id: what `sys_enter` saw, for `sys_exit`
+/// and the data hooks to finish the event.
+#[map]
+static CALLS: HashMap<u32, probes::syscalls::CallState> = HashMap::with_max_entries(16384, 0);
+
+/// Space to build one record in: `SCRATCH_SLOTS` entries per CPU (the
+/// loader sizes it), one per hook family, so that a hook interrupting another
+/// on the same CPU does not scribble on its record. A plain array rather than
+/// a per-CPU one, whose values are limited to 32 KiB.
+#[map]
+static SCRATCH: Array<emit::Scratch> = Array::with_max_entries(emit::SCRATCH_SLOTS, 0);
+
+/// Reads one field of a global the loader rewrote before load. A plain read
+/// could be folded to the compile-time initial value, so it is a volatile load.
+macro_rules! global {
+    ($global:ident . $field:ident) => {
+        // SAFETY: a field of a valid static.
+        unsafe { core::ptr::read_volatile(&raw const $crate::$global.$field) }
+    };
+}
+pub(crate) use global;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that could reach a real panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}

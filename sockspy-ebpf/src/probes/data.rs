@@ -1,0 +1,257 @@
+//! Data moving through sockets: `send` and `recv` events.
+//!
+//! Hooks: raw tracepoints `sock_send_length` and `sock_recv_length` (args:
+//! `struct sock *`, result, flags; Linux 6.3+). The kernel fires them from
+//! `sock_sendmsg`/`sock_recvmsg` for every family and every way in (`write`,
+//! `sendto`, `sendmmsg`, ...), so one pair of hooks sees all socket I/O and
+//! nothing else. What the tracepoint lacks (the descriptor, the call, a
+//! datagram's destination) comes from the call `sys_enter` noted in `CALLS`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sockspy_common::{AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, Stat};
+
+use crate::{
+    CALLS,
+    emit::{self, Record, SLOT_DATA, opaque},
+    global,
+    kernel::{self, ReadFailed},
+    probes::syscalls::{CallState, traced},
+};
+
+/// `EAGAIN`: an empty non-blocking socket, reported by event loops all day.
+const EAGAIN: i32 = 11;
+/// `MSG_PEEK`.
+const MSG_PEEK: i32 = 2;
+/// User-space `struct msghdr` layout (LP64 user ABI).
+const MSGHDR_NAME: u64 = 0;
+const MSGHDR_NAMELEN: u64 = 8;
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+const MSGHDR_CONTROL: u64 = 32;
+const MSGHDR_CONTROLLEN: u64 = 40;
+/// Size of a user-space `struct mmsghdr` (LP64).
+const MMSGHDR_SIZE: u64 = 64;
+/// Size of a `struct cmsghdr` (LP64).
+const CMSGHDR_SIZE: u64 = 16;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+const SCM_CREDENTIALS: i32 = 2;
+/// iovecs followed per call: enough for any real `writev`; the rest of a
+/// longer vector is not captured (the byte count stays exact).
+const MAX_IOVECS: u32 = 64;
+/// Control messages looked at per `sendmsg`.
+const MAX_CMSGS: usize = 4;
+
+/// Raw tracepoint `sock_send_length`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    if try_data(&ctx, EventKind::Send).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+/// Raw tracepoint `sock_recv_length`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    if try_data(&ctx, EventKind::Recv).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+/// Whether `call` moves data in the direction of `kind`.
+#[inline(always)]
+fn direction_matches(call: Call, kind: EventKind) -> bool {
+    match kind {
+        EventKind::Send => matches!(
+            call,
+            Call::Write | Call::Writev | Call::Sendto | Call::Sendmsg | Call::Sendmmsg
+        ),
+        _ => matches!(
+            call,
+            Call::Read | Call::Readv | Call::Recvfrom | Call::Recvmsg | Call::Recvmmsg
+        ),
+    }
+}
+
+fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFailed> {
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if ret == -EAGAIN || emit::is_self() {
+        return Ok(());
+    }
+    let info = kernel::sock_info(sk)?;
+    if !traced(info.family) {
+        return Ok(());
+    }
+    let noted = noted_call(kind);
+    let Some(mut rec) = Record::begin(SLOT_DATA, kind, noted.map_or(Call::Unknown, |n| n.0)) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    if info.family == AF_UNIX {
+        rec.set_peer(kernel::unix_peer(sk)?)?;
+    }
+    let ev = rec.ev();
+    ev.ret = i64::from(ret);
+    if flags & MSG_PEEK != 0 {
+        ev.flags |= FLAG_PEEK;
+    }
+    if let Some((call, state)) = noted {
+        rec.ev().fd = state.fd as i32;
+        let msghdr = msghdr_of(call, &state);
+        if kind == EventKind::Send {
+            if call == Call::Sendto {
+                rec.peer_addr_user(state.args[2], state.args[3] as u32);
+            } else if msghdr != 0 {
+                let name: u64 = read_user(msghdr + MSGHDR_NAME)?;
+                let len: u32 = read_user(msghdr + MSGHDR_NAMELEN)?;
+                rec.peer_addr_user(name, len);
+                ancillary(&mut rec, msghdr)?;
+            }
+        }
+        let cap = global!(CONFIG.capture_bytes);
+        if cap > 0 && ret > 0 {
+            let want = if (ret as u32) < cap { ret as u32 } else { cap };
+            if msghdr != 0 {
+                let iov: u64 = read_user(msghdr + MSGHDR_IOV)?;
+                let iovlen: u64 = read_user(msghdr + MSGHDR_IOVLEN)?;
+                capture_iov(&mut rec, iov, iovlen, want);
+            } else if matches!(call, Call::Readv | Call::Writev) {
+                capture_iov(&mut rec, state.args[0], state.args[1], want);
+            } else {
+                rec.data_user(state.args[0], want);
+            }
+        }
+    }
+    rec.submit();
+    Ok(())
+}
+
+/// The call `sys_enter` noted for this thread, if it moves data in the
+/// direction of `kind`; a copy, taken before a `*mmsg` call moves on to its
+/// next message.
+#[inline(always)]
+fn noted_call(kind: EventKind) -> Option<(Call, CallState)> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let state = CALLS.get_ptr_mut(&tid)?;
+    // SAFETY: a valid map value of this thread, which is running this program.
+    let state = unsafe { &mut *state };
+    let call = Call::from_u16(state.call as u16);
+    if !direction_matches(call, kind) {
+        return None;
+    }
+    let copy = *state;
+    if matches!(call, Call::Sendmmsg | Call::Recvmmsg) {
+        state.index += 1;
+    }
+    Some((call, copy))
+}
+
+/// The user `struct msghdr` of a `*msg` call (for `*mmsg`, the current message's); 0 for other calls.
+#[inline(always)]
+fn msghdr_of(call: Call, state: &CallState) -> u64 {
+    match call {
+        Call::Sendmsg | Call::Recvmsg => state.args[0],
+        Call::Sendmmsg | Call::Recvmmsg => state.args[0] + u64::from(state.index) * MMSGHDR_SIZE,
+        _ => 0,
+    }
+}
+
+/// One walk over a user `iovec` array, shared with [`iov_step`].
+struct IovWalk<'a> {
+    rec: &'a mut Record,
+    iov: u64,
+    count: u64,
+    /// Bytes still wanted.
+    left: u32,
+}
+
+/// Copies the first `want` bytes spread over a user `iovec` array.
+///
+/// The walk runs under `bpf_loop` (Linux 5.17, older than the data hooks):
+/// the verifier checks [`iov_step`] once instead of every unrolled
+/// iteration times every path around it, which overflowed its budget.
+#[inline(always)]
+fn capture_iov(rec: &mut Record, iov: u64, count: u64, want: u32) {
+    let mut walk = IovWalk {
+        rec,
+        iov,
+        count,
+        left: want,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = iov_step;
+    // SAFETY: `step` has the callback signature bpf_loop expects and `walk`
+    // outlives the call.
+    unsafe { bpf_loop(MAX_IOVECS, step as *mut c_void, (&raw mut walk).cast(), 0) };
+}
+
+/// One iteration of [`capture_iov`]: returns 1 to stop the walk.
+#[inline(never)]
+extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `IovWalk` capture_iov handed to bpf_loop.
+    let walk = unsafe { &mut *ctx.cast::<IovWalk>() };
+    let index = index & 0xffff_ffff;
+    if index >= walk.count || walk.left == 0 {
+        return 1;
+    }
+    let Ok([base, len]) = read_user::<[u64; 2]>(walk.iov + index * 16) else {
+        emit::count(Stat::ReadFailed);
+        return 1;
+    };
+    let chunk = if len < u64::from(walk.left) {
+        len as u32
+    } else {
+        walk.left
+    };
+    if walk.rec.data_user(base, chunk) < chunk {
+        return 1;
+    }
+    walk.left -= chunk;
+    0
+}
+
+/// Notes what a `sendmsg` passes besides data: descriptors (`SCM_RIGHTS`)
+/// and credentials (`SCM_CREDENTIALS`).
+#[inline(always)]
+fn ancillary(rec: &mut Record, msghdr: u64) -> Result<(), ReadFailed> {
+    let control: u64 = read_user(msghdr + MSGHDR_CONTROL)?;
+    let control_len: u64 = read_user(msghdr + MSGHDR_CONTROLLEN)?;
+    let mut next = 0u64;
+    for _ in 0..MAX_CMSGS {
+        let offset = opaque(next);
+        if control == 0 || offset + CMSGHDR_SIZE > control_len {
+            break;
+        }
+        let [len, kind]: [u64; 2] = read_user(control + offset)?;
+        let (level, kind) = (kind as u32 as i32, (kind >> 32) as i32);
+        if len < CMSGHDR_SIZE {
+            break;
+        }
+        if level == SOL_SOCKET && kind == SCM_RIGHTS {
+            let fds = (len - CMSGHDR_SIZE) / 4;
+            let ev = rec.ev();
+            ev.passed_fds = ev.passed_fds.saturating_add(fds as u16);
+        } else if level == SOL_SOCKET && kind == SCM_CREDENTIALS {
+            rec.ev().flags |= FLAG_CREDENTIALS;
+        }
+        // CMSG_NXTHDR: lengths are padded to 8 bytes.
+        next = offset + ((len + 7) & !7);
+    }
+    Ok(())
+}
+
+/// Reads a `T` from user memory.
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ReadFailed)
+}

@@ -1,0 +1,62 @@
+//! Process life cycle: `fork`, `exec`, `exit`.
+//!
+//! Hooks: raw tracepoints `sched_process_fork` (args: parent, child task),
+//! `sched_process_exec` and `sched_process_exit` (Linux 4.17+ as raw
+//! tracepoints). The loader needs them to keep its table of who holds which
+//! socket right: a forked child holds its parent's sockets, an exec renames
+//! the holder, an exit drops them. Threads are not processes and are skipped.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
+use sockspy_common::{EventKind, Stat};
+
+use crate::{
+    emit, global,
+    kernel::{self, ReadFailed},
+};
+
+/// Raw tracepoint `sched_process_fork`.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    if try_fork(&ctx).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
+    let child: u64 = ctx.arg(1);
+    let (tgid, pid) = kernel::task_ids(child)?;
+    if tgid == pid {
+        emit::proc_event(EventKind::Fork, tgid, 0);
+    }
+    Ok(())
+}
+
+/// Raw tracepoint `sched_process_exec`; the header carries the new command name.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    emit::proc_event(EventKind::Exec, 0, 0);
+    0
+}
+
+/// Raw tracepoint `sched_process_exit`: reported when the thread group leader exits.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    if try_exit(&ctx).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 != pid_tgid as u32 {
+        return Ok(());
+    }
+    let task: u64 = ctx.arg(0);
+    let exit_code: i32 = kernel::read(task, global!(OFFSETS.task_exit_code))?;
+    emit::proc_event(EventKind::Exit, 0, exit_code);
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Socket life cycle from the syscall tracepoints: `socket`, `bind`,
+//! `listen`, `connect`, `accept`, `socketpair` and `close`.
+//!
+//! Hooks: raw tracepoints `sys_enter` and `sys_exit` (Linux 4.17+ for raw
+//! tracepoints). `sys_enter` notes the arguments of the calls sockspy cares
+//! about in `CALLS`, keyed by thread; `sys_exit` turns them and the result
+//! into an event. The send/receive calls are only noted here (for their fd,
+//! destination and buffers); `data.rs` emits their events. Every other
+//! syscall on the machine passes through both hooks, so the common path is a
+//! number compare and out.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit};
+
+use crate::{
+    CALLS, arch,
+    emit::{self, Record, SLOT_SYSCALL},
+    global,
+    kernel::{self, ReadFailed},
+};
+
+/// A call between `sys_enter` and `sys_exit`.
+///
+/// `args` by call: `connect`/`bind`: sockaddr, addrlen. `socket`: domain,
+/// type, protocol. `socketpair`: domain, type, protocol, sv. `sendto`/
+/// `recvfrom`: buf, len, sockaddr, addrlen. `sendmsg`/`recvmsg`: msghdr.
+/// `sendmmsg`/`recvmmsg`: mmsghdr vector, vlen. `read`/`write`: buf, len.
+/// `readv`/`writev`: iovec, iovcnt.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallState {
+    /// A [`Call`] number.
+    pub call: u32,
+    /// `sendmmsg`/`recvmmsg`: which message of the vector comes next.
+    pub index: u32,
+    /// The descriptor argument (-1 for calls without one).
+    pub fd: i64,
+    pub args: [u64; 4],
+}
+
+/// Which call a syscall number is, for the calls sockspy follows.
+#[inline(always)]
+fn call_of(nr: u64) -> Option<Call> {
+    Some(match nr {
+        arch::NR_READ => Call::Read,
+        arch::NR_WRITE => Call::Write,
+        arch::NR_READV => Call::Readv,
+        arch::NR_WRITEV => Call::Writev,
+        arch::NR_CLOSE => Call::Close,
+        arch::NR_SOCKET => Call::Socket,
+        arch::NR_CONNECT => Call::Connect,
+        arch::NR_ACCEPT => Call::Accept,
+        arch::NR_ACCEPT4 => Call::Accept4,
+        arch::NR_SENDTO => Call::Sendto,
+        arch::NR_RECVFROM => Call::Recvfrom,
+        arch::NR_SENDMSG => Call::Sendmsg,
+        arch::NR_RECVMSG => Call::Recvmsg,
+        arch::NR_SENDMMSG => Call::Sendmmsg,
+        arch::NR_RECVMMSG => Call::Recvmmsg,
+        arch::NR_BIND => Call::Bind,
+        arch::NR_LISTEN => Call::Listen,
+        arch::NR_SOCKETPAIR => Call::Socketpair,
+        _ => return None,
+    })
+}
+
+/// `read`/`write`/`readv`/`writev` run on every kind of file; they are only
+/// worth noting when payload capture needs their buffers.
+#[inline(always)]
+fn is_file_io(call: Call) -> bool {
+    matches!(call, Call::Read | Call::Write | Call::Readv | Call::Writev)
+}
+
+/// Whether `family` is one the user asked for.
+#[inline(always)]
+pub fn traced(family: u16) -> bool {
+    family_bit(family) & global!(CONFIG.families) != 0
+}
+
+/// Raw tracepoint `sys_enter` (args: `struct pt_regs *`, syscall number).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    if try_sys_enter(&ctx).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
+    let nr: u64 = ctx.arg(1);
+    let Some(call) = call_of(nr) else {
+        return Ok(());
+    };
+    if is_file_io(call) && global!(CONFIG.capture_bytes) == 0 {
+        return Ok(());
+    }
+    if emit::is_self() {
+        return Ok(());
+    }
+    let regs: u64 = ctx.arg(0);
+    let cs: u64 = kernel::read(regs, arch::CS as u32)?;
+    if cs != arch::USER64_CS {
+        return Ok(());
+    }
+    let mut arg = [0u64; 6];
+    for (value, offset) in arg.iter_mut().zip(arch::ARG_REGS) {
+        *value = kernel::read(regs, offset as u32)?;
+    }
+    let fd = arg[0] as i32 as i64;
+    let state = match call {
+        Call::Close => return close(fd),
+        Call::Socket | Call::Socketpair => {
+            if !traced(arg[0] as u16) {
+                return Ok(());
+            }
+            CallState {
+                call: call as u32,
+                index: 0,
+                fd: -1,
+                args: [arg[0], arg[1], arg[2], arg[3]],
+            }
+        }
+        Call::Sendto | Call::Recvfrom => CallState {
+            call: call as u32,
+            index: 0,
+            fd,
+            args: [arg[1], arg[2], arg[4], arg[5]],
+        },
+        _ => CallState {
+            call: call as u32,
+            index: 0,
+            fd,
+            args: [arg[1], arg[2], 0, 0],
+        },
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if CALLS.insert(tid, state, 0).is_err() {
+        emit::count(Stat::CallTableFull);
+    }
+    Ok(())
+}
+
+/// Raw tracepoint `sys_exit` (args: `struct pt_regs *`, return value).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    if try_sys_exit(&ctx).is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
+    let regs: u64 = ctx.arg(0);
+    let nr: u64 = kernel::read(regs, arch::ORIG_AX as u32)?;
+    let Some(call) = call_of(nr) else {
+        return Ok(());
+    };
+    if call == Call::Close || (is_file_io(call) && global!(CONFIG.capture_bytes) == 0) {
+        return Ok(());
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(state) = (unsafe { CALLS.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CALLS.remove(&tid);
+    if state.call != call as u32 {
+        // A call whose exit we missed (the table was full, or sockspy
+        // started in between); this entry is stale.
+        return Ok(());
+    }
+    let ret: i64 = ctx.arg(1);
+    let mut done = Done {
+        kind: EventKind::Connect,
+        call,
+        fd: state.fd,
+        fd2: -1,
+        ret,
+        user_addr: (0, 0),
+    };
+    match call {
+        Call::Socket if ret >= 0 => {
+            done.kind = EventKind::Socket;
+            done.fd = ret;
+        }
+        Call::Bind => {
+            done.kind = EventKind::Bind;
+            done.user_addr = (state.args[0], state.args[1] as u32);
+        }
+        Call::Listen => done.kind = EventKind::Listen,
+        Call::Connect => done.user_addr = (state.args[0], state.args[1] as u32),
+        // A non-blocking accept with nothing queued is not news.
+        Call::Accept | Call::Accept4 if ret >= 0 => {
+            done.kind = EventKind::Accept;
+            done.fd = ret;
+            done.fd2 = state.fd;
+        }
+        Call::Socketpair if ret == 0 => return socketpair(state.args[3]),
+        _ => return Ok(()),
+    }
+    one_fd(&done)
+}
+
+/// A finished call about one descriptor.
+struct Done {
+    kind: EventKind,
+    call: Call,
+    /// The descriptor the event is about.
+    fd: i64,
+    /// The listening descriptor of an accept, else -1.
+    fd2: i64,
+    ret: i64,
+    /// A `sockaddr` the call was given (pointer, length; 0 if none): the own
+    /// address for `bind`, the peer address for `connect`.
+    user_addr: (u64, u32),
+}
+
+/// Emits an event about one descriptor, if it is a socket of a traced family.
+fn one_fd(done: &Done) -> Result<(), ReadFailed> {
+    let Some(sk) = kernel::fd_to_sock(done.fd)? else {
+        return Ok(());
+    };
+    let info = kernel::sock_info(sk)?;
+    if !traced(info.family) {
+        return Ok(());
+    }
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, done.kind, done.call) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    let ev = rec.ev();
+    ev.fd = done.fd as i32;
+    ev.fd2 = done.fd2 as i32;
+    ev.ret = done.ret;
+    let (addr, addr_len) = done.user_addr;
+    if done.kind == EventKind::Bind {
+        // The requested name, right even when the bind failed.
+        rec.peer_addr_user(addr, addr_len);
+        let ev = rec.ev();
+        ev.addr_len = ev.peer_addr_len;
+        ev.peer_addr_len = 0;
+    } else {
+        own_name(&mut rec, &info)?;
+        let peer = if info.family == AF_UNIX {
+            kernel::unix_peer(sk)?
+        } else {
+            0
+        };
+        rec.set_peer(peer)?;
+        if addr != 0 {
+            rec.peer_addr_user(addr, addr_len);
+        } else if peer != 0
+            && let Some((name, len)) = kernel::unix_name(peer)?
+        {
+            rec.peer_addr_kernel(name, len);
+        }
+    }
+    rec.submit();
+    Ok(())
+}
+
+/// Copies the socket's own bound name into the record.
+#[inline(always)]
+fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
+    if info.family == AF_UNIX
+        && let Some((name, len)) = kernel::unix_name(info.sk)?
+    {
+        rec.own_addr_kernel(name, len);
+    }
+    Ok(())
+}
+
+/// Emits the two ends of a new socket pair as one event.
+fn socketpair(sv: u64) -> Result<(), ReadFailed> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    let fds: [i32; 2] =
+        unsafe { bpf_probe_read_user(sv as *const [i32; 2]) }.map_err(|_| ReadFailed)?;
+    let (Some(sk0), Some(sk1)) = (
+        kernel::fd_to_sock(i64::from(fds[0]))?,
+        kernel::fd_to_sock(i64::from(fds[1]))?,
+    ) else {
+        return Ok(());
+    };
+    let info = kernel::sock_info(sk0)?;
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Socketpair, Call::Socketpair) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    rec.set_peer(sk1)?;
+    let ev = rec.ev();
+    ev.fd = fds[0];
+    ev.fd2 = fds[1];
+    rec.submit();
+    Ok(())
+}
+
+/// Emits a `close` of `fd` if it is a socket, before the kernel lets go of it.
+fn close(fd: i64) -> Result<(), ReadFailed> {
+    let Some(sk) = kernel::fd_to_sock(fd)? else {
+        return Ok(());
+    };
+    let info = kernel::sock_info(sk)?;
+    if !traced(info.family) {
+        return Ok(());
+    }
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Close, Call::Close) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    if info.family == AF_UNIX {
+        rec.set_peer(kernel::unix_peer(sk)?)?;
+    }
+    rec.ev().fd = fd as i32;
+    rec.submit();
+    Ok(())
+}

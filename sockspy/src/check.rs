@@ -1,0 +1,72 @@
+//! `sockspy check`: what this kernel and this process offer for tracing.
+//!
+//! It runs the same steps as `trace` (privileges, BTF offsets, loading the
+//! programs, attaching each hook) but reports each one instead of stopping
+//! at the first failure, so an operator sees everything that is missing at once.
+
+use std::process::ExitCode;
+
+use crate::loader::{self, HOOKS};
+
+/// Prints one line per check; exits 1 when tracing cannot work.
+pub fn run() -> ExitCode {
+    let mut failures = Vec::new();
+    let mut report = |what: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok    {what:<36} {detail}"),
+        Err(reason) => {
+            println!("FAIL  {what:<36} {reason}");
+            failures.push(format!("{what}: {reason}"));
+        }
+    };
+    report("kernel", Ok(kernel_release()));
+    let privileged = loader::check_privileges().map_err(|e| e.to_string());
+    report(
+        "privileges",
+        privileged.clone().map(|()| "may load eBPF programs".into()),
+    );
+    let offsets = loader::kernel_offsets();
+    report(
+        "BTF (/sys/kernel/btf/vmlinux)",
+        offsets
+            .as_ref()
+            .map(|_| "all struct fields found".into())
+            .map_err(|e| e.to_string()),
+    );
+    match (&privileged, &offsets) {
+        (Ok(()), Ok(offsets)) => match loader::probe(offsets) {
+            Ok(results) => {
+                report("eBPF programs and ring buffer", Ok("loaded".into()));
+                for (hook, result) in results {
+                    report(
+                        &format!("tracepoint {}:{}", hook.system, hook.tracepoint),
+                        result
+                            .map(|()| format!("attached (Linux {}+)", hook.since))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+            Err(err) => report("eBPF programs and ring buffer", Err(err.to_string())),
+        },
+        _ => {
+            for hook in HOOKS {
+                println!(
+                    "skip  {:<36} not tried (needs privileges and BTF)",
+                    format!("tracepoint {}:{}", hook.system, hook.tracepoint)
+                );
+            }
+        }
+    }
+    if failures.is_empty() {
+        println!("backend: tracepoint; sockspy trace can run here");
+        ExitCode::SUCCESS
+    } else {
+        println!("sockspy trace cannot run here: {}", failures.join("; "));
+        ExitCode::FAILURE
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

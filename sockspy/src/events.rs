@@ -1,0 +1,293 @@
+//! Decoding ring buffer records into typed events.
+//!
+//! The kernel writes `#[repr(C)]` structs from sockspy-common followed by
+//! variable-length addresses and payload; this module checks every length
+//! before it trusts it, so a short or corrupt record is an error, never a
+//! panic (the same decoder will read recordings from disk).
+
+use std::fmt;
+
+use bytes::Bytes;
+use sockspy_common::{AF_UNIX, COMM_LEN, Call, EventHeader, EventKind, ProcEvent, SockEvent};
+
+/// Why a record could not be decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record says it has {said} bytes but has {has}")]
+    Length { said: usize, has: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// A decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Something a socket did.
+    Sock(SockRecord),
+    /// A process forked, exec'd or exited.
+    Proc(ProcRecord),
+}
+
+/// A socket event with its trailing bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockRecord {
+    pub kind: EventKind,
+    pub ev: SockEvent,
+    /// The socket's own address as the kernel had it (raw `sockaddr`).
+    pub addr: Bytes,
+    /// The peer's address (raw `sockaddr`): a connect target, a datagram's destination, ...
+    pub peer_addr: Bytes,
+    /// Captured payload.
+    pub data: Bytes,
+}
+
+/// A process event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcRecord {
+    pub kind: EventKind,
+    pub ev: ProcEvent,
+}
+
+impl SockRecord {
+    pub fn call(&self) -> Call {
+        Call::from_u16(self.ev.call)
+    }
+}
+
+/// Reads a `#[repr(C)]` plain-data struct from the front of `bytes`.
+fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked, the types are plain integers and arrays
+    // (any bit pattern is valid), and read_unaligned needs no alignment.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// Decodes one record.
+pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
+    let header: EventHeader = read_struct(record).ok_or(DecodeError::Short(record.len()))?;
+    let said = header.size as usize;
+    if said > record.len() {
+        return Err(DecodeError::Length {
+            said,
+            has: record.len(),
+        });
+    }
+    let record = &record[..said];
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    match kind {
+        EventKind::Fork | EventKind::Exec | EventKind::Exit => {
+            let ev: ProcEvent = read_struct(record).ok_or(DecodeError::Short(record.len()))?;
+            Ok(Record::Proc(ProcRecord { kind, ev }))
+        }
+        _ => {
+            let ev: SockEvent = read_struct(record).ok_or(DecodeError::Short(record.len()))?;
+            let fixed = size_of::<SockEvent>();
+            let addr_end = fixed + usize::from(ev.addr_len);
+            let peer_end = addr_end + usize::from(ev.peer_addr_len);
+            let data_end = peer_end + ev.data_len as usize;
+            if data_end != record.len() {
+                return Err(DecodeError::Length {
+                    said: data_end,
+                    has: record.len(),
+                });
+            }
+            let tail = Bytes::copy_from_slice(&record[fixed..]);
+            Ok(Record::Sock(SockRecord {
+                kind,
+                ev,
+                addr: tail.slice(..addr_end - fixed),
+                peer_addr: tail.slice(addr_end - fixed..peer_end - fixed),
+                data: tail.slice(peer_end - fixed..),
+            }))
+        }
+    }
+}
+
+/// A C string from a fixed `comm` buffer.
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+/// A Unix socket name as `ss` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UnixName {
+    /// A filesystem path.
+    Path(String),
+    /// An abstract name, shown with a leading `@` (and `@` for embedded NULs).
+    Abstract(String),
+}
+
+impl fmt::Display for UnixName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(path) => f.write_str(path),
+            Self::Abstract(name) => write!(f, "@{name}"),
+        }
+    }
+}
+
+/// Decodes a raw `sockaddr_un`; `None` for an unnamed socket or another family.
+pub fn unix_name(addr: &[u8]) -> Option<UnixName> {
+    if addr.len() <= 2 || u16::from_ne_bytes([addr[0], addr[1]]) != AF_UNIX {
+        return None;
+    }
+    let path = &addr[2..];
+    if path[0] == 0 {
+        let name: String = String::from_utf8_lossy(&path[1..])
+            .chars()
+            .map(|c| if c == '\0' { '@' } else { c })
+            .collect();
+        Some(UnixName::Abstract(name))
+    } else {
+        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+        Some(UnixName::Path(
+            String::from_utf8_lossy(&path[..end]).into_owned(),
+        ))
+    }
+}
+
+/// Name of a socket type number.
+pub fn type_name(sock_type: u16) -> &'static str {
+    match sock_type {
+        1 => "stream",
+        2 => "dgram",
+        3 => "raw",
+        4 => "rdm",
+        5 => "seqpacket",
+        _ => "unknown",
+    }
+}
+
+/// Name of an address family number.
+pub fn family_name(family: u16) -> &'static str {
+    match family {
+        AF_UNIX => "unix",
+        sockspy_common::AF_INET => "inet",
+        sockspy_common::AF_INET6 => "inet6",
+        _ => "other",
+    }
+}
+
+/// The event's name, as printed and in JSON.
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Socket => "socket",
+        EventKind::Bind => "bind",
+        EventKind::Listen => "listen",
+        EventKind::Connect => "connect",
+        EventKind::Accept => "accept",
+        EventKind::Socketpair => "socketpair",
+        EventKind::Send => "send",
+        EventKind::Recv => "recv",
+        EventKind::Close => "close",
+        EventKind::Fork => "fork",
+        EventKind::Exec => "exec",
+        EventKind::Exit => "exit",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds the bytes of a socket record as the kernel would.
+    pub fn sock_bytes(
+        kind: EventKind,
+        f: impl FnOnce(&mut SockEvent),
+        tail: [&[u8]; 3],
+    ) -> Vec<u8> {
+        // SAFETY: SockEvent is plain integers; all-zero is a valid value.
+        let mut ev: SockEvent = unsafe { std::mem::zeroed() };
+        ev.header.kind = kind as u32;
+        ev.fd = -1;
+        ev.fd2 = -1;
+        f(&mut ev);
+        ev.addr_len = tail[0].len() as u16;
+        ev.peer_addr_len = tail[1].len() as u16;
+        ev.data_len = tail[2].len() as u32;
+        ev.header.size =
+            (size_of::<SockEvent>() + tail.iter().map(|t| t.len()).sum::<usize>()) as u32;
+        // SAFETY: reading the bytes of a plain struct.
+        let mut bytes = unsafe {
+            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<SockEvent>())
+        }
+        .to_vec();
+        for part in tail {
+            bytes.extend_from_slice(part);
+        }
+        bytes
+    }
+
+    /// A raw `sockaddr_un` for `path` (abstract when it starts with a NUL).
+    pub fn sockaddr_un(path: &[u8]) -> Vec<u8> {
+        let mut addr = AF_UNIX.to_ne_bytes().to_vec();
+        addr.extend_from_slice(path);
+        addr
+    }
+
+    #[test]
+    fn decodes_a_send_with_addresses_and_data() {
+        let bytes = sock_bytes(
+            EventKind::Send,
+            |ev| {
+                ev.sock = 42;
+                ev.ret = 5;
+            },
+            [b"", &sockaddr_un(b"/tmp/x.sock\0"), b"hello"],
+        );
+        let Record::Sock(rec) = decode(&bytes).unwrap() else {
+            panic!("not a socket record")
+        };
+        assert_eq!(rec.kind, EventKind::Send);
+        assert_eq!(rec.ev.sock, 42);
+        assert!(rec.addr.is_empty());
+        assert_eq!(
+            unix_name(&rec.peer_addr),
+            Some(UnixName::Path("/tmp/x.sock".into()))
+        );
+        assert_eq!(&rec.data[..], b"hello");
+    }
+
+    #[test]
+    fn rejects_short_and_inconsistent_records() {
+        let bytes = sock_bytes(EventKind::Recv, |_| {}, [b"", b"", b"abc"]);
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 99; // kind
+        assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn unix_names_render_like_ss() {
+        assert_eq!(unix_name(&sockaddr_un(b"")), None);
+        assert_eq!(
+            unix_name(&sockaddr_un(b"\0abs\0x")).unwrap().to_string(),
+            "@abs@x"
+        );
+        assert_eq!(
+            unix_name(&sockaddr_un(b"/run/a.sock\0\0\0"))
+                .unwrap()
+                .to_string(),
+            "/run/a.sock"
+        );
+        assert_eq!(unix_name(&[2, 0, 1, 2]), None);
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..8].copy_from_slice(b"writer#0");
+        assert_eq!(comm_str(&comm), "writer#0");
+        assert_eq!(comm_str(&[b'x'; COMM_LEN]), "x".repeat(COMM_LEN));
+    }
+}

@@ -1,0 +1,319 @@
+//! Loading the kernel programs and attaching them to their tracepoints.
+//!
+//! Everything that can make tracing impossible is found here, before any
+//! event flows: missing privileges, a kernel without BTF, a missing struct
+//! field or tracepoint. Each becomes an [`Unfit`] error with one line that
+//! says what is missing and what to do, which `main` turns into exit code 2.
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
+use sockspy_common::{
+    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN,
+    SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
+};
+
+use crate::{btf::Btf, offsets};
+
+/// The compiled kernel programs (built by build.rs).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockspy"));
+
+/// The environment cannot trace; the message says why and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfit(pub String);
+
+/// One hook: program name in the object file, and the raw tracepoint it attaches to.
+pub struct Hook {
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+    /// The tracepoint's system, for messages (`sock:sock_send_length`).
+    pub system: &'static str,
+    /// Oldest kernel that has the tracepoint.
+    pub since: &'static str,
+}
+
+/// Every hook of the tracepoint backend.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "sys_enter",
+        tracepoint: "sys_enter",
+        system: "raw_syscalls",
+        since: "4.17",
+    },
+    Hook {
+        program: "sys_exit",
+        tracepoint: "sys_exit",
+        system: "raw_syscalls",
+        since: "4.17",
+    },
+    Hook {
+        program: "sock_send_length",
+        tracepoint: "sock_send_length",
+        system: "sock",
+        since: "6.3",
+    },
+    Hook {
+        program: "sock_recv_length",
+        tracepoint: "sock_recv_length",
+        system: "sock",
+        since: "6.3",
+    },
+    Hook {
+        program: "sched_process_fork",
+        tracepoint: "sched_process_fork",
+        system: "sched",
+        since: "4.17",
+    },
+    Hook {
+        program: "sched_process_exec",
+        tracepoint: "sched_process_exec",
+        system: "sched",
+        since: "4.17",
+    },
+    Hook {
+        program: "sched_process_exit",
+        tracepoint: "sched_process_exit",
+        system: "sched",
+        since: "4.17",
+    },
+];
+
+/// Loaded and attached programs; dropping this detaches them.
+pub struct Tracer {
+    ebpf: Ebpf,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Records written to the ring buffer.
+    pub emitted: u64,
+    /// Records dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Kernel or user memory reads that failed.
+    pub read_failed: u64,
+    /// Calls not followed because the per-thread call table was full.
+    pub call_table_full: u64,
+}
+
+/// Checks that the process may load tracing programs: root, or
+/// `CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`.
+pub fn check_privileges() -> Result<(), Unfit> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(Unfit(
+            "sockspy needs root to load eBPF programs (or CAP_BPF and CAP_PERFMON): run it with sudo"
+                .into(),
+        ))
+    }
+}
+
+/// Reads the running kernel's BTF and resolves the offsets the programs need.
+pub fn kernel_offsets() -> Result<KernelOffsets, Unfit> {
+    let path = Path::new(Btf::VMLINUX);
+    if !path.exists() {
+        return Err(Unfit(format!(
+            "this kernel has no BTF ({} is missing): sockspy needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            path.display()
+        )));
+    }
+    let btf = Btf::from_file(path).map_err(|err| Unfit(format!("cannot use kernel BTF: {err}")))?;
+    offsets::resolve(&btf).map_err(|err| Unfit(format!("unsupported kernel: {err}")))
+}
+
+impl Tracer {
+    /// Loads the programs with `config` and attaches every hook.
+    pub fn attach(
+        offsets: &KernelOffsets,
+        config: &TraceConfig,
+        ring_bytes: u32,
+    ) -> Result<Self, Unfit> {
+        let mut ebpf = load(offsets, config, ring_bytes)?;
+        for hook in HOOKS {
+            attach_hook(&mut ebpf, hook)?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Takes the ring buffer the events arrive in (once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow::anyhow!("kernel programs have no EVENTS map"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Reads the kernel-side counters.
+    pub fn stats(&self) -> anyhow::Result<KernelStats> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| anyhow::anyhow!("kernel programs have no STATS map"))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let mut sums = [0u64; STAT_COUNT as usize];
+        for (index, sum) in sums.iter_mut().enumerate() {
+            *sum = stats.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(KernelStats {
+            emitted: sums[Stat::Emitted as usize],
+            lost: sums[Stat::RingFull as usize],
+            read_failed: sums[Stat::ReadFailed as usize],
+            call_table_full: sums[Stat::CallTableFull as usize],
+        })
+    }
+}
+
+/// Each hook with the outcome of attaching it.
+pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
+
+/// Loads the programs and tries to attach every hook, for `sockspy check`.
+///
+/// The configuration asks for everything (all families, the largest payload):
+/// the verifier skips code that read-only settings make unreachable, so a
+/// smaller one would leave paths unchecked.
+pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
+    let config = TraceConfig {
+        families: FAMILY_UNIX | FAMILY_INET | FAMILY_INET6,
+        capture_bytes: MAX_DATA_LEN as u32,
+        wakeup_bytes: 0,
+        self_pid: std::process::id(),
+        _pad: 0,
+    };
+    let mut ebpf = load(offsets, &config, ring_size(0))?;
+    Ok(HOOKS
+        .iter()
+        .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
+        .collect())
+}
+
+fn load(offsets: &KernelOffsets, config: &TraceConfig, ring_bytes: u32) -> Result<Ebpf, Unfit> {
+    EbpfLoader::new()
+        .override_global("OFFSETS", offsets, true)
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("SCRATCH", SCRATCH_SLOTS * possible_cpus()?)
+        .load(PROGRAMS)
+        .map_err(|err| load_error(&err))
+}
+
+/// How many CPUs the kernel may bring up (what per-CPU indexes range over).
+fn possible_cpus() -> Result<u32, Unfit> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(what, err)| Unfit(format!("cannot count CPUs ({what}): {err}")))
+}
+
+/// Ring buffer size for a requested number of bytes: a power of two of
+/// pages, and large enough for the biggest record.
+pub fn ring_size(requested: u64) -> u32 {
+    let floor = (MAX_EVENT_LEN as u64 * 4).next_power_of_two();
+    requested.clamp(floor, 1 << 30).next_power_of_two() as u32
+}
+
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| Unfit(format!("kernel programs lack {}", hook.program)))?
+        .try_into()
+        .map_err(|err| Unfit(format!("program {}: {err}", hook.program)))?;
+    program.load().map_err(|err| {
+        Unfit(format!(
+            "the kernel refused program {}: {}",
+            hook.program,
+            describe(&err)
+        ))
+    })?;
+    program.attach(hook.tracepoint).map_err(|err| {
+        let errno = io_errno(&err);
+        if errno == Some(libc::ENOENT) {
+            Unfit(format!(
+                "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
+                hook.system, hook.tracepoint, hook.since
+            ))
+        } else {
+            Unfit(format!(
+                "cannot attach to tracepoint {}:{}: {}",
+                hook.system,
+                hook.tracepoint,
+                describe(&err)
+            ))
+        }
+    })?;
+    Ok(())
+}
+
+fn load_error(err: &aya::EbpfError) -> Unfit {
+    let text = describe(err);
+    if text.contains("Operation not permitted") {
+        Unfit(
+            "the kernel refused to load eBPF programs (permission denied): run sockspy as root"
+                .into(),
+        )
+    } else {
+        Unfit(format!("cannot load the kernel programs: {text}"))
+    }
+}
+
+/// An error with its causes, on one line.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let Some((head, log)) = text.split_once('\n') else {
+        return text;
+    };
+    // A verifier log runs to thousands of lines: keep it in a file and name
+    // its verdict, the last line before the statistics.
+    let verdict = log
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| {
+            !line.is_empty()
+                && !line.starts_with("processed ")
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+        })
+        .unwrap_or("");
+    let saved = std::env::temp_dir().join("sockspy-verifier.log");
+    match std::fs::write(&saved, log) {
+        Ok(()) => format!("{head} {verdict} (verifier log in {})", saved.display()),
+        Err(_) => format!("{head} {verdict}"),
+    }
+}
+
+/// The OS error number somewhere in an error's chain.
+fn io_errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        current = err.source();
+    }
+    None
+}

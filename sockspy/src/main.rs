@@ -1,0 +1,43 @@
+//! sockspy: live socket tracing with peer resolution.
+//!
+//! Data flows one way: `loader` attaches the kernel programs, `trace` reads
+//! their ring buffer, `events` decodes records, `resolve` names who is who
+//! (seeded by `procfs`), and `output` prints. `cli` validates arguments
+//! first; `check` reports what the kernel offers.
+
+mod btf;
+mod check;
+mod cli;
+mod events;
+mod loader;
+mod offsets;
+mod output;
+mod procfs;
+mod resolve;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command},
+    loader::Unfit,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Trace(args) => trace::run(&args.options()),
+        Command::Check => Ok(check::run()),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("sockspy: {err:#}");
+        // An environment that cannot trace is a usage problem, not a crash.
+        if err.downcast_ref::<Unfit>().is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}

@@ -1,0 +1,71 @@
+//! The one place that knows which kernel struct fields the programs read.
+//!
+//! Each field of [`KernelOffsets`] is looked up by name in the running
+//! kernel's BTF, so a kernel that moved a field still works and one that
+//! lacks it fails with an error naming the struct and field.
+
+use sockspy_common::KernelOffsets;
+
+use crate::btf::{Btf, BtfError};
+
+/// Resolves every offset the kernel programs need.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let at = |strukt: &str, field: &str| btf.member_offset(strukt, field);
+    Ok(KernelOffsets {
+        task_pid: at("task_struct", "pid")?,
+        task_tgid: at("task_struct", "tgid")?,
+        task_group_leader: at("task_struct", "group_leader")?,
+        task_comm: at("task_struct", "comm")?,
+        task_files: at("task_struct", "files")?,
+        task_real_parent: at("task_struct", "real_parent")?,
+        task_exit_code: at("task_struct", "exit_code")?,
+        files_fdt: at("files_struct", "fdt")?,
+        fdtable_max_fds: at("fdtable", "max_fds")?,
+        fdtable_fd: at("fdtable", "fd")?,
+        file_inode: at("file", "f_inode")?,
+        file_private_data: at("file", "private_data")?,
+        inode_mode: at("inode", "i_mode")?,
+        inode_ino: at("inode", "i_ino")?,
+        socket_sk: at("socket", "sk")?,
+        socket_to_inode: at("socket_alloc", "vfs_inode")? - at("socket_alloc", "socket")?,
+        sock_family: at("sock", "__sk_common.skc_family")?,
+        sock_state: at("sock", "__sk_common.skc_state")?,
+        sock_type: at("sock", "sk_type")?,
+        sock_protocol: at("sock", "sk_protocol")?,
+        sock_socket: at("sock", "sk_socket")?,
+        unix_addr: at("unix_sock", "addr")?,
+        unix_peer: at("unix_sock", "peer")?,
+        unix_address_len: at("unix_address", "len")?,
+        unix_address_name: at("unix_address", "name")?,
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn running_kernel_has_every_field() {
+        let path = Path::new(Btf::VMLINUX);
+        if !path.exists() {
+            eprintln!(
+                "skipped: {} is missing (kernel built without BTF)",
+                path.display()
+            );
+            return;
+        }
+        let btf = Btf::from_file(path).expect("parse vmlinux BTF");
+        let offsets = resolve(&btf).expect("resolve offsets");
+        // struct sock starts with struct sock_common, and a socket's inode
+        // follows the socket in socket_alloc.
+        assert_eq!(
+            offsets.sock_family,
+            btf.member_offset("sock_common", "skc_family").unwrap()
+        );
+        assert!(offsets.socket_to_inode >= btf.struct_size("socket").unwrap());
+        assert!(offsets.task_comm < btf.struct_size("task_struct").unwrap());
+    }
+}

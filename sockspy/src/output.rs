@@ -1,0 +1,620 @@
+//! Printing resolved events: a text table for people, JSON Lines for scripts.
+//!
+//! Both printers write to a buffered writer that the caller flushes after
+//! each batch; the JSON field names are a published contract (README).
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use sockspy_common::{EventKind, FLAG_CREDENTIALS};
+
+use crate::{
+    events::{comm_str, family_name, kind_name, type_name},
+    resolve::{Event, Peer},
+};
+
+/// Converts kernel `CLOCK_MONOTONIC` stamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock minus monotonic, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl Clock {
+    /// Measures the offset now.
+    pub fn now() -> Self {
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid timespec to fill.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        };
+        Self {
+            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// Wall-clock nanoseconds since the Unix epoch.
+    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
+        i128::from(mono_ns) + self.offset_ns
+    }
+}
+
+/// Which printer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// How captured payload is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadStyle {
+    /// Payload capture is on: data events carry `data`, `captured`, `truncated`.
+    pub captured: bool,
+    /// Always a hex dump on the terminal, even for text.
+    pub hex: bool,
+}
+
+/// Writes events in one format.
+pub struct Printer {
+    format: Format,
+    clock: Clock,
+    payload: PayloadStyle,
+    line: String,
+}
+
+impl Printer {
+    pub fn new(format: Format, clock: Clock, payload: PayloadStyle) -> Self {
+        Self {
+            format,
+            clock,
+            payload,
+            line: String::with_capacity(256),
+        }
+    }
+
+    /// Writes the header row (text only).
+    pub fn header(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.format == Format::Text {
+            writeln!(
+                out,
+                "{:<15} {:<7} {:<15} {:<4} {:<10} {:>6}  {:<9} {:<8} {:<25} PEER",
+                "TIME", "PID", "COMM", "FD", "EVENT", "RESULT", "TYPE", "SOCK", "PATH"
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes one event.
+    pub fn event(&mut self, out: &mut impl Write, event: &Event) -> io::Result<()> {
+        match self.format {
+            Format::Text => {
+                self.line.clear();
+                text_line(&mut self.line, event, &self.clock);
+                if self.payload.captured && is_data(event) && event.ret > 0 {
+                    payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
+                }
+                out.write_all(self.line.as_bytes())
+            }
+            Format::Json => {
+                let json = JsonEvent::new(event, &self.clock, self.payload.captured);
+                serde_json::to_writer(&mut *out, &json)?;
+                out.write_all(b"\n")
+            }
+        }
+    }
+}
+
+fn text_line(line: &mut String, event: &Event, clock: &Clock) {
+    use std::fmt::Write as _;
+    let wall = clock.wall_ns(event.ts_ns);
+    let secs = wall.div_euclid(1_000_000_000) as i64;
+    let micros = wall.rem_euclid(1_000_000_000) / 1000;
+    let (hour, minute, second) = local_time_of_day(secs);
+    let result = if event.ret < 0 {
+        errno_name(-event.ret)
+    } else if matches!(event.kind, EventKind::Send | EventKind::Recv) {
+        event.ret.to_string()
+    } else {
+        String::new()
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let _ = write!(
+        line,
+        "{hour:02}:{minute:02}:{second:02}.{micros:06} {:<7} {:<15} {:<4} {:<10} {:>6}  {:<9} {:<8} {:<25} ",
+        event.pid,
+        event.comm,
+        opt(event.fd.map(|fd| fd.to_string())),
+        kind_name(event.kind),
+        result,
+        type_name(event.sock_type),
+        opt(event.sock.map(|s| s.to_string())),
+        event
+            .path
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+    );
+    if let Some(peer) = &event.peer {
+        peer_text(line, peer);
+    }
+    if event.passed_fds > 0 {
+        let _ = write!(line, " [passes {} fds]", event.passed_fds);
+    }
+    if event.flags & FLAG_CREDENTIALS != 0 {
+        line.push_str(" [passes credentials]");
+    }
+    // Trailing pad of an empty last column is noise.
+    let trimmed = line.trim_end().len();
+    line.truncate(trimmed);
+    line.push('\n');
+}
+
+fn is_data(event: &Event) -> bool {
+    matches!(event.kind, EventKind::Send | EventKind::Recv)
+}
+
+/// Indent of payload lines under their event.
+const INDENT: &str = "    ";
+
+/// Renders payload under its event line: text as text (`tcpdump -A` style,
+/// control bytes escaped), anything else as a hex and ASCII dump (`-X` style).
+fn payload_text(line: &mut String, data: &[u8], moved: i64, hex: bool) {
+    use std::fmt::Write as _;
+    if hex || !looks_like_text(data) {
+        for (row, chunk) in data.chunks(16).enumerate() {
+            let _ = write!(line, "{INDENT}0x{:04x}:  ", row * 16);
+            for i in 0..16 {
+                match chunk.get(i) {
+                    Some(byte) => {
+                        let _ = write!(line, "{byte:02x}");
+                    }
+                    None => line.push_str("  "),
+                }
+                if i % 2 == 1 {
+                    line.push(' ');
+                }
+            }
+            line.push(' ');
+            line.extend(chunk.iter().map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            }));
+            line.push('\n');
+        }
+    } else {
+        for text_line in data.split_inclusive(|&b| b == b'\n') {
+            line.push_str(INDENT);
+            for &byte in text_line {
+                match byte {
+                    b'\n' => line.push_str("\\n"),
+                    b'\r' => line.push_str("\\r"),
+                    b'\t' => line.push('\t'),
+                    b'\\' => line.push_str("\\\\"),
+                    0x20..=0x7e => line.push(byte as char),
+                    _ => {
+                        let _ = write!(line, "\\x{byte:02x}");
+                    }
+                }
+            }
+            line.push('\n');
+        }
+    }
+    let missing = moved - data.len() as i64;
+    if missing > 0 {
+        let _ = writeln!(line, "{INDENT}[{missing} more bytes not captured]");
+    }
+}
+
+/// Mostly printable ASCII (with tabs and line ends): show as text.
+fn looks_like_text(data: &[u8]) -> bool {
+    let printable = data
+        .iter()
+        .filter(|&&b| matches!(b, 0x20..=0x7e | b'\n' | b'\r' | b'\t'))
+        .count();
+    !data.is_empty() && printable * 10 >= data.len() * 9
+}
+
+fn peer_text(line: &mut String, peer: &Peer) {
+    use std::fmt::Write as _;
+    let mut parts = Vec::new();
+    match (&peer.comm, peer.pid) {
+        (Some(comm), Some(pid)) => parts.push(format!("{comm}[{pid}]")),
+        (None, Some(pid)) => parts.push(format!("[{pid}]")),
+        _ => {}
+    }
+    if let Some(fd) = peer.fd {
+        parts.push(format!("fd {fd}"));
+    }
+    if let Some(sock) = peer.sock {
+        parts.push(format!("sock {sock}"));
+    }
+    if let Some(path) = &peer.path {
+        parts.push(path.to_string());
+    }
+    let _ = write!(line, "{}", parts.join(" "));
+}
+
+/// Hours, minutes and seconds of the local time of day.
+fn local_time_of_day(secs: i64) -> (i32, i32, i32) {
+    // SAFETY: zeroed tm is a valid out-parameter for localtime_r.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let t = secs as libc::time_t;
+    // SAFETY: valid pointers to a time_t and a tm.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        let day = secs.rem_euclid(86_400);
+        return (
+            (day / 3600) as i32,
+            (day / 60 % 60) as i32,
+            (day % 60) as i32,
+        );
+    }
+    (tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// RFC 3339 UTC with microseconds, e.g. `2026-11-23T07:41:02.114823Z`.
+pub fn rfc3339(wall_ns: i128) -> String {
+    let secs = wall_ns.div_euclid(1_000_000_000) as i64;
+    let micros = wall_ns.rem_euclid(1_000_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let day_secs = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The symbolic name of an errno, as `strace` prints it.
+pub fn errno_name(errno: i64) -> String {
+    let name = match i32::try_from(errno).unwrap_or(0) {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOSPC => "ENOSPC",
+        libc::EPIPE => "EPIPE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EISCONN => "EISCONN",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        _ => return format!("E{errno}"),
+    };
+    name.to_owned()
+}
+
+/// The JSON object of one event; field names are the README's schema.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    ts: String,
+    event: &'static str,
+    family: &'static str,
+    #[serde(rename = "type")]
+    sock_type: &'static str,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    thread: String,
+    uid: u32,
+    fd: Option<i32>,
+    sock: Option<u64>,
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    captured: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    passed_fds: Option<u16>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    credentials: bool,
+    peer: Option<JsonPeer<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonPeer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sock: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+impl<'a> JsonEvent<'a> {
+    fn new(event: &'a Event, clock: &Clock, captured: bool) -> Self {
+        use base64::Engine as _;
+        let failed = event.ret < 0;
+        let data_event = is_data(event);
+        let payload = captured && data_event && !failed;
+        Self {
+            ts: rfc3339(clock.wall_ns(event.ts_ns)),
+            event: kind_name(event.kind),
+            family: family_name(event.family),
+            sock_type: type_name(event.sock_type),
+            pid: event.pid,
+            tid: event.tid,
+            comm: &event.comm,
+            thread: comm_str(&event.thread),
+            uid: event.uid,
+            fd: event.fd,
+            sock: event.sock,
+            path: event.path.as_ref().map(|p| p.to_string()),
+            call: Some(event.call.name()).filter(|name| !name.is_empty()),
+            bytes: (data_event && !failed).then_some(event.ret),
+            ret: failed.then_some(event.ret),
+            error: failed.then(|| errno_name(-event.ret)),
+            listen_fd: event.listen_fd,
+            data: payload.then(|| base64::engine::general_purpose::STANDARD.encode(&event.data)),
+            captured: payload.then_some(event.data.len()),
+            truncated: payload.then_some((event.data.len() as i64) < event.ret),
+            passed_fds: (event.passed_fds > 0).then_some(event.passed_fds),
+            credentials: event.flags & FLAG_CREDENTIALS != 0,
+            peer: event.peer.as_ref().map(|peer| JsonPeer {
+                sock: peer.sock,
+                pid: peer.pid,
+                comm: peer.comm.as_deref(),
+                fd: peer.fd,
+                path: peer.path.as_ref().map(|p| p.to_string()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use bytes::Bytes;
+    use sockspy_common::Call;
+
+    use super::*;
+    use crate::events::UnixName;
+
+    fn send_event() -> Event {
+        let mut thread = [0u8; 16];
+        thread[..8].copy_from_slice(b"writer#0");
+        Event {
+            kind: EventKind::Send,
+            ts_ns: 5_000,
+            pid: 10,
+            tid: 11,
+            uid: 0,
+            comm: "collectd".into(),
+            thread,
+            family: 1,
+            sock_type: 1,
+            call: Call::Sendto,
+            fd: Some(9),
+            listen_fd: None,
+            sock: Some(100),
+            path: None,
+            ret: 97,
+            flags: 0,
+            data: Bytes::new(),
+            passed_fds: 0,
+            peer: Some(Peer {
+                sock: Some(101),
+                pid: Some(20),
+                comm: Some("rrdcached".into()),
+                fd: Some(12),
+                path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+            }),
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let clock = Clock {
+            offset_ns: 1_000_000_000,
+        };
+        let mut printer = Printer::new(Format::Json, clock, PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.event(&mut out, &send_event()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["ts"], "1970-01-01T00:00:01.000005Z");
+        assert_eq!(value["event"], "send");
+        assert_eq!(value["family"], "unix");
+        assert_eq!(value["type"], "stream");
+        assert_eq!(value["comm"], "collectd");
+        assert_eq!(value["thread"], "writer#0");
+        assert_eq!(value["fd"], 9);
+        assert_eq!(value["sock"], 100);
+        assert_eq!(value["path"], serde_json::Value::Null);
+        assert_eq!(value["bytes"], 97);
+        assert_eq!(value["call"], "sendto");
+        assert!(value.get("error").is_none());
+        assert_eq!(
+            value["peer"],
+            serde_json::json!({"sock": 101, "pid": 20, "comm": "rrdcached", "fd": 12, "path": "/run/rrdcached.sock"})
+        );
+    }
+
+    #[test]
+    fn failures_carry_errno_names() {
+        let mut event = send_event();
+        event.kind = EventKind::Connect;
+        event.ret = -i64::from(libc::ECONNREFUSED);
+        let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.event(&mut out, &event).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["error"], "ECONNREFUSED");
+        assert_eq!(value["ret"], -111);
+        assert!(value.get("bytes").is_none());
+        let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.event(&mut out, &event).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("connect") && text.contains("ECONNREFUSED"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_line_shows_peer_process() {
+        let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.header(&mut out).unwrap();
+        printer.event(&mut out, &send_event()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("TIME"));
+        assert!(
+            lines[1].ends_with("rrdcached[20] fd 12 sock 101 /run/rrdcached.sock"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains(" 97 "));
+    }
+
+    fn captured(data: &[u8], moved: i64, style: PayloadStyle, format: Format) -> String {
+        let mut event = send_event();
+        event.data = Bytes::copy_from_slice(data);
+        event.ret = moved;
+        let mut printer = Printer::new(format, Clock::now(), style);
+        let mut out = Vec::new();
+        printer.event(&mut out, &event).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    const CAPTURE: PayloadStyle = PayloadStyle {
+        captured: true,
+        hex: false,
+    };
+
+    #[test]
+    fn text_payload_is_indented_and_escaped() {
+        let text = captured(b"update a 1:2\r\nsecond\x01", 40, CAPTURE, Format::Text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "    update a 1:2\\r\\n");
+        assert_eq!(lines[2], "    second\\x01");
+        assert_eq!(lines[3], "    [19 more bytes not captured]");
+    }
+
+    #[test]
+    fn binary_payload_is_a_hex_dump() {
+        let all: Vec<u8> = (0..=255).collect();
+        let text = captured(&all, 256, CAPTURE, Format::Text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 17);
+        assert_eq!(
+            lines[1],
+            "    0x0000:  0001 0203 0405 0607 0809 0a0b 0c0d 0e0f  ................"
+        );
+        assert_eq!(
+            lines[5],
+            "    0x0040:  4041 4243 4445 4647 4849 4a4b 4c4d 4e4f  @ABCDEFGHIJKLMNO"
+        );
+        let hex = captured(
+            b"hi",
+            2,
+            PayloadStyle {
+                captured: true,
+                hex: true,
+            },
+            Format::Text,
+        );
+        assert!(
+            hex.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("    0x0000:  6869 "),
+            "{hex}"
+        );
+    }
+
+    #[test]
+    fn json_payload_round_trips() {
+        use base64::Engine as _;
+        let all: Vec<u8> = (0..=255).collect();
+        let json = captured(&all, 300, CAPTURE, Format::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(value["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, all);
+        assert_eq!(value["captured"], 256);
+        assert_eq!(value["truncated"], true);
+        assert_eq!(value["bytes"], 300);
+        let off = captured(b"x", 1, PayloadStyle::default(), Format::Json);
+        assert!(!off.contains("\"data\""), "{off}");
+    }
+
+    #[test]
+    fn dates_are_gregorian() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        // 2024-02-29T12:00:00Z, a leap day.
+        assert_eq!(
+            rfc3339(1_709_208_000_000_000_000),
+            "2024-02-29T12:00:00.000000Z"
+        );
+        assert_eq!(rfc3339(-1_000), "1969-12-31T23:59:59.999999Z");
+    }
+}

@@ -1,0 +1,439 @@
+//! Who holds which socket, and so who is at the other end of each event.
+//!
+//! The kernel tells us, per event, the socket's inode and its peer's inode
+//! (or kernel address, before the peer has an inode). It does not tell us
+//! which process holds that peer: a socket belongs to descriptors, and
+//! descriptors to processes, through `socket`, `accept`, `socketpair`,
+//! `fork`, `exec`, `close` and `exit`. This module keeps that table: seeded
+//! from /proc at start-up, kept current from events, and patched from
+//! /proc for one process when an event shows a descriptor it had not seen.
+//! Entries go when their last holder closes or exits, so the table is as
+//! large as the set of live sockets, not the history.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    rc::Rc,
+};
+
+use bytes::Bytes;
+use sockspy_common::{COMM_LEN, Call, EventKind};
+
+use crate::{
+    events::{ProcRecord, SockRecord, UnixName, comm_str, unix_name},
+    procfs::{ProcessSockets, Procfs, Scan, UnixSocket},
+};
+
+/// One descriptor of one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Holder {
+    pid: u32,
+    fd: i32,
+}
+
+#[derive(Debug, Default)]
+struct Sock {
+    /// Oldest first: the creator, then inheritors.
+    holders: Vec<Holder>,
+    /// The holder that last sent, received, connected or accepted on it.
+    last_user: Option<Holder>,
+    name: Option<Rc<UnixName>>,
+    /// The connected peer's inode, 0 if unknown.
+    peer: u64,
+    /// Kernel address of the `struct sock`, 0 if unknown.
+    sk: u64,
+}
+
+#[derive(Debug, Default)]
+struct Process {
+    comm: Rc<str>,
+    /// Socket descriptors: fd -> inode.
+    fds: HashMap<i32, u64>,
+    /// The fd table was read from /proc already (do not read it per event).
+    scanned: bool,
+}
+
+/// The other end of an event, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub sock: Option<u64>,
+    pub pid: Option<u32>,
+    pub comm: Option<Rc<str>>,
+    pub fd: Option<i32>,
+    pub path: Option<Rc<UnixName>>,
+}
+
+/// An event with everything the printers show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: Rc<str>,
+    pub thread: [u8; COMM_LEN],
+    pub family: u16,
+    pub sock_type: u16,
+    pub call: Call,
+    pub fd: Option<i32>,
+    /// `accept`: the listening descriptor.
+    pub listen_fd: Option<i32>,
+    pub sock: Option<u64>,
+    pub path: Option<Rc<UnixName>>,
+    /// The call's result (bytes moved for `send`/`recv`; negative errno on failure).
+    pub ret: i64,
+    /// `FLAG_*` bits from the kernel.
+    pub flags: u16,
+    /// Captured payload (empty when capture is off).
+    pub data: Bytes,
+    /// Descriptors passed with `SCM_RIGHTS`.
+    pub passed_fds: u16,
+    pub peer: Option<Peer>,
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    socks: HashMap<u64, Sock>,
+    procs: HashMap<u32, Process>,
+    /// Kernel `struct sock` address -> inode, for peers reported by address.
+    sk_ino: HashMap<u64, u64>,
+    /// Bound names of listening and datagram sockets -> inode: where a
+    /// `connect` or `sendto` to a name arrives.
+    named: HashMap<Rc<UnixName>, u64>,
+    procfs: Procfs,
+}
+
+impl Resolver {
+    pub fn new(procfs: Procfs) -> Self {
+        Self {
+            procfs,
+            ..Self::default()
+        }
+    }
+
+    /// Seeds the table with what existed before tracing started.
+    pub fn seed(&mut self, scan: Scan, unix: Vec<UnixSocket>) {
+        for process in scan.processes {
+            self.add_process(process);
+        }
+        for socket in unix {
+            let Some(name) = socket.name else { continue };
+            let name = Rc::new(name);
+            if socket.listening || socket.sock_type == 2 {
+                self.named.insert(Rc::clone(&name), socket.ino);
+            }
+            // Only sockets someone holds are worth remembering.
+            if let Some(sock) = self.socks.get_mut(&socket.ino) {
+                sock.name = Some(name);
+            }
+        }
+    }
+
+    fn add_process(&mut self, process: ProcessSockets) {
+        let ProcessSockets { pid, comm, fds } = process;
+        let entry = self.procs.entry(pid).or_default();
+        entry.scanned = true;
+        if !comm.is_empty() {
+            entry.comm = comm.into();
+        }
+        for (fd, ino) in fds {
+            self.hold(ino, Holder { pid, fd });
+        }
+    }
+
+    /// Number of sockets in the table (for tests of its bounds).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    /// Records that `holder` has `ino` open.
+    fn hold(&mut self, ino: u64, holder: Holder) {
+        if ino == 0 || holder.fd < 0 {
+            return;
+        }
+        let process = self.procs.entry(holder.pid).or_default();
+        if let Some(old) = process.fds.insert(holder.fd, ino)
+            && old != ino
+        {
+            // The fd was reused after a close we did not see.
+            self.drop_holder(old, holder);
+        }
+        let sock = self.socks.entry(ino).or_default();
+        if !sock.holders.contains(&holder) {
+            sock.holders.push(holder);
+        }
+    }
+
+    /// Records that `holder` no longer has `ino` open.
+    fn release(&mut self, ino: u64, holder: Holder) {
+        if let Some(process) = self.procs.get_mut(&holder.pid)
+            && process.fds.get(&holder.fd) == Some(&ino)
+        {
+            process.fds.remove(&holder.fd);
+        }
+        self.drop_holder(ino, holder);
+    }
+
+    fn drop_holder(&mut self, ino: u64, holder: Holder) {
+        let Entry::Occupied(mut entry) = self.socks.entry(ino) else {
+            return;
+        };
+        let sock = entry.get_mut();
+        sock.holders.retain(|h| *h != holder);
+        if sock.last_user == Some(holder) {
+            sock.last_user = None;
+        }
+        if sock.holders.is_empty() {
+            let sock = entry.remove();
+            self.sk_ino.remove(&sock.sk);
+            if let Some(name) = sock.name
+                && self.named.get(&name) == Some(&ino)
+            {
+                self.named.remove(&name);
+            }
+        }
+    }
+
+    /// Applies a process event.
+    pub fn apply_proc(&mut self, rec: &ProcRecord) {
+        let pid = rec.ev.header.pid;
+        match rec.kind {
+            EventKind::Fork => {
+                let child = rec.ev.child_pid;
+                let (comm, fds) = match self.procs.get(&pid) {
+                    Some(parent) => (
+                        Rc::clone(&parent.comm),
+                        parent.fds.iter().map(|(&fd, &ino)| (fd, ino)).collect(),
+                    ),
+                    None => (comm_str(&rec.ev.header.comm).into(), Vec::new()),
+                };
+                self.forget_process(child);
+                let entry = self.procs.entry(child).or_default();
+                entry.comm = comm;
+                entry.scanned = true;
+                for (fd, ino) in fds {
+                    self.hold(ino, Holder { pid: child, fd });
+                }
+            }
+            EventKind::Exec => {
+                let comm: Rc<str> = comm_str(&rec.ev.header.comm).into();
+                let Some(process) = self.procs.get_mut(&pid) else {
+                    self.procs.insert(
+                        pid,
+                        Process {
+                            comm,
+                            ..Process::default()
+                        },
+                    );
+                    return;
+                };
+                process.comm = comm;
+                // Descriptors marked close-on-exec are gone now: keep only what /proc still shows.
+                let held: Vec<(i32, u64)> = process.fds.iter().map(|(&f, &i)| (f, i)).collect();
+                let now = self
+                    .procfs
+                    .process_sockets(pid)
+                    .map(|p| p.fds)
+                    .unwrap_or_default();
+                for (fd, ino) in held {
+                    if !now.contains(&(fd, ino)) {
+                        self.release(ino, Holder { pid, fd });
+                    }
+                }
+            }
+            EventKind::Exit => self.forget_process(pid),
+            _ => {}
+        }
+    }
+
+    fn forget_process(&mut self, pid: u32) {
+        if let Some(process) = self.procs.remove(&pid) {
+            for (fd, ino) in process.fds {
+                self.drop_holder(ino, Holder { pid, fd });
+            }
+        }
+    }
+
+    /// The process's command name: what the table knows, else the event's.
+    fn comm(&mut self, pid: u32, event_comm: &[u8; COMM_LEN]) -> Rc<str> {
+        let process = self.procs.entry(pid).or_default();
+        if process.comm.is_empty() {
+            process.comm = comm_str(event_comm).into();
+        }
+        Rc::clone(&process.comm)
+    }
+
+    /// The descriptor through which `pid` uses `ino`, reading /proc once if needed.
+    fn fd_of(&mut self, pid: u32, ino: u64) -> Option<i32> {
+        let find = |process: &Process| {
+            process
+                .fds
+                .iter()
+                .filter(|&(_, &i)| i == ino)
+                .map(|(&fd, _)| fd)
+                .min()
+        };
+        let process = self.procs.entry(pid).or_default();
+        if let Some(fd) = find(process) {
+            return Some(fd);
+        }
+        if process.scanned {
+            return None;
+        }
+        process.scanned = true;
+        let fds = self.procfs.process_sockets(pid).ok()?.fds;
+        for (fd, ino) in fds {
+            self.hold(ino, Holder { pid, fd });
+        }
+        find(self.procs.get(&pid)?)
+    }
+
+    /// The holder to name as the peer: the last one to use the socket, else the oldest.
+    fn holder_of(&self, ino: u64) -> Option<Holder> {
+        let sock = self.socks.get(&ino)?;
+        sock.last_user
+            .filter(|h| sock.holders.contains(h))
+            .or_else(|| sock.holders.first().copied())
+    }
+
+    /// Updates the table from a socket event and resolves its peer.
+    pub fn apply(&mut self, rec: &SockRecord) -> Event {
+        let ev = &rec.ev;
+        let header = &ev.header;
+        let pid = header.pid;
+        let kind = rec.kind;
+        let comm = self.comm(pid, &header.comm);
+        let ino = ev.sock;
+        let own_name = unix_name(&rec.addr).map(Rc::new);
+        let peer_name = unix_name(&rec.peer_addr).map(Rc::new);
+
+        let mut fd = (ev.fd >= 0).then_some(ev.fd);
+        let failed = ev.ret < 0;
+        if ino != 0 {
+            if let Some(fd) = fd
+                && kind != EventKind::Close
+            {
+                self.hold(ino, Holder { pid, fd });
+            }
+            if fd.is_none() {
+                fd = self.fd_of(pid, ino);
+            }
+            if let Some(sock) = self.socks.get_mut(&ino) {
+                if ev.sk != 0 {
+                    sock.sk = ev.sk;
+                    self.sk_ino.insert(ev.sk, ino);
+                }
+                if own_name.is_some() && !failed {
+                    sock.name.clone_from(&own_name);
+                }
+                if let Some(fd) = fd
+                    && matches!(
+                        kind,
+                        EventKind::Send | EventKind::Recv | EventKind::Connect | EventKind::Accept
+                    )
+                {
+                    sock.last_user = Some(Holder { pid, fd });
+                }
+            }
+        }
+        if !failed
+            && matches!(kind, EventKind::Bind | EventKind::Listen)
+            && let Some(name) = &own_name
+        {
+            self.named.insert(Rc::clone(name), ino);
+        }
+
+        let mut peer_ino = ev.peer_sock;
+        if peer_ino == 0 && ev.peer_sk != 0 {
+            peer_ino = self.sk_ino.get(&ev.peer_sk).copied().unwrap_or(0);
+        }
+        if kind == EventKind::Socketpair && ev.fd2 >= 0 {
+            self.hold(peer_ino, Holder { pid, fd: ev.fd2 });
+        }
+        if peer_ino != 0 {
+            if let Some(sock) = self.socks.get_mut(&ino) {
+                sock.peer = peer_ino;
+            }
+            if let Some(peer) = self.socks.get_mut(&peer_ino) {
+                peer.peer = ino;
+                if peer.sk == 0 && ev.peer_sk != 0 {
+                    peer.sk = ev.peer_sk;
+                    self.sk_ino.insert(ev.peer_sk, peer_ino);
+                }
+            }
+        } else if let Some(sock) = self.socks.get(&ino) {
+            peer_ino = sock.peer;
+        }
+
+        let peer = self.peer(kind, peer_ino, peer_name, ev.fd2);
+        let event = Event {
+            kind,
+            ts_ns: header.ts_ns,
+            pid,
+            tid: header.tid,
+            uid: header.uid,
+            comm,
+            thread: header.tcomm,
+            family: ev.family,
+            sock_type: ev.sock_type,
+            call: rec.call(),
+            fd,
+            listen_fd: (kind == EventKind::Accept && ev.fd2 >= 0).then_some(ev.fd2),
+            sock: (ino != 0).then_some(ino),
+            path: own_name.or_else(|| self.socks.get(&ino).and_then(|s| s.name.clone())),
+            ret: ev.ret,
+            flags: ev.flags,
+            data: rec.data.clone(),
+            passed_fds: ev.passed_fds,
+            peer,
+        };
+        if kind == EventKind::Close
+            && let Some(fd) = fd
+        {
+            self.release(ino, Holder { pid, fd });
+        }
+        event
+    }
+
+    /// Resolves the other end: by peer inode when the kernel knew it, else
+    /// (a `connect` not yet accepted, a datagram to a name) by the name.
+    fn peer(
+        &mut self,
+        kind: EventKind,
+        peer_ino: u64,
+        peer_name: Option<Rc<UnixName>>,
+        fd2: i32,
+    ) -> Option<Peer> {
+        let mut peer = Peer {
+            sock: (peer_ino != 0).then_some(peer_ino),
+            path: peer_name,
+            ..Peer::default()
+        };
+        let mut holder = None;
+        if peer_ino != 0 {
+            if peer.path.is_none() {
+                peer.path = self.socks.get(&peer_ino).and_then(|s| s.name.clone());
+            }
+            holder = self.holder_of(peer_ino);
+            if kind == EventKind::Socketpair && fd2 >= 0 {
+                holder = holder.map(|h| Holder { fd: fd2, ..h });
+            }
+        }
+        if holder.is_none()
+            && let Some(name) = &peer.path
+            && let Some(&listener) = self.named.get(name)
+        {
+            // The process listening or bound there; its fd is not this connection's.
+            holder = self.holder_of(listener).map(|h| Holder { fd: -1, ..h });
+        }
+        if let Some(holder) = holder {
+            peer.pid = Some(holder.pid);
+            peer.comm = self.procs.get(&holder.pid).map(|p| Rc::clone(&p.comm));
+            peer.fd = (holder.fd >= 0).then_some(holder.fd);
+        }
+        (peer != Peer::default()).then_some(peer)
+    }
+}

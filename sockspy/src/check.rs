@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use crate::loader::{self, HOOKS};
 
-/// Prints one line per check; exits 1 when tracing cannot work.
+/// Prints one line per check; exits 2 (an unfit environment, as `trace`
+/// would) when tracing cannot work.
 pub fn run() -> ExitCode {
     let mut failures = Vec::new();
     let mut report = |what: &str, result: Result<String, String>| match result {
@@ -60,8 +61,8 @@ pub fn run() -> ExitCode {
         println!("backend: tracepoint; sockspy trace can run here");
         ExitCode::SUCCESS
     } else {
-        println!("sockspy trace cannot run here: {}", failures.join("; "));
-        ExitCode::FAILURE
+        eprintln!("sockspy trace cannot run here: {}", failures.join("; "));
+        ExitCode::from(2)
     }
 }
 

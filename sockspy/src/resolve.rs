@@ -257,11 +257,14 @@ impl Resolver {
         }
     }
 
-    /// The process's command name: what the table knows, else the event's.
+    /// The process's command name as of this event (the kernel read it just
+    /// now, so it also catches a rename by `prctl(PR_SET_NAME)`), kept for
+    /// naming the process as somebody's peer.
     fn comm(&mut self, pid: u32, event_comm: &[u8; COMM_LEN]) -> Rc<str> {
         let process = self.procs.entry(pid).or_default();
-        if process.comm.is_empty() {
-            process.comm = comm_str(event_comm).into();
+        let current = comm_str(event_comm);
+        if !current.is_empty() && *process.comm != *current {
+            process.comm = current.into();
         }
         Rc::clone(&process.comm)
     }

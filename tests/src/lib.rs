@@ -1,1 +1,376 @@
+//! Harness for the root integration tests.
+//!
+//! Each test starts the real `sockspy` binary (built by `cargo xtask test`,
+//! found through `SOCKSPY_BIN`), waits for its readiness line, drives real
+//! programs, stops it as an operator would (SIGINT) and asserts on what it
+//! printed. sockspy sees the whole machine, so tests pick their own events
+//! out by the pids of the programs they started.
+//!
+//! Traces run one at a time within a test binary: the machine has two
+//! cores, and a tracer competing with another for them would make
+//! timing-dependent waits flaky.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, MutexGuard},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// How long sockspy may take to load its programs and announce itself.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long sockspy may take to stop after SIGINT.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+static ONE_TRACE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The sockspy binary under test.
+pub fn sockspy_bin() -> PathBuf {
+    match std::env::var_os("SOCKSPY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sockspy"),
+    }
+}
+
+/// Whether tests that need root may run. Without root they skip, saying
+/// why, unless `SOCKSPY_REQUIRE_ROOT` is set (as in CI), where a skip would
+/// hide a broken set-up and so fails instead.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let binary = sockspy_bin();
+    let reason = if !root {
+        "needs root (loads eBPF programs)".to_owned()
+    } else if !binary.exists() {
+        format!(
+            "{} is not built (cargo xtask test builds it)",
+            binary.display()
+        )
+    } else {
+        return true;
+    };
+    if std::env::var_os("SOCKSPY_REQUIRE_ROOT").is_some() {
+        panic!("{test}: {reason}, and SOCKSPY_REQUIRE_ROOT is set");
+    }
+    eprintln!("skipped {test}: {reason}");
+    false
+}
+
+/// Whether `program` can be found on PATH.
+pub fn have_program(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// What a finished sockspy run left behind.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// stdout parsed as JSON Lines.
+    pub fn events(&self) -> Vec<Value> {
+        parse_events(&self.stdout)
+    }
+}
+
+fn parse_events(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("bad JSON line {line:?}: {err}"))
+        })
+        .collect()
+}
+
+/// A running `sockspy trace`.
+pub struct Trace {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stdout_reader: JoinHandle<()>,
+    stderr_reader: JoinHandle<String>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Trace {
+    /// Starts `sockspy trace ARGS` and returns once it says it is tracing.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let turn = ONE_TRACE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut child = Command::new(sockspy_bin())
+            .arg("trace")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sockspy")?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stdout);
+        let out = child.stdout.take().context("sockspy stdout")?;
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut err = BufReader::new(child.stderr.take().context("sockspy stderr")?);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr_reader = thread::spawn(move || {
+            let mut seen = String::new();
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("sockspy: tracing") {
+                    let _ = ready_tx.send(());
+                }
+                seen.push_str(&line);
+                line.clear();
+            }
+            seen
+        });
+        let mut trace = Trace {
+            child,
+            stdout,
+            stdout_reader,
+            stderr_reader,
+            _turn: turn,
+        };
+        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+            let _ = trace.child.kill();
+            let finished = trace.finish()?;
+            bail!(
+                "sockspy did not start tracing ({}); stderr:\n{}",
+                finished.status,
+                finished.stderr
+            );
+        }
+        Ok(trace)
+    }
+
+    /// sockspy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The JSON events printed so far.
+    pub fn events_so_far(&self) -> Vec<Value> {
+        parse_events(&self.stdout.lock().unwrap())
+    }
+
+    /// Waits until `done` holds for the events printed so far, or `timeout`.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.events_so_far()) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Stops sockspy with SIGINT, as Ctrl-C would, and collects its output.
+    pub fn stop(self) -> Result<Finished> {
+        // Events still in flight reach the ring buffer within its poll period.
+        thread::sleep(Duration::from_millis(300));
+        signal(self.child.id(), libc::SIGINT);
+        self.finish()
+    }
+
+    /// Waits for sockspy to exit on its own (`--count`, `--duration`).
+    pub fn finish(mut self) -> Result<Finished> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("sockspy did not exit within {STOP_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let _ = self.stdout_reader.join();
+        let stderr = self.stderr_reader.join().unwrap_or_default();
+        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
+        Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// Runs a Python script with arguments, returning its stdout; fails on a
+/// non-zero exit.
+pub fn python(script: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running python3")?;
+    if !output.status.success() {
+        bail!(
+            "python script failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A fresh path for a socket of this test, in a directory only it uses.
+pub fn socket_path(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sockspy-test-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a socket directory");
+    dir.join("sock")
+}
+
+/// Events of process `pid`.
+pub fn by_pid(events: &[Value], pid: u64) -> Vec<&Value> {
+    events.iter().filter(|ev| ev["pid"] == pid).collect()
+}
+
+/// The first event of `pid` named `event`, with a readable failure.
+pub fn find<'a>(events: &'a [Value], pid: u64, event: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|ev| ev["pid"] == pid && ev["event"] == event)
+        .unwrap_or_else(|| {
+            let mine: Vec<String> = by_pid(events, pid).iter().map(|e| e.to_string()).collect();
+            panic!(
+                "no {event} event of pid {pid}; its events:\n{}",
+                mine.join("\n")
+            )
+        })
+}
+
+/// The first event of `pid` named `event` moving `bytes` bytes.
+pub fn find_data<'a>(events: &'a [Value], pid: u64, event: &str, bytes: u64) -> &'a Value {
+    events
+        .iter()
+        .find(|ev| ev["pid"] == pid && ev["event"] == event && ev["bytes"] == bytes)
+        .unwrap_or_else(|| {
+            let mine: Vec<String> = by_pid(events, pid).iter().map(|e| e.to_string()).collect();
+            panic!(
+                "no {event} of {bytes} bytes by pid {pid}; its events:\n{}",
+                mine.join("\n")
+            )
+        })
+}
+
+/// collectd writing to rrdcached over a Unix socket, configured as in the
+/// field; both are stopped when this is dropped.
+pub struct Collectd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub rrdcached_pid: u64,
+    pub collectd: Child,
+}
+
+impl Collectd {
+    /// Starts rrdcached (which daemonizes and writes a pid file), then
+    /// collectd in the foreground.
+    pub fn start(test: &str) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("sockspy-collectd-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rrd"))?;
+        std::fs::create_dir_all(dir.join("journal"))?;
+        let socket = dir.join("rrdcached.sock");
+        let pid_file = dir.join("rrdcached.pid");
+        let status = Command::new("rrdcached")
+            .arg("-l")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("-b")
+            .arg(dir.join("rrd"))
+            .arg("-B")
+            .arg("-j")
+            .arg(dir.join("journal"))
+            .arg("-p")
+            .arg(&pid_file)
+            .args(["-w", "5", "-z", "1", "-F"])
+            .status()
+            .context("starting rrdcached")?;
+        if !status.success() {
+            bail!("rrdcached failed to start: {status}");
+        }
+        let rrdcached_pid = wait_for_pid_file(&pid_file)?;
+        let conf = dir.join("collectd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Interval 1\nFQDNLookup false\nHostname \"testhost\"\nBaseDir \"{dir}\"\n\
+                 PIDFile \"{dir}/collectd.pid\"\nLoadPlugin load\nLoadPlugin memory\n\
+                 LoadPlugin rrdcached\n<Plugin rrdcached>\n  DaemonAddress \"unix:{socket}\"\n  \
+                 DataDir \"{dir}/rrd\"\n  CreateFiles true\n</Plugin>\n",
+                dir = dir.display(),
+                socket = socket.display()
+            ),
+        )?;
+        let collectd = Command::new("collectd")
+            .arg("-f")
+            .arg("-C")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting collectd")?;
+        Ok(Collectd {
+            dir,
+            socket,
+            rrdcached_pid,
+            collectd,
+        })
+    }
+
+    pub fn collectd_pid(&self) -> u64 {
+        u64::from(self.collectd.id())
+    }
+}
+
+impl Drop for Collectd {
+    fn drop(&mut self) {
+        let _ = self.collectd.kill();
+        let _ = self.collectd.wait();
+        signal(self.rrdcached_pid as u32, libc::SIGTERM);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_pid_file(path: &std::path::Path) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,196 @@
+//! How sockspy behaves at its edges: bad input, unfit environments, and
+//! the ways a trace ends.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sockspy_tests::{Trace, have_program, have_root, python, signal, sockspy_bin};
+
+fn sockspy(args: &[&str]) -> Output {
+    Command::new(sockspy_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sockspy")
+}
+
+/// A clear one-line error and exit status 2, never a panic.
+fn assert_usage_error(output: &Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(mentions),
+        "expected {mentions:?} in: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn rejects_bad_arguments() {
+    if !sockspy_bin().exists() {
+        eprintln!("skipped rejects_bad_arguments: sockspy is not built");
+        return;
+    }
+    assert_usage_error(&sockspy(&["trace", "--bogus"]), "--bogus");
+    assert_usage_error(&sockspy(&["trace", "--count", "abc"]), "abc");
+    assert_usage_error(&sockspy(&["trace", "--duration", "-1"]), "-1");
+    assert_usage_error(&sockspy(&["trace", "--data=99999"]), "16384");
+    assert_usage_error(&sockspy(&["frobnicate"]), "frobnicate");
+}
+
+#[test]
+fn refuses_an_unprivileged_user() {
+    if !have_root("refuses_an_unprivileged_user") {
+        return;
+    }
+    assert!(have_program("setpriv"), "setpriv (util-linux) is needed");
+    let bin = sockspy_bin();
+    for sub in ["trace", "check"] {
+        let output = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&bin)
+            .arg(sub)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{sub}: {stderr}");
+        assert!(stderr.contains("root"), "{sub}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if sub == "trace" {
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn check_reports_every_hook() {
+    if !have_root("check_reports_every_hook") {
+        return;
+    }
+    let output = sockspy(&["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for hook in [
+        "BTF",
+        "privileges",
+        "ring buffer",
+        "raw_syscalls:sys_enter",
+        "raw_syscalls:sys_exit",
+        "sock:sock_send_length",
+        "sock:sock_recv_length",
+        "sched:sched_process_fork",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|line| line.contains(hook))
+            .unwrap_or_else(|| panic!("no {hook} line in {stdout}"));
+        assert!(line.starts_with("ok"), "{line}");
+    }
+}
+
+/// Keeps Unix sockets busy for `seconds`.
+const CHATTER: &str = "
+import socket, sys, time
+a, b = socket.socketpair()
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    a.send(b'tick')
+    b.recv(10)
+    time.sleep(0.01)
+";
+
+#[test]
+fn count_stops_after_that_many_events() {
+    if !have_root("count_stops_after_that_many_events") {
+        return;
+    }
+    let trace = Trace::start(&["--unix", "--count", "5"]).unwrap();
+    let chatter = std::thread::spawn(|| python(CHATTER, &["3"]));
+    let done = trace.finish().unwrap();
+    chatter.join().unwrap().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    let events: Vec<_> = done
+        .stdout
+        .iter()
+        .filter(|l| !l.starts_with("TIME"))
+        .collect();
+    assert_eq!(events.len(), 5, "{:?}", done.stdout);
+    assert!(
+        done.stderr.contains(" lost (ring buffer full)"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn duration_stops_on_time() {
+    if !have_root("duration_stops_on_time") {
+        return;
+    }
+    let started = Instant::now();
+    let trace = Trace::start(&["--unix", "--duration", "1.5", "--json"]).unwrap();
+    let done = trace.finish().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    done.events();
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_a_summary() {
+    if !have_root("sigterm_stops_cleanly_with_a_summary") {
+        return;
+    }
+    let trace = Trace::start(&["--unix", "--json", "--stats"]).unwrap();
+    python(CHATTER, &["1.5"]).unwrap();
+    signal(trace.pid(), libc::SIGTERM);
+    let done = trace.finish().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    let events = done.events();
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev["event"] == "send" && ev["bytes"] == 4)
+    );
+    let summary = done.stderr.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("sockspy: ") && summary.contains(" events, "),
+        "{}",
+        done.stderr
+    );
+    assert!(done.stderr.contains("ring buffer"), "{}", done.stderr);
+}
+
+#[test]
+fn closed_pipe_ends_the_trace() {
+    if !have_root("closed_pipe_ends_the_trace") {
+        return;
+    }
+    let bin = sockspy_bin();
+    let chatter = std::thread::spawn(|| python(CHATTER, &["4"]));
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' trace --unix | head -n 3", bin.display()))
+        .output()
+        .unwrap();
+    chatter.join().unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" events, "), "{stderr}");
+}

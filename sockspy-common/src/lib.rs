@@ -23,8 +23,15 @@ pub const MAX_DATA_LEN: usize = 16384;
 /// that can interrupt another); the loader sizes the scratch map with it.
 pub const SCRATCH_SLOTS: u32 = 2;
 
+/// Passed descriptors (`SCM_RIGHTS`) identified per `sendmsg`; the count of
+/// all of them is in `SockEvent::passed_fds` regardless.
+pub const MAX_PASSED_FILES: usize = 4;
+
 /// Largest record the kernel side ever writes.
-pub const MAX_EVENT_LEN: usize = size_of::<SockEvent>() + 2 * MAX_ADDR_LEN + MAX_DATA_LEN;
+pub const MAX_EVENT_LEN: usize = size_of::<SockEvent>()
+    + 2 * MAX_ADDR_LEN
+    + MAX_PASSED_FILES * size_of::<PassedFile>()
+    + MAX_DATA_LEN;
 
 /// What happened. The numbers are part of the recording format: never reuse one.
 #[repr(u32)]
@@ -220,7 +227,8 @@ pub struct EventHeader {
 ///
 /// Trailing bytes follow the fixed part, in this order: `addr_len` bytes of
 /// the socket's own address, `peer_addr_len` bytes of the other end's address
-/// (both raw `struct sockaddr_*`), then `data_len` bytes of payload.
+/// (both raw `struct sockaddr_*`), `passed_files` [`PassedFile`] records,
+/// then `data_len` bytes of payload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockEvent {
@@ -261,6 +269,22 @@ pub struct SockEvent {
     pub data_len: u32,
     /// File descriptors passed along (`SCM_RIGHTS` on a `sendmsg`).
     pub passed_fds: u16,
+    /// [`PassedFile`] records that follow the addresses (at most
+    /// [`MAX_PASSED_FILES`] of the `passed_fds`).
+    pub passed_files: u16,
+}
+
+/// A descriptor a `sendmsg` passed with `SCM_RIGHTS`, identified by the
+/// kernel while the sender still held it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassedFile {
+    /// Inode number of the file (`pipe:[N]`, `socket:[N]`, a file's inode).
+    pub ino: u64,
+    /// The sender's descriptor number.
+    pub fd: i32,
+    /// The inode's `i_mode` (its `S_IFMT` bits say pipe, socket, file, ...).
+    pub mode: u16,
     /// Explicit padding; always zero.
     pub _pad: u16,
 }
@@ -381,6 +405,7 @@ pub struct TraceConfig {
 const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 136);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
+const _: () = assert!(size_of::<PassedFile>() == 16);
 const _: () = assert!(size_of::<KernelOffsets>() == 104);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 

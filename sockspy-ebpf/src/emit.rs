@@ -15,13 +15,16 @@ use aya_ebpf::{
     },
 };
 use sockspy_common::{
-    Call, EventHeader, EventKind, MAX_ADDR_LEN, MAX_DATA_LEN, ProcEvent, SockEvent, Stat,
+    Call, EventHeader, EventKind, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile,
+    ProcEvent, SockEvent, Stat,
 };
 
 use crate::{EVENTS, SCRATCH, STATS, global, kernel};
 
-/// Room for the two addresses; a power of two so that a mask bounds offsets into it.
+/// Room for the two addresses and the passed files; a power of two so that
+/// a mask bounds offsets into it.
 const ADDR_AREA: usize = 4 * MAX_ADDR_LEN;
+const _: () = assert!(2 * MAX_ADDR_LEN + MAX_PASSED_FILES * size_of::<PassedFile>() <= ADDR_AREA);
 /// Bytes after the fixed part: own address, peer address, payload. Twice the
 /// payload cap, because the verifier bounds a chunk's offset and length
 /// separately, not their sum.
@@ -157,7 +160,7 @@ impl Record {
         ev.flags = 0;
         ev.data_len = 0;
         ev.passed_fds = 0;
-        ev._pad = 0;
+        ev.passed_files = 0;
         Some(Self { scratch })
     }
 
@@ -248,6 +251,41 @@ impl Record {
         len as u16
     }
 
+    /// Appends the identity of a passed descriptor after the addresses; the
+    /// payload, which follows, must not have started yet.
+    #[inline(always)]
+    pub fn passed_file(&mut self, file: PassedFile) {
+        let ev = self.ev();
+        let n = usize::from(ev.passed_files);
+        if n >= MAX_PASSED_FILES || ev.data_len != 0 {
+            return;
+        }
+        let at = opaque(
+            usize::from(ev.addr_len) + usize::from(ev.peer_addr_len) + n * size_of::<PassedFile>(),
+        );
+        if at > ADDR_AREA - size_of::<PassedFile>() {
+            return;
+        }
+        // SAFETY: `at + size_of::<PassedFile>() <= ADDR_AREA`, checked above.
+        unsafe {
+            (*self.scratch)
+                .tail
+                .as_mut_ptr()
+                .add(at)
+                .cast::<PassedFile>()
+                .write_unaligned(file)
+        };
+        self.ev().passed_files += 1;
+    }
+
+    /// Bytes of the tail before the payload: addresses and passed files.
+    #[inline(always)]
+    fn before_data(ev: &SockEvent) -> usize {
+        usize::from(ev.addr_len)
+            + usize::from(ev.peer_addr_len)
+            + usize::from(ev.passed_files) * size_of::<PassedFile>()
+    }
+
     /// Appends up to `len` bytes of user memory at `src` to the payload, within
     /// [`MAX_DATA_LEN`] in all. Returns the bytes appended; a failed read marks
     /// the record (`FLAG_DATA_FAULT`) and appends nothing.
@@ -258,7 +296,7 @@ impl Record {
         if have >= MAX_DATA_LEN {
             return 0;
         }
-        let at = usize::from(ev.addr_len) + usize::from(ev.peer_addr_len) + have;
+        let at = Self::before_data(ev) + have;
         let mut len = len as usize;
         if len > MAX_DATA_LEN - have {
             len = MAX_DATA_LEN - have;
@@ -284,12 +322,7 @@ impl Record {
     #[inline(always)]
     pub fn submit(self) {
         let ev = self.ev_ref();
-        let len = opaque(
-            size_of::<SockEvent>()
-                + usize::from(ev.addr_len)
-                + usize::from(ev.peer_addr_len)
-                + ev.data_len as usize,
-        );
+        let len = opaque(size_of::<SockEvent>() + Self::before_data(ev) + ev.data_len as usize);
         if len > size_of::<Scratch>() {
             return;
         }

@@ -71,6 +71,21 @@ pub fn sock_info(sk: u64) -> Result<SockInfo, ReadFailed> {
 /// The `struct sock` behind descriptor `fd` of the current task, if it is a socket.
 #[inline(always)]
 pub fn fd_to_sock(fd: i64) -> Result<Option<u64>, ReadFailed> {
+    let Some(file) = fd_to_file(fd)? else {
+        return Ok(None);
+    };
+    let (_, mode) = file_identity(file)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
+    let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
+    Ok((sk != 0).then_some(sk))
+}
+
+/// The `struct file` behind descriptor `fd` of the current task, if open.
+#[inline(always)]
+pub fn fd_to_file(fd: i64) -> Result<Option<u64>, ReadFailed> {
     if fd < 0 {
         return Ok(None);
     }
@@ -87,17 +102,17 @@ pub fn fd_to_sock(fd: i64) -> Result<Option<u64>, ReadFailed> {
     }
     let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd))?;
     let file: u64 = read(fd_array + (fd as u64) * 8, 0)?;
-    if file == 0 {
-        return Ok(None);
-    }
+    Ok((file != 0).then_some(file))
+}
+
+/// Inode number and mode of a `struct file`.
+#[inline(always)]
+pub fn file_identity(file: u64) -> Result<(u64, u16), ReadFailed> {
     let inode: u64 = read(file, global!(OFFSETS.file_inode))?;
-    let mode: u16 = read(inode, global!(OFFSETS.inode_mode))?;
-    if mode & S_IFMT != S_IFSOCK {
-        return Ok(None);
-    }
-    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
-    let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
-    Ok((sk != 0).then_some(sk))
+    Ok((
+        read(inode, global!(OFFSETS.inode_ino))?,
+        read(inode, global!(OFFSETS.inode_mode))?,
+    ))
 }
 
 /// The command name of the current task's thread group leader: the process

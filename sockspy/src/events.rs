@@ -8,7 +8,9 @@
 use std::fmt;
 
 use bytes::Bytes;
-use sockspy_common::{AF_UNIX, COMM_LEN, Call, EventHeader, EventKind, ProcEvent, SockEvent};
+use sockspy_common::{
+    AF_UNIX, COMM_LEN, Call, EventHeader, EventKind, PassedFile, ProcEvent, SockEvent,
+};
 
 /// Why a record could not be decoded.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,8 @@ pub struct SockRecord {
     pub addr: Bytes,
     /// The peer's address (raw `sockaddr`): a connect target, a datagram's destination, ...
     pub peer_addr: Bytes,
+    /// Descriptors passed with `SCM_RIGHTS`, as far as the kernel identified them.
+    pub passed: Vec<PassedFile>,
     /// Captured payload.
     pub data: Bytes,
 }
@@ -88,7 +92,8 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
             let fixed = size_of::<SockEvent>();
             let addr_end = fixed + usize::from(ev.addr_len);
             let peer_end = addr_end + usize::from(ev.peer_addr_len);
-            let data_end = peer_end + ev.data_len as usize;
+            let files_end = peer_end + usize::from(ev.passed_files) * size_of::<PassedFile>();
+            let data_end = files_end + ev.data_len as usize;
             if data_end != record.len() {
                 return Err(DecodeError::Length {
                     said: data_end,
@@ -101,7 +106,11 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
                 ev,
                 addr: tail.slice(..addr_end - fixed),
                 peer_addr: tail.slice(addr_end - fixed..peer_end - fixed),
-                data: tail.slice(peer_end - fixed..),
+                passed: record[peer_end..files_end]
+                    .chunks_exact(size_of::<PassedFile>())
+                    .filter_map(read_struct)
+                    .collect(),
+                data: tail.slice(files_end - fixed..),
             }))
         }
     }
@@ -163,6 +172,22 @@ pub fn type_name(sock_type: u16) -> &'static str {
     }
 }
 
+/// What kind of file an inode mode (`S_IFMT` bits) says, as /proc and
+/// `lsof` name them.
+pub fn file_type(mode: u16) -> &'static str {
+    match mode & 0o170000 {
+        0o140000 => "socket",
+        0o010000 => "pipe",
+        0o100000 => "file",
+        0o040000 => "dir",
+        0o020000 => "chr",
+        0o060000 => "blk",
+        0o120000 => "link",
+        // eventfd, signalfd, epoll and friends live on an anonymous inode.
+        _ => "anon_inode",
+    }
+}
+
 /// Name of an address family number.
 pub fn family_name(family: u16) -> &'static str {
     match family {
@@ -201,6 +226,16 @@ pub(crate) mod tests {
         f: impl FnOnce(&mut SockEvent),
         tail: [&[u8]; 3],
     ) -> Vec<u8> {
+        sock_bytes_with_files(kind, f, tail, &[])
+    }
+
+    /// As [`sock_bytes`], with passed-file records between addresses and payload.
+    pub fn sock_bytes_with_files(
+        kind: EventKind,
+        f: impl FnOnce(&mut SockEvent),
+        tail: [&[u8]; 3],
+        files: &[PassedFile],
+    ) -> Vec<u8> {
         // SAFETY: SockEvent is plain integers; all-zero is a valid value.
         let mut ev: SockEvent = unsafe { std::mem::zeroed() };
         ev.header.kind = kind as u32;
@@ -210,16 +245,25 @@ pub(crate) mod tests {
         ev.addr_len = tail[0].len() as u16;
         ev.peer_addr_len = tail[1].len() as u16;
         ev.data_len = tail[2].len() as u32;
-        ev.header.size =
-            (size_of::<SockEvent>() + tail.iter().map(|t| t.len()).sum::<usize>()) as u32;
+        ev.passed_files = files.len() as u16;
+        let files_len = files.len() * size_of::<PassedFile>();
+        ev.header.size = (size_of::<SockEvent>()
+            + tail.iter().map(|t| t.len()).sum::<usize>()
+            + files_len) as u32;
         // SAFETY: reading the bytes of a plain struct.
         let mut bytes = unsafe {
             std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<SockEvent>())
         }
         .to_vec();
-        for part in tail {
-            bytes.extend_from_slice(part);
+        bytes.extend_from_slice(tail[0]);
+        bytes.extend_from_slice(tail[1]);
+        for file in files {
+            // SAFETY: reading the bytes of a plain struct.
+            bytes.extend_from_slice(unsafe {
+                std::slice::from_raw_parts((&raw const *file).cast::<u8>(), size_of::<PassedFile>())
+            });
         }
+        bytes.extend_from_slice(tail[2]);
         bytes
     }
 
@@ -254,6 +298,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn decodes_passed_files_between_addresses_and_data() {
+        let pipe = PassedFile {
+            ino: 77,
+            fd: 5,
+            mode: 0o010600,
+            _pad: 0,
+        };
+        let bytes = sock_bytes_with_files(
+            EventKind::Send,
+            |ev| ev.passed_fds = 1,
+            [b"", b"", b"fds"],
+            &[pipe],
+        );
+        let Record::Sock(rec) = decode(&bytes).unwrap() else {
+            panic!("not a socket record")
+        };
+        assert_eq!(rec.passed, [pipe]);
+        assert_eq!(&rec.data[..], b"fds");
+    }
+
+    #[test]
     fn rejects_short_and_inconsistent_records() {
         let bytes = sock_bytes(EventKind::Recv, |_| {}, [b"", b"", b"abc"]);
         for len in 0..bytes.len() {
@@ -265,6 +330,14 @@ pub(crate) mod tests {
         let mut bad = bytes.clone();
         bad[0] = 99; // kind
         assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn file_types_by_mode() {
+        assert_eq!(file_type(0o140777), "socket");
+        assert_eq!(file_type(0o010600), "pipe");
+        assert_eq!(file_type(0o100644), "file");
+        assert_eq!(file_type(0o600), "anon_inode");
     }
 
     #[test]

@@ -143,7 +143,23 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock) {
         peer_text(line, peer);
     }
     if event.passed_fds > 0 {
-        let _ = write!(line, " [passes {} fds]", event.passed_fds);
+        let _ = write!(line, " [passes {} fds", event.passed_fds);
+        for (i, file) in event.passed.iter().enumerate() {
+            let _ = write!(
+                line,
+                "{} fd {} {}",
+                if i == 0 { ":" } else { "," },
+                file.fd,
+                file.kind
+            );
+            if file.ino != 0 {
+                let _ = write!(line, ":[{}]", file.ino);
+            }
+            if let Some(path) = &file.path {
+                let _ = write!(line, " {path}");
+            }
+        }
+        line.push(']');
     }
     if event.flags & FLAG_CREDENTIALS != 0 {
         line.push_str(" [passes credentials]");
@@ -367,9 +383,22 @@ struct JsonEvent<'a> {
     truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     passed_fds: Option<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    passed_files: Vec<JsonPassed>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     credentials: bool,
     peer: Option<JsonPeer<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonPassed {
+    fd: i32,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ino: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -414,6 +443,16 @@ impl<'a> JsonEvent<'a> {
             captured: payload.then_some(event.data.len()),
             truncated: payload.then_some((event.data.len() as i64) < event.ret),
             passed_fds: (event.passed_fds > 0).then_some(event.passed_fds),
+            passed_files: event
+                .passed
+                .iter()
+                .map(|file| JsonPassed {
+                    fd: file.fd,
+                    kind: file.kind,
+                    ino: (file.ino != 0).then_some(file.ino),
+                    path: file.path.as_ref().map(|p| p.to_string()),
+                })
+                .collect(),
             credentials: event.flags & FLAG_CREDENTIALS != 0,
             peer: event.peer.as_ref().map(|peer| JsonPeer {
                 sock: peer.sock,
@@ -458,6 +497,7 @@ mod tests {
             flags: 0,
             data: Bytes::new(),
             passed_fds: 0,
+            passed: Vec::new(),
             peer: Some(Peer {
                 sock: Some(101),
                 pid: Some(20),

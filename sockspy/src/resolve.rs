@@ -16,10 +16,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use sockspy_common::{COMM_LEN, Call, EventKind};
+use sockspy_common::{COMM_LEN, Call, EventKind, PassedFile};
 
 use crate::{
-    events::{ProcRecord, SockRecord, UnixName, comm_str, unix_name},
+    events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, unix_name},
     procfs::{ProcessSockets, Procfs, Scan, UnixSocket},
 };
 
@@ -62,6 +62,20 @@ pub struct Peer {
     pub path: Option<Rc<UnixName>>,
 }
 
+/// A descriptor passed with `SCM_RIGHTS`, identified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passed {
+    /// The sender's descriptor number.
+    pub fd: i32,
+    /// `socket`, `pipe`, `file`, ... (see [`file_type`]); `closed` when the
+    /// sender had no such descriptor.
+    pub kind: &'static str,
+    /// Inode number, 0 when closed.
+    pub ino: u64,
+    /// A passed Unix socket's name, when it has one.
+    pub path: Option<Rc<UnixName>>,
+}
+
 /// An event with everything the printers show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -89,6 +103,8 @@ pub struct Event {
     pub data: Bytes,
     /// Descriptors passed with `SCM_RIGHTS`.
     pub passed_fds: u16,
+    /// The first of those, identified.
+    pub passed: Vec<Passed>,
     pub peer: Option<Peer>,
 }
 
@@ -257,6 +273,21 @@ impl Resolver {
         }
     }
 
+    /// Names a passed descriptor; a socket also by its path, if it has one.
+    fn passed(&self, file: &PassedFile) -> Passed {
+        let kind = if file.ino == 0 {
+            "closed"
+        } else {
+            file_type(file.mode)
+        };
+        Passed {
+            fd: file.fd,
+            kind,
+            ino: file.ino,
+            path: self.socks.get(&file.ino).and_then(|s| s.name.clone()),
+        }
+    }
+
     /// The process's command name as of this event (the kernel read it just
     /// now, so it also catches a rename by `prctl(PR_SET_NAME)`), kept for
     /// naming the process as somebody's peer.
@@ -391,6 +422,7 @@ impl Resolver {
             flags: ev.flags,
             data: rec.data.clone(),
             passed_fds: ev.passed_fds,
+            passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
             peer,
         };
         if kind == EventKind::Close

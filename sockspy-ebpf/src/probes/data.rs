@@ -14,7 +14,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use sockspy_common::{AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, Stat};
+use sockspy_common::{
+    AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, MAX_PASSED_FILES, PassedFile, Stat,
+};
 
 use crate::{
     CALLS,
@@ -240,6 +242,7 @@ fn ancillary(rec: &mut Record, msghdr: u64) -> Result<(), ReadFailed> {
             let fds = (len - CMSGHDR_SIZE) / 4;
             let ev = rec.ev();
             ev.passed_fds = ev.passed_fds.saturating_add(fds as u16);
+            identify_passed(rec, control + offset + CMSGHDR_SIZE, fds);
         } else if level == SOL_SOCKET && kind == SCM_CREDENTIALS {
             rec.ev().flags |= FLAG_CREDENTIALS;
         }
@@ -247,6 +250,36 @@ fn ancillary(rec: &mut Record, msghdr: u64) -> Result<(), ReadFailed> {
         next = offset + ((len + 7) & !7);
     }
     Ok(())
+}
+
+/// Records which files the first descriptors of an `SCM_RIGHTS` array
+/// (`count` ints at `fds` in user memory) are: the sender still holds them
+/// while `sendmsg` runs, so this is the one cheap moment to tell.
+#[inline(always)]
+fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
+    for i in 0..MAX_PASSED_FILES as u64 {
+        if i >= count {
+            break;
+        }
+        let Ok(fd) = read_user::<i32>(fds + i * 4) else {
+            emit::count(Stat::ReadFailed);
+            break;
+        };
+        let identity = kernel::fd_to_file(i64::from(fd)).and_then(|file| match file {
+            Some(file) => kernel::file_identity(file),
+            None => Ok((0, 0)),
+        });
+        let Ok((ino, mode)) = identity else {
+            emit::count(Stat::ReadFailed);
+            break;
+        };
+        rec.passed_file(PassedFile {
+            ino,
+            fd,
+            mode,
+            _pad: 0,
+        });
+    }
 }
 
 /// Reads a `T` from user memory.

@@ -246,7 +246,7 @@ pub(crate) mod tests {
         ev.peer_addr_len = tail[1].len() as u16;
         ev.data_len = tail[2].len() as u32;
         ev.passed_files = files.len() as u16;
-        let files_len = files.len() * size_of::<PassedFile>();
+        let files_len = size_of_val(files);
         ev.header.size = (size_of::<SockEvent>()
             + tail.iter().map(|t| t.len()).sum::<usize>()
             + files_len) as u32;

@@ -159,12 +159,6 @@ impl Resolver {
         }
     }
 
-    /// Number of sockets in the table (for tests of its bounds).
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.socks.len()
-    }
-
     /// Records that `holder` has `ino` open.
     fn hold(&mut self, ino: u64, holder: Holder) {
         if ino == 0 || holder.fd < 0 {

@@ -16,25 +16,28 @@ const RENAME: &str = "import ctypes, os, socket, sys
 ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)
 ";
 
-/// Server: accepts one connection, reads `hello`, answers `welcome`, waits
-/// for the client to close.
+/// Server: accepts one connection, greets with `+` (so the client's data
+/// goes to an accepted socket, not one still in the listen queue), reads
+/// `hello`, answers `welcome`, waits for the client to close.
 const SERVER: &str = "
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 srv.bind(sys.argv[1])
 srv.listen(4)
 print(os.getpid(), flush=True)
 conn, _ = srv.accept()
+conn.sendall(b'+')
 assert conn.recv(100) == b'hello'
 conn.sendall(b'welcome')
 conn.recv(100)
 conn.close()
 ";
 
-/// Client: connects, waits for a line on stdin when asked to, sends
+/// Client: connects, takes the greeting, waits for a line on stdin when asked to, sends
 /// `hello`, reads the answer, closes. Prints its pid and fd.
 const CLIENT: &str = "
 c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 c.connect(sys.argv[1])
+assert c.recv(1) == b'+'
 print(os.getpid(), c.fileno(), flush=True)
 if len(sys.argv) > 3:
     sys.stdin.readline()

@@ -144,7 +144,7 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
 #[inline(always)]
 fn noted_call(kind: EventKind) -> Option<(Call, CallState)> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let state = CALLS.get_ptr_mut(&tid)?;
+    let state = CALLS.get_ptr_mut(tid)?;
     // SAFETY: a valid map value of this thread, which is running this program.
     let state = unsafe { &mut *state };
     let call = Call::from_u16(state.call as u16);

@@ -164,10 +164,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(state) = (unsafe { CALLS.get(&tid) }).copied() else {
+    let Some(state) = (unsafe { CALLS.get(tid) }).copied() else {
         return Ok(());
     };
-    let _ = CALLS.remove(&tid);
+    let _ = CALLS.remove(tid);
     if state.call != call as u32 {
         // A call whose exit we missed (the table was full, or sockspy
         // started in between); this entry is stale.

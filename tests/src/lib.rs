@@ -238,12 +238,32 @@ pub fn python(script: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A fresh path for a socket of this test, in a directory only it uses.
-pub fn socket_path(test: &str) -> PathBuf {
+/// A directory of one test for its socket, removed when dropped.
+pub struct SocketDir {
+    dir: PathBuf,
+    sock: PathBuf,
+}
+
+impl SocketDir {
+    /// The socket's path in the directory.
+    pub fn path(&self) -> &str {
+        self.sock.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh directory for a socket of this test, in a directory only it uses.
+pub fn socket_dir(test: &str) -> SocketDir {
     let dir = std::env::temp_dir().join(format!("sockspy-test-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a socket directory");
-    dir.join("sock")
+    let sock = dir.join("sock");
+    SocketDir { dir, sock }
 }
 
 /// Events of process `pid`.

@@ -268,8 +268,8 @@ fn passing_descriptors_is_reported() {
     if !have_root("passing_descriptors_is_reported") {
         return;
     }
-    let path = sockspy_tests::socket_path("rights");
-    let path = path.to_str().unwrap();
+    let dir = sockspy_tests::socket_dir("rights");
+    let path = dir.path();
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
     let out = python(RIGHTS, &[path]).unwrap();
     let events = trace.stop().unwrap().events();

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, Trace, by_pid, find, find_data, have_program, have_root, python, socket_path,
+    Collectd, Trace, by_pid, find, find_data, have_program, have_root, python, socket_dir,
 };
 
 /// Renames the process (its comm) so that peers are told apart by name.
@@ -106,8 +106,8 @@ fn stream_server_and_client() {
     if !have_root("stream_server_and_client") {
         return;
     }
-    let path = socket_path("stream");
-    let path = path.to_str().unwrap();
+    let dir = socket_dir("stream");
+    let path = dir.path();
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
     let mut server = spawn_python(&format!("{RENAME}{SERVER}"), &[path, "uxserver"]);
     let server_pid = first_line(&mut server)[0];
@@ -146,8 +146,8 @@ fn connection_made_before_tracing() {
     if !have_root("connection_made_before_tracing") {
         return;
     }
-    let path = socket_path("before");
-    let path = path.to_str().unwrap();
+    let dir = socket_dir("before");
+    let path = dir.path();
     let mut server = spawn_python(&format!("{RENAME}{SERVER}"), &[path, "uxserver"]);
     let server_pid = first_line(&mut server)[0];
     let mut client = spawn_python(&format!("{RENAME}{CLIENT}"), &[path, "uxclient", "wait"]);
@@ -279,9 +279,9 @@ fn server_with_a_process_per_connection() {
     if !have_root("server_with_a_process_per_connection") {
         return;
     }
-    let path = socket_path("forking");
+    let dir = socket_dir("forking");
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
-    let out = python(FORKING_SERVER, &[path.to_str().unwrap()]).unwrap();
+    let out = python(FORKING_SERVER, &[dir.path()]).unwrap();
     let done = trace.stop().unwrap();
     let events = done.events();
     let facts: Value = serde_json::from_str(out.trim()).unwrap();
@@ -324,8 +324,8 @@ fn datagram_sendto_names_the_destination() {
     if !have_root("datagram_sendto_names_the_destination") {
         return;
     }
-    let path = socket_path("dgram");
-    let path = path.to_str().unwrap();
+    let dir = socket_dir("dgram");
+    let path = dir.path();
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
     let out = python(DGRAM, &[path]).unwrap();
     let done = trace.stop().unwrap();

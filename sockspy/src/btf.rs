@@ -339,6 +339,20 @@ fn read_type(reader: &mut Reader) -> Result<Type, BtfError> {
     })
 }
 
+/// The running kernel's BTF for tests, or `None` (saying so) without it.
+#[cfg(test)]
+pub fn running_kernel() -> Option<Btf> {
+    let path = Path::new(Btf::VMLINUX);
+    if !path.exists() {
+        eprintln!(
+            "skipped: {} is missing (kernel built without BTF)",
+            path.display()
+        );
+        return None;
+    }
+    Some(Btf::from_file(path).expect("parsing the running kernel's BTF"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,15 +513,7 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernel() {
-        let path = Path::new(Btf::VMLINUX);
-        if !path.exists() {
-            eprintln!(
-                "skipped: {} is missing (kernel built without BTF)",
-                path.display()
-            );
-            return;
-        }
-        let btf = Btf::from_file(path).unwrap();
+        let Some(btf) = running_kernel() else { return };
         assert_eq!(btf.member_offset("sock", "__sk_common").unwrap(), 0);
         let comm = btf.member_offset("task_struct", "comm").unwrap();
         assert!(comm > 0 && comm < btf.struct_size("task_struct").unwrap());

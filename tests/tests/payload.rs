@@ -104,6 +104,23 @@ fn vectored_calls_capture_the_concatenation() {
     }
 }
 
+/// Runs `script` (which prints its pid) under a text-mode trace and returns
+/// the lines printed after its first `send` event: the payload rendering.
+fn text_after_send(args: &[&str], script: &str) -> Vec<String> {
+    let trace = Trace::start(args).unwrap();
+    let pid = python(script, &[]).unwrap().trim().to_owned();
+    let done = trace.stop().unwrap();
+    let send = done
+        .stdout
+        .iter()
+        .position(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&pid.as_str()) && fields.contains(&"send")
+        })
+        .unwrap_or_else(|| panic!("no send line of {pid} in {:#?}", done.stdout));
+    done.stdout[send + 1..].to_vec()
+}
+
 const BINARY: &str = r#"
 import os, socket
 a, b = socket.socketpair()
@@ -127,18 +144,8 @@ fn binary_payload_renders_as_hex_and_round_trips() {
         assert_eq!(ev["captured"], 256, "{ev}");
     }
 
-    let trace = Trace::start(&["--unix", "--data=1024"]).unwrap();
-    let pid = python(BINARY, &[]).unwrap().trim().to_owned();
-    let done = trace.stop().unwrap();
-    let send = done
-        .stdout
-        .iter()
-        .position(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&pid.as_str()) && fields.contains(&"send")
-        })
-        .unwrap_or_else(|| panic!("no send line of {pid} in {:#?}", done.stdout));
-    let dump = &done.stdout[send + 1..send + 17];
+    let lines = text_after_send(&["--unix", "--data=1024"], BINARY);
+    let dump = &lines[..16];
     assert_eq!(
         dump[0].trim(),
         "0x0000:  0001 0203 0405 0607 0809 0a0b 0c0d 0e0f  ................"
@@ -171,23 +178,13 @@ fn text_payload_shows_as_text_or_hex_on_request() {
         if hex {
             args.push("--hex");
         }
-        let trace = Trace::start(&args).unwrap();
-        let pid = python(TEXT, &[]).unwrap().trim().to_owned();
-        let done = trace.stop().unwrap();
-        let send = done
-            .stdout
-            .iter()
-            .position(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.get(1) == Some(&pid.as_str()) && fields.contains(&"send")
-            })
-            .unwrap_or_else(|| panic!("no send line of {pid} in {:#?}", done.stdout));
-        let next = done.stdout[send + 1].trim();
+        let lines = text_after_send(&args, TEXT);
+        let next = lines[0].trim();
         if hex {
             assert!(next.starts_with("0x0000:  4745 5420"), "{next}");
         } else {
             assert_eq!(next, r"GET / HTTP/1.0\r\n");
-            assert_eq!(done.stdout[send + 2].trim(), r"Host: x\r\n");
+            assert_eq!(lines[1].trim(), r"Host: x\r\n");
         }
     }
 }

@@ -27,7 +27,7 @@ pub fn run() -> ExitCode {
     );
     let offsets = loader::kernel_offsets();
     report(
-        "BTF (/sys/kernel/btf/vmlinux)",
+        "BTF",
         offsets
             .as_ref()
             .map(|_| "all struct fields found".into())

@@ -5,7 +5,7 @@
 //! field or tracepoint. Each becomes an [`Unfit`] error with one line that
 //! says what is missing and what to do, which `main` turns into exit code 2.
 
-use std::{fs, io, path::Path};
+use std::{fs, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -125,15 +125,21 @@ pub fn check_privileges() -> Result<(), Unfit> {
 }
 
 /// Reads the running kernel's BTF and resolves the offsets the programs need.
+/// Environment variable naming a BTF file to use instead of the kernel's.
+pub const BTF_ENV: &str = "SOCKSPY_BTF";
+
 pub fn kernel_offsets() -> Result<KernelOffsets, Unfit> {
-    let path = Path::new(Btf::VMLINUX);
+    // A kernel whose BTF lives elsewhere (and the tests of a BTF-less or
+    // broken kernel) name the file instead.
+    let path = std::env::var_os(BTF_ENV).map_or_else(|| Btf::VMLINUX.into(), PathBuf::from);
     if !path.exists() {
         return Err(Unfit(format!(
             "this kernel has no BTF ({} is missing): sockspy needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
             path.display()
         )));
     }
-    let btf = Btf::from_file(path).map_err(|err| Unfit(format!("cannot use kernel BTF: {err}")))?;
+    let btf =
+        Btf::from_file(&path).map_err(|err| Unfit(format!("cannot use kernel BTF: {err}")))?;
     offsets::resolve(&btf).map_err(|err| Unfit(format!("unsupported kernel: {err}")))
 }
 

@@ -194,3 +194,80 @@ fn closed_pipe_ends_the_trace() {
     );
     assert!(stderr.contains(" events, "), "{stderr}");
 }
+
+/// A minimal BTF file: an `int` and a `struct task_struct` with only `pid`.
+fn btf_lacking_fields() -> Vec<u8> {
+    let strings = b"\0int\0task_struct\0pid\0";
+    let words: [u32; 10] = [
+        // [1] int: name "int", kind INT, size 4, then its encoding word
+        1,
+        1 << 24,
+        4,
+        32,
+        // [2] struct task_struct, one member, size 8
+        5,
+        (4 << 24) | 1,
+        8,
+        // member pid: type 1, bit offset 0
+        17,
+        1,
+        0,
+    ];
+    let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut out = vec![0x9f, 0xeb, 1, 0];
+    for word in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(strings);
+    out
+}
+
+#[test]
+fn explains_a_kernel_without_usable_btf() {
+    if !have_root("explains_a_kernel_without_usable_btf") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sockspy-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, [0x42; 64]).unwrap();
+    let lacking = dir.join("lacking");
+    std::fs::write(&lacking, btf_lacking_fields()).unwrap();
+    let cases = [
+        (dir.join("missing"), "has no BTF"),
+        (garbage, "malformed BTF"),
+        (lacking, "no field tgid in struct task_struct"),
+    ];
+    for (btf, says) in cases {
+        for sub in ["trace", "check"] {
+            let output = Command::new(sockspy_bin())
+                .arg(sub)
+                .env("SOCKSPY_BTF", &btf)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{sub} with {}: {stderr}",
+                btf.display()
+            );
+            assert!(
+                stderr.contains(says),
+                "{sub}: expected {says:?} in {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            if sub == "trace" {
+                assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

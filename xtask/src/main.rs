@@ -1,13 +1,9 @@
-//! `cargo xtask`: the project's chores, so that a fresh machine needs only
-//! a clone and one command.
-//!
-//! - `setup`: install what is missing (Debian packages, `rust-src` for the
-//!   nightly, `bpf-linker` against the nightly's own LLVM); quiet when done.
-//! - `build`, `run -- ARGS`: build sockspy and run it.
-//! - `test`: every check CI runs (`.ci/run` calls exactly this).
-//! - `bench`: throughput ratios, traced against untraced, in one invocation.
+//! `cargo xtask`: the project's chores as one Rust program, so that a
+//! fresh machine needs only a clone and one command, and CI runs the same
+//! command a developer does (`.ci/run` is `cargo xtask test`).
 
 mod bench;
+mod exec;
 mod setup;
 
 use std::{
@@ -16,11 +12,11 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, ensure};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "sockspy's chores")]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "sockspy's chores")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -28,26 +24,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install whatever is missing (idempotent; quiet when nothing is)
+    /// Install whatever is missing: Debian packages, rustfmt and clippy,
+    /// the nightly's rust-src, bpf-linker (quiet when nothing is)
     Setup,
-    /// Set up and build sockspy (release)
+    /// Set up, then build sockspy (release, eBPF programs included)
     Build,
     /// Set up, build, and run sockspy with the arguments after `--`
     Run {
+        /// Arguments for sockspy, e.g. `-- trace --unix`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: formatting, lints, unit and root integration tests
+    /// Run every test: formatting, lints (host and eBPF), unit tests and
+    /// the root integration tests
     Test {
-        /// Passed on to `cargo test` (a test name filter, `--nocapture`, ...)
+        /// Arguments for `cargo test`: `-- FILTER`, `-- -- --nocapture`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure sockspy's cost: workload throughput traced / untraced
+    /// Measure what tracing costs a workload, as throughput ratios against
+    /// an untraced run of the same invocation (needs root)
     Bench(bench::Options),
-    /// Internal: the echo side of the bench ping-pong
-    #[command(hide = true)]
-    Echo { fd: i32, size: usize },
 }
 
 fn main() {
@@ -58,7 +55,7 @@ fn main() {
 }
 
 fn run(task: Task) -> Result<()> {
-    let root = workspace_root();
+    let root = workspace_root()?;
     match task {
         Task::Setup => setup::run(),
         Task::Build => {
@@ -68,130 +65,136 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => {
             setup::run()?;
             build(&root)?;
-            let err = sockspy_command(&root, &args).exec();
-            Err(err).context("starting sockspy")
+            // Replacing this process hands sockspy the terminal, Ctrl-C
+            // included, and makes its exit status ours.
+            let mut sockspy = sockspy_command(&root, &args);
+            Err(sockspy.exec())
+                .with_context(|| format!("cannot start `{}`", exec::describe(&sockspy)))
         }
         Task::Test { args } => {
             setup::run()?;
             test(&root, &args)
         }
         Task::Bench(options) => {
+            ensure!(
+                setup::is_root(),
+                "bench loads eBPF programs: run it as root"
+            );
             setup::run()?;
             build(&root)?;
-            bench::run(&root, &options)
+            bench::run(&sockspy_bin(&root), &root.join("target/bench.md"), &options)
         }
-        Task::Echo { fd, size } => bench::echo(fd, size),
     }
 }
 
-/// The repository root: this crate lives one level below it.
-fn workspace_root() -> PathBuf {
+/// The workspace root: this crate's directory is one level below it.
+fn workspace_root() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask sits inside the workspace")
-        .to_path_buf()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
 }
 
-/// The built sockspy binary.
 fn sockspy_bin(root: &Path) -> PathBuf {
     root.join("target/release/sockspy")
 }
 
-/// `sockspy ARGS`, through sudo when not root and sudo exists (sockspy
-/// itself explains what is wrong otherwise).
+/// `sockspy ARGS`, through sudo when not root and sudo is there; without
+/// sudo sockspy runs as is and says itself what it lacks.
 fn sockspy_command(root: &Path, args: &[String]) -> Command {
     let bin = sockspy_bin(root);
-    if setup::is_root() || !setup::on_path("sudo") {
-        let mut cmd = Command::new(bin);
-        cmd.args(args);
-        cmd
+    let mut cmd = if setup::is_root() || setup::find_on_path("sudo").is_none() {
+        Command::new(bin)
     } else {
-        let mut cmd = Command::new("sudo");
-        cmd.arg(bin).args(args);
-        cmd
-    }
+        let mut sudo = Command::new("sudo");
+        sudo.arg(bin);
+        sudo
+    };
+    cmd.args(args);
+    cmd
 }
 
 fn build(root: &Path) -> Result<()> {
-    step(
-        "build sockspy",
-        cargo(root).args(["build", "--release", "--quiet", "-p", "sockspy"]),
-    )
+    exec::run(&mut build_command(root))
 }
 
-/// Every check, in the order that fails fastest.
-fn test(root: &Path, extra: &[String]) -> Result<()> {
+/// The release build of sockspy; its build.rs builds the eBPF programs.
+fn build_command(root: &Path) -> Command {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--release", "--quiet", "-p", "sockspy"]);
+    cmd
+}
+
+/// Every check CI runs, cheapest first; the first failure stops the run
+/// and is named.
+fn test(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     step(
-        "cargo fmt --check",
+        "formatting",
         cargo(root).args(["fmt", "--all", "--", "--check"]),
     )?;
+    // The default members: sockspy-ebpf only builds for the bpf target,
+    // so `--workspace` would fail on it; it gets its own run below.
     step(
         "clippy",
         cargo(root).args([
             "clippy",
             "--release",
-            "--quiet",
             "--all-targets",
+            "--quiet",
             "--",
             "-D",
             "warnings",
         ]),
     )?;
     step("clippy (eBPF programs)", &mut ebpf_clippy(root))?;
-    build(root)?;
+    step("build", &mut build_command(root))?;
     let mut tests = cargo(root);
     tests
         .args(["test", "--release"])
-        .args(extra)
+        .args(cargo_test_args)
         .env("SOCKSPY_BIN", sockspy_bin(root));
     if std::env::var_os("CI").is_some() {
-        // In CI a skipped root test would hide a broken set-up.
+        // In CI a skipped root test would hide a broken machine.
         tests.env("SOCKSPY_REQUIRE_ROOT", "1");
     }
-    step("cargo test", &mut tests)?;
-    step(
-        "bench harness (quick)",
-        Command::new(std::env::current_exe()?).args(["bench", "--quick"]),
-    )
+    step("tests", &mut tests)
 }
 
-/// Clippy on the kernel programs, which only build for the BPF target.
+/// Runs one step of `test` under a header, so a CI log shows where it is
+/// and the error names the step.
+fn step(name: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask test: {name}");
+    exec::run(cmd).with_context(|| format!("test step `{name}`"))
+}
+
+/// Clippy on the kernel programs as sockspy/build.rs (aya-build) compiles
+/// them: nightly, bpf target, `core` built from source, and the
+/// `bpf_target_arch` cfg aya-ebpf selects the architecture by.
 fn ebpf_clippy(root: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join("sockspy-ebpf"))
-        .env_remove("RUSTUP_TOOLCHAIN")
+    cmd.current_dir(root)
         .env_remove("RUSTC")
-        .env("RUSTFLAGS", "--cfg bpf_target_arch=\"x86_64\"")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env(
+            "RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
         .args([
             "+nightly",
             "clippy",
-            "--release",
             "--quiet",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ]);
+            "--release",
+            "-p",
+            "sockspy-ebpf",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]);
     cmd
 }
 
-/// `cargo` in the workspace, with the toolchain the workspace uses.
+/// The cargo that runs this xtask (cargo sets CARGO), in the workspace.
 fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root);
     cmd
-}
-
-/// Runs one step; a failure names it.
-fn step(name: &str, cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("{name}: cannot start {:?}", cmd.get_program()))?;
-    if !status.success() {
-        bail!("{name} failed ({status})");
-    }
-    Ok(())
 }

@@ -99,7 +99,9 @@ pub struct Trace {
     stdout: Arc<Mutex<Vec<String>>>,
     stdout_reader: JoinHandle<()>,
     stderr_reader: JoinHandle<String>,
-    _turn: MutexGuard<'static, ()>,
+    /// The turn of this test binary; `None` for a second trace of a test
+    /// that already holds it.
+    _turn: Option<MutexGuard<'static, ()>>,
 }
 
 impl Trace {
@@ -108,6 +110,15 @@ impl Trace {
         let turn = ONE_TRACE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::spawn(args, Some(turn))
+    }
+
+    /// Starts a second `sockspy trace ARGS` beside this one.
+    pub fn also(&self, args: &[&str]) -> Result<Self> {
+        Self::spawn(args, None)
+    }
+
+    fn spawn(args: &[&str], turn: Option<MutexGuard<'static, ()>>) -> Result<Self> {
         let mut child = Command::new(sockspy_bin())
             .arg("trace")
             .args(args)

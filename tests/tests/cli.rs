@@ -148,28 +148,30 @@ fn duration_stops_on_time() {
 }
 
 #[test]
-fn sigterm_stops_cleanly_with_a_summary() {
-    if !have_root("sigterm_stops_cleanly_with_a_summary") {
+fn sigterm_and_sighup_stop_cleanly_with_a_summary() {
+    if !have_root("sigterm_and_sighup_stop_cleanly_with_a_summary") {
         return;
     }
-    let trace = Trace::start(&["--unix", "--json", "--stats"]).unwrap();
-    python(CHATTER, &["1.5"]).unwrap();
-    signal(trace.pid(), libc::SIGTERM);
-    let done = trace.finish().unwrap();
-    assert!(done.status.success(), "{}", done.stderr);
-    let events = done.events();
-    assert!(
-        events
-            .iter()
-            .any(|ev| ev["event"] == "send" && ev["bytes"] == 4)
-    );
-    let summary = done.stderr.lines().last().unwrap_or_default();
-    assert!(
-        summary.starts_with("sockspy: ") && summary.contains(" events, "),
-        "{}",
-        done.stderr
-    );
-    assert!(done.stderr.contains("ring buffer"), "{}", done.stderr);
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let trace = Trace::start(&["--unix", "--json", "--stats"]).unwrap();
+        python(CHATTER, &["1.5"]).unwrap();
+        signal(trace.pid(), sig);
+        let done = trace.finish().unwrap();
+        assert!(done.status.success(), "{}", done.stderr);
+        let events = done.events();
+        assert!(
+            events
+                .iter()
+                .any(|ev| ev["event"] == "send" && ev["bytes"] == 4)
+        );
+        let summary = done.stderr.lines().last().unwrap_or_default();
+        assert!(
+            summary.starts_with("sockspy: ") && summary.contains(" events, "),
+            "{}",
+            done.stderr
+        );
+        assert!(done.stderr.contains("ring buffer"), "{}", done.stderr);
+    }
 }
 
 #[test]
@@ -270,4 +272,88 @@ fn explains_a_kernel_without_usable_btf() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_instances_each_see_everything() {
+    if !have_root("two_instances_each_see_everything") {
+        return;
+    }
+    let first = Trace::start(&["--unix", "--json"]).unwrap();
+    let second = first.also(&["--unix", "--json"]).unwrap();
+    python(CHATTER, &["1"]).unwrap();
+    let ticks = |trace: Trace| {
+        let done = trace.stop().unwrap();
+        assert!(done.status.success(), "{}", done.stderr);
+        done.events()
+            .iter()
+            .filter(|ev| ev["event"] == "send" && ev["bytes"] == 4)
+            .count()
+    };
+    let (a, b) = (ticks(second), ticks(first));
+    assert!(a > 10, "the second trace saw {a} ticks");
+    assert_eq!(a, b, "both traces see every tick");
+}
+
+/// Ids of the BPF programs or links (`what`) loaded right now.
+fn bpf_ids(what: &str) -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args([what, "show", "-j"])
+        .output()
+        .expect("running bpftool");
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|item| item["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn nothing_stays_in_the_kernel_after_sigkill() {
+    if !have_root("nothing_stays_in_the_kernel_after_sigkill") {
+        return;
+    }
+    assert!(
+        have_program("bpftool"),
+        "cargo xtask setup installs bpftool"
+    );
+    let before = (bpf_ids("prog"), bpf_ids("link"));
+    let trace = Trace::start(&["--unix"]).unwrap();
+    let ours = (
+        new_ids(&before.0, bpf_ids("prog")),
+        new_ids(&before.1, bpf_ids("link")),
+    );
+    assert!(
+        ours.0.len() >= 7 && ours.1.len() >= 7,
+        "sockspy's programs and links: {ours:?}"
+    );
+    signal(trace.pid(), libc::SIGKILL);
+    let done = trace.finish().unwrap();
+    assert_eq!(done.status.code(), None, "killed by a signal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = (
+            new_ids(&[], bpf_ids("prog"))
+                .into_iter()
+                .filter(|id| ours.0.contains(id))
+                .count(),
+            new_ids(&[], bpf_ids("link"))
+                .into_iter()
+                .filter(|id| ours.1.contains(id))
+                .count(),
+        );
+        if left == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left in the kernel: {left:?} programs, links"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn new_ids(before: &[u64], now: Vec<u64>) -> Vec<u64> {
+    now.into_iter().filter(|id| !before.contains(id)).collect()
 }

@@ -24,6 +24,18 @@ pub enum Command {
     Trace(TraceArgs),
     /// Report what this kernel offers for tracing; exits non-zero when tracing cannot work.
     Check,
+    /// List every connected Unix socket pair now, with the processes holding both ends (no root needed).
+    Pairs(PairsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PairsArgs {
+    /// Unix domain sockets (the default, and so far the only family).
+    #[arg(long)]
+    pub unix: bool,
+    /// Print JSON Lines (one object per connection or listener).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

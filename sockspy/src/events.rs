@@ -145,8 +145,14 @@ pub fn unix_name(addr: &[u8]) -> Option<UnixName> {
     if addr.len() <= 2 || u16::from_ne_bytes([addr[0], addr[1]]) != AF_UNIX {
         return None;
     }
-    let path = &addr[2..];
-    if path[0] == 0 {
+    unix_name_bytes(&addr[2..])
+}
+
+/// A Unix socket name from the bytes of `sun_path` (a leading NUL makes it
+/// abstract); `None` when empty (unnamed).
+pub fn unix_name_bytes(path: &[u8]) -> Option<UnixName> {
+    let first = *path.first()?;
+    if first == 0 {
         let name: String = String::from_utf8_lossy(&path[1..])
             .chars()
             .map(|c| if c == '\0' { '@' } else { c })

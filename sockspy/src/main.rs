@@ -8,10 +8,12 @@
 mod btf;
 mod check;
 mod cli;
+mod diag;
 mod events;
 mod loader;
 mod offsets;
 mod output;
+mod pairs;
 mod procfs;
 mod resolve;
 mod trace;
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Trace(args) => trace::run(&args.options()),
         Command::Check => Ok(check::run()),
+        Command::Pairs(args) => pairs::run(args.json),
     };
     result.unwrap_or_else(|err| {
         eprintln!("sockspy: {err:#}");

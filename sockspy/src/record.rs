@@ -20,7 +20,7 @@
 //! at most by one torn block, which the reader reports and steps over.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
     io::{self, Write},
     os::unix::fs::OpenOptionsExt,
@@ -290,14 +290,21 @@ struct TcpFramer {
     endpoints: HashMap<u64, Endpoint>,
     /// (from inode, to inode) -> next sequence number.
     seq: HashMap<(u64, u64), u32>,
+    /// Connected pairs seen in any event, both ways: a send whose event
+    /// lacks its peer still belongs to its connection.
+    peers: HashMap<u64, u64>,
+    /// Sockets seen with a name: the server ends.
+    named: HashSet<u64>,
+    /// Sockets closed while their peer is still open.
+    closed: HashSet<u64>,
 }
 
 impl TcpFramer {
     /// The address of a socket: 127.x.y.z from the inode's low 24 bits (so
     /// every connection is its own pair), and a port from the rest, or
     /// `--pcap-port` for the named (server) end.
-    fn endpoint(&mut self, ino: u64, named: bool) -> Endpoint {
-        let port = self.port.filter(|_| named);
+    fn endpoint(&mut self, ino: u64) -> Endpoint {
+        let port = self.port.filter(|_| self.named.contains(&ino));
         *self.endpoints.entry(ino).or_insert_with(|| {
             let [_, _, _, _, _, a, b, c] = ino.to_be_bytes();
             let derived = 10_000 + ((ino >> 24) % 50_000) as u16;
@@ -308,13 +315,24 @@ impl TcpFramer {
     /// A segment carrying a send's payload, or `None` when the event is not
     /// a send on a connected stream socket.
     fn segment(&mut self, event: &Event) -> Option<Vec<u8>> {
-        let peer = event.peer.as_ref()?;
-        let (from, to) = (event.sock?, peer.sock?);
+        let from = event.sock?;
+        let peer = event.peer.as_ref();
+        if event.path.is_some() {
+            self.named.insert(from);
+        }
+        if let Some(to) = peer.and_then(|p| p.sock) {
+            self.peers.insert(from, to);
+            self.peers.insert(to, from);
+            if peer.is_some_and(|p| p.path.is_some()) {
+                self.named.insert(to);
+            }
+        }
         if event.kind != EventKind::Send || event.sock_type != 1 || event.ret < 0 {
             return None;
         }
-        let (src, sport) = self.endpoint(from, event.path.is_some());
-        let (dst, dport) = self.endpoint(to, peer.path.is_some());
+        let to = *self.peers.get(&from)?;
+        let (src, sport) = self.endpoint(from);
+        let (dst, dport) = self.endpoint(to);
         let initial = |a: u64, b: u64| (a.wrapping_mul(0x9E37_79B9) ^ b) as u32;
         let seq = *self.seq.entry((from, to)).or_insert(initial(from, to));
         let ack = *self.seq.entry((to, from)).or_insert(initial(to, from));
@@ -350,9 +368,23 @@ impl TcpFramer {
     }
 
     /// Forgets a closed socket.
-    fn forget(&mut self, ino: u64) {
-        self.endpoints.remove(&ino);
-        self.seq.retain(|&(from, to), _| from != ino && to != ino);
+    /// Forgets a connection once both its ends were closed (the open end
+    /// may still send or receive).
+    fn close(&mut self, ino: u64) {
+        let peer = self.peers.get(&ino).copied();
+        if let Some(peer) = peer
+            && !self.closed.contains(&peer)
+        {
+            self.closed.insert(ino);
+            return;
+        }
+        for ino in std::iter::once(ino).chain(peer) {
+            self.closed.remove(&ino);
+            self.endpoints.remove(&ino);
+            self.named.remove(&ino);
+            self.peers.remove(&ino);
+            self.seq.retain(|&(from, _), _| from != ino);
+        }
     }
 }
 
@@ -433,7 +465,7 @@ impl Encoder {
         if event.kind == EventKind::Close
             && let Some(sock) = event.sock
         {
-            self.tcp.forget(sock);
+            self.tcp.close(sock);
         }
     }
 }
@@ -871,11 +903,10 @@ mod tests {
             sock: Some(100),
             ..Peer::default()
         });
-        let events = [
-            event(EventKind::Send, b"ping", 4),
-            reply,
-            event(EventKind::Send, b"again", 5),
-        ];
+        // A send whose event lacks the peer still joins its connection.
+        let mut again = event(EventKind::Send, b"again", 5);
+        again.peer = None;
+        let events = [event(EventKind::Send, b"ping", 4), reply, again];
         let bytes = encode(Framing::Tcp, &events);
         let packets: Vec<Vec<u8>> = Parser::new(&bytes)
             .filter_map(|block| match block.unwrap() {

@@ -8,6 +8,8 @@
 //! file is an error with an offset, never a panic.
 //! Format: <https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng-03.html>.
 
+use std::io::{self, Read};
+
 /// Block types.
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 0x0000_0001;
@@ -128,42 +130,69 @@ pub struct ParseError {
 
 /// A block, parsed as far as sockspy needs.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Block<'a> {
+pub enum Block {
     Section {
-        options: Vec<(u16, &'a [u8])>,
+        options: Vec<(u16, Vec<u8>)>,
     },
     Interface {
         link_type: u16,
-        options: Vec<(u16, &'a [u8])>,
+        options: Vec<(u16, Vec<u8>)>,
     },
-    Packet(Packet<'a>),
+    Packet(ReadPacket),
     /// A block type sockspy does not write.
     Other(u32),
 }
 
-/// Walks the blocks of a pcapng file held in memory.
-pub struct Parser<'a> {
-    bytes: &'a [u8],
-    offset: usize,
+/// An Enhanced Packet Block as read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadPacket {
+    pub interface: u32,
+    pub ts_ns: u64,
+    pub data: Vec<u8>,
+    pub orig_len: u32,
+    pub comment: Option<String>,
+}
+
+/// Reads the blocks of a pcapng stream one at a time, so a recording of any
+/// size (or one still being written into a pipe) needs one block of memory.
+pub struct BlockReader<R> {
+    input: R,
+    offset: u64,
     big_endian: bool,
     started: bool,
     failed: bool,
+    buf: Vec<u8>,
 }
 
-impl<'a> Parser<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
+/// Reads until `buf` is full or the input ends; how many bytes came.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(got)
+}
+
+impl<R: Read> BlockReader<R> {
+    pub fn new(input: R) -> Self {
         Self {
-            bytes,
+            input,
             offset: 0,
             big_endian: cfg!(target_endian = "big"),
             started: false,
             failed: false,
+            buf: Vec::new(),
         }
     }
 
     /// Byte offset of the next block.
     pub fn offset(&self) -> u64 {
-        self.offset as u64
+        self.offset
     }
 
     fn u16_at(&self, bytes: &[u8], at: usize) -> u16 {
@@ -184,21 +213,17 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn fail(
-        &mut self,
-        what: impl Into<String>,
-        torn: bool,
-    ) -> Option<Result<Block<'a>, ParseError>> {
+    fn fail(&mut self, what: impl Into<String>, torn: bool) -> Option<Result<Block, ParseError>> {
         self.failed = true;
         Some(Err(ParseError {
-            offset: self.offset as u64,
+            offset: self.offset,
             what: what.into(),
             torn,
         }))
     }
 
     /// Options from `bytes` (which starts at the first option).
-    fn options(&self, bytes: &'a [u8]) -> Result<Vec<(u16, &'a [u8])>, String> {
+    fn options(&self, bytes: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, String> {
         let mut options = Vec::new();
         let mut at = 0;
         while at + 4 <= bytes.len() {
@@ -211,38 +236,92 @@ impl<'a> Parser<'a> {
             if end > bytes.len() {
                 return Err(format!("option {code} runs past the end of its block"));
             }
-            options.push((code, &bytes[at + 4..end]));
+            options.push((code, bytes[at + 4..end].to_vec()));
             at = end.next_multiple_of(4);
         }
         Ok(options)
     }
+
+    /// Parses a whole block's body (between the lengths).
+    fn parse(&self, kind: u32, body: &[u8]) -> Result<Block, String> {
+        match kind {
+            SHB => {
+                if body.len() < 16 {
+                    return Err("section header too short".into());
+                }
+                self.options(&body[16..])
+                    .map(|options| Block::Section { options })
+            }
+            IDB => {
+                if body.len() < 8 {
+                    return Err("interface description too short".into());
+                }
+                let link_type = self.u16_at(body, 0);
+                self.options(&body[8..])
+                    .map(|options| Block::Interface { link_type, options })
+            }
+            EPB => {
+                if body.len() < 20 {
+                    return Err("packet block too short".into());
+                }
+                let interface = self.u32_at(body, 0);
+                let ts_ns =
+                    (u64::from(self.u32_at(body, 4)) << 32) | u64::from(self.u32_at(body, 8));
+                let captured = self.u32_at(body, 12) as usize;
+                let orig_len = self.u32_at(body, 16);
+                let data_end = 20usize.saturating_add(captured);
+                if data_end > body.len() {
+                    return Err("packet data runs past the end of its block".into());
+                }
+                let options_at = data_end.next_multiple_of(4).min(body.len());
+                let options = self.options(&body[options_at..])?;
+                let comment = match options.into_iter().find(|(code, _)| *code == OPT_COMMENT) {
+                    Some((_, text)) => {
+                        Some(String::from_utf8(text).map_err(|_| "packet comment is not UTF-8")?)
+                    }
+                    None => None,
+                };
+                Ok(Block::Packet(ReadPacket {
+                    interface,
+                    ts_ns,
+                    data: body[20..data_end].to_vec(),
+                    orig_len,
+                    comment,
+                }))
+            }
+            other => Ok(Block::Other(other)),
+        }
+    }
 }
 
-impl<'a> Iterator for Parser<'a> {
-    type Item = Result<Block<'a>, ParseError>;
+impl<R: Read> Iterator for BlockReader<R> {
+    type Item = Result<Block, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        let rest = &self.bytes[self.offset..];
-        if rest.is_empty() {
+        let mut head = [0u8; 12];
+        let got = match read_full(&mut self.input, &mut head) {
+            Ok(got) => got,
+            Err(err) => return self.fail(format!("read error: {err}"), false),
+        };
+        if got == 0 {
             if !self.started {
                 return self.fail("empty file, not a pcapng recording", false);
             }
             return None;
         }
-        if rest.len() < 12 {
+        if got < 12 {
             if !self.started {
                 return self.fail("too short for a pcapng file", true);
             }
             return self.fail("the file ends inside a block header", true);
         }
-        let kind = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let kind = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         if kind == SHB {
             // The byte order magic says how to read this section.
-            let magic = [rest[8], rest[9], rest[10], rest[11]];
-            self.big_endian = match u32::from_le_bytes(magic) {
+            self.big_endian = match u32::from_le_bytes([head[8], head[9], head[10], head[11]]) {
                 BYTE_ORDER_MAGIC => false,
                 m if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
                 _ => return self.fail("section header with a bad byte-order magic", false),
@@ -251,79 +330,43 @@ impl<'a> Iterator for Parser<'a> {
             return self.fail("not a pcapng file (no section header at the start)", false);
         }
         self.started = true;
-        let kind = self.u32_at(rest, 0);
-        let len = self.u32_at(rest, 4) as usize;
+        let kind = self.u32_at(&head, 0);
+        let len = self.u32_at(&head, 4) as usize;
         if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK {
             return self.fail(format!("block length {len} is not valid"), false);
         }
-        if len > rest.len() {
-            return self.fail(
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.extend_from_slice(&head);
+        buf.resize(len, 0);
+        let got = match read_full(&mut self.input, &mut buf[12..]) {
+            Ok(got) => got,
+            Err(err) => return self.fail(format!("read error: {err}"), false),
+        };
+        let result = if got < len - 12 {
+            Err((
                 format!(
                     "the file ends inside a block ({} of {len} bytes present)",
-                    rest.len()
+                    12 + got
                 ),
                 true,
-            );
-        }
-        if self.u32_at(rest, len - 4) as usize != len {
-            return self.fail("block lengths at its start and end differ", false);
-        }
-        let body = &rest[8..len - 4];
-        let parsed = match kind {
-            SHB => {
-                if body.len() < 16 {
-                    return self.fail("section header too short", false);
-                }
-                self.options(&body[16..])
-                    .map(|options| Block::Section { options })
-            }
-            IDB => {
-                if body.len() < 8 {
-                    return self.fail("interface description too short", false);
-                }
-                let link_type = self.u16_at(body, 0);
-                self.options(&body[8..])
-                    .map(|options| Block::Interface { link_type, options })
-            }
-            EPB => {
-                if body.len() < 20 {
-                    return self.fail("packet block too short", false);
-                }
-                let interface = self.u32_at(body, 0);
-                let ts_ns =
-                    (u64::from(self.u32_at(body, 4)) << 32) | u64::from(self.u32_at(body, 8));
-                let captured = self.u32_at(body, 12) as usize;
-                let orig_len = self.u32_at(body, 16);
-                let data_end = 20 + captured;
-                if data_end > body.len() {
-                    return self.fail("packet data runs past the end of its block", false);
-                }
-                let options_at = data_end.next_multiple_of(4).min(body.len());
-                self.options(&body[options_at..]).and_then(|options| {
-                    let comment = match options.iter().find(|(code, _)| *code == OPT_COMMENT) {
-                        Some((_, text)) => Some(
-                            std::str::from_utf8(text)
-                                .map_err(|_| "packet comment is not UTF-8".to_owned())?,
-                        ),
-                        None => None,
-                    };
-                    Ok(Block::Packet(Packet {
-                        interface,
-                        ts_ns,
-                        data: &body[20..data_end],
-                        orig_len,
-                        comment,
-                    }))
-                })
-            }
-            other => Ok(Block::Other(other)),
+            ))
+        } else if self.u32_at(&buf, len - 4) as usize != len {
+            Err((
+                "block lengths at its start and end differ".to_owned(),
+                false,
+            ))
+        } else {
+            self.parse(kind, &buf[8..len - 4])
+                .map_err(|what| (what, false))
         };
-        match parsed {
+        self.buf = buf;
+        match result {
             Ok(block) => {
-                self.offset += len;
+                self.offset += len as u64;
                 Some(Ok(block))
             }
-            Err(what) => self.fail(what, false),
+            Err((what, torn)) => self.fail(what, torn),
         }
     }
 }
@@ -363,26 +406,26 @@ mod tests {
     fn blocks_round_trip() {
         let bytes = sample();
         assert_eq!(bytes.len() % 4, 0);
-        let blocks: Vec<Block<'_>> = Parser::new(&bytes).map(Result::unwrap).collect();
+        let blocks: Vec<Block> = BlockReader::new(&bytes[..]).map(Result::unwrap).collect();
         assert_eq!(blocks.len(), 4);
         assert_eq!(
             blocks[0],
             Block::Section {
-                options: vec![(SHB_USERAPPL, &b"sockspy test"[..])]
+                options: vec![(SHB_USERAPPL, b"sockspy test".to_vec())]
             }
         );
         let Block::Interface { link_type, options } = &blocks[1] else {
             panic!("{:?}", blocks[1])
         };
         assert_eq!(*link_type, 147);
-        assert!(options.contains(&(IF_NAME, &b"unix"[..])));
+        assert!(options.contains(&(IF_NAME, b"unix".to_vec())));
         let Block::Packet(first) = &blocks[2] else {
             panic!("{:?}", blocks[2])
         };
         assert_eq!(first.data, b"hello");
         assert_eq!(first.ts_ns, 1_700_000_000_123_456_789);
         assert_eq!(first.orig_len, 9);
-        assert_eq!(first.comment, Some("{\"event\":\"send\"}"));
+        assert_eq!(first.comment.as_deref(), Some("{\"event\":\"send\"}"));
         let Block::Packet(second) = &blocks[3] else {
             panic!("{:?}", blocks[3])
         };
@@ -394,7 +437,7 @@ mod tests {
     fn every_prefix_is_complete_blocks_then_a_torn_one() {
         let bytes = sample();
         for len in 1..bytes.len() {
-            let mut parser = Parser::new(&bytes[..len]);
+            let mut parser = BlockReader::new(&bytes[..len]);
             let results: Vec<_> = parser.by_ref().collect();
             let last = results.last().unwrap();
             if let Err(err) = last {
@@ -407,10 +450,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_never_a_panic() {
-        assert!(Parser::new(b"").next().unwrap().is_err());
+        assert!(BlockReader::new(&b""[..]).next().unwrap().is_err());
         // A classic pcap file header.
         let pcap = [0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let err = Parser::new(&pcap).next().unwrap().unwrap_err();
+        let err = BlockReader::new(&pcap[..]).next().unwrap().unwrap_err();
         assert!(err.what.contains("not a pcapng"), "{err}");
         // Pseudo-random bytes, and every single-byte corruption of a good file.
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -421,7 +464,7 @@ mod tests {
             state ^= state << 17;
             *byte = state as u8;
         }
-        assert!(Parser::new(&noise).count() >= 1);
+        assert!(BlockReader::new(&noise[..]).count() >= 1);
         let good = sample();
         for at in 0..good.len() {
             for value in [0u8, 0xff, 0x7f, good[at].wrapping_add(1)] {
@@ -430,7 +473,7 @@ mod tests {
                 let mut prefixed = good[..28].to_vec();
                 prefixed.extend_from_slice(&noise[..at % 64]);
                 for input in [&bad, &prefixed] {
-                    for block in Parser::new(input) {
+                    for block in BlockReader::new(&input[..]) {
                         let _ = block;
                     }
                 }
@@ -455,7 +498,7 @@ mod tests {
         be.extend_from_slice(&0u16.to_be_bytes());
         be.extend_from_slice(&0u32.to_be_bytes());
         be.extend_from_slice(&20u32.to_be_bytes());
-        let blocks: Vec<_> = Parser::new(&be).map(Result::unwrap).collect();
+        let blocks: Vec<_> = BlockReader::new(&be[..]).map(Result::unwrap).collect();
         assert_eq!(
             blocks[1],
             Block::Interface {

@@ -22,7 +22,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
-    io::{self, Write},
+    io::{self, Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     rc::Rc,
@@ -35,7 +35,7 @@ use sockspy_common::{Call, EventKind};
 use crate::{
     events::{UnixName, comm_str, kind_name},
     output::Clock,
-    pcapng::{self, Block, Packet, ParseError, Parser},
+    pcapng::{self, Block, BlockReader, Packet, ParseError},
     resolve::{Event, Passed, Peer},
 };
 
@@ -278,76 +278,130 @@ impl Facts {
     }
 }
 
-/// One end of a framed connection: a loopback address and a port.
-type Endpoint = ([u8; 4], u16);
+/// The port of a framed connection's server end without `--pcap-port`.
+const SERVER_PORT: u16 = 9000;
 
 /// Gives each stream connection synthetic TCP framing that stays the same
 /// for its whole life.
+///
+/// A connection is named after its client's socket inode (the unnamed end),
+/// because a client may send before its connection is accepted, when
+/// nothing yet knows the server's end: both ends get the address
+/// 127.x.y.z from the low 24 bits of that inode; the client a port from the
+/// rest, the server `--pcap-port` (default 9000). A socketpair, both ends
+/// unnamed, is named after its lower inode, which plays the client.
 #[derive(Debug, Default)]
 struct TcpFramer {
     port: Option<u16>,
-    /// Socket inode -> its address and port, fixed on first sight.
-    endpoints: HashMap<u64, Endpoint>,
-    /// (from inode, to inode) -> next sequence number.
-    seq: HashMap<(u64, u64), u32>,
+    /// (connection, from the client) -> next sequence number that way.
+    seq: HashMap<(u64, bool), u32>,
     /// Connected pairs seen in any event, both ways: a send whose event
     /// lacks its peer still belongs to its connection.
     peers: HashMap<u64, u64>,
     /// Sockets seen with a name: the server ends.
     named: HashSet<u64>,
+    /// Sockets seen calling `connect`: the client ends.
+    clients: HashSet<u64>,
+    /// Socket -> its connection and whether it is the client, fixed at
+    /// its first framed send so that a stream never changes its ports.
+    decided: HashMap<u64, (u64, bool)>,
     /// Sockets closed while their peer is still open.
     closed: HashSet<u64>,
 }
 
 impl TcpFramer {
-    /// The address of a socket: 127.x.y.z from the inode's low 24 bits (so
-    /// every connection is its own pair), and a port from the rest, or
-    /// `--pcap-port` for the named (server) end.
-    fn endpoint(&mut self, ino: u64) -> Endpoint {
-        let port = self.port.filter(|_| self.named.contains(&ino));
-        *self.endpoints.entry(ino).or_insert_with(|| {
-            let [_, _, _, _, _, a, b, c] = ino.to_be_bytes();
-            let derived = 10_000 + ((ino >> 24) % 50_000) as u16;
-            ([127, a, b, c], port.unwrap_or(derived))
-        })
-    }
-
-    /// A segment carrying a send's payload, or `None` when the event is not
-    /// a send on a connected stream socket.
-    fn segment(&mut self, event: &Event) -> Option<Vec<u8>> {
-        let from = event.sock?;
-        let peer = event.peer.as_ref();
+    /// Learns what an event says about who is connected to whom.
+    fn learn(&mut self, event: &Event) {
+        let Some(sock) = event.sock else { return };
         if event.path.is_some() {
-            self.named.insert(from);
+            self.named.insert(sock);
         }
-        if let Some(to) = peer.and_then(|p| p.sock) {
-            self.peers.insert(from, to);
-            self.peers.insert(to, from);
-            if peer.is_some_and(|p| p.path.is_some()) {
+        if event.kind == EventKind::Connect {
+            self.clients.insert(sock);
+        }
+        if let Some(peer) = &event.peer
+            && let Some(to) = peer.sock
+        {
+            self.peers.insert(sock, to);
+            self.peers.insert(to, sock);
+            if peer.path.is_some() {
                 self.named.insert(to);
             }
         }
+    }
+
+    /// The connection a send from `from` belongs to, and whether it goes
+    /// from the client; `None` for a named socket whose peer is unknown.
+    fn connection(&mut self, from: u64) -> Option<(u64, bool)> {
+        if let Some(&decided) = self.decided.get(&from) {
+            return Some(decided);
+        }
+        let client = |ino| self.clients.contains(&ino) || !self.named.contains(&ino);
+        let to = self.peers.get(&from).copied();
+        let known = to
+            .and_then(|to| self.decided.get(&to))
+            .map(|&(key, c)| (key, !c));
+        let decided = match to {
+            _ if known.is_some() => known?,
+            None => client(from).then_some((from, true))?,
+            Some(_) if self.clients.contains(&from) => (from, true),
+            Some(to) if self.clients.contains(&to) => (to, false),
+            Some(to) => match (client(from), client(to)) {
+                (true, false) => (from, true),
+                (false, true) => (to, false),
+                _ => (from.min(to), from < to),
+            },
+        };
+        self.decided.insert(from, decided);
+        if let Some(to) = to {
+            self.decided.insert(to, (decided.0, !decided.1));
+        }
+        Some(decided)
+    }
+
+    /// A segment carrying a send's payload, or `None` when the event is not
+    /// a send on a stream socket of a known connection.
+    fn segment(&mut self, event: &Event) -> Option<Vec<u8>> {
+        self.learn(event);
         if event.kind != EventKind::Send || event.sock_type != 1 || event.ret < 0 {
             return None;
         }
-        let to = *self.peers.get(&from)?;
-        let (src, sport) = self.endpoint(from);
-        let (dst, dport) = self.endpoint(to);
-        let initial = |a: u64, b: u64| (a.wrapping_mul(0x9E37_79B9) ^ b) as u32;
-        let seq = *self.seq.entry((from, to)).or_insert(initial(from, to));
-        let ack = *self.seq.entry((to, from)).or_insert(initial(to, from));
+        let (key, from_client) = self.connection(event.sock?)?;
+        let [_, _, _, _, _, a, b, c] = key.to_be_bytes();
+        let ip = [127, a, b, c];
+        let server_port = self.port.unwrap_or(SERVER_PORT);
+        let mut client_port = 10_000 + ((key >> 24) % 50_000) as u16;
+        if client_port == server_port {
+            client_port += 1;
+        }
+        let (sport, dport) = if from_client {
+            (client_port, server_port)
+        } else {
+            (server_port, client_port)
+        };
+        let initial = |from_client: bool| {
+            (key.wrapping_mul(0x9E37_79B9) as u32) ^ u32::from(from_client) << 31
+        };
+        let seq = *self
+            .seq
+            .entry((key, from_client))
+            .or_insert(initial(from_client));
+        let ack = *self
+            .seq
+            .entry((key, !from_client))
+            .or_insert(initial(!from_client));
         // The stream advances by what the call moved, captured or not, so a
         // cut snippet shows in Wireshark as bytes not captured.
         self.seq
-            .insert((from, to), seq.wrapping_add(event.ret as u32));
+            .insert((key, from_client), seq.wrapping_add(event.ret as u32));
         let data = &event.data[..];
         let mut packet = Vec::with_capacity(TCP_HEADERS + data.len());
         let total = (TCP_HEADERS + data.len()) as u16;
         packet.extend_from_slice(&[0x45, 0]);
         packet.extend_from_slice(&total.to_be_bytes());
         packet.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-        packet.extend_from_slice(&src);
-        packet.extend_from_slice(&dst);
+        packet.extend_from_slice(&ip);
+        packet.extend_from_slice(&ip);
         let ip_sum = checksum(0, &packet[..20]);
         packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
         packet.extend_from_slice(&sport.to_be_bytes());
@@ -358,8 +412,8 @@ impl TcpFramer {
         packet.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
         packet.extend_from_slice(data);
         let mut pseudo = Vec::with_capacity(12);
-        pseudo.extend_from_slice(&src);
-        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&ip);
+        pseudo.extend_from_slice(&ip);
         pseudo.extend_from_slice(&[0, 6]);
         pseudo.extend_from_slice(&((20 + data.len()) as u16).to_be_bytes());
         let tcp_sum = checksum(sum_words(0, &pseudo), &packet[20..]);
@@ -367,7 +421,6 @@ impl TcpFramer {
         Some(packet)
     }
 
-    /// Forgets a closed socket.
     /// Forgets a connection once both its ends were closed (the open end
     /// may still send or receive).
     fn close(&mut self, ino: u64) {
@@ -378,12 +431,16 @@ impl TcpFramer {
             self.closed.insert(ino);
             return;
         }
+        if let Some(&(key, _)) = self.decided.get(&ino) {
+            self.seq.remove(&(key, true));
+            self.seq.remove(&(key, false));
+        }
         for ino in std::iter::once(ino).chain(peer) {
+            self.decided.remove(&ino);
+            self.clients.remove(&ino);
             self.closed.remove(&ino);
-            self.endpoints.remove(&ino);
             self.named.remove(&ino);
             self.peers.remove(&ino);
-            self.seq.retain(|&(from, _), _| from != ino);
         }
     }
 }
@@ -683,20 +740,20 @@ impl From<ParseError> for ReadError {
     }
 }
 
-/// Reads events back from the bytes of a recording, in order.
-pub struct Reader<'a> {
-    parser: Parser<'a>,
+/// Reads events back from a recording, in order, a block at a time.
+pub struct Reader<R> {
+    blocks: BlockReader<R>,
     /// Link type of each interface of the current section.
     interfaces: Vec<u16>,
-    sockspy: bool,
+    failed: bool,
 }
 
-impl<'a> Reader<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
+impl<R: Read> Reader<R> {
+    pub fn new(input: R) -> Self {
         Self {
-            parser: Parser::new(bytes),
+            blocks: BlockReader::new(input),
             interfaces: Vec::new(),
-            sockspy: false,
+            failed: false,
         }
     }
 
@@ -708,7 +765,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn item(&mut self, offset: u64, block: Block<'a>) -> Result<Option<Item>, ReadError> {
+    fn item(&mut self, offset: u64, block: Block) -> Result<Option<Item>, ReadError> {
         match block {
             Block::Section { options } => {
                 self.interfaces.clear();
@@ -728,7 +785,6 @@ impl<'a> Reader<'a> {
                         format!("recording format {} is not supported", facts.sockspy),
                     ));
                 }
-                self.sockspy = true;
                 Ok(Some(Item::Section(Section {
                     capture_bytes: facts.capture_bytes,
                 })))
@@ -739,11 +795,10 @@ impl<'a> Reader<'a> {
             }
             Block::Packet(packet) => {
                 let link = self.interfaces.get(packet.interface as usize).copied();
+                let data = Bytes::from(packet.data);
                 let data = match link {
-                    Some(LINKTYPE_USER0) => packet.data,
-                    Some(LINKTYPE_RAW) if packet.data.len() >= TCP_HEADERS => {
-                        &packet.data[TCP_HEADERS..]
-                    }
+                    Some(LINKTYPE_USER0) => data,
+                    Some(LINKTYPE_RAW) if data.len() >= TCP_HEADERS => data.slice(TCP_HEADERS..),
                     _ => {
                         return Err(self.error(
                             offset,
@@ -754,10 +809,10 @@ impl<'a> Reader<'a> {
                 let comment = packet
                     .comment
                     .ok_or_else(|| self.error(offset, "packet without sockspy facts"))?;
-                let facts: Facts = serde_json::from_str(comment)
+                let facts: Facts = serde_json::from_str(&comment)
                     .map_err(|err| self.error(offset, format!("bad event facts: {err}")))?;
                 let event = facts
-                    .into_event(packet.ts_ns, Bytes::copy_from_slice(data))
+                    .into_event(packet.ts_ns, data)
                     .map_err(|err| self.error(offset, err))?;
                 Ok(Some(Item::Event(Box::new(event))))
             }
@@ -766,13 +821,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Iterator for Reader<'_> {
+impl<R: Read> Iterator for Reader<R> {
     type Item = Result<Item, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let offset = self.parser.offset();
-            let block = match self.parser.next()? {
+        while !self.failed {
+            let offset = self.blocks.offset();
+            let block = match self.blocks.next()? {
                 Ok(block) => block,
                 Err(err) => return Some(Err(err.into())),
             };
@@ -781,12 +836,12 @@ impl Iterator for Reader<'_> {
                 Ok(None) => {}
                 Err(err) => {
                     // Nothing after damage is trusted.
-                    self.parser = Parser::new(&[]);
-                    self.parser.next();
+                    self.failed = true;
                     return Some(Err(err));
                 }
             }
         }
+        None
     }
 }
 
@@ -903,20 +958,39 @@ mod tests {
             sock: Some(100),
             ..Peer::default()
         });
-        // A send whose event lacks the peer still joins its connection.
+        // A client may send before anything knows its peer's name (before
+        // the accept), with a lower or higher inode than the server's end;
+        // later sends may lack the peer altogether.
+        let mut connect = event(EventKind::Connect, b"", 0);
+        connect.sock = Some(102);
+        connect.peer = Some(Peer {
+            path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+            ..Peer::default()
+        });
+        let mut first = event(EventKind::Send, b"ping", 4);
+        first.sock = Some(102);
+        first.peer = Some(Peer {
+            sock: Some(101),
+            ..Peer::default()
+        });
+        reply.peer = Some(Peer {
+            sock: Some(102),
+            ..Peer::default()
+        });
         let mut again = event(EventKind::Send, b"again", 5);
+        again.sock = Some(102);
         again.peer = None;
-        let events = [event(EventKind::Send, b"ping", 4), reply, again];
+        let events = [connect, first, reply, again];
         let bytes = encode(Framing::Tcp, &events);
-        let packets: Vec<Vec<u8>> = Parser::new(&bytes)
+        let packets: Vec<Vec<u8>> = BlockReader::new(&bytes[..])
             .filter_map(|block| match block.unwrap() {
-                Block::Packet(packet) => Some(packet.data.to_vec()),
+                Block::Packet(packet) if packet.interface == 1 => Some(packet.data),
                 _ => None,
             })
             .collect();
         let seq = |p: &[u8]| u32::from_be_bytes(p[24..28].try_into().unwrap());
         let ack = |p: &[u8]| u32::from_be_bytes(p[28..32].try_into().unwrap());
-        let ports = |p: &[u8]| (p[12..20].to_vec(), p[20..24].to_vec());
+        let ports = |p: &[u8]| p[12..24].to_vec();
         // The named end is the server, on --pcap-port.
         assert_eq!(&packets[0][22..24], &80u16.to_be_bytes());
         assert_eq!(&packets[1][20..22], &80u16.to_be_bytes());
@@ -956,12 +1030,12 @@ mod tests {
     fn foreign_and_damaged_files_are_errors() {
         let mut foreign = Vec::new();
         pcapng::section_header(&mut foreign, &[]);
-        let err = Reader::new(&foreign).next().unwrap().unwrap_err();
+        let err = Reader::new(&foreign[..]).next().unwrap().unwrap_err();
         assert!(err.what.contains("not a sockspy recording"), "{err}");
         let mut bytes = encode(Framing::Raw, &[event(EventKind::Send, b"x", 1)]);
         let at = bytes.len() - 30;
         bytes[at..at + 4].copy_from_slice(b"}}}}");
-        for item in Reader::new(&bytes) {
+        for item in Reader::new(&bytes[..]) {
             let _ = item;
         }
     }

@@ -27,15 +27,15 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     let mut printed = 0u64;
     for file in &options.files {
         let name = file.display();
-        let bytes = match load(file) {
-            Ok(bytes) => bytes,
+        let input = match open(file) {
+            Ok(input) => input,
             Err(err) => {
                 let _ = out.flush();
                 eprintln!("sockspy: cannot read {name}: {err}");
                 return Ok(ExitCode::from(2));
             }
         };
-        for item in Reader::new(&bytes) {
+        for item in Reader::new(input) {
             let written = match item {
                 Ok(Item::Section(section)) => {
                     let first = printer.is_none();
@@ -85,13 +85,12 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A whole recording in memory; `-` is stdin.
-fn load(file: &Path) -> io::Result<Vec<u8>> {
+/// A recording to read; `-` is stdin.
+fn open(file: &Path) -> io::Result<Box<dyn Read>> {
     if file == Path::new("-") {
-        let mut bytes = Vec::new();
-        io::stdin().lock().read_to_end(&mut bytes)?;
-        Ok(bytes)
+        Ok(Box::new(io::stdin().lock()))
     } else {
-        std::fs::read(file)
+        let file = std::fs::File::open(file)?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 16, file)))
     }
 }

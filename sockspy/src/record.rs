@@ -558,9 +558,11 @@ pub struct Recorder {
     files: VecDeque<PathBuf>,
     /// Number of the next rotated file.
     next_index: u64,
-    /// Events and bytes recorded.
+    /// Events and bytes written so far (headers included in bytes).
     pub events: u64,
     pub bytes: u64,
+    /// Events in `pending`, counted once written.
+    pending_events: u64,
 }
 
 /// Flush pending blocks once they reach this size.
@@ -594,6 +596,7 @@ impl Recorder {
             file_has_events: false,
             events: 0,
             bytes: 0,
+            pending_events: 0,
         };
         recorder.start_file();
         // The header reaches the disk now: even a capture that records
@@ -615,7 +618,6 @@ impl Recorder {
         self.encoder.header(&mut self.pending);
         self.file_bytes = (self.pending.len() - before) as u64;
         self.file_has_events = false;
-        self.bytes += self.file_bytes;
     }
 
     /// Records one event (written on the next [`flush`](Self::flush) or
@@ -632,8 +634,7 @@ impl Recorder {
         self.pending.extend_from_slice(&block);
         self.file_bytes += block.len() as u64;
         self.file_has_events = true;
-        self.events += 1;
-        self.bytes += block.len() as u64;
+        self.pending_events += 1;
         if self.pending.len() >= PENDING_LIMIT {
             self.flush()?;
         }
@@ -646,6 +647,11 @@ impl Recorder {
             return Ok(());
         }
         let result = self.output.write_all(&self.pending);
+        if result.is_ok() {
+            self.events += self.pending_events;
+            self.bytes += self.pending.len() as u64;
+        }
+        self.pending_events = 0;
         self.pending.clear();
         result
     }
@@ -1069,6 +1075,7 @@ mod tests {
                 .unwrap();
         }
         recorder.flush().unwrap();
+        assert_eq!(recorder.events, 20);
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -284,10 +284,9 @@ async fn pump(
     if matches!(stop, Stop::Signal | Stop::Duration) {
         session.drain(ring.get_mut());
     }
-    if stop != Stop::WriteFailed
-        && let Some(Stop::WriteFailed) = session.flush()
-    {
-        // Reported by the caller from `session.failure`.
+    // A failure to write here is in `session.failure`, which the caller reports.
+    if stop != Stop::WriteFailed {
+        let _ = session.flush();
     }
     if live_count {
         eprintln!();

@@ -480,3 +480,56 @@ fn damaged_and_foreign_files_are_clear_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
+    if !have_root("a_full_disk_stops_the_capture_and_keeps_the_file_readable") {
+        return;
+    }
+    let _turn = turn();
+    let dir = test_dir("full-disk");
+    let mount = |args: &[&str]| Command::new(args[0]).args(&args[1..]).status().unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    assert!(
+        mount(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "sockspy-test",
+            dir_arg
+        ])
+        .success()
+    );
+    let file = dir.join("cap.pcapng");
+    let mut capture = Command::new(sockspy_bin())
+        .args(["trace", "--data", "-w", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chatter = thread::spawn(|| python(CHATTER, &["5"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = capture.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "sockspy did not stop");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut capture.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("cap.pcapng"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let events = read_json(&[&file]);
+    assert!(!events.is_empty());
+    let _ = mount(&["umount", dir_arg]);
+    let _ = chatter.join();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -359,6 +359,33 @@ fn sigkill_leaves_every_complete_record_readable() {
     );
     let lines = String::from_utf8_lossy(&output.stdout).lines().count();
     assert_eq!(lines, events.len() - 1);
+
+    // A bad block length in the middle: every event before it, then one
+    // line naming the file and the block's offset, exit 1.
+    let mut offset = 0;
+    let mut blocks = Vec::new();
+    while offset + 8 <= bytes.len() {
+        blocks.push(offset);
+        offset += u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap()) as usize;
+    }
+    assert_eq!(offset, bytes.len(), "whole blocks");
+    // Section header and interface come first; the rest are events.
+    let bad_block = 2 + (blocks.len() - 2) / 2;
+    let at = blocks[bad_block];
+    let mut damaged = bytes.clone();
+    damaged[at + 4..at + 8].copy_from_slice(&7u32.to_le_bytes());
+    let path = dir.join("damaged.pcapng");
+    std::fs::write(&path, &damaged).unwrap();
+    let output = sockspy(&["read", "--json", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("damaged.pcapng") && stderr.contains(&format!("offset {at}")),
+        "{stderr}"
+    );
+    let lines = String::from_utf8_lossy(&output.stdout).lines().count();
+    assert_eq!(lines, bad_block - 2);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -89,7 +89,7 @@ pub struct TraceArgs {
     /// How payload is framed in the recording: `raw` bytes, or synthetic IPv4+TCP for stream sends.
     #[arg(long, value_name = "FRAMING", value_enum, default_value_t = Framing::Raw, requires = "write")]
     pub pcap_framing: Framing,
-    /// With `--pcap-framing tcp`: the TCP port of a connection's named (server) end.
+    /// With `--pcap-framing tcp`: the TCP port of a connection's server end (default 9000).
     #[arg(long, value_name = "PORT", requires = "write", value_parser = clap::value_parser!(u16).range(1..))]
     pub pcap_port: Option<u16>,
 }

@@ -515,20 +515,20 @@ fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
     }
     let _turn = turn();
     let dir = test_dir("full-disk");
-    let mount = |args: &[&str]| Command::new(args[0]).args(&args[1..]).status().unwrap();
+    /// Unmounts the small file system however the test ends.
+    struct Mounted<'a>(&'a str);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
     let dir_arg = dir.to_str().unwrap();
-    assert!(
-        mount(&[
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64k",
-            "sockspy-test",
-            dir_arg
-        ])
-        .success()
-    );
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "sockspy-test", dir_arg])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a 64 KiB tmpfs");
+    let mounted = Mounted(dir_arg);
     let file = dir.join("cap.pcapng");
     let mut capture = Command::new(sockspy_bin())
         .args(["trace", "--data", "-w", file.to_str().unwrap()])
@@ -556,7 +556,7 @@ fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let events = read_json(&[&file]);
     assert!(!events.is_empty());
-    let _ = mount(&["umount", dir_arg]);
+    drop(mounted);
     let _ = chatter.join();
     let _ = std::fs::remove_dir_all(dir);
 }

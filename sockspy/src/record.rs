@@ -956,6 +956,38 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_prints_as_the_live_view_did() {
+        use crate::output::{Format, PayloadStyle, Printer};
+        let mut live = event(EventKind::Send, b"update x 1:2\n", 13);
+        live.ts_ns = 5_000_123; // monotonic, as the kernel stamps it
+        let clock = Clock::now();
+        let mut encoder = Encoder {
+            clock,
+            ..encoder(Framing::Raw)
+        };
+        let mut bytes = Vec::new();
+        encoder.header(&mut bytes);
+        encoder.event(&mut bytes, &live);
+        let read = decode(&bytes);
+        for format in [Format::Text, Format::Json] {
+            for hex in [false, true] {
+                let style = PayloadStyle {
+                    captured: true,
+                    hex,
+                };
+                let print = |clock, event: &Event| {
+                    let mut out = Vec::new();
+                    Printer::new(format, clock, style)
+                        .event(&mut out, event)
+                        .unwrap();
+                    String::from_utf8(out).unwrap()
+                };
+                assert_eq!(print(clock, &live), print(Clock::epoch(), &read[0]));
+            }
+        }
+    }
+
+    #[test]
     fn tcp_framing_keeps_one_stream_per_connection() {
         let mut reply = event(EventKind::Send, b"pong", 4);
         reply.sock = Some(101);

@@ -46,7 +46,8 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|err| {
         eprintln!("sockspy: {err:#}");
-        // An environment that cannot trace is a usage problem, not a crash.
+        // An environment that cannot trace, or an output file that cannot be
+        // created, is a usage problem, not a crash.
         if err.downcast_ref::<Unfit>().is_some()
             || err.downcast_ref::<record::OutputError>().is_some()
         {

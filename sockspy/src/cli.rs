@@ -3,12 +3,15 @@
 //! clap reports usage errors itself (one message, exit code 2); what clap
 //! cannot check is checked in [`TraceArgs::options`].
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use sockspy_common::{FAMILY_UNIX, MAX_DATA_LEN};
 
-use crate::output::Format;
+use crate::{
+    output::Format,
+    record::{Framing, RecordOptions},
+};
 
 /// Live socket tracer: who talks to whom over Unix domain sockets, and what flows.
 #[derive(Debug, Parser)]
@@ -22,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Trace socket events live (needs root).
     Trace(TraceArgs),
+    /// Print a recording made with `trace -w` as the live view printed it.
+    Read(ReadArgs),
     /// Report what this kernel offers for tracing; exits non-zero when tracing cannot work.
     Check,
     /// List every connected Unix socket pair now, with the processes holding both ends (no root needed).
@@ -74,6 +79,77 @@ pub struct TraceArgs {
     /// Show captured payload as a hex and ASCII dump even when it looks like text.
     #[arg(long)]
     pub hex: bool,
+    /// Record events to FILE (pcapng; `-` for stdout) instead of printing them.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Read a recording instead of tracing live (same as `sockspy read FILE`).
+    #[arg(
+        short = 'r',
+        value_name = "FILE",
+        conflicts_with_all = ["write", "duration", "stats", "data", "snaplen"]
+    )]
+    pub read: Option<PathBuf>,
+    /// Overwrite an existing recording file.
+    #[arg(long, requires = "write")]
+    pub force: bool,
+    /// Start a new recording file when one grows past MEGABYTES (millions of bytes; fractions allowed).
+    #[arg(short = 'C', value_name = "MEGABYTES", requires = "write", value_parser = parse_megabytes)]
+    pub file_size: Option<u64>,
+    /// Keep at most COUNT recording files, removing the oldest (with -C).
+    #[arg(short = 'W', value_name = "COUNT", requires = "file_size", value_parser = clap::value_parser!(u32).range(1..))]
+    pub file_count: Option<u32>,
+    /// How payload is framed in the recording: `raw` bytes, or synthetic IPv4+TCP for stream sends.
+    #[arg(long, value_name = "FRAMING", value_enum, default_value_t = Framing::Raw, requires = "write")]
+    pub pcap_framing: Framing,
+    /// With `--pcap-framing tcp`: the TCP port of a connection's server end (default 9000).
+    #[arg(long, value_name = "PORT", requires = "write", value_parser = clap::value_parser!(u16).range(1..))]
+    pub pcap_port: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Recording files, read in order (`-` for stdin).
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Only Unix domain socket events (so far every event is one).
+    #[arg(long)]
+    pub unix: bool,
+    /// Print JSON Lines (one object per event) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after printing N events.
+    #[arg(short = 'c', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Show captured payload as a hex and ASCII dump even when it looks like text.
+    #[arg(long)]
+    pub hex: bool,
+}
+
+/// Validated options for `read`.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub files: Vec<PathBuf>,
+    /// `FAMILY_*` bits.
+    pub families: u32,
+    pub format: Format,
+    pub count: Option<u64>,
+    pub hex: bool,
+}
+
+impl ReadArgs {
+    pub fn options(&self) -> ReadOptions {
+        ReadOptions {
+            files: self.files.clone(),
+            families: FAMILY_UNIX,
+            format: format(self.json),
+            count: self.count,
+            hex: self.hex,
+        }
+    }
+}
+
+fn format(json: bool) -> Format {
+    if json { Format::Json } else { Format::Text }
 }
 
 /// Validated options for `trace`.
@@ -89,25 +165,78 @@ pub struct TraceOptions {
     /// Payload bytes to capture per call; 0 when capture is off.
     pub capture_bytes: u32,
     pub hex: bool,
+    /// `-w`: record instead of printing.
+    pub record: Option<RecordOptions>,
 }
 
 impl TraceArgs {
+    /// Checks what clap cannot; a failure is a usage error (exit status 2).
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        let stdout = self.write.as_deref() == Some(std::path::Path::new("-"));
+        let conflict = |msg: &str| Err(Cli::command().error(ErrorKind::ArgumentConflict, msg));
+        if stdout && self.file_size.is_some() {
+            return conflict("-C (rotation) needs a file name, not `-w -`");
+        }
+        if stdout && self.force {
+            return conflict("--force has nothing to overwrite with `-w -`");
+        }
+        if self.pcap_port.is_some() && self.pcap_framing != Framing::Tcp {
+            return conflict("--pcap-port needs --pcap-framing tcp");
+        }
+        if self
+            .write
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return conflict("-w needs a file name");
+        }
+        Ok(())
+    }
+
+    /// `-r FILE`: the options to read it with.
+    pub fn read_options(&self) -> Option<ReadOptions> {
+        Some(ReadOptions {
+            files: vec![self.read.clone()?],
+            families: FAMILY_UNIX,
+            format: format(self.json),
+            count: self.count,
+            hex: self.hex,
+        })
+    }
+
     pub fn options(&self) -> TraceOptions {
+        let capture_bytes = self.data.or(self.snaplen).unwrap_or(0);
         TraceOptions {
             families: FAMILY_UNIX,
-            format: if self.json {
-                Format::Json
-            } else {
-                Format::Text
-            },
+            format: format(self.json),
             count: self.count,
             duration: self.duration,
             stats: self.stats,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
-            capture_bytes: self.data.or(self.snaplen).unwrap_or(0),
+            capture_bytes,
             hex: self.hex,
+            record: self.write.clone().map(|path| RecordOptions {
+                path,
+                force: self.force,
+                rotate_bytes: self.file_size,
+                max_files: self.file_count,
+                framing: self.pcap_framing,
+                port: self.pcap_port,
+                capture_bytes,
+            }),
         }
     }
+}
+
+/// A file size for `-C`, in millions of bytes as tcpdump counts them.
+fn parse_megabytes(text: &str) -> Result<u64, String> {
+    let megabytes: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of megabytes"))?;
+    if !megabytes.is_finite() || megabytes <= 0.0 || megabytes > 1e9 {
+        return Err(format!("`{text}` is not a positive number of megabytes"));
+    }
+    Ok(((megabytes * 1e6) as u64).max(1))
 }
 
 /// A payload capture size: 1 to [`MAX_DATA_LEN`] bytes. The cap is what one
@@ -136,8 +265,6 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]
@@ -156,6 +283,13 @@ mod tests {
             &["sockspy", "trace", "--data=16385"],
             &["sockspy", "trace", "-s", "x"],
             &["sockspy", "trace", "-s", "10", "--data=5"],
+            &["sockspy", "trace", "-C", "1"],
+            &["sockspy", "trace", "-w", "f", "-W", "2"],
+            &["sockspy", "trace", "-w", "f", "-C", "0"],
+            &["sockspy", "trace", "-w", "f", "--pcap-framing", "udp"],
+            &["sockspy", "trace", "-r", "f", "-w", "g"],
+            &["sockspy", "trace", "--force"],
+            &["sockspy", "read"],
             &["sockspy"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
@@ -187,6 +321,53 @@ mod tests {
         assert_eq!(options.duration, Some(Duration::from_millis(500)));
         assert_eq!(options.families, FAMILY_UNIX);
         assert_eq!(options.capture_bytes, 0);
+    }
+
+    #[test]
+    fn recording_flags() {
+        let trace = |args: &[&str]| {
+            let Command::Trace(trace) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            trace
+        };
+        let args = trace(&[
+            "sockspy",
+            "trace",
+            "--data",
+            "-w",
+            "cap",
+            "-C",
+            "0.5",
+            "-W",
+            "3",
+            "--force",
+            "--pcap-framing",
+            "tcp",
+            "--pcap-port",
+            "80",
+        ]);
+        args.validate().unwrap();
+        let record = args.options().record.unwrap();
+        assert_eq!(record.path, PathBuf::from("cap"));
+        assert_eq!(record.rotate_bytes, Some(500_000));
+        assert_eq!(record.max_files, Some(3));
+        assert_eq!(record.framing, Framing::Tcp);
+        assert_eq!(record.port, Some(80));
+        assert_eq!(record.capture_bytes, 256);
+        assert!(record.force);
+        for bad in [
+            &["sockspy", "trace", "-w", "-", "-C", "1"][..],
+            &["sockspy", "trace", "-w", "-", "--force"],
+            &["sockspy", "trace", "-w", "f", "--pcap-port", "80"],
+        ] {
+            assert_eq!(trace(bad).validate().unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let read = trace(&["sockspy", "trace", "-r", "cap", "--json"])
+            .read_options()
+            .unwrap();
+        assert_eq!(read.files, [PathBuf::from("cap")]);
+        assert_eq!(read.format, Format::Json);
     }
 
     #[test]

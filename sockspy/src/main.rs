@@ -2,8 +2,9 @@
 //!
 //! Data flows one way: `loader` attaches the kernel programs, `trace` reads
 //! their ring buffer, `events` decodes records, `resolve` names who is who
-//! (seeded by `procfs`), and `output` prints. `cli` validates arguments
-//! first; `check` reports what the kernel offers.
+//! (seeded by `procfs`), and `output` prints or `record` writes a pcapng
+//! recording (blocks from `pcapng`), which `replay` prints back later.
+//! `cli` validates arguments first; `check` reports what the kernel offers.
 
 mod btf;
 mod check;
@@ -14,7 +15,10 @@ mod loader;
 mod offsets;
 mod output;
 mod pairs;
+mod pcapng;
 mod procfs;
+mod record;
+mod replay;
 mod resolve;
 mod trace;
 
@@ -30,14 +34,26 @@ use crate::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Trace(args) => trace::run(&args.options()),
+        Command::Trace(args) => {
+            if let Err(err) = args.validate() {
+                err.exit();
+            }
+            match args.read_options() {
+                Some(read) => replay::run(&read),
+                None => trace::run(&args.options()),
+            }
+        }
+        Command::Read(args) => replay::run(&args.options()),
         Command::Check => Ok(check::run()),
         Command::Pairs(args) => pairs::run(args.json),
     };
     result.unwrap_or_else(|err| {
         eprintln!("sockspy: {err:#}");
-        // An environment that cannot trace is a usage problem, not a crash.
-        if err.downcast_ref::<Unfit>().is_some() {
+        // An environment that cannot trace, or an output file that cannot be
+        // created, is a usage problem, not a crash.
+        if err.downcast_ref::<Unfit>().is_some()
+            || err.downcast_ref::<record::OutputError>().is_some()
+        {
             ExitCode::from(2)
         } else {
             ExitCode::FAILURE

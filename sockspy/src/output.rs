@@ -37,6 +37,12 @@ impl Clock {
         }
     }
 
+    /// For stamps that are wall-clock time already (events read back from
+    /// a recording).
+    pub fn epoch() -> Self {
+        Self { offset_ns: 0 }
+    }
+
     /// Wall-clock nanoseconds since the Unix epoch.
     pub fn wall_ns(&self, mono_ns: u64) -> i128 {
         i128::from(mono_ns) + self.offset_ns

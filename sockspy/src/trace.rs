@@ -5,10 +5,11 @@
 //! whichever comes first, and drains everything queued each time. Every way
 //! of stopping (a signal, `--count`, `--duration`, a closed pipe) drains
 //! what is left and reports the kernel-side counters, so nothing recorded
-//! is lost silently.
+//! is lost silently. With `-w` the events go to a recording instead of the
+//! printer, and stderr shows a running count.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, IsTerminal, Write},
     process::ExitCode,
     time::Duration,
 };
@@ -28,7 +29,8 @@ use crate::{
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
     procfs::Procfs,
-    resolve::Resolver,
+    record::Recorder,
+    resolve::{Event, Resolver},
 };
 
 /// How long the reader may sleep with records queued below the wake-up mark.
@@ -42,6 +44,17 @@ enum Stop {
     Duration,
     /// Whoever read our output went away.
     ClosedPipe,
+    /// The recording could not be written (see [`Session::failure`]).
+    WriteFailed,
+}
+
+/// Where resolved events go.
+enum Sink {
+    Print {
+        printer: Printer,
+        out: BufWriter<io::Stdout>,
+    },
+    Record(Box<Recorder>),
 }
 
 /// Counts of what the reader did.
@@ -54,10 +67,11 @@ struct Tally {
 
 struct Session {
     resolver: Resolver,
-    printer: Printer,
-    out: BufWriter<io::Stdout>,
+    sink: Sink,
     tally: Tally,
     count: Option<u64>,
+    /// Why the recording stopped, when it could not be written.
+    failure: Option<anyhow::Error>,
 }
 
 impl Session {
@@ -77,8 +91,8 @@ impl Session {
                 Record::Proc(rec) => self.resolver.apply_proc(&rec),
                 Record::Sock(rec) => {
                     let event = self.resolver.apply(&rec);
-                    if self.printer.event(&mut self.out, &event).is_err() {
-                        return Some(Stop::ClosedPipe);
+                    if let Some(stop) = self.emit(&event) {
+                        return Some(stop);
                     }
                     self.tally.printed += 1;
                     if self.count.is_some_and(|count| self.tally.printed >= count) {
@@ -90,15 +104,67 @@ impl Session {
         None
     }
 
-    /// Flushes output; a failure means the reader of our output is gone.
+    fn emit(&mut self, event: &Event) -> Option<Stop> {
+        match &mut self.sink {
+            Sink::Print { printer, out } => {
+                printer.event(out, event).err().map(|_| Stop::ClosedPipe)
+            }
+            Sink::Record(recorder) => {
+                let err = recorder.record(event).err()?;
+                Some(self.write_failed(err))
+            }
+        }
+    }
+
+    /// Flushes output; a failure to print means the reader of our output is gone.
     fn flush(&mut self) -> Option<Stop> {
-        self.out.flush().err().map(|_| Stop::ClosedPipe)
+        match &mut self.sink {
+            Sink::Print { out, .. } => out.flush().err().map(|_| Stop::ClosedPipe),
+            Sink::Record(recorder) => {
+                let err = recorder.flush().err()?;
+                Some(self.write_failed(err.into()))
+            }
+        }
+    }
+
+    fn write_failed(&mut self, err: anyhow::Error) -> Stop {
+        let Sink::Record(recorder) = &self.sink else {
+            return Stop::ClosedPipe;
+        };
+        if recorder.current() == std::path::Path::new("-")
+            && err
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return Stop::ClosedPipe;
+        }
+        let file = recorder.current().display().to_string();
+        self.failure = Some(err.context(format!(
+            "cannot write {file}; recording stopped (what was written stays readable)"
+        )));
+        Stop::WriteFailed
     }
 }
 
 /// Runs a trace.
 pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     loader::check_privileges()?;
+    let clock = Clock::now();
+    // The output is opened before any work: a bad path fails fast.
+    let sink = match &options.record {
+        Some(record) => Sink::Record(Box::new(Recorder::create(record.clone(), clock)?)),
+        None => Sink::Print {
+            printer: Printer::new(
+                options.format,
+                clock,
+                PayloadStyle {
+                    captured: options.capture_bytes > 0,
+                    hex: options.hex,
+                },
+            ),
+            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+        },
+    };
     let offsets = loader::kernel_offsets()?;
     let ring_bytes = loader::ring_size(options.buffer_bytes);
     let config = TraceConfig {
@@ -121,22 +187,23 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
-        printer: Printer::new(
-            options.format,
-            Clock::now(),
-            PayloadStyle {
-                captured: options.capture_bytes > 0,
-                hex: options.hex,
-            },
-        ),
-        out: BufWriter::with_capacity(1 << 16, io::stdout()),
+        sink,
         tally: Tally::default(),
         count: options.count,
+        failure: None,
     };
-    if session.printer.header(&mut session.out).is_err() || session.flush().is_some() {
-        return Ok(ExitCode::SUCCESS);
+    match &mut session.sink {
+        Sink::Print { printer, out } => {
+            if printer.header(out).is_err() || session.flush().is_some() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("sockspy: tracing unix sockets (Ctrl-C to stop)");
+        }
+        Sink::Record(recorder) => eprintln!(
+            "sockspy: tracing unix sockets, recording to {} (Ctrl-C to stop)",
+            recorder.current().display()
+        ),
     }
-    eprintln!("sockspy: tracing unix sockets (Ctrl-C to stop)");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,7 +211,12 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         .context("cannot start the event loop")?;
     runtime.block_on(pump(&tracer, ring, &mut session, options))?;
     let stats = tracer.stats().unwrap_or_default();
-    summary(&session.tally, &stats);
+    if let Some(err) = session.failure.take() {
+        eprintln!("sockspy: {err:#}");
+        summary(&session, &stats);
+        return Ok(ExitCode::FAILURE);
+    }
+    summary(&session, &stats);
     // Every way to stop, a closed pipe included (as `| head` users expect), is a clean one.
     Ok(ExitCode::SUCCESS)
 }
@@ -165,6 +237,8 @@ async fn pump(
     let mut sighup = signal(SignalKind::hangup())?;
     let mut poll = interval(POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Recording to a file shows a running count where someone watches.
+    let live_count = matches!(session.sink, Sink::Record(_)) && io::stderr().is_terminal();
     let mut stats_tick = interval(Duration::from_secs(1));
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = options.duration.map(|d| Instant::now() + d);
@@ -184,12 +258,20 @@ async fn pump(
                 stop
             }
             _ = poll.tick() => session.drain(ring.get_mut()),
-            _ = stats_tick.tick(), if options.stats => {
+            _ = stats_tick.tick(), if options.stats || live_count => {
                 if let Ok(stats) = tracer.stats() {
-                    eprintln!(
-                        "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures",
-                        stats.emitted, stats.lost, stats.read_failed
-                    );
+                    if options.stats {
+                        eprintln!(
+                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures",
+                            stats.emitted, stats.lost, stats.read_failed
+                        );
+                    }
+                    if live_count && let Sink::Record(recorder) = &session.sink {
+                        eprint!(
+                            "\rsockspy: {} events recorded, {} lost, {} bytes",
+                            recorder.events, stats.lost, recorder.bytes
+                        );
+                    }
                 }
                 None
             }
@@ -202,15 +284,32 @@ async fn pump(
     if matches!(stop, Stop::Signal | Stop::Duration) {
         session.drain(ring.get_mut());
     }
-    let _ = session.flush();
+    // A failure to write here is in `session.failure`, which the caller reports.
+    if stop != Stop::WriteFailed {
+        let _ = session.flush();
+    }
+    if live_count {
+        eprintln!();
+    }
     Ok(())
 }
 
-fn summary(tally: &Tally, stats: &KernelStats) {
-    let mut line = format!(
-        "sockspy: {} events, {} lost (ring buffer full), {} read failures",
-        tally.printed, stats.lost, stats.read_failed
-    );
+fn summary(session: &Session, stats: &KernelStats) {
+    let tally = &session.tally;
+    let mut line = match &session.sink {
+        Sink::Print { .. } => format!(
+            "sockspy: {} events, {} lost (ring buffer full), {} read failures",
+            tally.printed, stats.lost, stats.read_failed
+        ),
+        Sink::Record(recorder) => format!(
+            "sockspy: {} events recorded ({} bytes, last file {}), {} lost (ring buffer full), {} read failures",
+            recorder.events,
+            recorder.bytes,
+            recorder.current().display(),
+            stats.lost,
+            stats.read_failed
+        ),
+    };
     if stats.call_table_full > 0 {
         line.push_str(&format!(
             ", {} calls not followed (call table full)",

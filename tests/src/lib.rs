@@ -262,6 +262,21 @@ impl SocketDir {
     }
 }
 
+/// The directory itself, for a test's other files.
+impl std::ops::Deref for SocketDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &Self::Target {
+        &self.dir
+    }
+}
+
+impl AsRef<std::path::Path> for SocketDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,0 +1,1131 @@
+//! Recording resolved events to pcapng files (`-w`), and reading them back.
+//!
+//! What is recorded is what the printers show: the resolved [`Event`], peer
+//! process included, so `sockspy read` prints a recording exactly as the
+//! live view did, on any machine. Every event is one Enhanced Packet Block:
+//! its captured payload is the packet data (so Wireshark shows the bytes)
+//! and its facts are the packet comment as one JSON object (so `tshark -r`
+//! and Wireshark show them too). The packet timestamp is the event's wall
+//! clock time in nanoseconds.
+//!
+//! With `--pcap-framing tcp`, each `send` on a connected stream socket is
+//! wrapped in synthetic IPv4 + TCP headers (one stable address and port
+//! pair per connection, consistent sequence numbers), on an interface of its
+//! own, so Wireshark follows the conversation and its dissectors decode the
+//! protocol. Every other event stays on the plain interface: a `recv` would
+//! repeat bytes the stream already has.
+//!
+//! Blocks are built in memory and written whole, a batch per write, so a
+//! capture killed at any moment leaves a file of complete blocks followed
+//! at most by one torn block, which the reader reports and steps over.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs::{File, OpenOptions},
+    io::{self, Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sockspy_common::{Call, EventKind};
+
+use crate::{
+    events::{UnixName, comm_str, kind_name},
+    output::Clock,
+    pcapng::{self, Block, BlockReader, Packet, ParseError},
+    resolve::{Event, Passed, Peer},
+};
+
+/// Link type of the plain interface: raw payload, no framing (`LINKTYPE_USER0`).
+const LINKTYPE_USER0: u16 = 147;
+/// Link type of the TCP-framed interface: IPv4 packets (`LINKTYPE_RAW`).
+const LINKTYPE_RAW: u16 = 101;
+/// Synthetic IPv4 + TCP header length.
+const TCP_HEADERS: usize = 40;
+/// Identifies sockspy's section header comment and its version.
+const FORMAT_VERSION: u32 = 1;
+
+/// How payload appears as packet data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// The payload bytes as they are.
+    #[default]
+    Raw,
+    /// Stream sends wrapped in synthetic IPv4 + TCP headers.
+    Tcp,
+}
+
+/// What `-w` and friends asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOptions {
+    /// `-` is stdout.
+    pub path: PathBuf,
+    /// Overwrite existing files.
+    pub force: bool,
+    /// `-C`: start a new file once one reaches this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// `-W`: keep at most this many files.
+    pub max_files: Option<u32>,
+    pub framing: Framing,
+    /// `--pcap-port`: the port of the named (server) end of a framed connection.
+    pub port: Option<u16>,
+    /// Payload bytes captured per call (0 when off), recorded for the reader.
+    pub capture_bytes: u32,
+}
+
+/// The output could not be opened: a usage problem (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{0} exists; an earlier capture is evidence (use --force to overwrite it)")]
+    Exists(PathBuf),
+    #[error("cannot create {path}: {err}")]
+    Create { path: PathBuf, err: io::Error },
+}
+
+/// Facts of a recording's section, in the section header's comment.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SectionFacts {
+    sockspy: u32,
+    capture_bytes: u32,
+    framing: Framing,
+}
+
+/// An event's facts as the packet comment carries them. Names follow the
+/// JSON output where they mean the same; numbers are kept raw where the
+/// printed name would lose them.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Facts {
+    event: String,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: String,
+    thread: String,
+    family: u16,
+    #[serde(rename = "type")]
+    sock_type: u16,
+    call: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen_fd: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sock: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    ret: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    flags: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    passed_fds: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    passed_files: Vec<PassedFacts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerFacts>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct PassedFacts {
+    fd: i32,
+    #[serde(rename = "type")]
+    kind: String,
+    ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct PeerFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sock: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+fn is_zero(value: &u16) -> bool {
+    *value == 0
+}
+
+/// Names a passed descriptor's file type can have (see `events::file_type`).
+const FILE_KINDS: [&str; 9] = [
+    "socket",
+    "pipe",
+    "file",
+    "dir",
+    "chr",
+    "blk",
+    "link",
+    "anon_inode",
+    "closed",
+];
+
+fn name_text(name: &Option<Rc<UnixName>>) -> Option<String> {
+    name.as_ref().map(|n| n.to_string())
+}
+
+/// The reverse of `UnixName`'s display: `@name` is abstract.
+fn name_from(text: Option<String>) -> Option<Rc<UnixName>> {
+    text.map(|text| {
+        Rc::new(match text.strip_prefix('@') {
+            Some(name) => UnixName::Abstract(name.to_owned()),
+            None => UnixName::Path(text),
+        })
+    })
+}
+
+impl Facts {
+    fn of(event: &Event) -> Self {
+        Self {
+            event: kind_name(event.kind).to_owned(),
+            pid: event.pid,
+            tid: event.tid,
+            uid: event.uid,
+            comm: event.comm.to_string(),
+            thread: comm_str(&event.thread),
+            family: event.family,
+            sock_type: event.sock_type,
+            call: event.call as u16,
+            fd: event.fd,
+            listen_fd: event.listen_fd,
+            sock: event.sock,
+            path: name_text(&event.path),
+            ret: event.ret,
+            flags: event.flags,
+            passed_fds: event.passed_fds,
+            passed_files: event
+                .passed
+                .iter()
+                .map(|file| PassedFacts {
+                    fd: file.fd,
+                    kind: file.kind.to_owned(),
+                    ino: file.ino,
+                    path: name_text(&file.path),
+                })
+                .collect(),
+            peer: event.peer.as_ref().map(|peer| PeerFacts {
+                sock: peer.sock,
+                pid: peer.pid,
+                comm: peer.comm.as_ref().map(|c| c.to_string()),
+                fd: peer.fd,
+                path: name_text(&peer.path),
+            }),
+        }
+    }
+
+    fn into_event(self, ts_ns: u64, data: Bytes) -> Result<Event, String> {
+        let kind = (1..64)
+            .filter_map(EventKind::from_u32)
+            .find(|kind| kind_name(*kind) == self.event)
+            .ok_or_else(|| format!("unknown event `{}`", self.event))?;
+        let mut thread = [0u8; sockspy_common::COMM_LEN];
+        let name = self.thread.as_bytes();
+        let len = name.len().min(thread.len());
+        thread[..len].copy_from_slice(&name[..len]);
+        let passed = self
+            .passed_files
+            .into_iter()
+            .map(|file| {
+                let kind = FILE_KINDS
+                    .into_iter()
+                    .find(|k| *k == file.kind)
+                    .ok_or_else(|| format!("unknown file type `{}`", file.kind))?;
+                Ok(Passed {
+                    fd: file.fd,
+                    kind,
+                    ino: file.ino,
+                    path: name_from(file.path),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Event {
+            kind,
+            ts_ns,
+            pid: self.pid,
+            tid: self.tid,
+            uid: self.uid,
+            comm: self.comm.into(),
+            thread,
+            family: self.family,
+            sock_type: self.sock_type,
+            call: Call::from_u16(self.call),
+            fd: self.fd,
+            listen_fd: self.listen_fd,
+            sock: self.sock,
+            path: name_from(self.path),
+            ret: self.ret,
+            flags: self.flags,
+            data,
+            passed_fds: self.passed_fds,
+            passed,
+            peer: self.peer.map(|peer| Peer {
+                sock: peer.sock,
+                pid: peer.pid,
+                comm: peer.comm.map(Into::into),
+                fd: peer.fd,
+                path: name_from(peer.path),
+            }),
+        })
+    }
+}
+
+/// The port of a framed connection's server end without `--pcap-port`.
+const SERVER_PORT: u16 = 9000;
+
+/// Gives each stream connection synthetic TCP framing that stays the same
+/// for its whole life.
+///
+/// A connection is named after its client's socket inode (the unnamed end),
+/// because a client may send before its connection is accepted, when
+/// nothing yet knows the server's end: both ends get the address
+/// 127.x.y.z from the low 24 bits of that inode; the client a port from the
+/// rest, the server `--pcap-port` (default 9000). A socketpair, both ends
+/// unnamed, is named after its lower inode, which plays the client.
+#[derive(Debug, Default)]
+struct TcpFramer {
+    port: Option<u16>,
+    /// (connection, from the client) -> next sequence number that way.
+    seq: HashMap<(u64, bool), u32>,
+    /// Connected pairs seen in any event, both ways: a send whose event
+    /// lacks its peer still belongs to its connection.
+    peers: HashMap<u64, u64>,
+    /// Sockets seen with a name: the server ends.
+    named: HashSet<u64>,
+    /// Sockets seen calling `connect`: the client ends.
+    clients: HashSet<u64>,
+    /// Socket -> its connection and whether it is the client, fixed at
+    /// its first framed send so that a stream never changes its ports.
+    decided: HashMap<u64, (u64, bool)>,
+    /// Sockets closed while their peer is still open.
+    closed: HashSet<u64>,
+}
+
+impl TcpFramer {
+    /// Learns what an event says about who is connected to whom.
+    fn learn(&mut self, event: &Event) {
+        let Some(sock) = event.sock else { return };
+        if event.path.is_some() {
+            self.named.insert(sock);
+        }
+        if event.kind == EventKind::Connect {
+            self.clients.insert(sock);
+        }
+        if let Some(peer) = &event.peer
+            && let Some(to) = peer.sock
+        {
+            self.peers.insert(sock, to);
+            self.peers.insert(to, sock);
+            if peer.path.is_some() {
+                self.named.insert(to);
+            }
+        }
+    }
+
+    /// The connection a send from `from` belongs to, and whether it goes
+    /// from the client; `None` for a named socket whose peer is unknown.
+    fn connection(&mut self, from: u64) -> Option<(u64, bool)> {
+        if let Some(&decided) = self.decided.get(&from) {
+            return Some(decided);
+        }
+        let client = |ino| self.clients.contains(&ino) || !self.named.contains(&ino);
+        let to = self.peers.get(&from).copied();
+        let known = to
+            .and_then(|to| self.decided.get(&to))
+            .map(|&(key, c)| (key, !c));
+        let decided = match to {
+            _ if known.is_some() => known?,
+            None => client(from).then_some((from, true))?,
+            Some(_) if self.clients.contains(&from) => (from, true),
+            Some(to) if self.clients.contains(&to) => (to, false),
+            Some(to) => match (client(from), client(to)) {
+                (true, false) => (from, true),
+                (false, true) => (to, false),
+                _ => (from.min(to), from < to),
+            },
+        };
+        self.decided.insert(from, decided);
+        if let Some(to) = to {
+            self.decided.insert(to, (decided.0, !decided.1));
+        }
+        Some(decided)
+    }
+
+    /// A segment carrying a send's payload, or `None` when the event is not
+    /// a send on a stream socket of a known connection.
+    fn segment(&mut self, event: &Event) -> Option<Vec<u8>> {
+        self.learn(event);
+        if event.kind != EventKind::Send || event.sock_type != 1 || event.ret < 0 {
+            return None;
+        }
+        let (key, from_client) = self.connection(event.sock?)?;
+        let [_, _, _, _, _, a, b, c] = key.to_be_bytes();
+        let ip = [127, a, b, c];
+        let server_port = self.port.unwrap_or(SERVER_PORT);
+        let mut client_port = 10_000 + ((key >> 24) % 50_000) as u16;
+        if client_port == server_port {
+            client_port += 1;
+        }
+        let (sport, dport) = if from_client {
+            (client_port, server_port)
+        } else {
+            (server_port, client_port)
+        };
+        let initial = |from_client: bool| {
+            (key.wrapping_mul(0x9E37_79B9) as u32) ^ u32::from(from_client) << 31
+        };
+        let seq = *self
+            .seq
+            .entry((key, from_client))
+            .or_insert(initial(from_client));
+        let ack = *self
+            .seq
+            .entry((key, !from_client))
+            .or_insert(initial(!from_client));
+        // The stream advances by what the call moved, captured or not, so a
+        // cut snippet shows in Wireshark as bytes not captured.
+        self.seq
+            .insert((key, from_client), seq.wrapping_add(event.ret as u32));
+        let data = &event.data[..];
+        let mut packet = Vec::with_capacity(TCP_HEADERS + data.len());
+        let total = (TCP_HEADERS + data.len()) as u16;
+        packet.extend_from_slice(&[0x45, 0]);
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        packet.extend_from_slice(&ip);
+        packet.extend_from_slice(&ip);
+        let ip_sum = checksum(0, &packet[..20]);
+        packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        packet.extend_from_slice(&sport.to_be_bytes());
+        packet.extend_from_slice(&dport.to_be_bytes());
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&ack.to_be_bytes());
+        // Header length 5 words; flags PSH + ACK; a wide window; checksum later.
+        packet.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        packet.extend_from_slice(data);
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&ip);
+        pseudo.extend_from_slice(&ip);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        let tcp_sum = checksum(sum_words(0, &pseudo), &packet[20..]);
+        packet[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+        Some(packet)
+    }
+
+    /// Forgets a connection once both its ends were closed (the open end
+    /// may still send or receive).
+    fn close(&mut self, ino: u64) {
+        let peer = self.peers.get(&ino).copied();
+        if let Some(peer) = peer
+            && !self.closed.contains(&peer)
+        {
+            self.closed.insert(ino);
+            return;
+        }
+        if let Some(&(key, _)) = self.decided.get(&ino) {
+            self.seq.remove(&(key, true));
+            self.seq.remove(&(key, false));
+        }
+        for ino in std::iter::once(ino).chain(peer) {
+            self.decided.remove(&ino);
+            self.clients.remove(&ino);
+            self.closed.remove(&ino);
+            self.named.remove(&ino);
+            self.peers.remove(&ino);
+        }
+    }
+}
+
+fn sum_words(mut sum: u32, bytes: &[u8]) -> u32 {
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    sum
+}
+
+/// The Internet checksum of `bytes`, continuing from `sum`.
+fn checksum(sum: u32, bytes: &[u8]) -> u16 {
+    let mut sum = sum_words(sum, bytes);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Turns events into pcapng blocks (no files involved).
+#[derive(Debug)]
+struct Encoder {
+    clock: Clock,
+    capture_bytes: u32,
+    framing: Framing,
+    tcp: TcpFramer,
+}
+
+impl Encoder {
+    /// The blocks that open every file: section header, interfaces.
+    fn header(&self, out: &mut Vec<u8>) {
+        let facts = serde_json::to_string(&SectionFacts {
+            sockspy: FORMAT_VERSION,
+            capture_bytes: self.capture_bytes,
+            framing: self.framing,
+        })
+        .expect("plain struct serializes");
+        let app = format!("sockspy {}", env!("CARGO_PKG_VERSION"));
+        pcapng::section_header(
+            out,
+            &[
+                (pcapng::SHB_USERAPPL, app.as_bytes()),
+                (pcapng::OPT_COMMENT, facts.as_bytes()),
+            ],
+        );
+        pcapng::interface(out, LINKTYPE_USER0, "sockspy");
+        if self.framing == Framing::Tcp {
+            pcapng::interface(out, LINKTYPE_RAW, "sockspy-tcp");
+        }
+    }
+
+    fn event(&mut self, out: &mut Vec<u8>, event: &Event) {
+        let comment = serde_json::to_string(&Facts::of(event)).expect("plain struct serializes");
+        let ts_ns = u64::try_from(self.clock.wall_ns(event.ts_ns)).unwrap_or(0);
+        let moved = if event.ret > 0 { event.ret as u32 } else { 0 };
+        let segment = match self.framing {
+            Framing::Tcp => self.tcp.segment(event),
+            Framing::Raw => None,
+        };
+        let packet = match &segment {
+            Some(segment) => Packet {
+                interface: 1,
+                ts_ns,
+                data: segment,
+                orig_len: moved.saturating_add(TCP_HEADERS as u32),
+                comment: Some(&comment),
+            },
+            None => Packet {
+                interface: 0,
+                ts_ns,
+                data: &event.data,
+                orig_len: moved,
+                comment: Some(&comment),
+            },
+        };
+        pcapng::packet(out, &packet);
+        if event.kind == EventKind::Close
+            && let Some(sock) = event.sock
+        {
+            self.tcp.close(sock);
+        }
+    }
+}
+
+/// Where blocks go: stdout, or a file (of a rotating set).
+enum Output {
+    Stdout(io::Stdout),
+    File(File),
+}
+
+impl Output {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.write_all(bytes).and_then(|()| out.flush()),
+            Self::File(file) => file.write_all(bytes),
+        }
+    }
+}
+
+/// Writes a recording: `-w FILE`, with `-C`/`-W` rotation.
+pub struct Recorder {
+    options: RecordOptions,
+    encoder: Encoder,
+    output: Output,
+    /// Blocks not written yet, always whole.
+    pending: Vec<u8>,
+    /// Bytes in the current file, pending ones included.
+    file_bytes: u64,
+    /// Whether the current file holds an event yet (a file always gets one
+    /// before rotation, however small `-C` is).
+    file_has_events: bool,
+    /// Files of this capture still on disk, oldest first.
+    files: VecDeque<PathBuf>,
+    /// Number of the next rotated file.
+    next_index: u64,
+    /// Events and bytes written so far (headers included in bytes).
+    pub events: u64,
+    pub bytes: u64,
+    /// Events in `pending`, counted once written.
+    pending_events: u64,
+}
+
+/// Flush pending blocks once they reach this size.
+const PENDING_LIMIT: usize = 1 << 20;
+
+impl Recorder {
+    /// Opens the first file and writes its header.
+    pub fn create(options: RecordOptions, clock: Clock) -> Result<Self, OutputError> {
+        let output = if options.path == Path::new("-") {
+            Output::Stdout(io::stdout())
+        } else {
+            Output::File(open(&options.path, options.force)?)
+        };
+        let encoder = Encoder {
+            clock,
+            capture_bytes: options.capture_bytes,
+            framing: options.framing,
+            tcp: TcpFramer {
+                port: options.port,
+                ..TcpFramer::default()
+            },
+        };
+        let mut recorder = Self {
+            files: VecDeque::from([options.path.clone()]),
+            next_index: 1,
+            options,
+            encoder,
+            output,
+            pending: Vec::with_capacity(PENDING_LIMIT),
+            file_bytes: 0,
+            file_has_events: false,
+            events: 0,
+            bytes: 0,
+            pending_events: 0,
+        };
+        recorder.start_file();
+        // The header reaches the disk now: even a capture that records
+        // nothing leaves a valid, empty recording.
+        recorder.flush().map_err(|err| OutputError::Create {
+            path: recorder.options.path.clone(),
+            err,
+        })?;
+        Ok(recorder)
+    }
+
+    /// The file being written.
+    pub fn current(&self) -> &Path {
+        self.files.back().map_or(Path::new("-"), PathBuf::as_path)
+    }
+
+    fn start_file(&mut self) {
+        let before = self.pending.len();
+        self.encoder.header(&mut self.pending);
+        self.file_bytes = (self.pending.len() - before) as u64;
+        self.file_has_events = false;
+    }
+
+    /// Records one event (written on the next [`flush`](Self::flush) or
+    /// when enough is pending).
+    pub fn record(&mut self, event: &Event) -> anyhow::Result<()> {
+        let mut block = Vec::with_capacity(64 + event.data.len() + 256);
+        self.encoder.event(&mut block, event);
+        if let Some(limit) = self.options.rotate_bytes
+            && self.file_has_events
+            && self.file_bytes + block.len() as u64 > limit
+        {
+            self.rotate()?;
+        }
+        self.pending.extend_from_slice(&block);
+        self.file_bytes += block.len() as u64;
+        self.file_has_events = true;
+        self.pending_events += 1;
+        if self.pending.len() >= PENDING_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes pending blocks, whole, in one write.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.output.write_all(&self.pending);
+        if result.is_ok() {
+            self.events += self.pending_events;
+            self.bytes += self.pending.len() as u64;
+        }
+        self.pending_events = 0;
+        self.pending.clear();
+        result
+    }
+
+    /// Closes the current file and opens the next: FILE, FILE1, FILE2, ...;
+    /// with `-W COUNT`, the oldest of this capture's files is removed once
+    /// there are more than COUNT.
+    fn rotate(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.flush()
+            .with_context(|| format!("cannot write {}", self.current().display()))?;
+        let next = rotated_name(&self.options.path, self.next_index);
+        self.next_index += 1;
+        self.output = Output::File(open(&next, self.options.force)?);
+        self.files.push_back(next);
+        if let Some(max) = self.options.max_files {
+            while self.files.len() > max as usize {
+                if let Some(oldest) = self.files.pop_front() {
+                    std::fs::remove_file(&oldest)
+                        .with_context(|| format!("cannot remove {}", oldest.display()))?;
+                }
+            }
+        }
+        self.start_file();
+        Ok(())
+    }
+}
+
+/// The name of rotated file number `index` (1, 2, ...): `FILE1`, `FILE2`.
+pub fn rotated_name(path: &Path, index: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(index.to_string());
+    PathBuf::from(name)
+}
+
+/// Creates a recording file, readable by its owner only: payloads can hold
+/// secrets. An existing file is kept unless `force`.
+fn open(path: &Path, force: bool) -> Result<File, OutputError> {
+    let mut options = OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    options.open(path).map_err(|err| {
+        if err.kind() == io::ErrorKind::AlreadyExists {
+            OutputError::Exists(path.to_owned())
+        } else {
+            OutputError::Create {
+                path: path.to_owned(),
+                err,
+            }
+        }
+    })
+}
+
+/// What a recording says about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Section {
+    /// Payload capture was on, with this many bytes per call.
+    pub capture_bytes: u32,
+}
+
+/// One item read back from a recording.
+#[derive(Debug)]
+pub enum Item {
+    /// A new section began (each file of a rotated set has one).
+    Section(Section),
+    Event(Box<Event>),
+}
+
+/// Why a recording cannot be read (further).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct ReadError {
+    /// Byte offset of the damaged block.
+    pub offset: u64,
+    pub what: String,
+    /// The file ends inside its last block: a capture cut short. Everything
+    /// before it is complete.
+    pub torn: bool,
+}
+
+impl From<ParseError> for ReadError {
+    fn from(err: ParseError) -> Self {
+        Self {
+            what: format!("at offset {}: {}", err.offset, err.what),
+            offset: err.offset,
+            torn: err.torn,
+        }
+    }
+}
+
+/// Reads events back from a recording, in order, a block at a time.
+pub struct Reader<R> {
+    blocks: BlockReader<R>,
+    /// Link type of each interface of the current section.
+    interfaces: Vec<u16>,
+    failed: bool,
+}
+
+impl<R: Read> Reader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            blocks: BlockReader::new(input),
+            interfaces: Vec::new(),
+            failed: false,
+        }
+    }
+
+    fn error(&self, offset: u64, what: impl std::fmt::Display) -> ReadError {
+        ReadError {
+            offset,
+            what: format!("at offset {offset}: {what}"),
+            torn: false,
+        }
+    }
+
+    fn item(&mut self, offset: u64, block: Block) -> Result<Option<Item>, ReadError> {
+        match block {
+            Block::Section { options } => {
+                self.interfaces.clear();
+                let facts = options
+                    .iter()
+                    .filter(|(code, _)| *code == pcapng::OPT_COMMENT)
+                    .find_map(|(_, text)| serde_json::from_slice::<SectionFacts>(text).ok());
+                let Some(facts) = facts else {
+                    return Err(self.error(
+                        offset,
+                        "a pcapng file, but not a sockspy recording (no sockspy section facts)",
+                    ));
+                };
+                if facts.sockspy != FORMAT_VERSION {
+                    return Err(self.error(
+                        offset,
+                        format!("recording format {} is not supported", facts.sockspy),
+                    ));
+                }
+                Ok(Some(Item::Section(Section {
+                    capture_bytes: facts.capture_bytes,
+                })))
+            }
+            Block::Interface { link_type, .. } => {
+                self.interfaces.push(link_type);
+                Ok(None)
+            }
+            Block::Packet(packet) => {
+                let link = self.interfaces.get(packet.interface as usize).copied();
+                let data = Bytes::from(packet.data);
+                let data = match link {
+                    Some(LINKTYPE_USER0) => data,
+                    Some(LINKTYPE_RAW) if data.len() >= TCP_HEADERS => data.slice(TCP_HEADERS..),
+                    _ => {
+                        return Err(self.error(
+                            offset,
+                            format!("packet on interface {} of no known kind", packet.interface),
+                        ));
+                    }
+                };
+                let comment = packet
+                    .comment
+                    .ok_or_else(|| self.error(offset, "packet without sockspy facts"))?;
+                let facts: Facts = serde_json::from_str(&comment)
+                    .map_err(|err| self.error(offset, format!("bad event facts: {err}")))?;
+                let event = facts
+                    .into_event(packet.ts_ns, data)
+                    .map_err(|err| self.error(offset, err))?;
+                Ok(Some(Item::Event(Box::new(event))))
+            }
+            Block::Other(_) => Ok(None),
+        }
+    }
+}
+
+impl<R: Read> Iterator for Reader<R> {
+    type Item = Result<Item, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.failed {
+            let offset = self.blocks.offset();
+            let block = match self.blocks.next()? {
+                Ok(block) => block,
+                Err(err) => return Some(Err(err.into())),
+            };
+            match self.item(offset, block) {
+                Ok(Some(item)) => return Some(Ok(item)),
+                Ok(None) => {}
+                Err(err) => {
+                    // Nothing after damage is trusted.
+                    self.failed = true;
+                    return Some(Err(err));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn event(kind: EventKind, data: &[u8], ret: i64) -> Event {
+        let mut thread = [0u8; 16];
+        thread[..8].copy_from_slice(b"writer#0");
+        Event {
+            kind,
+            ts_ns: 1_700_000_000_000_000_123,
+            pid: 10,
+            tid: 11,
+            uid: 1000,
+            comm: "collectd".into(),
+            thread,
+            family: 1,
+            sock_type: 1,
+            call: Call::Sendto,
+            fd: Some(9),
+            listen_fd: None,
+            sock: Some(100),
+            path: None,
+            ret,
+            flags: sockspy_common::FLAG_CREDENTIALS,
+            data: Bytes::copy_from_slice(data),
+            passed_fds: 2,
+            passed: vec![
+                Passed {
+                    fd: 5,
+                    kind: "pipe",
+                    ino: 37078,
+                    path: None,
+                },
+                Passed {
+                    fd: 3,
+                    kind: "socket",
+                    ino: 37076,
+                    path: Some(Rc::new(UnixName::Abstract("abs@x".into()))),
+                },
+            ],
+            peer: Some(Peer {
+                sock: Some(101),
+                pid: Some(20),
+                comm: Some("rrdcached".into()),
+                fd: Some(12),
+                path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+            }),
+        }
+    }
+
+    fn encoder(framing: Framing) -> Encoder {
+        Encoder {
+            clock: Clock::epoch(),
+            capture_bytes: 256,
+            framing,
+            tcp: TcpFramer {
+                port: Some(80),
+                ..TcpFramer::default()
+            },
+        }
+    }
+
+    fn encode(framing: Framing, events: &[Event]) -> Vec<u8> {
+        let mut encoder = encoder(framing);
+        let mut out = Vec::new();
+        encoder.header(&mut out);
+        for event in events {
+            encoder.event(&mut out, event);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<Event> {
+        Reader::new(bytes)
+            .filter_map(|item| match item.unwrap() {
+                Item::Event(event) => Some(*event),
+                Item::Section(section) => {
+                    assert_eq!(section.capture_bytes, 256);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_round_trip_exactly() {
+        let mut bare = event(EventKind::Connect, b"", -111);
+        bare.peer = None;
+        bare.passed = Vec::new();
+        bare.passed_fds = 0;
+        bare.fd = None;
+        bare.path = Some(Rc::new(UnixName::Path("/tmp/s".into())));
+        let events = [
+            event(EventKind::Send, b"update x 1:2\n", 13),
+            event(EventKind::Recv, &[0, 1, 2, 255], 4000),
+            bare,
+        ];
+        for framing in [Framing::Raw, Framing::Tcp] {
+            assert_eq!(decode(&encode(framing, &events)), events, "{framing:?}");
+        }
+    }
+
+    #[test]
+    fn a_recording_prints_as_the_live_view_did() {
+        use crate::output::{Format, PayloadStyle, Printer};
+        let mut live = event(EventKind::Send, b"update x 1:2\n", 13);
+        live.ts_ns = 5_000_123; // monotonic, as the kernel stamps it
+        let clock = Clock::now();
+        let mut encoder = Encoder {
+            clock,
+            ..encoder(Framing::Raw)
+        };
+        let mut bytes = Vec::new();
+        encoder.header(&mut bytes);
+        encoder.event(&mut bytes, &live);
+        let read = decode(&bytes);
+        for format in [Format::Text, Format::Json] {
+            for hex in [false, true] {
+                let style = PayloadStyle {
+                    captured: true,
+                    hex,
+                };
+                let print = |clock, event: &Event| {
+                    let mut out = Vec::new();
+                    Printer::new(format, clock, style)
+                        .event(&mut out, event)
+                        .unwrap();
+                    String::from_utf8(out).unwrap()
+                };
+                assert_eq!(print(clock, &live), print(Clock::epoch(), &read[0]));
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_framing_keeps_one_stream_per_connection() {
+        let mut reply = event(EventKind::Send, b"pong", 4);
+        reply.sock = Some(101);
+        reply.path = Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into())));
+        reply.peer = Some(Peer {
+            sock: Some(100),
+            ..Peer::default()
+        });
+        // A client may send before anything knows its peer's name (before
+        // the accept), with a lower or higher inode than the server's end;
+        // later sends may lack the peer altogether.
+        let mut connect = event(EventKind::Connect, b"", 0);
+        connect.sock = Some(102);
+        connect.peer = Some(Peer {
+            path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+            ..Peer::default()
+        });
+        let mut first = event(EventKind::Send, b"ping", 4);
+        first.sock = Some(102);
+        first.peer = Some(Peer {
+            sock: Some(101),
+            ..Peer::default()
+        });
+        reply.peer = Some(Peer {
+            sock: Some(102),
+            ..Peer::default()
+        });
+        let mut again = event(EventKind::Send, b"again", 5);
+        again.sock = Some(102);
+        again.peer = None;
+        let events = [connect, first, reply, again];
+        let bytes = encode(Framing::Tcp, &events);
+        let packets: Vec<Vec<u8>> = BlockReader::new(&bytes[..])
+            .filter_map(|block| match block.unwrap() {
+                Block::Packet(packet) if packet.interface == 1 => Some(packet.data),
+                _ => None,
+            })
+            .collect();
+        let seq = |p: &[u8]| u32::from_be_bytes(p[24..28].try_into().unwrap());
+        let ack = |p: &[u8]| u32::from_be_bytes(p[28..32].try_into().unwrap());
+        let ports = |p: &[u8]| p[12..24].to_vec();
+        // The named end is the server, on --pcap-port.
+        assert_eq!(&packets[0][22..24], &80u16.to_be_bytes());
+        assert_eq!(&packets[1][20..22], &80u16.to_be_bytes());
+        assert_eq!(ports(&packets[0]), ports(&packets[2]));
+        assert_eq!(seq(&packets[2]), seq(&packets[0]) + 4);
+        assert_eq!(ack(&packets[2]), seq(&packets[1]) + 4);
+        assert_eq!(ack(&packets[1]), seq(&packets[0]) + 4);
+        // Checksums verify: summing a header with its checksum gives 0.
+        assert_eq!(checksum(0, &packets[0][..20]), 0);
+        assert_eq!(&packets[0][TCP_HEADERS..], b"ping");
+    }
+
+    #[test]
+    fn a_torn_tail_keeps_every_whole_event() {
+        let events: Vec<Event> = (0..5)
+            .map(|i| event(EventKind::Send, format!("message {i}").as_bytes(), 9))
+            .collect();
+        let bytes = encode(Framing::Raw, &events);
+        for cut in 0..bytes.len() {
+            let mut read = Vec::new();
+            let mut failure = None;
+            for item in Reader::new(&bytes[..cut]) {
+                match item {
+                    Ok(Item::Event(event)) => read.push(*event),
+                    Ok(Item::Section(_)) => {}
+                    Err(err) => failure = Some(err),
+                }
+            }
+            assert_eq!(read[..], events[..read.len()], "cut at {cut}");
+            if let Some(err) = failure {
+                assert!(err.offset <= cut as u64, "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_and_damaged_files_are_errors() {
+        let mut foreign = Vec::new();
+        pcapng::section_header(&mut foreign, &[]);
+        let err = Reader::new(&foreign[..]).next().unwrap().unwrap_err();
+        assert!(err.what.contains("not a sockspy recording"), "{err}");
+        let mut bytes = encode(Framing::Raw, &[event(EventKind::Send, b"x", 1)]);
+        let at = bytes.len() - 30;
+        bytes[at..at + 4].copy_from_slice(b"}}}}");
+        for item in Reader::new(&bytes[..]) {
+            let _ = item;
+        }
+    }
+
+    #[test]
+    fn files_are_private_and_never_overwritten() {
+        let dir = std::env::temp_dir().join(format!("sockspy-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cap.pcapng");
+        let options = RecordOptions {
+            path: path.clone(),
+            force: false,
+            rotate_bytes: Some(1000),
+            max_files: Some(2),
+            framing: Framing::Raw,
+            port: None,
+            capture_bytes: 256,
+        };
+        let mut recorder = Recorder::create(options.clone(), Clock::epoch()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            Recorder::create(options.clone(), Clock::epoch()),
+            Err(OutputError::Exists(_))
+        ));
+        for i in 0..20 {
+            let payload = vec![b'a' + i as u8; 200];
+            recorder
+                .record(&event(EventKind::Send, &payload, 200))
+                .unwrap();
+        }
+        recorder.flush().unwrap();
+        assert_eq!(recorder.events, 20);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let mut total = 0;
+        for name in &names {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            assert!(bytes.len() <= 1000 + 600, "{name}: {}", bytes.len());
+            total += decode(&bytes).len();
+        }
+        assert!((2..20).contains(&total), "{total}");
+        let forced = RecordOptions {
+            force: true,
+            ..options
+        };
+        Recorder::create(forced, Clock::epoch()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

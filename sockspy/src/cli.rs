@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sockspy_common::{FAMILY_UNIX, MAX_DATA_LEN};
+use sockspy_common::{FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, PROTO_TCP, PROTO_UDP};
 
 use crate::output::Format;
 
-/// Live socket tracer: who talks to whom over Unix domain sockets, and what flows.
+/// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets, and what flows.
 #[derive(Debug, Parser)]
 #[command(name = "sockspy", version, about, propagate_version = true)]
 pub struct Cli {
@@ -28,9 +28,21 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Trace Unix domain sockets (the default, and so far the only family).
+    /// Trace Unix domain sockets. Without any family flag, Unix, TCP and UDP are traced.
     #[arg(long)]
     pub unix: bool,
+    /// Trace TCP over IPv4 and IPv6.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Trace UDP over IPv4 and IPv6.
+    #[arg(long)]
+    pub udp: bool,
+    /// Trace TCP and UDP (same as --tcp --udp).
+    #[arg(long)]
+    pub inet: bool,
+    /// Keep only events whose local or remote port is N (repeatable).
+    #[arg(long, value_name = "N")]
+    pub port: Vec<u16>,
     /// Print JSON Lines (one object per event) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -67,8 +79,10 @@ pub struct TraceArgs {
 /// Validated options for `trace`.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
-    /// `FAMILY_*` bits.
+    /// `FAMILY_*` and `PROTO_*` bits.
     pub families: u32,
+    /// Ports to keep (empty: all events).
+    pub ports: Vec<u16>,
     pub format: Format,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -81,8 +95,27 @@ pub struct TraceOptions {
 
 impl TraceArgs {
     pub fn options(&self) -> TraceOptions {
+        let (mut unix, mut tcp, mut udp) =
+            (self.unix, self.tcp || self.inet, self.udp || self.inet);
+        if !unix && !tcp && !udp {
+            (unix, tcp, udp) = (true, true, true);
+        }
+        let mut families = 0;
+        if unix {
+            families |= FAMILY_UNIX;
+        }
+        if tcp || udp {
+            families |= FAMILY_INET | FAMILY_INET6;
+        }
+        if tcp {
+            families |= PROTO_TCP;
+        }
+        if udp {
+            families |= PROTO_UDP;
+        }
         TraceOptions {
-            families: FAMILY_UNIX,
+            families,
+            ports: self.port.clone(),
             format: if self.json {
                 Format::Json
             } else {
@@ -144,6 +177,8 @@ mod tests {
             &["sockspy", "trace", "--data=16385"],
             &["sockspy", "trace", "-s", "x"],
             &["sockspy", "trace", "-s", "10", "--data=5"],
+            &["sockspy", "trace", "--port", "http"],
+            &["sockspy", "trace", "--port", "65536"],
             &["sockspy"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
@@ -175,6 +210,38 @@ mod tests {
         assert_eq!(options.duration, Some(Duration::from_millis(500)));
         assert_eq!(options.families, FAMILY_UNIX);
         assert_eq!(options.capture_bytes, 0);
+    }
+
+    #[test]
+    fn family_flags() {
+        let families = |args: &[&str]| {
+            let Command::Trace(trace) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            trace.options().families
+        };
+        let inet = FAMILY_INET | FAMILY_INET6;
+        let all = FAMILY_UNIX | inet | PROTO_TCP | PROTO_UDP;
+        assert_eq!(families(&["sockspy", "trace"]), all);
+        assert_eq!(families(&["sockspy", "trace", "--unix"]), FAMILY_UNIX);
+        assert_eq!(families(&["sockspy", "trace", "--tcp"]), inet | PROTO_TCP);
+        assert_eq!(families(&["sockspy", "trace", "--udp"]), inet | PROTO_UDP);
+        assert_eq!(
+            families(&["sockspy", "trace", "--inet"]),
+            inet | PROTO_TCP | PROTO_UDP
+        );
+        assert_eq!(
+            families(&["sockspy", "trace", "--unix", "--tcp"]),
+            FAMILY_UNIX | inet | PROTO_TCP
+        );
+        let Command::Trace(trace) =
+            Cli::try_parse_from(["sockspy", "trace", "--port", "80", "--port", "53"])
+                .unwrap()
+                .command
+        else {
+            panic!("not trace")
+        };
+        assert_eq!(trace.options().ports, [80, 53]);
     }
 
     #[test]

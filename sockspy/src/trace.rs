@@ -27,8 +27,8 @@ use crate::{
     events::{self, Record},
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
-    procfs::Procfs,
-    resolve::Resolver,
+    procfs::{InetTable, Procfs},
+    resolve::{Event, Resolver},
 };
 
 /// How long the reader may sleep with records queued below the wake-up mark.
@@ -58,6 +58,8 @@ struct Session {
     out: BufWriter<io::Stdout>,
     tally: Tally,
     count: Option<u64>,
+    /// `--port`: keep only events with one of these ports (empty: all).
+    ports: Vec<u16>,
 }
 
 impl Session {
@@ -77,6 +79,9 @@ impl Session {
                 Record::Proc(rec) => self.resolver.apply_proc(&rec),
                 Record::Sock(rec) => {
                     let event = self.resolver.apply(&rec);
+                    if !self.wanted(&event) {
+                        continue;
+                    }
                     if self.printer.event(&mut self.out, &event).is_err() {
                         return Some(Stop::ClosedPipe);
                     }
@@ -88,6 +93,16 @@ impl Session {
             }
         }
         None
+    }
+
+    /// The `--port` filter, applied after the resolver has seen the event
+    /// (its tables must stay whole).
+    fn wanted(&self, event: &Event) -> bool {
+        self.ports.is_empty()
+            || [event.local, event.remote]
+                .iter()
+                .flatten()
+                .any(|addr| self.ports.contains(&addr.port()))
     }
 
     /// Flushes output; a failure means the reader of our output is gone.
@@ -118,6 +133,10 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     let scan = procfs.scan().context("cannot read /proc")?;
     let unix = procfs.unix_sockets().unwrap_or_default();
     resolver.seed(scan, unix);
+    resolver.seed_inet(
+        procfs.inet_sockets(InetTable::Tcp),
+        procfs.inet_sockets(InetTable::Udp),
+    );
 
     let mut session = Session {
         resolver,
@@ -132,11 +151,15 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         out: BufWriter::with_capacity(1 << 16, io::stdout()),
         tally: Tally::default(),
         count: options.count,
+        ports: options.ports.clone(),
     };
     if session.printer.header(&mut session.out).is_err() || session.flush().is_some() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("sockspy: tracing unix sockets (Ctrl-C to stop)");
+    eprintln!(
+        "sockspy: tracing {} sockets (Ctrl-C to stop)",
+        family_names(options.families)
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,6 +227,21 @@ async fn pump(
     }
     let _ = session.flush();
     Ok(())
+}
+
+/// What the family bits ask for, for the readiness line: `unix, tcp, udp`.
+fn family_names(families: u32) -> String {
+    use sockspy_common::{FAMILY_UNIX, PROTO_TCP, PROTO_UDP};
+    [
+        (FAMILY_UNIX, "unix"),
+        (PROTO_TCP, "tcp"),
+        (PROTO_UDP, "udp"),
+    ]
+    .iter()
+    .filter(|(bit, _)| families & bit != 0)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn summary(tally: &Tally, stats: &KernelStats) {

@@ -23,7 +23,7 @@ use crate::{
     emit::{self, Record, SLOT_DATA, opaque},
     global,
     kernel::{self, ReadFailed},
-    probes::syscalls::{CallState, traced},
+    probes::syscalls::{CallState, inet_remote, own_name, traced},
 };
 
 /// `EAGAIN`: an empty non-blocking socket, reported by event loops all day.
@@ -91,7 +91,7 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
-    if !traced(info.family) {
+    if !traced(&info) {
         return Ok(());
     }
     let noted = noted_call(kind);
@@ -99,8 +99,11 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         return Ok(());
     };
     rec.set_sock(&info);
+    let inet = kernel::is_inet(info.family);
     if info.family == AF_UNIX {
         rec.set_peer(kernel::unix_peer(sk)?)?;
+    } else {
+        own_name(&mut rec, &info)?;
     }
     let ev = rec.ev();
     ev.ret = i64::from(ret);
@@ -117,8 +120,14 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
                 let name: u64 = read_user(msghdr + MSGHDR_NAME)?;
                 let len: u32 = read_user(msghdr + MSGHDR_NAMELEN)?;
                 rec.peer_addr_user(name, len);
-                ancillary(&mut rec, msghdr)?;
             }
+        }
+        // No address given with the call: a connected socket's remote end.
+        if inet && rec.ev().peer_addr_len == 0 {
+            inet_remote(&mut rec, &info)?;
+        }
+        if kind == EventKind::Send && msghdr != 0 {
+            ancillary(&mut rec, msghdr)?;
         }
         let cap = global!(CONFIG.capture_bytes);
         if cap > 0 && ret > 0 {
@@ -133,6 +142,8 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
                 rec.data_user(state.args[0], want);
             }
         }
+    } else if inet {
+        inet_remote(&mut rec, &info)?;
     }
     rec.submit();
     Ok(())

@@ -20,7 +20,7 @@ use sockspy_common::{
 
 use crate::{
     CALLS,
-    emit::{self, Record, SLOT_DATA, opaque},
+    emit::{self, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
     global,
     kernel::{self, ReadFailed},
     probes::syscalls::{CallState, inet_remote, own_name, traced},
@@ -30,6 +30,8 @@ use crate::{
 const EAGAIN: i32 = 11;
 /// `MSG_PEEK`.
 const MSG_PEEK: i32 = 2;
+/// `SOCK_DGRAM`.
+const SOCK_DGRAM: u16 = 2;
 /// User-space `struct msghdr` layout (LP64 user ABI).
 const MSGHDR_NAME: u64 = 0;
 const MSGHDR_NAMELEN: u64 = 8;
@@ -95,6 +97,13 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         return Ok(());
     }
     let noted = noted_call(kind);
+    if kind == EventKind::Recv
+        && let Some((call, state)) = &noted
+        && source_at_exit(&info, *call, state)?.is_some()
+    {
+        // `recv_at_exit` reports it, with the source address.
+        return Ok(());
+    }
     let Some(mut rec) = Record::begin(SLOT_DATA, kind, noted.map_or(Call::Unknown, |n| n.0)) else {
         return Ok(());
     };
@@ -129,22 +138,99 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         if kind == EventKind::Send && msghdr != 0 {
             ancillary(&mut rec, msghdr)?;
         }
-        let cap = global!(CONFIG.capture_bytes);
-        if cap > 0 && ret > 0 {
-            let want = if (ret as u32) < cap { ret as u32 } else { cap };
-            if msghdr != 0 {
-                let iov: u64 = read_user(msghdr + MSGHDR_IOV)?;
-                let iovlen: u64 = read_user(msghdr + MSGHDR_IOVLEN)?;
-                capture_iov(&mut rec, iov, iovlen, want);
-            } else if matches!(call, Call::Readv | Call::Writev) {
-                capture_iov(&mut rec, state.args[0], state.args[1], want);
-            } else {
-                rec.data_user(state.args[0], want);
-            }
-        }
+        capture(&mut rec, call, &state, msghdr, ret)?;
     } else if inet {
         inet_remote(&mut rec, &info)?;
     }
+    rec.submit();
+    Ok(())
+}
+
+/// Copies the payload of a call, if capture is on.
+#[inline(always)]
+fn capture(
+    rec: &mut Record,
+    call: Call,
+    state: &CallState,
+    msghdr: u64,
+    ret: i32,
+) -> Result<(), ReadFailed> {
+    let cap = global!(CONFIG.capture_bytes);
+    if cap > 0 && ret > 0 {
+        let want = if (ret as u32) < cap { ret as u32 } else { cap };
+        if msghdr != 0 {
+            let iov: u64 = read_user(msghdr + MSGHDR_IOV)?;
+            let iovlen: u64 = read_user(msghdr + MSGHDR_IOVLEN)?;
+            capture_iov(rec, iov, iovlen, want);
+        } else if matches!(call, Call::Readv | Call::Writev) {
+            capture_iov(rec, state.args[0], state.args[1], want);
+        } else {
+            rec.data_user(state.args[0], want);
+        }
+    }
+    Ok(())
+}
+
+/// Where an unconnected datagram's source address will be once the call
+/// returns: the user buffer and the user length a `recvfrom`/`recvmsg` on
+/// an IP datagram socket asked the kernel to fill. `None` when the call has
+/// none, or the socket is not such a socket.
+///
+/// The data tracepoint fires before the kernel copies the address out, and
+/// does not see the kernel's copy, so such receives are reported at
+/// `sys_exit` instead, when the user's buffer holds it.
+#[inline(always)]
+fn source_at_exit(
+    info: &kernel::SockInfo,
+    call: Call,
+    state: &CallState,
+) -> Result<Option<(u64, u64)>, ReadFailed> {
+    if !kernel::is_inet(info.family) || info.sock_type != SOCK_DGRAM {
+        return Ok(None);
+    }
+    let (name, len_at) = match call {
+        Call::Recvfrom => (state.args[2], state.args[3]),
+        Call::Recvmsg => {
+            let msghdr = state.args[0];
+            (read_user(msghdr + MSGHDR_NAME)?, msghdr + MSGHDR_NAMELEN)
+        }
+        _ => return Ok(None),
+    };
+    Ok((name != 0 && len_at != 0).then_some((name, len_at)))
+}
+
+/// `sys_exit` of a `recvfrom`/`recvmsg` on an IP datagram socket that asked
+/// for the source address: the `recv` event, with that address as the peer.
+pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadFailed> {
+    if ret == -i64::from(EAGAIN) {
+        return Ok(());
+    }
+    let Some(sk) = kernel::fd_to_sock(state.fd)? else {
+        return Ok(());
+    };
+    let info = kernel::sock_info(sk)?;
+    if !traced(&info) {
+        return Ok(());
+    }
+    let Some((name, len_at)) = source_at_exit(&info, call, state)? else {
+        return Ok(());
+    };
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    own_name(&mut rec, &info)?;
+    let ev = rec.ev();
+    ev.ret = ret;
+    ev.fd = state.fd as i32;
+    if ret >= 0 {
+        let len: u32 = read_user(len_at)?;
+        rec.peer_addr_user(name, len);
+    }
+    if rec.ev().peer_addr_len == 0 {
+        inet_remote(&mut rec, &info)?;
+    }
+    capture(&mut rec, call, state, msghdr_of(call, state), ret as i32)?;
     rec.submit();
     Ok(())
 }

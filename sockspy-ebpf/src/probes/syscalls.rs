@@ -207,6 +207,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
             done.fd2 = state.fd;
         }
         Call::Socketpair if ret == 0 => return socketpair(state.args[3]),
+        Call::Recvfrom | Call::Recvmsg => {
+            return crate::probes::data::recv_at_exit(call, &state, ret);
+        }
         _ => return Ok(()),
     }
     one_fd(&done)

@@ -522,7 +522,7 @@ impl Resolver {
         let mut listener = None;
         if inet {
             let tcp = ev.protocol == IPPROTO_TCP;
-            if !failed && kind != EventKind::Bind {
+            if !failed {
                 // A datagram's address is where it went or came from, not a connection.
                 let connected = if tcp { remote } else { None };
                 let bound = kind == EventKind::Listen || !tcp;

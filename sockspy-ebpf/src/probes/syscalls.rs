@@ -247,7 +247,10 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
     ev.fd2 = done.fd2 as i32;
     ev.ret = done.ret;
     let (addr, addr_len) = done.user_addr;
-    if done.kind == EventKind::Bind {
+    if done.kind == EventKind::Bind && kernel::is_inet(info.family) && done.ret == 0 {
+        // The port the kernel picked when asked for port 0.
+        own_name(&mut rec, &info)?;
+    } else if done.kind == EventKind::Bind {
         // The requested name, right even when the bind failed.
         rec.peer_addr_user(addr, addr_len);
         let ev = rec.ev();

@@ -167,6 +167,12 @@ impl InetEnd {
     pub fn is_set(&self) -> bool {
         self.bytes[2..].iter().any(|&b| b != 0)
     }
+
+    /// Whether it has a port: a remote end without one is not connected.
+    #[inline(always)]
+    pub fn has_port(&self) -> bool {
+        self.bytes[2] != 0 || self.bytes[3] != 0
+    }
 }
 
 /// `sizeof(struct sockaddr_in6)`, the larger of the two.

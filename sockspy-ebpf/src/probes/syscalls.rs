@@ -300,7 +300,7 @@ pub fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFai
 #[inline(always)]
 pub fn inet_remote(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
     let remote = kernel::inet_remote(info.sk, info.family)?;
-    if remote.is_set() {
+    if remote.has_port() {
         rec.peer_addr_inet(&remote);
     }
     Ok(())

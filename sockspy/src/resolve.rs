@@ -642,3 +642,134 @@ impl Resolver {
         (peer != Peer::default()).then_some(peer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sockspy_common::{AF_INET, AF_INET6};
+
+    use super::*;
+    use crate::{
+        events::{
+            Record, decode,
+            tests::{sock_bytes, sockaddr_in, sockaddr_in6},
+        },
+        procfs::InetSocket,
+    };
+
+    /// A server (pid 100, fd 5, inode 1001, IPv6 dual-stack) and a client
+    /// (pid 200, fd 3, inode 2002, IPv4) connected before tracing started.
+    fn seeded() -> Resolver {
+        let mut resolver = Resolver::new(Procfs::at("/nonexistent"));
+        let process = |pid, comm: &str, fd, ino| ProcessSockets {
+            pid,
+            comm: comm.into(),
+            fds: vec![(fd, ino)],
+        };
+        resolver.seed(
+            Scan {
+                processes: vec![
+                    process(100, "server", 5, 1001),
+                    process(200, "client", 3, 2002),
+                ],
+                unreadable: 0,
+            },
+            Vec::new(),
+        );
+        let server = "[::ffff:127.0.0.1]:8080".parse().unwrap();
+        let client = "127.0.0.1:40000".parse().unwrap();
+        resolver.seed_inet(
+            vec![
+                InetSocket {
+                    local: server,
+                    remote: "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+                    state: 1,
+                    ino: 1001,
+                },
+                InetSocket {
+                    local: client,
+                    remote: "127.0.0.1:8080".parse().unwrap(),
+                    state: 1,
+                    ino: 2002,
+                },
+            ],
+            Vec::new(),
+        );
+        resolver
+    }
+
+    fn send(pid: u32, fd: i32, ino: u64, family: u16, local: &[u8], remote: &[u8]) -> Event {
+        let bytes = sock_bytes(
+            EventKind::Send,
+            |ev| {
+                ev.header.pid = pid;
+                ev.fd = fd;
+                ev.sock = ino;
+                ev.family = family;
+                ev.sock_type = 1;
+                ev.protocol = IPPROTO_TCP;
+                ev.ret = 4;
+            },
+            [local, remote, b""],
+        );
+        let Ok(Record::Sock(rec)) = decode(&bytes) else {
+            panic!("not a socket record")
+        };
+        seeded().apply(&rec)
+    }
+
+    #[test]
+    fn tcp_peers_pair_by_address_across_ipv4_and_mapped_ipv6() {
+        let localhost = Ipv4Addr::LOCALHOST;
+        let client = send(
+            200,
+            3,
+            2002,
+            AF_INET,
+            &sockaddr_in(localhost.octets(), 40000),
+            &sockaddr_in(localhost.octets(), 8080),
+        );
+        let peer = client.peer.expect("a peer");
+        assert_eq!(peer.pid, Some(100));
+        assert_eq!(peer.comm.as_deref(), Some("server"));
+        assert_eq!(peer.fd, Some(5));
+        assert_eq!(peer.sock, Some(1001));
+        assert_eq!(peer.addr, Some("127.0.0.1:8080".parse().unwrap()));
+
+        let mapped = localhost.to_ipv6_mapped();
+        let server = send(
+            100,
+            5,
+            1001,
+            AF_INET6,
+            &sockaddr_in6(mapped, 8080),
+            &sockaddr_in6(mapped, 40000),
+        );
+        assert_eq!(server.local.unwrap().to_string(), "[::ffff:127.0.0.1]:8080");
+        let peer = server.peer.expect("a peer");
+        assert_eq!(
+            (peer.pid, peer.fd, peer.sock),
+            (Some(200), Some(3), Some(2002))
+        );
+    }
+
+    #[test]
+    fn a_remote_peer_is_only_an_address() {
+        let event = send(
+            200,
+            3,
+            2002,
+            AF_INET,
+            &sockaddr_in([10, 0, 0, 2], 40000),
+            &sockaddr_in([192, 0, 2, 1], 443),
+        );
+        assert_eq!(
+            event.peer,
+            Some(Peer {
+                addr: Some("192.0.2.1:443".parse().unwrap()),
+                ..Peer::default()
+            })
+        );
+    }
+}

@@ -353,3 +353,71 @@ fn tcp_flag_excludes_unix_sockets() {
         assert_ne!(ev["family"], "unix", "{ev}");
     }
 }
+
+/// A connection refused (a port bound but not listening), then one reset
+/// by the server (`SO_LINGER` 0 and close). Prints the pid and the two
+/// clients' fds.
+const REFUSED_AND_RESET: &str = "
+import struct
+idle = socket.socket(FAMILY, socket.SOCK_STREAM)
+idle.bind((sys.argv[1], 0))
+refused = socket.socket(FAMILY, socket.SOCK_STREAM)
+try:
+    refused.connect(idle.getsockname())
+    raise SystemExit('connected to a port nobody listens on')
+except ConnectionRefusedError:
+    pass
+srv = socket.socket(FAMILY, socket.SOCK_STREAM)
+srv.bind((sys.argv[1], 0))
+srv.listen(1)
+c = socket.create_connection(srv.getsockname()[:2])
+conn, _ = srv.accept()
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+conn.close()
+try:
+    c.recv(100)
+    raise SystemExit('no reset')
+except ConnectionResetError:
+    pass
+print(os.getpid(), refused.fileno(), c.fileno(), flush=True)
+";
+
+#[test]
+fn refused_and_reset_connections_say_so() {
+    if !have_root("refused_and_reset_connections_say_so") {
+        return;
+    }
+    let trace = Trace::start(&["--tcp", "--json"]).unwrap();
+    let mut child = spawn_python(
+        &format!("{RENAME}{REFUSED_AND_RESET}"),
+        &["127.0.0.1", "tcpreset"],
+    );
+    let ids = first_line(&mut child);
+    wait_ok(&mut child);
+    let done = trace.stop().unwrap();
+    let events = done.events();
+    let (pid, refused_fd, reset_fd) = (ids[0], ids[1], ids[2]);
+    let connect = events
+        .iter()
+        .find(|ev| ev["pid"] == pid && ev["event"] == "connect" && ev["fd"] == refused_fd)
+        .expect("the refused connect");
+    assert_eq!(connect["error"], "ECONNREFUSED", "{connect}");
+    let closed_with = |error: &str| {
+        events.iter().any(|ev| {
+            ev["event"] == "state"
+                && ev["state"] == "close"
+                && ev["error"] == error
+                && ev["pid"] == pid
+        })
+    };
+    assert!(
+        closed_with("ECONNREFUSED"),
+        "no state event for the refusal"
+    );
+    assert!(closed_with("ECONNRESET"), "no state event for the reset");
+    let recv = events
+        .iter()
+        .find(|ev| ev["pid"] == pid && ev["event"] == "recv" && ev["fd"] == reset_fd)
+        .expect("the failed recv");
+    assert_eq!(recv["error"], "ECONNRESET", "{recv}");
+}

@@ -457,7 +457,11 @@ impl Resolver {
         let ev = &rec.ev;
         let header = &ev.header;
         let kind = rec.kind;
-        let ino = ev.sock;
+        let mut ino = ev.sock;
+        if ino == 0 && kind == EventKind::State {
+            // Detached from its inode (closing): known by its kernel address.
+            ino = self.sk_ino.get(&ev.sk).copied().unwrap_or(0);
+        }
         let mut pid = header.pid;
         let mut fd = (ev.fd >= 0).then_some(ev.fd);
         let comm = if kind == EventKind::State {

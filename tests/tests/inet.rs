@@ -6,6 +6,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use base64::Engine;
 use serde_json::Value;
 use sockspy_tests::{Trace, by_pid, find, find_data, have_root};
 
@@ -66,6 +67,16 @@ fn first_line(child: &mut Child) -> Vec<u64> {
     line.split_whitespace()
         .map(|n| n.parse().expect("a number"))
         .collect()
+}
+
+/// The captured payload of an event (`--data`).
+fn data(ev: &Value) -> Vec<u8> {
+    let text = ev["data"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no data in {ev}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64 payload")
 }
 
 fn wait_ok(child: &mut Child) {
@@ -158,7 +169,7 @@ fn assert_conversation(events: &[Value], pair: &Pair, ip: &str, family: &str) {
 
 /// A full connection traced from the start over `ip`.
 fn tcp_server_and_client(ip: &str, family: &str) {
-    let trace = Trace::start(&["--tcp", "--json"]).unwrap();
+    let trace = Trace::start(&["--tcp", "--json", "--data"]).unwrap();
     let mut pair = Pair::start(ip, false);
     pair.finish();
     let done = trace.stop().unwrap();
@@ -180,6 +191,14 @@ fn tcp_server_and_client(ip: &str, family: &str) {
     assert_eq!(accept["peer"]["fd"], pair.client_fd, "{accept}");
     assert_eq!(accept["peer"]["comm"], "tcpclient", "{accept}");
     assert_conversation(&events, &pair, ip, family);
+    assert_eq!(
+        data(find_data(&events, pair.server_pid, "recv", 5)),
+        b"hello"
+    );
+    assert_eq!(
+        data(find_data(&events, pair.client_pid, "recv", 7)),
+        b"welcome"
+    );
     find(&events, pair.client_pid, "close");
     find(&events, pair.server_pid, "close");
     // The client's socket became established and later closed.
@@ -252,7 +271,7 @@ fn udp_sendto_and_recvfrom_carry_addresses() {
     if !have_root("udp_sendto_and_recvfrom_carry_addresses") {
         return;
     }
-    let trace = Trace::start(&["--udp", "--json"]).unwrap();
+    let trace = Trace::start(&["--udp", "--json", "--data"]).unwrap();
     let mut child = spawn_python(&format!("{RENAME}{UDP}"), &["127.0.0.1", "udpdemo"]);
     let ids = first_line(&mut child);
     wait_ok(&mut child);
@@ -276,6 +295,9 @@ fn udp_sendto_and_recvfrom_carry_addresses() {
     assert_eq!(got["raddr"], "127.0.0.1", "{got}");
     assert_eq!(got["rport"], sender_port, "{got}");
     assert_eq!(got["peer"]["fd"], s_fd, "{got}");
+    // Reported at sys_exit (for the source address), payload included.
+    assert_eq!(data(got), b"query", "{got}");
+    assert_eq!(data(query), b"query", "{query}");
     let answer = find_data(&events, pid, "send", 7);
     assert_eq!(answer["rport"], sender_port, "{answer}");
     let back = find_data(&events, pid, "recv", 7);

@@ -21,7 +21,7 @@ pub const MAX_DATA_LEN: usize = 16384;
 
 /// Record-building slots the kernel side needs per CPU (one per hook family
 /// that can interrupt another); the loader sizes the scratch map with it.
-pub const SCRATCH_SLOTS: u32 = 2;
+pub const SCRATCH_SLOTS: u32 = 3;
 
 /// Passed descriptors (`SCM_RIGHTS`) identified per `sendmsg`; the count of
 /// all of them is in `SockEvent::passed_fds` regardless.
@@ -55,6 +55,9 @@ pub enum EventKind {
     Recv = 8,
     /// A file descriptor that referred to a socket was closed.
     Close = 9,
+    /// A TCP connection changed state in a way that matters: it was
+    /// established, or it closed (`ret` carries the socket error, e.g. a reset).
+    State = 10,
     /// A process forked a new process (not a thread).
     Fork = 20,
     /// A process replaced its program image.
@@ -76,6 +79,7 @@ impl EventKind {
             7 => Self::Send,
             8 => Self::Recv,
             9 => Self::Close,
+            10 => Self::State,
             20 => Self::Fork,
             21 => Self::Exec,
             22 => Self::Exit,
@@ -180,6 +184,31 @@ pub const FAMILY_INET: u32 = 1 << 1;
 /// Bit in [`TraceConfig::families`] for IPv6 sockets.
 pub const FAMILY_INET6: u32 = 1 << 2;
 
+/// Bit in [`TraceConfig::families`] for TCP (IPv4 and IPv6 alike).
+pub const PROTO_TCP: u32 = 1 << 3;
+/// Bit in [`TraceConfig::families`] for UDP (IPv4 and IPv6 alike).
+pub const PROTO_UDP: u32 = 1 << 4;
+
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u16 = 17;
+
+/// Maps an IP protocol to its [`TraceConfig::families`] bit (0 if not traced).
+pub const fn proto_bit(protocol: u16) -> u32 {
+    match protocol {
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+/// Whether a socket of `family` and `protocol` is wanted by the `families` bits:
+/// Unix sockets by family alone, IP sockets by family and protocol.
+pub const fn wanted(families: u32, family: u16, protocol: u16) -> bool {
+    family_bit(family) & families != 0 && (family == AF_UNIX || proto_bit(protocol) & families != 0)
+}
+
 /// Maps an address family to its [`TraceConfig::families`] bit (0 if not traced).
 pub const fn family_bit(family: u16) -> u32 {
     match family {
@@ -244,6 +273,7 @@ pub struct SockEvent {
     /// Kernel address of the peer's `struct sock`, 0 if none.
     pub peer_sk: u64,
     /// The call's result: bytes moved, a new fd, 0, or a negative errno.
+    /// For `State`, the socket's pending error as a negative errno (0 if none).
     pub ret: i64,
     /// File descriptor the call used, -1 if the hook could not tell.
     pub fd: i32,
@@ -255,7 +285,7 @@ pub struct SockEvent {
     pub sock_type: u16,
     /// Protocol number (`IPPROTO_TCP`, ...), 0 for Unix sockets.
     pub protocol: u16,
-    /// Kernel socket state (`sk_state`).
+    /// Kernel socket state (`sk_state`); for `State`, the state entered.
     pub state: u16,
     /// A [`Call`] number.
     pub call: u16,
@@ -378,8 +408,20 @@ pub struct KernelOffsets {
     pub unix_address_len: u32,
     /// `unix_address.name`.
     pub unix_address_name: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// `sock.__sk_common.skc_rcv_saddr` (IPv4 local address, network order).
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_num` (local port, host order).
+    pub sock_num: u32,
+    /// `sock.__sk_common.skc_daddr` (IPv4 remote address, network order).
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_dport` (remote port, network order).
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (IPv6 local address).
+    pub sock_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (IPv6 remote address).
+    pub sock_v6_daddr: u32,
+    /// `sock.sk_err` (pending socket error, positive errno).
+    pub sock_err: u32,
 }
 
 /// Settings the loader gives the kernel programs before load (a read-only global).
@@ -406,7 +448,7 @@ const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 136);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
 const _: () = assert!(size_of::<PassedFile>() == 16);
-const _: () = assert!(size_of::<KernelOffsets>() == 104);
+const _: () = assert!(size_of::<KernelOffsets>() == 128);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 
 #[cfg(feature = "user")]

@@ -43,6 +43,9 @@ pub const SCRATCH_SLOTS: u32 = sockspy_common::SCRATCH_SLOTS;
 pub const SLOT_SYSCALL: u32 = 0;
 /// Slot of the data hooks.
 pub const SLOT_DATA: u32 = 1;
+/// Slot of the TCP state hook, which runs in softirq context and can
+/// interrupt either of the others.
+pub const SLOT_STATE: u32 = 2;
 
 /// Hides `value` from the optimizer. The verifier checks bounds on the
 /// register a helper receives; without this, LLVM folds a clamp it can
@@ -193,6 +196,40 @@ impl Record {
             ev.peer_sock = info.ino;
         }
         Ok(())
+    }
+
+    /// Sets the own address to an IP socket's end (the first address in the tail).
+    #[inline(always)]
+    pub fn own_addr_inet(&mut self, end: &kernel::InetEnd) {
+        let copied = self.put_inet(0, end);
+        self.ev().addr_len = copied;
+    }
+
+    /// Sets the peer address to an IP socket's end (after the own address).
+    #[inline(always)]
+    pub fn peer_addr_inet(&mut self, end: &kernel::InetEnd) {
+        let at = u32::from(self.ev().addr_len);
+        let copied = self.put_inet(at, end);
+        self.ev().peer_addr_len = copied;
+    }
+
+    /// Writes a socket address built on the stack into the tail at `at`.
+    #[inline(always)]
+    fn put_inet(&mut self, at: u32, end: &kernel::InetEnd) -> u16 {
+        let at = opaque(at as usize);
+        if at > MAX_ADDR_LEN {
+            return 0;
+        }
+        // SAFETY: `at + INET_END_LEN <= MAX_ADDR_LEN + 28 <= TAIL_LEN`, checked above.
+        unsafe {
+            (*self.scratch)
+                .tail
+                .as_mut_ptr()
+                .add(at)
+                .cast::<[u8; kernel::INET_END_LEN]>()
+                .write_unaligned(end.bytes)
+        };
+        end.len as u16
     }
 
     /// Copies up to [`MAX_ADDR_LEN`] bytes of the own address from kernel memory.

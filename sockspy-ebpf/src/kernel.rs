@@ -7,7 +7,7 @@
 //! rather than a rejected program.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sockspy_common::{AF_UNIX, COMM_LEN};
+use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, COMM_LEN};
 
 use crate::global;
 
@@ -152,4 +152,91 @@ pub fn unix_name(sk: u64) -> Result<Option<(u64, u32)>, ReadFailed> {
         addr + u64::from(global!(OFFSETS.unix_address_name)),
         len as u32,
     )))
+}
+
+/// One end of an IP socket as a raw `sockaddr_in` (16 bytes) or
+/// `sockaddr_in6` (28 bytes), the layout userspace decodes for every family.
+pub struct InetEnd {
+    pub bytes: [u8; INET_END_LEN],
+    pub len: u32,
+}
+
+impl InetEnd {
+    /// Whether there is anything to show: a port or an address.
+    #[inline(always)]
+    pub fn is_set(&self) -> bool {
+        self.bytes[2..].iter().any(|&b| b != 0)
+    }
+
+    /// Whether it has a port: a remote end without one is not connected.
+    #[inline(always)]
+    pub fn has_port(&self) -> bool {
+        self.bytes[2] != 0 || self.bytes[3] != 0
+    }
+}
+
+/// `sizeof(struct sockaddr_in6)`, the larger of the two.
+pub const INET_END_LEN: usize = 28;
+
+/// Whether `family` is IPv4 or IPv6.
+#[inline(always)]
+pub fn is_inet(family: u16) -> bool {
+    family == AF_INET || family == AF_INET6
+}
+
+/// The local end of an IP socket: bound address and port.
+#[inline(always)]
+pub fn inet_local(sk: u64, family: u16) -> Result<InetEnd, ReadFailed> {
+    let port: u16 = read(sk, global!(OFFSETS.sock_num))?;
+    inet_end(
+        sk,
+        family,
+        port.to_be(),
+        global!(OFFSETS.sock_rcv_saddr),
+        global!(OFFSETS.sock_v6_rcv_saddr),
+    )
+}
+
+/// The remote end of an IP socket: where it is connected to (all zero if not).
+#[inline(always)]
+pub fn inet_remote(sk: u64, family: u16) -> Result<InetEnd, ReadFailed> {
+    let port: u16 = read(sk, global!(OFFSETS.sock_dport))?;
+    inet_end(
+        sk,
+        family,
+        port,
+        global!(OFFSETS.sock_daddr),
+        global!(OFFSETS.sock_v6_daddr),
+    )
+}
+
+/// Builds a `sockaddr_in`/`sockaddr_in6` from a port in network order and
+/// the offsets of the IPv4 and IPv6 address fields.
+#[inline(always)]
+fn inet_end(
+    sk: u64,
+    family: u16,
+    port_be: u16,
+    v4_offset: u32,
+    v6_offset: u32,
+) -> Result<InetEnd, ReadFailed> {
+    let mut bytes = [0u8; INET_END_LEN];
+    bytes[..2].copy_from_slice(&family.to_ne_bytes());
+    bytes[2..4].copy_from_slice(&port_be.to_ne_bytes());
+    let len = if family == AF_INET6 {
+        let addr: [u8; 16] = read(sk, v6_offset)?;
+        bytes[8..24].copy_from_slice(&addr);
+        28
+    } else {
+        let addr: [u8; 4] = read(sk, v4_offset)?;
+        bytes[4..8].copy_from_slice(&addr);
+        16
+    };
+    Ok(InetEnd { bytes, len })
+}
+
+/// The socket's pending error (`sk_err`, a positive errno; 0 if none).
+#[inline(always)]
+pub fn sock_error(sk: u64) -> Result<i32, ReadFailed> {
+    read(sk, global!(OFFSETS.sock_err))
 }

@@ -47,7 +47,13 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     unix_peer: 0,
     unix_address_len: 0,
     unix_address_name: 0,
-    _pad: 0,
+    sock_rcv_saddr: 0,
+    sock_num: 0,
+    sock_daddr: 0,
+    sock_dport: 0,
+    sock_v6_rcv_saddr: 0,
+    sock_v6_daddr: 0,
+    sock_err: 0,
 };
 
 /// What to trace, filled in by the loader before load.

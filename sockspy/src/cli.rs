@@ -6,14 +6,17 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
-use sockspy_common::{FAMILY_UNIX, MAX_DATA_LEN};
+use sockspy_common::{
+    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, PROTO_TCP, PROTO_UDP, wanted,
+};
 
 use crate::{
     output::Format,
     record::{Framing, RecordOptions},
+    resolve::Event,
 };
 
-/// Live socket tracer: who talks to whom over Unix domain sockets, and what flows.
+/// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets, and what flows.
 #[derive(Debug, Parser)]
 #[command(name = "sockspy", version, about, propagate_version = true)]
 pub struct Cli {
@@ -43,11 +46,78 @@ pub struct PairsArgs {
     pub json: bool,
 }
 
+/// Which sockets `trace` and `read` show.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
-    /// Trace Unix domain sockets (the default, and so far the only family).
+pub struct SelectionArgs {
+    /// Unix domain sockets. Without any family flag, Unix, TCP and UDP are shown.
     #[arg(long)]
     pub unix: bool,
+    /// TCP over IPv4 and IPv6.
+    #[arg(long)]
+    pub tcp: bool,
+    /// UDP over IPv4 and IPv6.
+    #[arg(long)]
+    pub udp: bool,
+    /// TCP and UDP (same as --tcp --udp).
+    #[arg(long)]
+    pub inet: bool,
+    /// Keep only events whose local or remote port is N (repeatable).
+    #[arg(long, value_name = "N")]
+    pub port: Vec<u16>,
+}
+
+/// The validated selection: `FAMILY_*`/`PROTO_*` bits and ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub families: u32,
+    /// Ports to keep (empty: all events).
+    pub ports: Vec<u16>,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        let (mut unix, mut tcp, mut udp) =
+            (self.unix, self.tcp || self.inet, self.udp || self.inet);
+        if !unix && !tcp && !udp {
+            (unix, tcp, udp) = (true, true, true);
+        }
+        let mut families = 0;
+        if unix {
+            families |= FAMILY_UNIX;
+        }
+        if tcp || udp {
+            families |= FAMILY_INET | FAMILY_INET6;
+        }
+        if tcp {
+            families |= PROTO_TCP;
+        }
+        if udp {
+            families |= PROTO_UDP;
+        }
+        Selection {
+            families,
+            ports: self.port.clone(),
+        }
+    }
+}
+
+impl Selection {
+    /// Whether `event` is one the user asked for. The kernel already drops
+    /// other families while tracing; a recording holds whatever was traced.
+    pub fn keeps(&self, event: &Event) -> bool {
+        wanted(self.families, event.family, event.protocol)
+            && (self.ports.is_empty()
+                || [event.local, event.remote]
+                    .iter()
+                    .flatten()
+                    .any(|addr| self.ports.contains(&addr.port())))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Print JSON Lines (one object per event) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -111,9 +181,8 @@ pub struct ReadArgs {
     /// Recording files, read in order (`-` for stdin).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
-    /// Only Unix domain socket events (so far every event is one).
-    #[arg(long)]
-    pub unix: bool,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Print JSON Lines (one object per event) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -129,8 +198,7 @@ pub struct ReadArgs {
 #[derive(Clone, Debug)]
 pub struct ReadOptions {
     pub files: Vec<PathBuf>,
-    /// `FAMILY_*` bits.
-    pub families: u32,
+    pub select: Selection,
     pub format: Format,
     pub count: Option<u64>,
     pub hex: bool,
@@ -140,7 +208,7 @@ impl ReadArgs {
     pub fn options(&self) -> ReadOptions {
         ReadOptions {
             files: self.files.clone(),
-            families: FAMILY_UNIX,
+            select: self.select.selection(),
             format: format(self.json),
             count: self.count,
             hex: self.hex,
@@ -155,8 +223,7 @@ fn format(json: bool) -> Format {
 /// Validated options for `trace`.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
-    /// `FAMILY_*` bits.
-    pub families: u32,
+    pub select: Selection,
     pub format: Format,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -197,7 +264,7 @@ impl TraceArgs {
     pub fn read_options(&self) -> Option<ReadOptions> {
         Some(ReadOptions {
             files: vec![self.read.clone()?],
-            families: FAMILY_UNIX,
+            select: self.select.selection(),
             format: format(self.json),
             count: self.count,
             hex: self.hex,
@@ -207,7 +274,7 @@ impl TraceArgs {
     pub fn options(&self) -> TraceOptions {
         let capture_bytes = self.data.or(self.snaplen).unwrap_or(0);
         TraceOptions {
-            families: FAMILY_UNIX,
+            select: self.select.selection(),
             format: format(self.json),
             count: self.count,
             duration: self.duration,
@@ -290,6 +357,8 @@ mod tests {
             &["sockspy", "trace", "-r", "f", "-w", "g"],
             &["sockspy", "trace", "--force"],
             &["sockspy", "read"],
+            &["sockspy", "trace", "--port", "http"],
+            &["sockspy", "trace", "--port", "65536"],
             &["sockspy"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
@@ -319,7 +388,7 @@ mod tests {
         assert_eq!(options.format, Format::Json);
         assert_eq!(options.count, Some(3));
         assert_eq!(options.duration, Some(Duration::from_millis(500)));
-        assert_eq!(options.families, FAMILY_UNIX);
+        assert_eq!(options.select.families, FAMILY_UNIX);
         assert_eq!(options.capture_bytes, 0);
     }
 
@@ -368,6 +437,38 @@ mod tests {
             .unwrap();
         assert_eq!(read.files, [PathBuf::from("cap")]);
         assert_eq!(read.format, Format::Json);
+    }
+
+    #[test]
+    fn family_flags() {
+        let families = |args: &[&str]| {
+            let Command::Trace(trace) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            trace.options().select.families
+        };
+        let inet = FAMILY_INET | FAMILY_INET6;
+        let all = FAMILY_UNIX | inet | PROTO_TCP | PROTO_UDP;
+        assert_eq!(families(&["sockspy", "trace"]), all);
+        assert_eq!(families(&["sockspy", "trace", "--unix"]), FAMILY_UNIX);
+        assert_eq!(families(&["sockspy", "trace", "--tcp"]), inet | PROTO_TCP);
+        assert_eq!(families(&["sockspy", "trace", "--udp"]), inet | PROTO_UDP);
+        assert_eq!(
+            families(&["sockspy", "trace", "--inet"]),
+            inet | PROTO_TCP | PROTO_UDP
+        );
+        assert_eq!(
+            families(&["sockspy", "trace", "--unix", "--tcp"]),
+            FAMILY_UNIX | inet | PROTO_TCP
+        );
+        let Command::Trace(trace) =
+            Cli::try_parse_from(["sockspy", "trace", "--port", "80", "--port", "53"])
+                .unwrap()
+                .command
+        else {
+            panic!("not trace")
+        };
+        assert_eq!(trace.options().select.ports, [80, 53]);
     }
 
     #[test]

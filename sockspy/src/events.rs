@@ -5,11 +5,15 @@
 //! before it trusts it, so a short or corrupt record is an error, never a
 //! panic (the same decoder will read recordings from disk).
 
-use std::fmt;
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use bytes::Bytes;
 use sockspy_common::{
-    AF_UNIX, COMM_LEN, Call, EventHeader, EventKind, PassedFile, ProcEvent, SockEvent,
+    AF_INET, AF_INET6, AF_UNIX, COMM_LEN, Call, EventHeader, EventKind, IPPROTO_TCP, IPPROTO_UDP,
+    PassedFile, ProcEvent, SockEvent,
 };
 
 /// Why a record could not be decoded.
@@ -166,6 +170,57 @@ pub fn unix_name_bytes(path: &[u8]) -> Option<UnixName> {
     }
 }
 
+/// Decodes a raw `sockaddr_in` or `sockaddr_in6`; `None` for another family
+/// or a short buffer. An IPv4-mapped IPv6 address stays IPv6, so it prints
+/// as `ss` shows it: `[::ffff:127.0.0.1]:80`.
+pub fn inet_addr(addr: &[u8]) -> Option<SocketAddr> {
+    if addr.len() < 4 {
+        return None;
+    }
+    let family = u16::from_ne_bytes([addr[0], addr[1]]);
+    let port = u16::from_be_bytes([addr[2], addr[3]]);
+    let ip = match family {
+        AF_INET if addr.len() >= 8 => IpAddr::V4(Ipv4Addr::new(addr[4], addr[5], addr[6], addr[7])),
+        AF_INET6 if addr.len() >= 24 => {
+            let bytes: [u8; 16] = addr[8..24].try_into().ok()?;
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Name of an IP protocol number, for IP sockets.
+pub fn proto_name(family: u16, protocol: u16) -> Option<&'static str> {
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    Some(match protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        _ => "other",
+    })
+}
+
+/// Name of a TCP state (`include/net/tcp_states.h`), lower case.
+pub fn tcp_state_name(state: u16) -> &'static str {
+    match state {
+        1 => "established",
+        2 => "syn_sent",
+        3 => "syn_recv",
+        4 => "fin_wait1",
+        5 => "fin_wait2",
+        6 => "time_wait",
+        7 => "close",
+        8 => "close_wait",
+        9 => "last_ack",
+        10 => "listen",
+        11 => "closing",
+        12 => "new_syn_recv",
+        _ => "unknown",
+    }
+}
+
 /// Name of a socket type number.
 pub fn type_name(sock_type: u16) -> &'static str {
     match sock_type {
@@ -216,6 +271,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Send => "send",
         EventKind::Recv => "recv",
         EventKind::Close => "close",
+        EventKind::State => "state",
         EventKind::Fork => "fork",
         EventKind::Exec => "exec",
         EventKind::Exit => "exit",
@@ -360,6 +416,42 @@ pub(crate) mod tests {
             "/run/a.sock"
         );
         assert_eq!(unix_name(&[2, 0, 1, 2]), None);
+    }
+
+    /// A raw `sockaddr_in`.
+    pub fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut addr = AF_INET.to_ne_bytes().to_vec();
+        addr.extend_from_slice(&port.to_be_bytes());
+        addr.extend_from_slice(&ip);
+        addr.extend_from_slice(&[0; 8]);
+        addr
+    }
+
+    /// A raw `sockaddr_in6`.
+    pub fn sockaddr_in6(ip: Ipv6Addr, port: u16) -> Vec<u8> {
+        let mut addr = AF_INET6.to_ne_bytes().to_vec();
+        addr.extend_from_slice(&port.to_be_bytes());
+        addr.extend_from_slice(&[0; 4]);
+        addr.extend_from_slice(&ip.octets());
+        addr.extend_from_slice(&[0; 4]);
+        addr
+    }
+
+    #[test]
+    fn inet_addresses_render_like_ss() {
+        let v4 = inet_addr(&sockaddr_in([127, 0, 0, 1], 8080)).unwrap();
+        assert_eq!(v4.to_string(), "127.0.0.1:8080");
+        let v6 = inet_addr(&sockaddr_in6(Ipv6Addr::LOCALHOST, 443)).unwrap();
+        assert_eq!(v6.to_string(), "[::1]:443");
+        let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped();
+        let mapped = inet_addr(&sockaddr_in6(mapped, 80)).unwrap();
+        assert_eq!(mapped.to_string(), "[::ffff:127.0.0.1]:80");
+        assert_eq!(mapped.ip().to_string(), "::ffff:127.0.0.1");
+        assert_eq!(inet_addr(&sockaddr_un(b"/tmp/x")), None);
+        assert_eq!(inet_addr(&sockaddr_in([1, 2, 3, 4], 1)[..6]), None);
+        assert_eq!(proto_name(AF_INET6, IPPROTO_UDP), Some("udp"));
+        assert_eq!(proto_name(AF_UNIX, 0), None);
+        assert_eq!(tcp_state_name(1), "established");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use aya::{
     programs::RawTracePoint,
 };
 use sockspy_common::{
-    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN,
-    SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
+    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP,
+    PROTO_UDP, SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
 };
 
 use crate::{btf::Btf, offsets};
@@ -62,6 +62,12 @@ pub const HOOKS: &[Hook] = &[
         tracepoint: "sock_recv_length",
         system: "sock",
         since: "6.3",
+    },
+    Hook {
+        program: "inet_sock_set_state",
+        tracepoint: "inet_sock_set_state",
+        system: "sock",
+        since: "4.16",
     },
     Hook {
         program: "sched_process_fork",
@@ -196,7 +202,7 @@ pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
 /// smaller one would leave paths unchecked.
 pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
     let config = TraceConfig {
-        families: FAMILY_UNIX | FAMILY_INET | FAMILY_INET6,
+        families: FAMILY_UNIX | FAMILY_INET | FAMILY_INET6 | PROTO_TCP | PROTO_UDP,
         capture_bytes: MAX_DATA_LEN as u32,
         wakeup_bytes: 0,
         self_pid: std::process::id(),

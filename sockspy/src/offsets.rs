@@ -37,7 +37,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         unix_peer: at("unix_sock", "peer")?,
         unix_address_len: at("unix_address", "len")?,
         unix_address_name: at("unix_address", "name")?,
-        _pad: 0,
+        sock_rcv_saddr: at("sock", "__sk_common.skc_rcv_saddr")?,
+        sock_num: at("sock", "__sk_common.skc_num")?,
+        sock_daddr: at("sock", "__sk_common.skc_daddr")?,
+        sock_dport: at("sock", "__sk_common.skc_dport")?,
+        sock_v6_rcv_saddr: at("sock", "__sk_common.skc_v6_rcv_saddr")?,
+        sock_v6_daddr: at("sock", "__sk_common.skc_v6_daddr")?,
+        sock_err: at("sock", "sk_err")?,
     })
 }
 

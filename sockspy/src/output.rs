@@ -9,7 +9,7 @@ use serde::Serialize;
 use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 
 use crate::{
-    events::{comm_str, family_name, kind_name, type_name},
+    events::{comm_str, family_name, kind_name, proto_name, tcp_state_name, type_name},
     resolve::{Event, Peer},
 };
 
@@ -123,6 +123,8 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock) {
     let (hour, minute, second) = local_time_of_day(secs);
     let result = if event.ret < 0 {
         errno_name(-event.ret)
+    } else if event.kind == EventKind::State {
+        tcp_state_name(event.state).to_owned()
     } else if matches!(event.kind, EventKind::Send | EventKind::Recv) {
         event.ret.to_string()
     } else {
@@ -137,13 +139,9 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock) {
         opt(event.fd.map(|fd| fd.to_string())),
         kind_name(event.kind),
         result,
-        type_name(event.sock_type),
+        proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)),
         opt(event.sock.map(|s| s.to_string())),
-        event
-            .path
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        where_text(event),
     );
     if let Some(peer) = &event.peer {
         peer_text(line, peer);
@@ -174,6 +172,23 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock) {
     let trimmed = line.trim_end().len();
     line.truncate(trimmed);
     line.push('\n');
+}
+
+/// The PATH column: a Unix socket's name, or an IP socket's
+/// `laddr:lport -> raddr:rport` (`*` for an end not known or not bound).
+fn where_text(event: &Event) -> String {
+    if event.local.is_none() && event.remote.is_none() {
+        return event
+            .path
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+    }
+    let end = |addr: Option<std::net::SocketAddr>| addr.map_or("*".to_owned(), |a| a.to_string());
+    match event.remote {
+        Some(remote) => format!("{} -> {remote}", end(event.local)),
+        None => end(event.local),
+    }
 }
 
 fn is_data(event: &Event) -> bool {
@@ -260,6 +275,13 @@ fn peer_text(line: &mut String, peer: &Peer) {
     }
     if let Some(path) = &peer.path {
         parts.push(path.to_string());
+    }
+    // An IP peer's address is in the PATH column already; say it here only
+    // when no local process is known, so the column still names the other end.
+    if parts.is_empty()
+        && let Some(addr) = peer.addr
+    {
+        parts.push(addr.to_string());
     }
     let _ = write!(line, "{}", parts.join(" "));
 }
@@ -363,6 +385,18 @@ struct JsonEvent<'a> {
     family: &'static str,
     #[serde(rename = "type")]
     sock_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proto: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    laddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
     pid: u32,
     tid: u32,
     comm: &'a str,
@@ -419,6 +453,10 @@ struct JsonPeer<'a> {
     fd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
 }
 
 impl<'a> JsonEvent<'a> {
@@ -432,6 +470,12 @@ impl<'a> JsonEvent<'a> {
             event: kind_name(event.kind),
             family: family_name(event.family),
             sock_type: type_name(event.sock_type),
+            proto: proto_name(event.family, event.protocol),
+            laddr: event.local.map(|a| a.ip().to_string()),
+            lport: event.local.map(|a| a.port()),
+            raddr: event.remote.map(|a| a.ip().to_string()),
+            rport: event.remote.map(|a| a.port()),
+            state: (event.kind == EventKind::State).then(|| tcp_state_name(event.state)),
             pid: event.pid,
             tid: event.tid,
             comm: &event.comm,
@@ -466,6 +510,8 @@ impl<'a> JsonEvent<'a> {
                 comm: peer.comm.as_deref(),
                 fd: peer.fd,
                 path: peer.path.as_ref().map(|p| p.to_string()),
+                addr: peer.addr.map(|a| a.ip().to_string()),
+                port: peer.addr.map(|a| a.port()),
             }),
         }
     }
@@ -494,6 +540,10 @@ mod tests {
             thread,
             family: 1,
             sock_type: 1,
+            protocol: 0,
+            state: 0,
+            local: None,
+            remote: None,
             call: Call::Sendto,
             fd: Some(9),
             listen_fd: None,
@@ -510,8 +560,72 @@ mod tests {
                 comm: Some("rrdcached".into()),
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+                addr: None,
             }),
         }
+    }
+
+    fn tcp_event() -> Event {
+        let mut event = send_event();
+        event.family = sockspy_common::AF_INET6;
+        event.protocol = sockspy_common::IPPROTO_TCP;
+        event.local = Some("[::ffff:127.0.0.1]:8080".parse().unwrap());
+        event.remote = Some("[::ffff:127.0.0.1]:41000".parse().unwrap());
+        event.peer = Some(Peer {
+            sock: Some(7),
+            pid: Some(30),
+            comm: Some("curl".into()),
+            fd: Some(5),
+            addr: event.remote,
+            ..Peer::default()
+        });
+        event
+    }
+
+    #[test]
+    fn inet_json_fields() {
+        let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.event(&mut out, &tcp_event()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["family"], "inet6");
+        assert_eq!(value["proto"], "tcp");
+        assert_eq!(value["laddr"], "::ffff:127.0.0.1");
+        assert_eq!(value["lport"], 8080);
+        assert_eq!(value["raddr"], "::ffff:127.0.0.1");
+        assert_eq!(value["rport"], 41000);
+        assert_eq!(
+            value["peer"],
+            serde_json::json!({"sock": 7, "pid": 30, "comm": "curl", "fd": 5, "addr": "::ffff:127.0.0.1", "port": 41000})
+        );
+        // Unix events carry none of the IP keys.
+        let mut out = Vec::new();
+        printer.event(&mut out, &send_event()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(value.get("proto").is_none() && value.get("lport").is_none());
+    }
+
+    #[test]
+    fn inet_text_shows_both_ends() {
+        let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        let mut remote_only = tcp_event();
+        remote_only.peer = Some(Peer {
+            addr: Some("192.0.2.7:443".parse().unwrap()),
+            ..Peer::default()
+        });
+        printer.event(&mut out, &tcp_event()).unwrap();
+        printer.event(&mut out, &remote_only).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains(" tcp ")
+                && lines[0].contains("[::ffff:127.0.0.1]:8080 -> [::ffff:127.0.0.1]:41000")
+                && lines[0].ends_with("curl[30] fd 5 sock 7"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].ends_with("192.0.2.7:443"), "{}", lines[1]);
     }
 
     #[test]

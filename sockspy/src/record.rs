@@ -23,6 +23,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
     io::{self, Read, Write},
+    net::SocketAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     rc::Rc,
@@ -108,6 +109,14 @@ struct Facts {
     family: u16,
     #[serde(rename = "type")]
     sock_type: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    protocol: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    state: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote: Option<SocketAddr>,
     call: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fd: Option<i32>,
@@ -150,6 +159,8 @@ struct PeerFacts {
     fd: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
 }
 
 fn is_zero(value: &u16) -> bool {
@@ -194,6 +205,10 @@ impl Facts {
             thread: comm_str(&event.thread),
             family: event.family,
             sock_type: event.sock_type,
+            protocol: event.protocol,
+            state: event.state,
+            local: event.local,
+            remote: event.remote,
             call: event.call as u16,
             fd: event.fd,
             listen_fd: event.listen_fd,
@@ -218,6 +233,7 @@ impl Facts {
                 comm: peer.comm.as_ref().map(|c| c.to_string()),
                 fd: peer.fd,
                 path: name_text(&peer.path),
+                addr: peer.addr,
             }),
         }
     }
@@ -257,6 +273,10 @@ impl Facts {
             thread,
             family: self.family,
             sock_type: self.sock_type,
+            protocol: self.protocol,
+            state: self.state,
+            local: self.local,
+            remote: self.remote,
             call: Call::from_u16(self.call),
             fd: self.fd,
             listen_fd: self.listen_fd,
@@ -273,6 +293,7 @@ impl Facts {
                 comm: peer.comm.map(Into::into),
                 fd: peer.fd,
                 path: name_from(peer.path),
+                addr: peer.addr,
             }),
         })
     }
@@ -870,6 +891,11 @@ mod tests {
             thread,
             family: 1,
             sock_type: 1,
+            // Not what a Unix socket has, but every field must round-trip.
+            protocol: 6,
+            state: 1,
+            local: Some("[::ffff:127.0.0.1]:8080".parse().unwrap()),
+            remote: Some("10.0.0.1:53".parse().unwrap()),
             call: Call::Sendto,
             fd: Some(9),
             listen_fd: None,
@@ -899,6 +925,7 @@ mod tests {
                 comm: Some("rrdcached".into()),
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+                addr: Some("[::1]:443".parse().unwrap()),
             }),
         }
     }

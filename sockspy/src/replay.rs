@@ -12,8 +12,6 @@ use std::{
     process::ExitCode,
 };
 
-use sockspy_common::family_bit;
-
 use crate::{
     cli::ReadOptions,
     output::{Clock, PayloadStyle, Printer},
@@ -47,7 +45,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                     if first { next.header(&mut out) } else { Ok(()) }
                 }
                 Ok(Item::Event(event)) => {
-                    if family_bit(event.family) & options.families == 0 {
+                    if !options.select.keeps(&event) {
                         continue;
                     }
                     let Some(printer) = printer.as_mut() else {

@@ -9,18 +9,25 @@
 //! /proc for one process when an event shows a descriptor it had not seen.
 //! Entries go when their last holder closes or exits, so the table is as
 //! large as the set of live sockets, not the history.
+//!
+//! TCP and UDP sockets have no peer inode in the kernel's view. Their peer
+//! is found by address: a TCP connection's other end is the local socket
+//! whose (local, remote) pair is this one's (remote, local); a connect not
+//! yet accepted, or a datagram, goes to the socket listening or bound at
+//! the remote address. Both tables are seeded from /proc/net/{tcp,udp}{,6}.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
 };
 
 use bytes::Bytes;
-use sockspy_common::{COMM_LEN, Call, EventKind, PassedFile};
+use sockspy_common::{COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
 
 use crate::{
-    events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, unix_name},
-    procfs::{ProcessSockets, Procfs, Scan, UnixSocket},
+    events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
+    procfs::{InetSocket, ProcessSockets, Procfs, Scan, UnixSocket},
 };
 
 /// One descriptor of one process.
@@ -41,6 +48,9 @@ struct Sock {
     peer: u64,
     /// Kernel address of the `struct sock`, 0 if unknown.
     sk: u64,
+    /// An IP socket's ends (canonical), as entered in the address tables.
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +70,8 @@ pub struct Peer {
     pub comm: Option<Rc<str>>,
     pub fd: Option<i32>,
     pub path: Option<Rc<UnixName>>,
+    /// An IP peer's address and port.
+    pub addr: Option<SocketAddr>,
 }
 
 /// A descriptor passed with `SCM_RIGHTS`, identified.
@@ -89,6 +101,15 @@ pub struct Event {
     pub thread: [u8; COMM_LEN],
     pub family: u16,
     pub sock_type: u16,
+    /// IP protocol (`IPPROTO_TCP`, ...), 0 for Unix sockets.
+    pub protocol: u16,
+    /// `state`: the TCP state entered.
+    pub state: u16,
+    /// An IP socket's local address and port.
+    pub local: Option<SocketAddr>,
+    /// An IP socket's remote address and port: where it is connected, or a
+    /// datagram's destination (send) or source (recv).
+    pub remote: Option<SocketAddr>,
     pub call: Call,
     pub fd: Option<i32>,
     /// `accept`: the listening descriptor.
@@ -118,7 +139,26 @@ pub struct Resolver {
     /// Bound names of listening and datagram sockets -> inode: where a
     /// `connect` or `sendto` to a name arrives.
     named: HashMap<Rc<UnixName>, u64>,
+    /// TCP connections: (local, remote) -> inode.
+    conns: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
+    bound: HashMap<(u16, SocketAddr), u64>,
     procfs: Procfs,
+}
+
+/// An address as a table key: IPv4-mapped IPv6 as plain IPv4, so both
+/// ends of a dual-stack connection meet.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The wildcard address of the same family (`0.0.0.0`, `::`).
+fn wildcard(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 impl Resolver {
@@ -127,6 +167,79 @@ impl Resolver {
             procfs,
             ..Self::default()
         }
+    }
+
+    /// Seeds the address tables with the TCP and UDP sockets that existed
+    /// before tracing started (call after [`Resolver::seed`]).
+    pub fn seed_inet(&mut self, tcp: Vec<InetSocket>, udp: Vec<InetSocket>) {
+        /// `TCP_LISTEN` in /proc/net/tcp's `st` column.
+        const LISTEN: u8 = 0x0a;
+        for (protocol, socket) in tcp
+            .into_iter()
+            .map(|s| (IPPROTO_TCP, s))
+            .chain(udp.into_iter().map(|s| (IPPROTO_UDP, s)))
+        {
+            let remote = (socket.remote.port() != 0).then_some(socket.remote);
+            let bound = protocol == IPPROTO_UDP || socket.state == LISTEN;
+            self.note_inet(socket.ino, protocol, Some(socket.local), remote, bound);
+        }
+    }
+
+    /// Enters an IP socket of someone's in the address tables.
+    fn note_inet(
+        &mut self,
+        ino: u64,
+        protocol: u16,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        bound: bool,
+    ) {
+        let Some(sock) = self.socks.get_mut(&ino) else {
+            return;
+        };
+        let local = local.filter(|l| l.port() != 0).map(canonical);
+        let remote = remote.filter(|r| r.port() != 0).map(canonical);
+        if local.is_some() {
+            sock.local = local;
+        }
+        if remote.is_some() {
+            sock.remote = remote;
+        }
+        let Some(local) = local else { return };
+        if protocol == IPPROTO_TCP
+            && let Some(remote) = remote
+        {
+            self.conns.insert((local, remote), ino);
+        } else if bound {
+            self.bound.insert((protocol, local), ino);
+        }
+    }
+
+    /// The local socket at the other end of an IP conversation, by address.
+    fn inet_peer(
+        &self,
+        kind: EventKind,
+        protocol: u16,
+        local: Option<SocketAddr>,
+        remote: SocketAddr,
+    ) -> Option<(u64, bool)> {
+        let remote = canonical(remote);
+        if protocol == IPPROTO_TCP
+            && let Some(local) = local
+            && let Some(&ino) = self.conns.get(&(remote, canonical(local)))
+        {
+            return Some((ino, true));
+        }
+        if protocol == IPPROTO_TCP && !matches!(kind, EventKind::Connect) {
+            return None;
+        }
+        let at = |addr| self.bound.get(&(protocol, addr)).copied();
+        let v6_any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), remote.port());
+        let ino = at(remote)
+            .or_else(|| at(wildcard(remote)))
+            .or_else(|| at(v6_any))?;
+        // A listener is not the connection itself; a UDP socket is.
+        Some((ino, protocol == IPPROTO_UDP))
     }
 
     /// Seeds the table with what existed before tracing started.
@@ -199,6 +312,18 @@ impl Resolver {
         if sock.holders.is_empty() {
             let sock = entry.remove();
             self.sk_ino.remove(&sock.sk);
+            if let Some(local) = sock.local {
+                if let Some(remote) = sock.remote
+                    && self.conns.get(&(local, remote)) == Some(&ino)
+                {
+                    self.conns.remove(&(local, remote));
+                }
+                for key in [(IPPROTO_TCP, local), (IPPROTO_UDP, local)] {
+                    if self.bound.get(&key) == Some(&ino) {
+                        self.bound.remove(&key);
+                    }
+                }
+            }
             if let Some(name) = sock.name
                 && self.named.get(&name) == Some(&ino)
             {
@@ -331,16 +456,39 @@ impl Resolver {
     pub fn apply(&mut self, rec: &SockRecord) -> Event {
         let ev = &rec.ev;
         let header = &ev.header;
-        let pid = header.pid;
         let kind = rec.kind;
-        let comm = self.comm(pid, &header.comm);
-        let ino = ev.sock;
+        let mut ino = ev.sock;
+        if ino == 0 && kind == EventKind::State {
+            // Detached from its inode (closing): known by its kernel address.
+            ino = self.sk_ino.get(&ev.sk).copied().unwrap_or(0);
+        }
+        let mut pid = header.pid;
+        let mut fd = (ev.fd >= 0).then_some(ev.fd);
+        let comm = if kind == EventKind::State {
+            // Often softirq context: the running task is nobody in
+            // particular. The socket's holder is who the event is about.
+            match self.holder_of(ino) {
+                Some(holder) => {
+                    pid = holder.pid;
+                    fd = (holder.fd >= 0).then_some(holder.fd);
+                    self.procs
+                        .get(&pid)
+                        .map(|p| Rc::clone(&p.comm))
+                        .unwrap_or_else(|| comm_str(&header.comm).into())
+                }
+                None => comm_str(&header.comm).into(),
+            }
+        } else {
+            self.comm(pid, &header.comm)
+        };
         let own_name = unix_name(&rec.addr).map(Rc::new);
         let peer_name = unix_name(&rec.peer_addr).map(Rc::new);
+        let local = inet_addr(&rec.addr);
+        let remote = inet_addr(&rec.peer_addr);
+        let inet = local.is_some() || remote.is_some() || ev.protocol != 0;
 
-        let mut fd = (ev.fd >= 0).then_some(ev.fd);
         let failed = ev.ret < 0;
-        if ino != 0 {
+        if ino != 0 && kind != EventKind::State {
             if let Some(fd) = fd
                 && kind != EventKind::Close
             {
@@ -375,28 +523,52 @@ impl Resolver {
         }
 
         let mut peer_ino = ev.peer_sock;
-        if peer_ino == 0 && ev.peer_sk != 0 {
-            peer_ino = self.sk_ino.get(&ev.peer_sk).copied().unwrap_or(0);
-        }
-        if kind == EventKind::Socketpair && ev.fd2 >= 0 {
-            self.hold(peer_ino, Holder { pid, fd: ev.fd2 });
-        }
-        if peer_ino != 0 {
-            if let Some(sock) = self.socks.get_mut(&ino) {
-                sock.peer = peer_ino;
+        let mut listener = None;
+        if inet {
+            let tcp = ev.protocol == IPPROTO_TCP;
+            if !failed {
+                // A datagram's address is where it went or came from, not a connection.
+                let connected = if tcp { remote } else { None };
+                let bound = kind == EventKind::Listen || !tcp;
+                self.note_inet(ino, ev.protocol, local, connected, bound);
             }
-            if let Some(peer) = self.socks.get_mut(&peer_ino) {
-                peer.peer = ino;
-                if peer.sk == 0 && ev.peer_sk != 0 {
-                    peer.sk = ev.peer_sk;
-                    self.sk_ino.insert(ev.peer_sk, peer_ino);
+            if let Some(remote) = remote
+                && let Some((found, is_socket)) = self.inet_peer(kind, ev.protocol, local, remote)
+                && found != ino
+            {
+                if is_socket {
+                    peer_ino = found;
+                } else {
+                    listener = Some(found);
                 }
             }
-        } else if let Some(sock) = self.socks.get(&ino) {
-            peer_ino = sock.peer;
+        } else {
+            if peer_ino == 0 && ev.peer_sk != 0 {
+                peer_ino = self.sk_ino.get(&ev.peer_sk).copied().unwrap_or(0);
+            }
+            if kind == EventKind::Socketpair && ev.fd2 >= 0 {
+                self.hold(peer_ino, Holder { pid, fd: ev.fd2 });
+            }
+            if peer_ino != 0 {
+                if let Some(sock) = self.socks.get_mut(&ino) {
+                    sock.peer = peer_ino;
+                }
+                if let Some(peer) = self.socks.get_mut(&peer_ino) {
+                    peer.peer = ino;
+                    if peer.sk == 0 && ev.peer_sk != 0 {
+                        peer.sk = ev.peer_sk;
+                        self.sk_ino.insert(ev.peer_sk, peer_ino);
+                    }
+                }
+            } else if let Some(sock) = self.socks.get(&ino) {
+                peer_ino = sock.peer;
+            }
         }
 
-        let peer = self.peer(kind, peer_ino, peer_name, ev.fd2);
+        let mut peer = self.peer(kind, peer_ino, peer_name, ev.fd2, listener);
+        if let Some(remote) = remote {
+            peer.get_or_insert_with(Peer::default).addr = Some(remote);
+        }
         let event = Event {
             kind,
             ts_ns: header.ts_ns,
@@ -407,6 +579,10 @@ impl Resolver {
             thread: header.tcomm,
             family: ev.family,
             sock_type: ev.sock_type,
+            protocol: ev.protocol,
+            state: ev.state,
+            local,
+            remote,
             call: rec.call(),
             fd,
             listen_fd: (kind == EventKind::Accept && ev.fd2 >= 0).then_some(ev.fd2),
@@ -435,6 +611,7 @@ impl Resolver {
         peer_ino: u64,
         peer_name: Option<Rc<UnixName>>,
         fd2: i32,
+        listener: Option<u64>,
     ) -> Option<Peer> {
         let mut peer = Peer {
             sock: (peer_ino != 0).then_some(peer_ino),
@@ -452,8 +629,11 @@ impl Resolver {
             }
         }
         if holder.is_none()
-            && let Some(name) = &peer.path
-            && let Some(&listener) = self.named.get(name)
+            && let Some(listener) = listener.or_else(|| {
+                peer.path
+                    .as_ref()
+                    .and_then(|name| self.named.get(name).copied())
+            })
         {
             // The process listening or bound there; its fd is not this connection's.
             holder = self.holder_of(listener).map(|h| Holder { fd: -1, ..h });
@@ -464,5 +644,136 @@ impl Resolver {
             peer.fd = (holder.fd >= 0).then_some(holder.fd);
         }
         (peer != Peer::default()).then_some(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sockspy_common::{AF_INET, AF_INET6};
+
+    use super::*;
+    use crate::{
+        events::{
+            Record, decode,
+            tests::{sock_bytes, sockaddr_in, sockaddr_in6},
+        },
+        procfs::InetSocket,
+    };
+
+    /// A server (pid 100, fd 5, inode 1001, IPv6 dual-stack) and a client
+    /// (pid 200, fd 3, inode 2002, IPv4) connected before tracing started.
+    fn seeded() -> Resolver {
+        let mut resolver = Resolver::new(Procfs::at("/nonexistent"));
+        let process = |pid, comm: &str, fd, ino| ProcessSockets {
+            pid,
+            comm: comm.into(),
+            fds: vec![(fd, ino)],
+        };
+        resolver.seed(
+            Scan {
+                processes: vec![
+                    process(100, "server", 5, 1001),
+                    process(200, "client", 3, 2002),
+                ],
+                unreadable: 0,
+            },
+            Vec::new(),
+        );
+        let server = "[::ffff:127.0.0.1]:8080".parse().unwrap();
+        let client = "127.0.0.1:40000".parse().unwrap();
+        resolver.seed_inet(
+            vec![
+                InetSocket {
+                    local: server,
+                    remote: "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+                    state: 1,
+                    ino: 1001,
+                },
+                InetSocket {
+                    local: client,
+                    remote: "127.0.0.1:8080".parse().unwrap(),
+                    state: 1,
+                    ino: 2002,
+                },
+            ],
+            Vec::new(),
+        );
+        resolver
+    }
+
+    fn send(pid: u32, fd: i32, ino: u64, family: u16, local: &[u8], remote: &[u8]) -> Event {
+        let bytes = sock_bytes(
+            EventKind::Send,
+            |ev| {
+                ev.header.pid = pid;
+                ev.fd = fd;
+                ev.sock = ino;
+                ev.family = family;
+                ev.sock_type = 1;
+                ev.protocol = IPPROTO_TCP;
+                ev.ret = 4;
+            },
+            [local, remote, b""],
+        );
+        let Ok(Record::Sock(rec)) = decode(&bytes) else {
+            panic!("not a socket record")
+        };
+        seeded().apply(&rec)
+    }
+
+    #[test]
+    fn tcp_peers_pair_by_address_across_ipv4_and_mapped_ipv6() {
+        let localhost = Ipv4Addr::LOCALHOST;
+        let client = send(
+            200,
+            3,
+            2002,
+            AF_INET,
+            &sockaddr_in(localhost.octets(), 40000),
+            &sockaddr_in(localhost.octets(), 8080),
+        );
+        let peer = client.peer.expect("a peer");
+        assert_eq!(peer.pid, Some(100));
+        assert_eq!(peer.comm.as_deref(), Some("server"));
+        assert_eq!(peer.fd, Some(5));
+        assert_eq!(peer.sock, Some(1001));
+        assert_eq!(peer.addr, Some("127.0.0.1:8080".parse().unwrap()));
+
+        let mapped = localhost.to_ipv6_mapped();
+        let server = send(
+            100,
+            5,
+            1001,
+            AF_INET6,
+            &sockaddr_in6(mapped, 8080),
+            &sockaddr_in6(mapped, 40000),
+        );
+        assert_eq!(server.local.unwrap().to_string(), "[::ffff:127.0.0.1]:8080");
+        let peer = server.peer.expect("a peer");
+        assert_eq!(
+            (peer.pid, peer.fd, peer.sock),
+            (Some(200), Some(3), Some(2002))
+        );
+    }
+
+    #[test]
+    fn a_remote_peer_is_only_an_address() {
+        let event = send(
+            200,
+            3,
+            2002,
+            AF_INET,
+            &sockaddr_in([10, 0, 0, 2], 40000),
+            &sockaddr_in([192, 0, 2, 1], 443),
+        );
+        assert_eq!(
+            event.peer,
+            Some(Peer {
+                addr: Some("192.0.2.1:443".parse().unwrap()),
+                ..Peer::default()
+            })
+        );
     }
 }

@@ -24,11 +24,11 @@ use tokio::{
 };
 
 use crate::{
-    cli::TraceOptions,
+    cli::{Selection, TraceOptions},
     events::{self, Record},
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
-    procfs::Procfs,
+    procfs::{InetTable, Procfs},
     record::Recorder,
     resolve::{Event, Resolver},
 };
@@ -72,6 +72,9 @@ struct Session {
     count: Option<u64>,
     /// Why the recording stopped, when it could not be written.
     failure: Option<anyhow::Error>,
+    /// What the user asked to see (the kernel has applied the families;
+    /// `--port` is applied here, after the resolver has seen every event).
+    select: Selection,
 }
 
 impl Session {
@@ -91,6 +94,9 @@ impl Session {
                 Record::Proc(rec) => self.resolver.apply_proc(&rec),
                 Record::Sock(rec) => {
                     let event = self.resolver.apply(&rec);
+                    if !self.select.keeps(&event) {
+                        continue;
+                    }
                     if let Some(stop) = self.emit(&event) {
                         return Some(stop);
                     }
@@ -168,7 +174,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     let offsets = loader::kernel_offsets()?;
     let ring_bytes = loader::ring_size(options.buffer_bytes);
     let config = TraceConfig {
-        families: options.families,
+        families: options.select.families,
         capture_bytes: options.capture_bytes,
         wakeup_bytes: u64::from(ring_bytes / 8),
         self_pid: std::process::id(),
@@ -184,6 +190,10 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     let scan = procfs.scan().context("cannot read /proc")?;
     let unix = procfs.unix_sockets().unwrap_or_default();
     resolver.seed(scan, unix);
+    resolver.seed_inet(
+        procfs.inet_sockets(InetTable::Tcp),
+        procfs.inet_sockets(InetTable::Udp),
+    );
 
     let mut session = Session {
         resolver,
@@ -191,16 +201,18 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         tally: Tally::default(),
         count: options.count,
         failure: None,
+        select: options.select.clone(),
     };
+    let families = family_names(options.select.families);
     match &mut session.sink {
         Sink::Print { printer, out } => {
             if printer.header(out).is_err() || session.flush().is_some() {
                 return Ok(ExitCode::SUCCESS);
             }
-            eprintln!("sockspy: tracing unix sockets (Ctrl-C to stop)");
+            eprintln!("sockspy: tracing {families} sockets (Ctrl-C to stop)");
         }
         Sink::Record(recorder) => eprintln!(
-            "sockspy: tracing unix sockets, recording to {} (Ctrl-C to stop)",
+            "sockspy: tracing {families} sockets, recording to {} (Ctrl-C to stop)",
             recorder.current().display()
         ),
     }
@@ -292,6 +304,21 @@ async fn pump(
         eprintln!();
     }
     Ok(())
+}
+
+/// What the family bits ask for, for the readiness line: `unix, tcp, udp`.
+fn family_names(families: u32) -> String {
+    use sockspy_common::{FAMILY_UNIX, PROTO_TCP, PROTO_UDP};
+    [
+        (FAMILY_UNIX, "unix"),
+        (PROTO_TCP, "tcp"),
+        (PROTO_UDP, "udp"),
+    ]
+    .iter()
+    .filter(|(bit, _)| families & bit != 0)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn summary(session: &Session, stats: &KernelStats) {

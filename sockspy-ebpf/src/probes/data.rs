@@ -20,16 +20,18 @@ use sockspy_common::{
 
 use crate::{
     CALLS,
-    emit::{self, Record, SLOT_DATA, opaque},
+    emit::{self, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
     global,
     kernel::{self, ReadFailed},
-    probes::syscalls::{CallState, traced},
+    probes::syscalls::{CallState, inet_remote, own_name, traced},
 };
 
 /// `EAGAIN`: an empty non-blocking socket, reported by event loops all day.
 const EAGAIN: i32 = 11;
 /// `MSG_PEEK`.
 const MSG_PEEK: i32 = 2;
+/// `SOCK_DGRAM`.
+const SOCK_DGRAM: u16 = 2;
 /// User-space `struct msghdr` layout (LP64 user ABI).
 const MSGHDR_NAME: u64 = 0;
 const MSGHDR_NAMELEN: u64 = 8;
@@ -91,16 +93,26 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
-    if !traced(info.family) {
+    if !traced(&info) {
         return Ok(());
     }
     let noted = noted_call(kind);
+    if kind == EventKind::Recv
+        && let Some((call, state)) = &noted
+        && source_at_exit(&info, *call, state)?.is_some()
+    {
+        // `recv_at_exit` reports it, with the source address.
+        return Ok(());
+    }
     let Some(mut rec) = Record::begin(SLOT_DATA, kind, noted.map_or(Call::Unknown, |n| n.0)) else {
         return Ok(());
     };
     rec.set_sock(&info);
+    let inet = kernel::is_inet(info.family);
     if info.family == AF_UNIX {
         rec.set_peer(kernel::unix_peer(sk)?)?;
+    } else {
+        own_name(&mut rec, &info)?;
     }
     let ev = rec.ev();
     ev.ret = i64::from(ret);
@@ -117,23 +129,108 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
                 let name: u64 = read_user(msghdr + MSGHDR_NAME)?;
                 let len: u32 = read_user(msghdr + MSGHDR_NAMELEN)?;
                 rec.peer_addr_user(name, len);
-                ancillary(&mut rec, msghdr)?;
             }
         }
-        let cap = global!(CONFIG.capture_bytes);
-        if cap > 0 && ret > 0 {
-            let want = if (ret as u32) < cap { ret as u32 } else { cap };
-            if msghdr != 0 {
-                let iov: u64 = read_user(msghdr + MSGHDR_IOV)?;
-                let iovlen: u64 = read_user(msghdr + MSGHDR_IOVLEN)?;
-                capture_iov(&mut rec, iov, iovlen, want);
-            } else if matches!(call, Call::Readv | Call::Writev) {
-                capture_iov(&mut rec, state.args[0], state.args[1], want);
-            } else {
-                rec.data_user(state.args[0], want);
-            }
+        // No address given with the call: a connected socket's remote end.
+        if inet && rec.ev().peer_addr_len == 0 {
+            inet_remote(&mut rec, &info)?;
+        }
+        if kind == EventKind::Send && msghdr != 0 {
+            ancillary(&mut rec, msghdr)?;
+        }
+        capture(&mut rec, call, &state, msghdr, ret)?;
+    } else if inet {
+        inet_remote(&mut rec, &info)?;
+    }
+    rec.submit();
+    Ok(())
+}
+
+/// Copies the payload of a call, if capture is on.
+#[inline(always)]
+fn capture(
+    rec: &mut Record,
+    call: Call,
+    state: &CallState,
+    msghdr: u64,
+    ret: i32,
+) -> Result<(), ReadFailed> {
+    let cap = global!(CONFIG.capture_bytes);
+    if cap > 0 && ret > 0 {
+        let want = if (ret as u32) < cap { ret as u32 } else { cap };
+        if msghdr != 0 {
+            let iov: u64 = read_user(msghdr + MSGHDR_IOV)?;
+            let iovlen: u64 = read_user(msghdr + MSGHDR_IOVLEN)?;
+            capture_iov(rec, iov, iovlen, want);
+        } else if matches!(call, Call::Readv | Call::Writev) {
+            capture_iov(rec, state.args[0], state.args[1], want);
+        } else {
+            rec.data_user(state.args[0], want);
         }
     }
+    Ok(())
+}
+
+/// Where an unconnected datagram's source address will be once the call
+/// returns: the user buffer and the user length a `recvfrom`/`recvmsg` on
+/// an IP datagram socket asked the kernel to fill. `None` when the call has
+/// none, or the socket is not such a socket.
+///
+/// The data tracepoint fires before the kernel copies the address out, and
+/// does not see the kernel's copy, so such receives are reported at
+/// `sys_exit` instead, when the user's buffer holds it.
+#[inline(always)]
+fn source_at_exit(
+    info: &kernel::SockInfo,
+    call: Call,
+    state: &CallState,
+) -> Result<Option<(u64, u64)>, ReadFailed> {
+    if !kernel::is_inet(info.family) || info.sock_type != SOCK_DGRAM {
+        return Ok(None);
+    }
+    let (name, len_at) = match call {
+        Call::Recvfrom => (state.args[2], state.args[3]),
+        Call::Recvmsg => {
+            let msghdr = state.args[0];
+            (read_user(msghdr + MSGHDR_NAME)?, msghdr + MSGHDR_NAMELEN)
+        }
+        _ => return Ok(None),
+    };
+    Ok((name != 0 && len_at != 0).then_some((name, len_at)))
+}
+
+/// `sys_exit` of a `recvfrom`/`recvmsg` on an IP datagram socket that asked
+/// for the source address: the `recv` event, with that address as the peer.
+pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadFailed> {
+    if ret == -i64::from(EAGAIN) {
+        return Ok(());
+    }
+    let Some(sk) = kernel::fd_to_sock(state.fd)? else {
+        return Ok(());
+    };
+    let info = kernel::sock_info(sk)?;
+    if !traced(&info) {
+        return Ok(());
+    }
+    let Some((name, len_at)) = source_at_exit(&info, call, state)? else {
+        return Ok(());
+    };
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call) else {
+        return Ok(());
+    };
+    rec.set_sock(&info);
+    own_name(&mut rec, &info)?;
+    let ev = rec.ev();
+    ev.ret = ret;
+    ev.fd = state.fd as i32;
+    if ret >= 0 {
+        let len: u32 = read_user(len_at)?;
+        rec.peer_addr_user(name, len);
+    }
+    if rec.ev().peer_addr_len == 0 {
+        inet_remote(&mut rec, &info)?;
+    }
+    capture(&mut rec, call, state, msghdr_of(call, state), ret as i32)?;
     rec.submit();
     Ok(())
 }

@@ -2,5 +2,6 @@
 //! `try_*` function; a hook never fails the traced program, it only counts.
 
 pub mod data;
+pub mod inet;
 pub mod process;
 pub mod syscalls;

@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit};
+use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit, wanted};
 
 use crate::{
     CALLS, arch,
@@ -75,9 +75,16 @@ fn is_file_io(call: Call) -> bool {
     matches!(call, Call::Read | Call::Write | Call::Readv | Call::Writev)
 }
 
-/// Whether `family` is one the user asked for.
+/// Whether a socket is of a family (and, for IP, a protocol) the user asked for.
 #[inline(always)]
-pub fn traced(family: u16) -> bool {
+pub fn traced(info: &kernel::SockInfo) -> bool {
+    wanted(global!(CONFIG.families), info.family, info.protocol)
+}
+
+/// Whether `family` may hold sockets the user asked for (before the
+/// protocol is known).
+#[inline(always)]
+fn traced_family(family: u16) -> bool {
     family_bit(family) & global!(CONFIG.families) != 0
 }
 
@@ -114,7 +121,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let state = match call {
         Call::Close => return close(fd),
         Call::Socket | Call::Socketpair => {
-            if !traced(arg[0] as u16) {
+            if !traced_family(arg[0] as u16) {
                 return Ok(());
             }
             CallState {
@@ -200,6 +207,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
             done.fd2 = state.fd;
         }
         Call::Socketpair if ret == 0 => return socketpair(state.args[3]),
+        Call::Recvfrom | Call::Recvmsg => {
+            return crate::probes::data::recv_at_exit(call, &state, ret);
+        }
         _ => return Ok(()),
     }
     one_fd(&done)
@@ -225,7 +235,7 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
         return Ok(());
     };
     let info = kernel::sock_info(sk)?;
-    if !traced(info.family) {
+    if !traced(&info) {
         return Ok(());
     }
     let Some(mut rec) = Record::begin(SLOT_SYSCALL, done.kind, done.call) else {
@@ -237,7 +247,10 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
     ev.fd2 = done.fd2 as i32;
     ev.ret = done.ret;
     let (addr, addr_len) = done.user_addr;
-    if done.kind == EventKind::Bind {
+    if done.kind == EventKind::Bind && kernel::is_inet(info.family) && done.ret == 0 {
+        // The port the kernel picked when asked for port 0.
+        own_name(&mut rec, &info)?;
+    } else if done.kind == EventKind::Bind {
         // The requested name, right even when the bind failed.
         rec.peer_addr_user(addr, addr_len);
         let ev = rec.ev();
@@ -253,6 +266,8 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
         rec.set_peer(peer)?;
         if addr != 0 {
             rec.peer_addr_user(addr, addr_len);
+        } else if kernel::is_inet(info.family) {
+            inet_remote(&mut rec, &info)?;
         } else if peer != 0
             && let Some((name, len)) = kernel::unix_name(peer)?
         {
@@ -263,13 +278,30 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
     Ok(())
 }
 
-/// Copies the socket's own bound name into the record.
+/// Copies the socket's own bound name (Unix) or local address and port (IP)
+/// into the record.
 #[inline(always)]
-fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
-    if info.family == AF_UNIX
-        && let Some((name, len)) = kernel::unix_name(info.sk)?
-    {
-        rec.own_addr_kernel(name, len);
+pub fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
+    if info.family == AF_UNIX {
+        if let Some((name, len)) = kernel::unix_name(info.sk)? {
+            rec.own_addr_kernel(name, len);
+        }
+    } else if kernel::is_inet(info.family) {
+        let local = kernel::inet_local(info.sk, info.family)?;
+        if local.is_set() {
+            rec.own_addr_inet(&local);
+        }
+    }
+    Ok(())
+}
+
+/// Copies an IP socket's remote address and port into the record, if it
+/// is connected.
+#[inline(always)]
+pub fn inet_remote(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
+    let remote = kernel::inet_remote(info.sk, info.family)?;
+    if remote.has_port() {
+        rec.peer_addr_inet(&remote);
     }
     Ok(())
 }
@@ -304,7 +336,7 @@ fn close(fd: i64) -> Result<(), ReadFailed> {
         return Ok(());
     };
     let info = kernel::sock_info(sk)?;
-    if !traced(info.family) {
+    if !traced(&info) {
         return Ok(());
     }
     let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Close, Call::Close) else {
@@ -313,6 +345,9 @@ fn close(fd: i64) -> Result<(), ReadFailed> {
     rec.set_sock(&info);
     if info.family == AF_UNIX {
         rec.set_peer(kernel::unix_peer(sk)?)?;
+    } else {
+        own_name(&mut rec, &info)?;
+        inet_remote(&mut rec, &info)?;
     }
     rec.ev().fd = fd as i32;
     rec.submit();

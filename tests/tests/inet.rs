@@ -443,3 +443,100 @@ fn refused_and_reset_connections_say_so() {
         .expect("the failed recv");
     assert_eq!(recv["error"], "ECONNRESET", "{recv}");
 }
+
+/// Two network namespaces joined by a veth pair, addresses only inside
+/// them; removed when dropped.
+struct Namespaces {
+    names: [String; 2],
+}
+
+impl Namespaces {
+    const ADDRS: [&str; 2] = ["10.231.0.1", "10.231.0.2"];
+
+    fn create() -> Self {
+        let id = std::process::id();
+        let names = [format!("sockspy-a{id}"), format!("sockspy-b{id}")];
+        let ns = Namespaces { names };
+        let [a, b] = &ns.names;
+        let (veth_a, veth_b) = (format!("ssa{id}"), format!("ssb{id}"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec![
+                "link", "add", &veth_a, "type", "veth", "peer", "name", &veth_b,
+            ],
+            vec!["link", "set", &veth_a, "netns", a],
+            vec!["link", "set", &veth_b, "netns", b],
+            vec!["-n", a, "addr", "add", "10.231.0.1/30", "dev", &veth_a],
+            vec!["-n", b, "addr", "add", "10.231.0.2/30", "dev", &veth_b],
+            vec!["-n", a, "link", "set", &veth_a, "up"],
+            vec!["-n", b, "link", "set", &veth_b, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let status = Command::new("ip").args(&step).status().expect("running ip");
+            assert!(status.success(), "ip {}", step.join(" "));
+        }
+        ns
+    }
+
+    /// A python script run inside namespace `which`.
+    fn python(&self, which: usize, script: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.names[which], "python3", "-c", script])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting python3 in a namespace")
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+#[test]
+fn connection_between_network_namespaces() {
+    if !have_root("connection_between_network_namespaces") {
+        return;
+    }
+    let ns = Namespaces::create();
+    let [server_ip, client_ip] = Namespaces::ADDRS;
+    let trace = Trace::start(&["--tcp", "--json"]).unwrap();
+    let mut server = ns.python(0, &format!("{RENAME}{SERVER}"), &[server_ip, "tcpserver"]);
+    let ids = first_line(&mut server);
+    let (server_pid, port) = (ids[0], ids[1]);
+    let port_arg = port.to_string();
+    let mut client = ns.python(
+        1,
+        &format!("{RENAME}{CLIENT}"),
+        &[server_ip, "tcpclient", &port_arg],
+    );
+    let ids = first_line(&mut client);
+    let (client_pid, client_port) = (ids[0], ids[2]);
+    wait_ok(&mut client);
+    wait_ok(&mut server);
+    let done = trace.stop().unwrap();
+    let events = done.events();
+    let send = find_data(&events, client_pid, "send", 5);
+    assert_eq!(send["laddr"], client_ip, "{send}");
+    assert_eq!(send["lport"], client_port, "{send}");
+    assert_eq!(send["raddr"], server_ip, "{send}");
+    assert_eq!(send["rport"], port, "{send}");
+    let recv = find_data(&events, server_pid, "recv", 5);
+    assert_eq!(recv["laddr"], server_ip, "{recv}");
+    assert_eq!(recv["lport"], port, "{recv}");
+    assert_eq!(recv["raddr"], client_ip, "{recv}");
+    assert_eq!(recv["rport"], client_port, "{recv}");
+    // Both ends are on this machine, each in its own namespace.
+    assert_eq!(send["peer"]["pid"], server_pid, "{send}");
+    assert_eq!(recv["peer"]["pid"], client_pid, "{recv}");
+    let accept = find(&events, server_pid, "accept");
+    assert_eq!(accept["raddr"], client_ip, "{accept}");
+}

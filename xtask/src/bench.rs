@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+/// What `cargo xtask bench` measures, and for how long.
 #[derive(clap::Args)]
 pub struct Options {
     /// Seconds each run of the workload lasts
@@ -55,6 +56,8 @@ struct Sample {
     lost: u64,
 }
 
+/// Measures every mode `options.rounds` times, prints the table and
+/// writes it, as markdown a note can quote, to `report`.
 pub fn run(sockspy: &Path, report: &Path, options: &Options) -> Result<()> {
     ensure!(
         options.seconds > 0.0 && options.rounds > 0 && options.size > 0,

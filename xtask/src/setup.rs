@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+/// Installs what is missing, cheapest checks first.
 pub fn run() -> Result<()> {
     apt::ensure_packages()?;
     rust::ensure_lint_components()?;

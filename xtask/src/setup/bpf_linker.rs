@@ -16,6 +16,8 @@ use crate::exec;
 /// The release this project builds with.
 const VERSION: &str = "0.13.0";
 
+/// Builds and installs bpf-linker unless one is on PATH or in
+/// `$CARGO_HOME/bin` already (whatever LLVM it was built for).
 pub fn ensure() -> Result<()> {
     let cargo_home = cargo_home()?;
     if super::find_on_path("bpf-linker").is_some() || cargo_home.join("bin/bpf-linker").is_file() {

@@ -6,14 +6,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
-use sockspy_common::{
-    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, PROTO_TCP, PROTO_UDP, wanted,
-};
+use sockspy_common::{FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, PROTO_TCP, PROTO_UDP};
 
 use crate::{
+    filter::Selection,
     output::Format,
     record::{Framing, RecordOptions},
-    resolve::Event,
 };
 
 /// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets, and what flows.
@@ -64,14 +62,21 @@ pub struct SelectionArgs {
     /// Keep only events whose local or remote port is N (repeatable).
     #[arg(long, value_name = "N")]
     pub port: Vec<u16>,
-}
-
-/// The validated selection: `FAMILY_*`/`PROTO_*` bits and ports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selection {
-    pub families: u32,
-    /// Ports to keep (empty: all events).
-    pub ports: Vec<u16>,
+    /// Keep only events of process PID (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Keep only events of process PID and its descendants, also ones forked later (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid_tree: Vec<u32>,
+    /// Keep only events of processes named NAME; `*` and `?` match as in the shell (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Keep only events whose socket or peer is named like GLOB (a path or `@abstract`), or is the same file (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub path: Vec<String>,
+    /// Keep only events of processes of user UID (repeatable).
+    #[arg(long, value_name = "UID")]
+    pub uid: Vec<u32>,
 }
 
 impl SelectionArgs {
@@ -97,20 +102,12 @@ impl SelectionArgs {
         Selection {
             families,
             ports: self.port.clone(),
+            pids: self.pid.clone(),
+            pid_trees: self.pid_tree.clone(),
+            comms: self.comm.clone(),
+            paths: self.path.clone(),
+            uids: self.uid.clone(),
         }
-    }
-}
-
-impl Selection {
-    /// Whether `event` is one the user asked for. The kernel already drops
-    /// other families while tracing; a recording holds whatever was traced.
-    pub fn keeps(&self, event: &Event) -> bool {
-        wanted(self.families, event.family, event.protocol)
-            && (self.ports.is_empty()
-                || [event.local, event.remote]
-                    .iter()
-                    .flatten()
-                    .any(|addr| self.ports.contains(&addr.port())))
     }
 }
 

@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod diag;
 mod events;
+mod filter;
 mod loader;
 mod offsets;
 mod output;

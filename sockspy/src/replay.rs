@@ -14,6 +14,7 @@ use std::{
 
 use crate::{
     cli::ReadOptions,
+    filter::Filter,
     output::{Clock, PayloadStyle, Printer},
     record::{Item, Reader},
 };
@@ -23,6 +24,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout());
     let mut printer: Option<Printer> = None;
     let mut printed = 0u64;
+    let mut filter = Filter::new(options.select.clone());
     for file in &options.files {
         let name = file.display();
         let input = match open(file) {
@@ -45,7 +47,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                     if first { next.header(&mut out) } else { Ok(()) }
                 }
                 Ok(Item::Event(event)) => {
-                    if !options.select.keeps(&event) {
+                    if !filter.keeps(&event) {
                         continue;
                     }
                     let Some(printer) = printer.as_mut() else {

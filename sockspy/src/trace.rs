@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
-use sockspy_common::TraceConfig;
+use sockspy_common::{EventKind, TraceConfig};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -24,8 +24,9 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Selection, TraceOptions},
+    cli::TraceOptions,
     events::{self, Record},
+    filter::Filter,
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
     procfs::{InetTable, Procfs},
@@ -73,8 +74,8 @@ struct Session {
     /// Why the recording stopped, when it could not be written.
     failure: Option<anyhow::Error>,
     /// What the user asked to see (the kernel has applied the families;
-    /// `--port` is applied here, after the resolver has seen every event).
-    select: Selection,
+    /// the rest is applied here, after the resolver has seen every event).
+    filter: Filter,
 }
 
 impl Session {
@@ -91,10 +92,15 @@ impl Session {
             };
             drop(item);
             match record {
-                Record::Proc(rec) => self.resolver.apply_proc(&rec),
+                Record::Proc(rec) => {
+                    if rec.kind == EventKind::Fork {
+                        self.filter.forked(rec.ev.header.pid, rec.ev.child_pid);
+                    }
+                    self.resolver.apply_proc(&rec);
+                }
                 Record::Sock(rec) => {
                     let event = self.resolver.apply(&rec);
-                    if !self.select.keeps(&event) {
+                    if !self.filter.keeps(&event) {
                         continue;
                     }
                     if let Some(stop) = self.emit(&event) {
@@ -201,7 +207,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         tally: Tally::default(),
         count: options.count,
         failure: None,
-        select: options.select.clone(),
+        filter: Filter::new(options.select.clone()),
     };
     let families = family_names(options.select.families);
     match &mut session.sink {

@@ -1,0 +1,203 @@
+//! Which events the user asked to see: `--pid`, `--pid-tree`, `--comm`,
+//! `--path`, `--uid`, `--port` and the family flags.
+//!
+//! Kinds combine with AND, values of one kind with OR: `--pid 1 --pid 2
+//! --port 80` keeps events of process 1 or 2 that involve port 80. The
+//! family flags are also applied by the kernel programs; the rest is
+//! decided here, after the resolver has seen every event (its tables must
+//! stay whole to name peers).
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use sockspy_common::wanted;
+
+use crate::resolve::Event;
+
+/// The filters as given on the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// `FAMILY_*` and `PROTO_*` bits.
+    pub families: u32,
+    pub ports: Vec<u16>,
+    pub pids: Vec<u32>,
+    /// Processes whose descendants (also ones forked later) are kept too.
+    pub pid_trees: Vec<u32>,
+    /// Exact names or globs (`*`, `?`) of the process command.
+    pub comms: Vec<String>,
+    /// Globs of a Unix socket's name, on either end.
+    pub paths: Vec<String>,
+    pub uids: Vec<u32>,
+}
+
+/// A [`Selection`] being applied: it learns the descendants of
+/// `--pid-tree` processes and the identity of `--path` files.
+#[derive(Debug)]
+pub struct Filter {
+    select: Selection,
+    /// `--pid` and `--pid-tree` processes and the descendants seen so far.
+    pids: HashSet<u32>,
+    /// (device, inode) of each `--path` that names an existing file: a
+    /// socket reached through a symlink or a bind mount is the same file.
+    files: HashSet<(u64, u64)>,
+    /// Socket names already looked up on disk.
+    seen: HashMap<String, Option<(u64, u64)>>,
+}
+
+impl Filter {
+    pub fn new(select: Selection) -> Self {
+        let pids = select
+            .pids
+            .iter()
+            .chain(&select.pid_trees)
+            .copied()
+            .collect();
+        let files = select
+            .paths
+            .iter()
+            .filter_map(|path| file_identity(Path::new(path)))
+            .collect();
+        Self {
+            select,
+            pids,
+            files,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// A process forked: a child of a `--pid-tree` process joins it.
+    pub fn forked(&mut self, parent: u32, child: u32) {
+        if !self.select.pid_trees.is_empty() && self.pids.contains(&parent) {
+            self.pids.insert(child);
+        }
+    }
+
+    /// Whether `event` is one the user asked for.
+    pub fn keeps(&mut self, event: &Event) -> bool {
+        let select = &self.select;
+        wanted(select.families, event.family, event.protocol)
+            && (self.pids.is_empty() || self.pids.contains(&event.pid))
+            && (select.uids.is_empty() || select.uids.contains(&event.uid))
+            && (select.comms.is_empty() || select.comms.iter().any(|c| glob(c, &event.comm)))
+            && (select.ports.is_empty()
+                || [event.local, event.remote]
+                    .iter()
+                    .flatten()
+                    .any(|addr| select.ports.contains(&addr.port())))
+            && (select.paths.is_empty() || self.path_matches(event))
+    }
+
+    /// Either end's name matches a `--path` glob, or names the same file.
+    fn path_matches(&mut self, event: &Event) -> bool {
+        let names: Vec<String> = [
+            event.path.as_deref(),
+            event.peer.as_ref().and_then(|p| p.path.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+        names.iter().any(|name| {
+            self.select.paths.iter().any(|pattern| glob(pattern, name))
+                || (!self.files.is_empty() && self.same_file(name))
+        })
+    }
+
+    fn same_file(&mut self, name: &str) -> bool {
+        let identity = *self
+            .seen
+            .entry(name.to_owned())
+            .or_insert_with(|| file_identity(Path::new(name)));
+        identity.is_some_and(|id| self.files.contains(&id))
+    }
+}
+
+/// Device and inode of the file at `path` (following symlinks).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Shell-style match: `*` any run, `?` any one character; the rest literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*rrdcached*", "/run/rrdcached.sock"));
+        assert!(glob("collectd", "collectd"));
+        assert!(!glob("collectd", "collectd2"));
+        assert!(glob("coll?ctd", "collectd"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(glob("@*", "@abstract"));
+    }
+
+    #[test]
+    fn pid_trees_grow_with_forks() {
+        let mut filter = Filter::new(Selection {
+            pid_trees: vec![10],
+            ..Selection::default()
+        });
+        filter.forked(10, 11);
+        filter.forked(11, 12);
+        filter.forked(99, 100);
+        assert!(filter.pids.contains(&12));
+        assert!(!filter.pids.contains(&100));
+        let mut plain = Filter::new(Selection {
+            pids: vec![10],
+            ..Selection::default()
+        });
+        plain.forked(10, 11);
+        assert!(!plain.pids.contains(&11), "--pid does not follow children");
+    }
+
+    #[test]
+    fn a_path_is_also_its_file() {
+        let dir = std::env::temp_dir().join(format!("sockspy-filter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real.sock");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.join("link.sock");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut filter = Filter::new(Selection {
+            paths: vec![link.to_str().unwrap().to_owned()],
+            ..Selection::default()
+        });
+        assert!(filter.same_file(real.to_str().unwrap()));
+        assert!(!filter.same_file("/nonexistent.sock"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

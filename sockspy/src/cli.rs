@@ -165,7 +165,7 @@ pub struct TraceArgs {
     /// Keep at most COUNT recording files, removing the oldest (with -C).
     #[arg(short = 'W', value_name = "COUNT", requires = "file_size", value_parser = clap::value_parser!(u32).range(1..))]
     pub file_count: Option<u32>,
-    /// How payload is framed in the recording: `raw` bytes, or synthetic IPv4+TCP for stream sends.
+    /// How Unix stream payload is framed in the recording: `raw` bytes, or synthetic IPv4+TCP (TCP and UDP payloads always carry their real headers).
     #[arg(long, value_name = "FRAMING", value_enum, default_value_t = Framing::Raw, requires = "write")]
     pub pcap_framing: Framing,
     /// With `--pcap-framing tcp`: the TCP port of a connection's server end (default 9000).

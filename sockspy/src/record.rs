@@ -8,10 +8,19 @@
 //! and Wireshark show them too). The packet timestamp is the event's wall
 //! clock time in nanoseconds.
 //!
-//! With `--pcap-framing tcp`, each `send` on a connected stream socket is
-//! wrapped in synthetic IPv4 + TCP headers (one stable address and port
-//! pair per connection, consistent sequence numbers), on an interface of its
-//! own, so Wireshark follows the conversation and its dissectors decode the
+//! The payload of a TCP or UDP socket's `send` or `recv` is always written
+//! as a real IP packet (IPv4 or IPv6, then TCP or UDP, with the event's own
+//! addresses and ports, correct checksums and, for TCP, sequence numbers
+//! consistent per direction) on the second interface, so Wireshark's
+//! dissectors decode it (see [`IpFramer`]). Each direction of a
+//! conversation is written once: by its sender's sends when they are seen
+//! first (both ends traced on this machine), else by its receiver's recvs
+//! (a remote peer, or a sender not traced).
+//!
+//! With `--pcap-framing tcp`, each `send` on a connected Unix stream socket
+//! is wrapped in synthetic IPv4 + TCP headers (one stable address and port
+//! pair per connection, consistent sequence numbers) on that interface too,
+//! so Wireshark follows the conversation and its dissectors decode the
 //! protocol. Every other event stays on the plain interface: a `recv` would
 //! repeat bytes the stream already has.
 //!
@@ -22,8 +31,9 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
+    hash::Hash,
     io::{self, Read, Write},
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     rc::Rc,
@@ -31,7 +41,7 @@ use std::{
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sockspy_common::{Call, EventKind};
+use sockspy_common::{AF_INET, AF_INET6, Call, EventKind, FLAG_PEEK, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     events::{UnixName, comm_str, kind_name},
@@ -42,21 +52,27 @@ use crate::{
 
 /// Link type of the plain interface: raw payload, no framing (`LINKTYPE_USER0`).
 const LINKTYPE_USER0: u16 = 147;
-/// Link type of the TCP-framed interface: IPv4 packets (`LINKTYPE_RAW`).
+/// Link type of the framed interface: IPv4 or IPv6 packets (`LINKTYPE_RAW`).
 const LINKTYPE_RAW: u16 = 101;
-/// Synthetic IPv4 + TCP header length.
+/// Synthetic IPv4 + TCP header length of a framed Unix stream send.
 const TCP_HEADERS: usize = 40;
-/// Identifies sockspy's section header comment and its version.
-const FORMAT_VERSION: u32 = 1;
+/// Identifies sockspy's section header comment and its version. Version 1
+/// framed only Unix streams (IPv4 + TCP) and had the framed interface only
+/// with `--pcap-framing tcp`; version 2 frames TCP and UDP payloads in
+/// IPv4 or IPv6 too, so a version 1 reader must not take its files.
+const FORMAT_VERSION: u32 = 2;
+/// The oldest version this reader reads.
+const OLDEST_VERSION: u32 = 1;
 
 /// How payload appears as packet data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
-    /// The payload bytes as they are.
+    /// Unix socket payload bytes as they are (TCP and UDP payloads are IP
+    /// packets whatever the framing).
     #[default]
     Raw,
-    /// Stream sends wrapped in synthetic IPv4 + TCP headers.
+    /// Unix stream sends wrapped in synthetic IPv4 + TCP headers.
     Tcp,
 }
 
@@ -483,6 +499,286 @@ fn checksum(sum: u32, bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// How many entries each generation of a [`Recent`] table holds.
+const RECENT_LIMIT: usize = 1 << 14;
+/// How many conversations the IP framer tells apart on one pair of ports.
+const OWNERS_PER_PORTS: usize = 64;
+
+/// A table that forgets what was not used for a while: entries live in the
+/// current generation; when it is full it becomes the old one (the one
+/// before is dropped), and an old entry used again moves back. Its size is
+/// bounded whatever a long capture sees.
+#[derive(Debug)]
+struct Recent<K, V> {
+    now: HashMap<K, V>,
+    old: HashMap<K, V>,
+}
+
+impl<K, V> Default for Recent<K, V> {
+    fn default() -> Self {
+        Self {
+            now: HashMap::new(),
+            old: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash, V> Recent<K, V> {
+    /// The entry for `key`, made with `new` when there is none.
+    fn entry(&mut self, key: K, new: impl FnOnce() -> V) -> &mut V {
+        if !self.now.contains_key(&key) {
+            let value = self.old.remove(&key).unwrap_or_else(new);
+            if self.now.len() >= RECENT_LIMIT {
+                self.old = std::mem::take(&mut self.now);
+            }
+            self.now.insert(key, value);
+        }
+        self.now.get_mut(&key).expect("inserted above")
+    }
+}
+
+/// One direction of a conversation: source, destination.
+type Way = (SocketAddr, SocketAddr);
+
+/// A direction the IP framer has written: source and destination address,
+/// and whether sends (else recvs) write it.
+type Owner = (IpAddr, IpAddr, bool);
+
+/// Writes the payload of TCP and UDP events as the IP packets that carried
+/// it, from the event's own addresses and ports.
+///
+/// A `send` is a packet from the local end to the remote one; a `recv` one
+/// from the remote end to the local one. On this machine both ends of a
+/// conversation are traced, and the sender's send and the receiver's recv
+/// carry the same bytes: each direction is written by whichever kind of
+/// event shows it first, and only by that kind afterwards. The sender's
+/// send comes first unless tracing began between the two; a remote sender,
+/// or one the tracer does not see, shows its data only in recvs, which are
+/// then the packets. A `MSG_PEEK` recv is never a packet (its bytes come
+/// again), nor a TCP call that moved nothing, nor an event without both
+/// addresses (a UDP recv that did not ask for the source).
+///
+/// IPv4-mapped IPv6 addresses are written as IPv4. An unconnected UDP
+/// socket's local address is the wildcard (0.0.0.0 or ::): it is written so
+/// rather than guessed, and stands for any address when matching a send to
+/// the recv of the same datagram.
+#[derive(Debug, Default)]
+struct IpFramer {
+    /// (TCP, source port, destination port) -> the directions using those
+    /// ports, most recent last.
+    owners: Recent<(bool, u16, u16), Vec<Owner>>,
+    /// A TCP direction -> the sequence number of its next byte.
+    seq: Recent<Way, u32>,
+}
+
+/// Whether two addresses may name the same end: equal, or one is the
+/// wildcard an unconnected socket reports.
+fn same_end(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+/// Both ends in one family: IPv4 when both are IPv4 (mapped ones
+/// included), else IPv6.
+fn one_family(from: SocketAddr, to: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canonical = |addr: SocketAddr| SocketAddr::new(addr.ip().to_canonical(), addr.port());
+    let (from, to) = (canonical(from), canonical(to));
+    let v4 = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port())
+        }
+        IpAddr::V6(_) => addr,
+    };
+    let v6 = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), addr.port()),
+        IpAddr::V6(_) => addr,
+    };
+    match (v4(from), v4(to)) {
+        (from @ SocketAddr::V4(_), to @ SocketAddr::V4(_)) => (from, to),
+        _ => (v6(from), v6(to)),
+    }
+}
+
+/// A direction's first sequence number: stable, and different per direction.
+fn initial_seq((from, to): Way) -> u32 {
+    // FNV-1a over both ends.
+    let mut hash: u32 = 0x811c_9dc5;
+    for addr in [from, to] {
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+            IpAddr::V6(ip) => ip.octets(),
+        };
+        for byte in ip.into_iter().chain(addr.port().to_be_bytes()) {
+            hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
+}
+
+impl IpFramer {
+    /// The packet carrying an event's payload, or `None` when the event is
+    /// not one (see the type's description).
+    fn packet(&mut self, event: &Event) -> Option<Vec<u8>> {
+        if !matches!(event.family, AF_INET | AF_INET6) || event.ret < 0 {
+            return None;
+        }
+        let tcp = match event.protocol {
+            IPPROTO_TCP => true,
+            IPPROTO_UDP => false,
+            _ => return None,
+        };
+        let by_send = match event.kind {
+            EventKind::Send => true,
+            EventKind::Recv if event.flags & FLAG_PEEK == 0 => false,
+            _ => return None,
+        };
+        if tcp && event.ret == 0 {
+            return None;
+        }
+        let (local, remote) = (event.local?, event.remote?);
+        let (from, to) = if by_send {
+            one_family(local, remote)
+        } else {
+            one_family(remote, local)
+        };
+        let owners = self.owners.entry((tcp, from.port(), to.port()), Vec::new);
+        let owner = owners
+            .iter()
+            .find(|(src, dst, _)| same_end(*src, from.ip()) && same_end(*dst, to.ip()));
+        match owner {
+            Some(&(_, _, owner)) if owner != by_send => return None,
+            Some(_) => {}
+            None => {
+                if owners.len() >= OWNERS_PER_PORTS {
+                    owners.remove(0);
+                }
+                owners.push((from.ip(), to.ip(), by_send));
+            }
+        }
+        let moved = event.ret as usize;
+        let mut header = Vec::with_capacity(20);
+        header.extend_from_slice(&from.port().to_be_bytes());
+        header.extend_from_slice(&to.port().to_be_bytes());
+        if tcp {
+            let next = self.seq.entry((from, to), || initial_seq((from, to)));
+            let seq = *next;
+            // The stream advances by what the call moved, captured or not.
+            *next = seq.wrapping_add(moved as u32);
+            let ack = *self.seq.entry((to, from), || initial_seq((to, from)));
+            header.extend_from_slice(&seq.to_be_bytes());
+            header.extend_from_slice(&ack.to_be_bytes());
+            // Header length 5 words; flags PSH + ACK; a wide window;
+            // checksum and urgent pointer.
+            header.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+            Some(ip_packet(
+                from,
+                to,
+                IPPROTO_TCP as u8,
+                header,
+                &event.data,
+                moved,
+            ))
+        } else {
+            // Length and checksum.
+            header.extend_from_slice(&[0, 0, 0, 0]);
+            Some(ip_packet(
+                from,
+                to,
+                IPPROTO_UDP as u8,
+                header,
+                &event.data,
+                moved,
+            ))
+        }
+    }
+}
+
+/// An IP packet from `from` to `to` whose TCP or UDP `header` (checksum
+/// zero) is followed by `data`, the captured start of `moved` bytes. The
+/// length fields say what was moved (as a capture cut to a snap length
+/// does), so a checksum can only be right when the whole payload was
+/// captured; the IPv4 header checksum always is.
+fn ip_packet(
+    from: SocketAddr,
+    to: SocketAddr,
+    protocol: u8,
+    mut header: Vec<u8>,
+    data: &[u8],
+    moved: usize,
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(40 + header.len() + data.len());
+    let mut pseudo = Vec::with_capacity(40);
+    let moved = moved.max(data.len());
+    let length = match (from.ip(), to.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let length = (header.len() + moved).min(0xffff - 20) as u16;
+            packet.extend_from_slice(&[0x45, 0]);
+            packet.extend_from_slice(&(20 + length).to_be_bytes());
+            // No id; don't fragment; TTL 64; header checksum later.
+            packet.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+            packet.extend_from_slice(&src.octets());
+            packet.extend_from_slice(&dst.octets());
+            let sum = checksum(0, &packet);
+            packet[10..12].copy_from_slice(&sum.to_be_bytes());
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&dst.octets());
+            pseudo.extend_from_slice(&[0, protocol]);
+            pseudo.extend_from_slice(&length.to_be_bytes());
+            length
+        }
+        (src, dst) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+                IpAddr::V6(ip) => ip,
+            };
+            let (src, dst) = (v6(src).octets(), v6(dst).octets());
+            let length = (header.len() + moved).min(0xffff) as u16;
+            // Version 6, no traffic class or flow label; hop limit 64.
+            packet.extend_from_slice(&[0x60, 0, 0, 0]);
+            packet.extend_from_slice(&length.to_be_bytes());
+            packet.extend_from_slice(&[protocol, 64]);
+            packet.extend_from_slice(&src);
+            packet.extend_from_slice(&dst);
+            pseudo.extend_from_slice(&src);
+            pseudo.extend_from_slice(&dst);
+            pseudo.extend_from_slice(&u32::from(length).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+            length
+        }
+    };
+    let udp = u16::from(protocol) == IPPROTO_UDP;
+    if udp {
+        header[4..6].copy_from_slice(&length.to_be_bytes());
+    }
+    let mut sum = checksum(sum_words(sum_words(0, &pseudo), &header), data);
+    if udp && sum == 0 {
+        // Zero would mean "no checksum".
+        sum = 0xffff;
+    }
+    let at = if udp { 6 } else { 16 };
+    header[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    packet.extend_from_slice(&header);
+    packet.extend_from_slice(data);
+    packet
+}
+
+/// The payload of a packet on the framed interface: what follows its IPv4
+/// or IPv6 header and its TCP or UDP header; `None` if it is no such packet.
+fn unframe(data: &Bytes) -> Option<Bytes> {
+    let (ip_header, protocol) = match data.first()? >> 4 {
+        4 => (usize::from(data[0] & 0x0f) * 4, *data.get(9)?),
+        6 => (40, *data.get(6)?),
+        _ => return None,
+    };
+    let transport = match u16::from(protocol) {
+        IPPROTO_TCP => usize::from(data.get(ip_header + 12)? >> 4) * 4,
+        IPPROTO_UDP => 8,
+        _ => return None,
+    };
+    let start = ip_header + transport;
+    (ip_header >= 20 && transport >= 8 && start <= data.len()).then(|| data.slice(start..))
+}
+
 /// Turns events into pcapng blocks (no files involved).
 #[derive(Debug)]
 struct Encoder {
@@ -490,6 +786,7 @@ struct Encoder {
     capture_bytes: u32,
     framing: Framing,
     tcp: TcpFramer,
+    ip: IpFramer,
 }
 
 impl Encoder {
@@ -510,25 +807,27 @@ impl Encoder {
             ],
         );
         pcapng::interface(out, LINKTYPE_USER0, "sockspy");
-        if self.framing == Framing::Tcp {
-            pcapng::interface(out, LINKTYPE_RAW, "sockspy-tcp");
-        }
+        pcapng::interface(out, LINKTYPE_RAW, "sockspy-ip");
     }
 
     fn event(&mut self, out: &mut Vec<u8>, event: &Event) {
         let comment = serde_json::to_string(&Facts::of(event)).expect("plain struct serializes");
         let ts_ns = u64::try_from(self.clock.wall_ns(event.ts_ns)).unwrap_or(0);
         let moved = if event.ret > 0 { event.ret as u32 } else { 0 };
-        let segment = match self.framing {
-            Framing::Tcp => self.tcp.segment(event),
-            Framing::Raw => None,
+        let segment = if matches!(event.family, AF_INET | AF_INET6) {
+            self.ip.packet(event)
+        } else {
+            match self.framing {
+                Framing::Tcp => self.tcp.segment(event),
+                Framing::Raw => None,
+            }
         };
         let packet = match &segment {
             Some(segment) => Packet {
                 interface: 1,
                 ts_ns,
                 data: segment,
-                orig_len: moved.saturating_add(TCP_HEADERS as u32),
+                orig_len: moved.saturating_add((segment.len() - event.data.len()) as u32),
                 comment: Some(&comment),
             },
             None => Packet {
@@ -605,6 +904,7 @@ impl Recorder {
                 port: options.port,
                 ..TcpFramer::default()
             },
+            ip: IpFramer::default(),
         };
         let mut recorder = Self {
             files: VecDeque::from([options.path.clone()]),
@@ -806,7 +1106,7 @@ impl<R: Read> Reader<R> {
                         "a pcapng file, but not a sockspy recording (no sockspy section facts)",
                     ));
                 };
-                if facts.sockspy != FORMAT_VERSION {
+                if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&facts.sockspy) {
                     return Err(self.error(
                         offset,
                         format!("recording format {} is not supported", facts.sockspy),
@@ -825,7 +1125,9 @@ impl<R: Read> Reader<R> {
                 let data = Bytes::from(packet.data);
                 let data = match link {
                     Some(LINKTYPE_USER0) => data,
-                    Some(LINKTYPE_RAW) if data.len() >= TCP_HEADERS => data.slice(TCP_HEADERS..),
+                    Some(LINKTYPE_RAW) => unframe(&data).ok_or_else(|| {
+                        self.error(offset, "a framed packet without IP and TCP or UDP headers")
+                    })?,
                     _ => {
                         return Err(self.error(
                             offset,
@@ -939,6 +1241,7 @@ mod tests {
                 port: Some(80),
                 ..TcpFramer::default()
             },
+            ip: IpFramer::default(),
         }
     }
 
@@ -1066,6 +1369,285 @@ mod tests {
         // Checksums verify: summing a header with its checksum gives 0.
         assert_eq!(checksum(0, &packets[0][..20]), 0);
         assert_eq!(&packets[0][TCP_HEADERS..], b"ping");
+    }
+
+    /// A TCP or UDP event of this machine's end `local`, talking to `remote`.
+    fn ip_event(kind: EventKind, protocol: u16, local: &str, remote: &str, data: &[u8]) -> Event {
+        let local: SocketAddr = local.parse().unwrap();
+        let mut event = event(kind, data, data.len() as i64);
+        event.family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+        event.sock_type = if protocol == IPPROTO_TCP { 1 } else { 2 };
+        event.protocol = protocol;
+        event.flags = 0;
+        event.local = Some(local);
+        event.remote = Some(remote.parse().unwrap());
+        event.passed = Vec::new();
+        event.passed_fds = 0;
+        event.peer = None;
+        event
+    }
+
+    /// The packets of the framed interface, in order, with the index of
+    /// the event each one carries.
+    fn framed(bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        BlockReader::new(bytes)
+            .filter_map(|block| match block.unwrap() {
+                Block::Packet(packet) => Some(packet),
+                _ => None,
+            })
+            .enumerate()
+            .filter(|(_, packet)| packet.interface == 1)
+            .map(|(i, packet)| (i, packet.data))
+            .collect()
+    }
+
+    /// The IP header length, and the TCP or UDP checksum check: the sum
+    /// over pseudo-header, header and payload with its checksum is 0.
+    fn check_packet(packet: &[u8]) -> usize {
+        let (ip, protocol, length, pseudo) = if packet[0] >> 4 == 4 {
+            assert_eq!(checksum(0, &packet[..20]), 0, "IPv4 header checksum");
+            let total = u16::from_be_bytes([packet[2], packet[3]]);
+            assert_eq!(usize::from(total), packet.len(), "whole payload captured");
+            let mut pseudo = packet[12..20].to_vec();
+            pseudo.extend_from_slice(&[0, packet[9]]);
+            pseudo.extend_from_slice(&(total - 20).to_be_bytes());
+            (20, packet[9], total - 20, pseudo)
+        } else {
+            assert_eq!(packet[0] >> 4, 6);
+            let length = u16::from_be_bytes([packet[4], packet[5]]);
+            assert_eq!(
+                usize::from(length) + 40,
+                packet.len(),
+                "whole payload captured"
+            );
+            let mut pseudo = packet[8..40].to_vec();
+            pseudo.extend_from_slice(&u32::from(length).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, packet[6]]);
+            (40, packet[6], length, pseudo)
+        };
+        if u16::from(protocol) == IPPROTO_UDP {
+            assert_eq!(&packet[ip + 4..ip + 6], &length.to_be_bytes(), "UDP length");
+        }
+        assert_eq!(
+            checksum(sum_words(0, &pseudo), &packet[ip..]),
+            0,
+            "checksum"
+        );
+        ip
+    }
+
+    #[test]
+    fn ip_payloads_round_trip_exactly() {
+        let mut cut = ip_event(
+            EventKind::Recv,
+            IPPROTO_TCP,
+            "10.0.0.2:40000",
+            "10.0.0.1:80",
+            b"HTTP",
+        );
+        cut.ret = 9000; // a snippet of a longer call
+        let mut peek = ip_event(EventKind::Recv, IPPROTO_UDP, "[::1]:53", "[::1]:5353", b"q");
+        peek.flags = FLAG_PEEK;
+        let events = [
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "127.0.0.1:40000",
+                "127.0.0.1:80",
+                b"GET / HTTP/1.1\r\n\r\n",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "[::1]:80",
+                "[::1]:40000",
+                b"HTTP/1.1 200 OK\r\n\r\n",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "[::ffff:127.0.0.1]:80",
+                "[::ffff:127.0.0.1]:40001",
+                b"mapped",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_UDP,
+                "0.0.0.0:5353",
+                "127.0.0.1:53",
+                b"odd",
+            ),
+            ip_event(EventKind::Recv, IPPROTO_UDP, "[::1]:5353", "[::1]:53", b""),
+            cut,
+            peek,
+            ip_event(
+                EventKind::Connect,
+                IPPROTO_TCP,
+                "127.0.0.1:40000",
+                "127.0.0.1:80",
+                b"",
+            ),
+        ];
+        for framing in [Framing::Raw, Framing::Tcp] {
+            let bytes = encode(framing, &events);
+            let on_ip: Vec<usize> = framed(&bytes).into_iter().map(|(i, _)| i).collect();
+            assert_eq!(on_ip, [0, 1, 2, 3, 4, 5], "{framing:?}");
+            assert_eq!(decode(&bytes), events, "{framing:?}");
+        }
+    }
+
+    #[test]
+    fn ip_packets_carry_the_real_addresses() {
+        let events = [
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "127.0.0.1:40000",
+                "127.0.0.2:80",
+                b"GET / HTTP/1.1\r\n\r\n",
+            ),
+            // The server's recv of that request repeats its bytes.
+            ip_event(
+                EventKind::Recv,
+                IPPROTO_TCP,
+                "127.0.0.2:80",
+                "127.0.0.1:40000",
+                b"GET / HTTP/1.1\r\n\r\n",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "[::ffff:127.0.0.2]:80",
+                "[::ffff:127.0.0.1]:40000",
+                b"HTTP/1.1 200 OK\r\n\r\n",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_TCP,
+                "127.0.0.1:40000",
+                "127.0.0.2:80",
+                b"odd",
+            ),
+            ip_event(
+                EventKind::Send,
+                IPPROTO_UDP,
+                "[fe80::1]:5353",
+                "[2001:db8::53]:53",
+                b"query",
+            ),
+            // A remote peer: its data shows only in our recvs.
+            ip_event(
+                EventKind::Recv,
+                IPPROTO_UDP,
+                "[fe80::1]:5353",
+                "[2001:db8::53]:53",
+                b"answer!",
+            ),
+            // An unconnected socket's datagram, seen by both ends.
+            ip_event(
+                EventKind::Send,
+                IPPROTO_UDP,
+                "0.0.0.0:5000",
+                "127.0.0.1:53",
+                b"dns",
+            ),
+            ip_event(
+                EventKind::Recv,
+                IPPROTO_UDP,
+                "127.0.0.1:53",
+                "127.0.0.1:5000",
+                b"dns",
+            ),
+        ];
+        let packets = framed(&encode(Framing::Raw, &events));
+        let order: Vec<usize> = packets.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [0, 2, 3, 4, 5, 6]);
+        let p: Vec<&[u8]> = packets.iter().map(|(_, p)| &p[..]).collect();
+        for packet in &p {
+            check_packet(packet);
+        }
+        let port = |p: &[u8], at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
+        let seq = |p: &[u8]| u32::from_be_bytes(p[24..28].try_into().unwrap());
+        let ack = |p: &[u8]| u32::from_be_bytes(p[28..32].try_into().unwrap());
+        // IPv4 TCP, the mapped reply as IPv4 too.
+        assert_eq!(
+            (p[0][0], p[0][9], &p[0][12..20]),
+            (0x45, 6, &[127, 0, 0, 1, 127, 0, 0, 2][..])
+        );
+        assert_eq!((port(p[0], 20), port(p[0], 22)), (40000, 80));
+        assert_eq!(
+            (p[1][0], &p[1][12..20]),
+            (0x45, &[127, 0, 0, 2, 127, 0, 0, 1][..])
+        );
+        assert_eq!((port(p[1], 20), port(p[1], 22)), (80, 40000));
+        assert_eq!(p[0][33], 0x18, "PSH ACK");
+        assert_eq!(&p[0][40..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(ack(p[1]), seq(p[0]) + 18);
+        assert_eq!(seq(p[2]), seq(p[0]) + 18);
+        assert_eq!(ack(p[2]), seq(p[1]) + 19);
+        // IPv6 UDP, both ways.
+        assert_eq!((p[3][0] >> 4, p[3][6]), (6, 17));
+        assert_eq!(
+            &p[3][8..24],
+            &"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!((port(p[3], 40), port(p[3], 42)), (5353, 53));
+        assert_eq!(&p[3][48..], b"query");
+        assert_eq!(
+            &p[4][8..24],
+            &"2001:db8::53"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!((port(p[4], 40), port(p[4], 42)), (53, 5353));
+        // The wildcard is written as it is.
+        assert_eq!(&p[5][12..20], &[0, 0, 0, 0, 127, 0, 0, 1]);
+        assert_eq!(&p[5][28..], b"dns");
+    }
+
+    #[test]
+    fn a_cut_snippet_keeps_the_real_lengths() {
+        let mut cut = ip_event(
+            EventKind::Send,
+            IPPROTO_UDP,
+            "127.0.0.1:5000",
+            "127.0.0.1:53",
+            b"abc",
+        );
+        cut.ret = 1000;
+        let bytes = encode(Framing::Raw, &[cut]);
+        let packet = BlockReader::new(&bytes[..])
+            .find_map(|block| match block.unwrap() {
+                Block::Packet(packet) => Some(packet),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(packet.data.len(), 28 + 3);
+        assert_eq!(packet.orig_len, 28 + 1000);
+        assert_eq!(&packet.data[2..4], &1028u16.to_be_bytes());
+        assert_eq!(&packet.data[24..26], &1008u16.to_be_bytes());
+    }
+
+    #[test]
+    fn version_1_recordings_are_read_and_newer_ones_refused() {
+        let events = [event(EventKind::Send, b"ping", 4)];
+        let bytes = encode(Framing::Tcp, &events);
+        let with_version = |version: &str| {
+            let at = bytes
+                .windows(13)
+                .position(|w| w == b"{\"sockspy\":2,")
+                .expect("section facts");
+            let mut bytes = bytes.clone();
+            bytes[at + 11..at + 12].copy_from_slice(version.as_bytes());
+            bytes
+        };
+        assert_eq!(decode(&with_version("1")), events);
+        let err = Reader::new(&with_version("3")[..])
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(err.what.contains("format 3 is not supported"), "{err}");
     }
 
     #[test]

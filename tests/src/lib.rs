@@ -13,7 +13,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, MutexGuard},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -419,4 +419,56 @@ fn wait_for_pid_file(path: &std::path::Path) -> Result<u64> {
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `sockspy ARGS` to the end.
+pub fn run_sockspy(args: &[&str]) -> Output {
+    Command::new(sockspy_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sockspy")
+}
+
+/// Starts a Python script with piped stdin and stdout.
+pub fn spawn_python(script: &str, args: &[&str]) -> Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting python3")
+}
+
+/// The numbers on the next line `child` prints.
+pub fn first_line(child: &mut Child) -> Vec<u64> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("a piped stdout"))
+        .read_line(&mut line)
+        .expect("reading a child's line");
+    line.split_whitespace()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("not a number in {line:?}"))
+        })
+        .collect()
+}
+
+/// Waits for `child`, which must succeed.
+pub fn wait_ok(child: &mut Child) {
+    let status = child.wait().expect("waiting for a child");
+    assert!(status.success(), "child failed: {status}");
+}
+
+/// The captured payload of an event (`--data`), decoded from base64.
+pub fn payload(ev: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = ev["data"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no data in {ev}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|err| panic!("bad base64 in {ev}: {err}"))
 }

@@ -2,19 +2,11 @@
 //! the ways a trace ends.
 
 use std::{
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use sockspy_tests::{Trace, have_program, have_root, python, signal, sockspy_bin};
-
-fn sockspy(args: &[&str]) -> Output {
-    Command::new(sockspy_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running sockspy")
-}
+use sockspy_tests::{Trace, have_program, have_root, python, run_sockspy, signal, sockspy_bin};
 
 /// A clear one-line error and exit status 2, never a panic.
 fn assert_usage_error(output: &Output, mentions: &str) {
@@ -34,11 +26,11 @@ fn rejects_bad_arguments() {
         eprintln!("skipped rejects_bad_arguments: sockspy is not built");
         return;
     }
-    assert_usage_error(&sockspy(&["trace", "--bogus"]), "--bogus");
-    assert_usage_error(&sockspy(&["trace", "--count", "abc"]), "abc");
-    assert_usage_error(&sockspy(&["trace", "--duration", "-1"]), "-1");
-    assert_usage_error(&sockspy(&["trace", "--data=99999"]), "16384");
-    assert_usage_error(&sockspy(&["frobnicate"]), "frobnicate");
+    assert_usage_error(&run_sockspy(&["trace", "--bogus"]), "--bogus");
+    assert_usage_error(&run_sockspy(&["trace", "--count", "abc"]), "abc");
+    assert_usage_error(&run_sockspy(&["trace", "--duration", "-1"]), "-1");
+    assert_usage_error(&run_sockspy(&["trace", "--data=99999"]), "16384");
+    assert_usage_error(&run_sockspy(&["frobnicate"]), "frobnicate");
 }
 
 #[test]
@@ -75,7 +67,7 @@ fn check_reports_every_hook() {
     if !have_root("check_reports_every_hook") {
         return;
     }
-    let output = sockspy(&["check"]);
+    let output = run_sockspy(&["check"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

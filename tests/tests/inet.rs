@@ -2,13 +2,14 @@
 //! addresses and ports of both ends, and the process at the other end.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     process::{Child, Command, Stdio},
 };
 
-use base64::Engine;
 use serde_json::Value;
-use sockspy_tests::{Trace, by_pid, find, find_data, have_root};
+use sockspy_tests::{
+    Trace, by_pid, find, find_data, first_line, have_root, payload, spawn_python, wait_ok,
+};
 
 /// Renames the process (its comm) so that the two ends are told apart by name.
 const RENAME: &str = "import ctypes, os, socket, sys
@@ -46,43 +47,6 @@ c.sendall(b'hello')
 assert c.recv(100) == b'welcome'
 c.close()
 ";
-
-fn spawn_python(script: &str, args: &[&str]) -> Child {
-    Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting python3")
-}
-
-/// The numbers on the first line `child` prints.
-fn first_line(child: &mut Child) -> Vec<u64> {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .expect("reading a child's first line");
-    line.split_whitespace()
-        .map(|n| n.parse().expect("a number"))
-        .collect()
-}
-
-/// The captured payload of an event (`--data`).
-fn data(ev: &Value) -> Vec<u8> {
-    let text = ev["data"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no data in {ev}"));
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("base64 payload")
-}
-
-fn wait_ok(child: &mut Child) {
-    let status = child.wait().expect("waiting for a child");
-    assert!(status.success(), "child failed: {status}");
-}
 
 /// A TCP server and a connected client, renamed `comm`s `tcpserver` and `tcpclient`.
 struct Pair {
@@ -192,11 +156,11 @@ fn tcp_server_and_client(ip: &str, family: &str) {
     assert_eq!(accept["peer"]["comm"], "tcpclient", "{accept}");
     assert_conversation(&events, &pair, ip, family);
     assert_eq!(
-        data(find_data(&events, pair.server_pid, "recv", 5)),
+        payload(find_data(&events, pair.server_pid, "recv", 5)),
         b"hello"
     );
     assert_eq!(
-        data(find_data(&events, pair.client_pid, "recv", 7)),
+        payload(find_data(&events, pair.client_pid, "recv", 7)),
         b"welcome"
     );
     find(&events, pair.client_pid, "close");
@@ -296,8 +260,8 @@ fn udp_sendto_and_recvfrom_carry_addresses() {
     assert_eq!(got["rport"], sender_port, "{got}");
     assert_eq!(got["peer"]["fd"], s_fd, "{got}");
     // Reported at sys_exit (for the source address), payload included.
-    assert_eq!(data(got), b"query", "{got}");
-    assert_eq!(data(query), b"query", "{query}");
+    assert_eq!(payload(got), b"query", "{got}");
+    assert_eq!(payload(query), b"query", "{query}");
     let answer = find_data(&events, pid, "send", 7);
     assert_eq!(answer["rport"], sender_port, "{answer}");
     let back = find_data(&events, pid, "recv", 7);

@@ -2,24 +2,13 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
-use sockspy_tests::{Collectd, Trace, find_data, have_root, python};
+use sockspy_tests::{Collectd, Trace, find_data, have_root, payload, python};
 
 /// The bytes of the test message of `size` bytes: a pattern that differs
 /// per size and per position, so a misplaced chunk shows.
 fn message(size: usize) -> Vec<u8> {
     (0..size).map(|i| ((i * 7 + size) % 251) as u8).collect()
-}
-
-/// Captured bytes of an event, decoded.
-fn data(ev: &Value) -> Vec<u8> {
-    let text = ev["data"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no data in {ev}"));
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap_or_else(|err| panic!("bad base64 in {ev}: {err}"))
 }
 
 /// Sends messages of the sizes given over a stream socketpair; the reader
@@ -60,7 +49,7 @@ fn captures_the_first_bytes_of_each_call() {
             assert_eq!(&ev["fd"], fd, "{ev}");
             assert_eq!(ev["captured"], want as u64, "{event} of {size}: {ev}");
             assert_eq!(ev["truncated"], size > 4096, "{event} of {size}: {ev}");
-            assert_eq!(data(ev), sent[..want], "{event} of {size} bytes");
+            assert_eq!(payload(ev), sent[..want], "{event} of {size} bytes");
         }
     }
 }
@@ -99,7 +88,7 @@ fn vectored_calls_capture_the_concatenation() {
     for (event, bytes, call, text) in expect {
         let ev = find_data(&events, pid, event, bytes);
         assert_eq!(ev["call"], call, "{ev}");
-        assert_eq!(data(ev), text.as_bytes(), "{ev}");
+        assert_eq!(payload(ev), text.as_bytes(), "{ev}");
         assert_eq!(ev["truncated"], false, "{ev}");
     }
 }
@@ -140,7 +129,7 @@ fn binary_payload_renders_as_hex_and_round_trips() {
     let events = trace.stop().unwrap().events();
     for event in ["send", "recv"] {
         let ev = find_data(&events, pid, event, 256);
-        assert_eq!(data(ev), all, "{ev}");
+        assert_eq!(payload(ev), all, "{ev}");
         assert_eq!(ev["captured"], 256, "{ev}");
     }
 
@@ -204,7 +193,7 @@ fn collectd_and_rrdcached_protocol() {
     let setup = Collectd::start("payload").unwrap();
     let collectd = setup.collectd_pid();
     let rrdcached = setup.rrdcached_pid;
-    let text = |ev: &Value| String::from_utf8_lossy(&data(ev)).into_owned();
+    let text = |ev: &Value| String::from_utf8_lossy(&payload(ev)).into_owned();
     let request =
         |ev: &Value| ev["pid"] == collectd && ev["event"] == "send" && ev["data"].is_string();
     let answer = |ev: &Value| {

@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard, mpsc},
     thread,
     time::Duration,
@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    SocketDir, Trace, have_program, have_root, python, signal, socket_dir, sockspy_bin,
+    SocketDir, Trace, have_program, have_root, python, run_sockspy, signal, socket_dir, sockspy_bin,
 };
 
 /// A Unix stream conversation: an HTTP request and its answer, with a
@@ -115,20 +115,12 @@ impl Recording {
     }
 }
 
-fn sockspy(args: &[&str]) -> Output {
-    Command::new(sockspy_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running sockspy")
-}
-
 /// `sockspy read --json FILES`, which must succeed; its events.
 fn read_json(files: &[&Path]) -> Vec<Value> {
     let mut args = vec!["read".to_owned(), "--json".to_owned()];
     args.extend(files.iter().map(|f| f.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = sockspy(&args);
+    let output = run_sockspy(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "read failed: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -222,7 +214,7 @@ fn read_prints_the_text_view_too() {
         .unwrap();
     let live = live.stop().unwrap();
     recording.stop(libc::SIGINT);
-    let output = sockspy(&["trace", "-r", file.to_str().unwrap()]);
+    let output = run_sockspy(&["trace", "-r", file.to_str().unwrap()]);
     assert!(output.status.success());
     let text: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -542,14 +534,14 @@ fn never_overwrites_and_fails_cleanly_on_a_bad_path() {
     let dir = test_dir("overwrite");
     let file = dir.join("evidence.pcapng");
     std::fs::write(&file, b"earlier capture").unwrap();
-    let output = sockspy(&["trace", "-w", file.to_str().unwrap(), "--duration", "1"]);
+    let output = run_sockspy(&["trace", "-w", file.to_str().unwrap(), "--duration", "1"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), b"earlier capture");
 
-    let output = sockspy(&[
+    let output = run_sockspy(&[
         "trace",
         "-w",
         file.to_str().unwrap(),
@@ -564,7 +556,7 @@ fn never_overwrites_and_fails_cleanly_on_a_bad_path() {
     );
     read_json(&[&file]);
 
-    let output = sockspy(&[
+    let output = run_sockspy(&[
         "trace",
         "-w",
         "/nonexistent/dir/cap.pcapng",
@@ -602,7 +594,7 @@ fn sigkill_leaves_every_complete_record_readable() {
     let bytes = std::fs::read(&file).unwrap();
     let torn = dir.join("torn.pcapng");
     std::fs::write(&torn, &bytes[..bytes.len() - 10]).unwrap();
-    let output = sockspy(&["read", "--json", torn.to_str().unwrap()]);
+    let output = run_sockspy(&["read", "--json", torn.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -633,7 +625,7 @@ fn sigkill_leaves_every_complete_record_readable() {
     damaged[at + 4..at + 8].copy_from_slice(&7u32.to_le_bytes());
     let path = dir.join("damaged.pcapng");
     std::fs::write(&path, &damaged).unwrap();
-    let output = sockspy(&["read", "--json", path.to_str().unwrap()]);
+    let output = run_sockspy(&["read", "--json", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -747,7 +739,7 @@ fn damaged_and_foreign_files_are_clear_errors() {
     for (name, bytes, mentions) in cases {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let output = sockspy(&["read", path.to_str().unwrap()]);
+        let output = run_sockspy(&["read", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
@@ -756,7 +748,7 @@ fn damaged_and_foreign_files_are_clear_errors() {
             "{name}: {stderr}"
         );
     }
-    let output = sockspy(&["read", dir.join("missing").to_str().unwrap()]);
+    let output = run_sockspy(&["read", dir.join("missing").to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing"));
 }

@@ -1,14 +1,11 @@
 //! `sockspy trace --unix` against real programs: who talks to whom.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{io::Write, time::Duration};
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, Trace, by_pid, find, find_data, have_program, have_root, python, socket_dir,
+    Collectd, Trace, by_pid, find, find_data, first_line, have_program, have_root, python,
+    socket_dir, spawn_python, wait_ok,
 };
 
 /// Renames the process (its comm) so that peers are told apart by name.
@@ -45,33 +42,6 @@ c.sendall(b'hello')
 assert c.recv(100) == b'welcome'
 c.close()
 ";
-
-fn spawn_python(script: &str, args: &[&str]) -> Child {
-    Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting python3")
-}
-
-/// The numbers on the first line `child` prints.
-fn first_line(child: &mut Child) -> Vec<u64> {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .expect("reading a child's first line");
-    line.split_whitespace()
-        .map(|n| n.parse().expect("a number"))
-        .collect()
-}
-
-fn wait_ok(mut child: Child) {
-    let status = child.wait().expect("waiting for a child");
-    assert!(status.success(), "child failed: {status}");
-}
 
 /// Checks both sides of one hello/welcome exchange: each names the other.
 fn assert_conversation(events: &[Value], server: u64, client: u64, client_fd: u64) {
@@ -113,8 +83,8 @@ fn stream_server_and_client() {
     let server_pid = first_line(&mut server)[0];
     let mut client = spawn_python(&format!("{RENAME}{CLIENT}"), &[path, "uxclient"]);
     let client_ids = first_line(&mut client);
-    wait_ok(client);
-    wait_ok(server);
+    wait_ok(&mut client);
+    wait_ok(&mut server);
     let done = trace.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
     let events = done.events();
@@ -155,8 +125,8 @@ fn connection_made_before_tracing() {
     // Connected and accepted; only now does tracing start.
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
     writeln!(client.stdin.as_mut().unwrap(), "go").unwrap();
-    wait_ok(client);
-    wait_ok(server);
+    wait_ok(&mut client);
+    wait_ok(&mut server);
     let done = trace.stop().unwrap();
     let events = done.events();
     assert!(

@@ -18,6 +18,9 @@ pub const CS: usize = 136;
 /// `__USER_CS`: the code segment of 64-bit user mode. A compat (ia32) task
 /// uses other syscall numbers, which would be misread, so it is skipped.
 pub const USER64_CS: u64 = 0x33;
+/// `struct pt_regs` in 64-bit words: read whole with one helper call,
+/// which costs less than one call per register.
+pub const PT_REGS_WORDS: usize = 21;
 
 pub const NR_READ: u64 = 0;
 pub const NR_WRITE: u64 = 1;

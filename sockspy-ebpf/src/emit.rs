@@ -190,10 +190,12 @@ impl Record {
     #[inline(always)]
     pub fn set_peer(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
         if peer != 0 {
-            let info = kernel::sock_info(peer)?;
+            // Only the peer's identity: its other fields would cost reads
+            // on every send and receive.
+            let ino = kernel::sock_ino(peer)?;
             let ev = self.ev();
             ev.peer_sk = peer;
-            ev.peer_sock = info.ino;
+            ev.peer_sock = ino;
         }
         Ok(())
     }

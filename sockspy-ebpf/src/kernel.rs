@@ -38,6 +38,19 @@ pub struct SockInfo {
     pub state: u16,
 }
 
+/// The inode number of `sk`'s socket, 0 if it has none (yet, or any more).
+#[inline(always)]
+pub fn sock_ino(sk: u64) -> Result<u64, ReadFailed> {
+    let socket: u64 = read(sk, global!(OFFSETS.sock_socket))?;
+    if socket == 0 {
+        return Ok(0);
+    }
+    read(
+        socket + u64::from(global!(OFFSETS.socket_to_inode)),
+        global!(OFFSETS.inode_ino),
+    )
+}
+
 /// Reads family, type, state and inode of `sk`.
 #[inline(always)]
 pub fn sock_info(sk: u64) -> Result<SockInfo, ReadFailed> {
@@ -49,18 +62,9 @@ pub fn sock_info(sk: u64) -> Result<SockInfo, ReadFailed> {
     } else {
         read(sk, global!(OFFSETS.sock_protocol))?
     };
-    let socket: u64 = read(sk, global!(OFFSETS.sock_socket))?;
-    let ino = if socket == 0 {
-        0
-    } else {
-        read(
-            socket + u64::from(global!(OFFSETS.socket_to_inode)),
-            global!(OFFSETS.inode_ino),
-        )?
-    };
     Ok(SockInfo {
         sk,
-        ino,
+        ino: sock_ino(sk)?,
         family,
         sock_type,
         protocol,

@@ -108,15 +108,11 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     if emit::is_self() {
         return Ok(());
     }
-    let regs: u64 = ctx.arg(0);
-    let cs: u64 = kernel::read(regs, arch::CS as u32)?;
-    if cs != arch::USER64_CS {
+    let regs: [u64; arch::PT_REGS_WORDS] = kernel::read(ctx.arg(0), 0)?;
+    if regs[arch::CS / 8] != arch::USER64_CS {
         return Ok(());
     }
-    let mut arg = [0u64; 6];
-    for (value, offset) in arg.iter_mut().zip(arch::ARG_REGS) {
-        *value = kernel::read(regs, offset as u32)?;
-    }
+    let arg = arch::ARG_REGS.map(|offset| regs[offset / 8]);
     let fd = arg[0] as i32 as i64;
     let state = match call {
         Call::Close => return close(fd),

@@ -440,9 +440,20 @@ pub struct TraceConfig {
     pub wakeup_bytes: u64,
     /// The loader's own process id: its own socket traffic is not traced.
     pub self_pid: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// `FILTER_*` bits: which of the filter maps the programs consult.
+    pub filters: u32,
 }
+
+/// `TraceConfig::filters`: only processes in the `FILTER_PIDS` map are traced.
+pub const FILTER_PID: u32 = 1 << 0;
+/// `TraceConfig::filters`: a process forked by one in `FILTER_PIDS` joins it.
+pub const FILTER_PID_TREE: u32 = 1 << 1;
+/// `TraceConfig::filters`: only processes whose name is in `FILTER_COMMS` are traced.
+pub const FILTER_COMM: u32 = 1 << 2;
+/// Entries of the `FILTER_PIDS` map (the listed processes and their descendants).
+pub const MAX_FILTER_PIDS: u32 = 4096;
+/// Entries of the `FILTER_COMMS` map.
+pub const MAX_FILTER_COMMS: u32 = 64;
 
 const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 136);

@@ -15,11 +15,11 @@ use aya_ebpf::{
     },
 };
 use sockspy_common::{
-    Call, EventHeader, EventKind, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile,
-    ProcEvent, SockEvent, Stat,
+    Call, EventHeader, EventKind, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, MAX_ADDR_LEN,
+    MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile, ProcEvent, SockEvent, Stat,
 };
 
-use crate::{EVENTS, SCRATCH, STATS, global, kernel};
+use crate::{EVENTS, FILTER_COMMS, FILTER_PIDS, SCRATCH, STATS, global, kernel};
 
 /// Room for the two addresses and the passed files; a power of two so that
 /// a mask bounds offsets into it.
@@ -93,11 +93,39 @@ fn header(kind: EventKind) -> EventHeader {
     }
 }
 
-/// Whether the current process is sockspy itself, whose own output must not
-/// feed back into the trace.
+/// Whether the current process's socket calls are not to be traced: it is
+/// sockspy itself (whose output must not feed back into the trace), or the
+/// `--pid`/`--comm` filters leave it out. Deciding here costs an unrelated
+/// process one or two map lookups instead of a whole event.
 #[inline(always)]
-pub fn is_self() -> bool {
-    (bpf_get_current_pid_tgid() >> 32) as u32 == global!(CONFIG.self_pid)
+pub fn skip_task() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == global!(CONFIG.self_pid) {
+        return true;
+    }
+    let filters = global!(CONFIG.filters);
+    if filters & FILTER_PID != 0 && FILTER_PIDS.get_ptr(tgid).is_none() {
+        return true;
+    }
+    if filters & FILTER_COMM != 0 {
+        let Ok(comm) = kernel::leader_comm() else {
+            return false;
+        };
+        return FILTER_COMMS.get_ptr(comm).is_none();
+    }
+    false
+}
+
+/// A process forked: under `--pid-tree`, a child of a traced process is traced.
+#[inline(always)]
+pub fn follow_fork(child_tgid: u32) {
+    if global!(CONFIG.filters) & FILTER_PID_TREE == 0 {
+        return;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if FILTER_PIDS.get_ptr(parent).is_some() {
+        let _ = FILTER_PIDS.insert(child_tgid, 1, 0);
+    }
 }
 
 /// Flags for a ring buffer write: wake the reader only once enough is queued.

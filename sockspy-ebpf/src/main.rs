@@ -17,7 +17,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use sockspy_common::{KernelOffsets, STAT_COUNT, TraceConfig};
+use sockspy_common::{
+    COMM_LEN, KernelOffsets, MAX_FILTER_COMMS, MAX_FILTER_PIDS, STAT_COUNT, TraceConfig,
+};
 
 /// Kernel struct offsets, filled in by the loader from BTF before load.
 #[unsafe(no_mangle)]
@@ -63,7 +65,7 @@ static CONFIG: TraceConfig = TraceConfig {
     capture_bytes: 0,
     wakeup_bytes: 0,
     self_pid: 0,
-    _pad: 0,
+    filters: 0,
 };
 
 /// The one channel to userspace; the loader sets its size.
@@ -78,6 +80,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 /// and the data hooks to finish the event.
 #[map]
 static CALLS: HashMap<u32, probes::syscalls::CallState> = HashMap::with_max_entries(16384, 0);
+
+/// `--pid`/`--pid-tree`: the processes to trace (with `FILTER_PID`).
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
+/// `--comm`: the process names to trace (with `FILTER_COMM`).
+#[map]
+static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_FILTER_COMMS, 0);
 
 /// Space to build one record in: `SCRATCH_SLOTS` entries per CPU (the
 /// loader sizes it), one per hook family, so that a hook interrupting another

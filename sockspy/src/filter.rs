@@ -13,9 +13,9 @@ use std::{
     path::Path,
 };
 
-use sockspy_common::wanted;
+use sockspy_common::{COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, wanted};
 
-use crate::resolve::Event;
+use crate::{loader::KernelFilter, resolve::Event};
 
 /// The filters as given on the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,50 @@ pub struct Selection {
     /// Globs of a Unix socket's name, on either end.
     pub paths: Vec<String>,
     pub uids: Vec<u32>,
+}
+
+impl Selection {
+    /// What the kernel programs can decide by themselves: the `FILTER_*`
+    /// bits and their maps. Processes (`--pid`, `--pid-tree`) always;
+    /// names (`--comm`) when none is a glob. The rest, and the exact
+    /// `--pid` semantics (no children), stay with [`Filter`].
+    pub fn kernel(&self) -> (u32, KernelFilter) {
+        let mut bits = 0;
+        let mut filter = KernelFilter::default();
+        if !self.pids.is_empty() || !self.pid_trees.is_empty() {
+            bits |= FILTER_PID;
+            filter.pids = self.pids.iter().chain(&self.pid_trees).copied().collect();
+        }
+        if !self.pid_trees.is_empty() {
+            bits |= FILTER_PID_TREE;
+        }
+        if !self.comms.is_empty() && !self.comms.iter().any(|c| is_glob(c)) {
+            bits |= FILTER_COMM;
+            filter.comms = self.comms.iter().map(|c| comm_key(c)).collect();
+        }
+        (bits, filter)
+    }
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// A name as the kernel stores it: at most 15 bytes, NUL-padded.
+fn comm_key(name: &str) -> [u8; COMM_LEN] {
+    let mut key = [0; COMM_LEN];
+    let bytes = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
+    key[..bytes.len()].copy_from_slice(bytes);
+    key
+}
+
+/// Whether process name `comm` (as the kernel cut it) is `pattern`.
+fn comm_matches(pattern: &str, comm: &str) -> bool {
+    if is_glob(pattern) {
+        glob(pattern, comm)
+    } else {
+        comm_key(pattern) == comm_key(comm)
+    }
 }
 
 /// A [`Selection`] being applied: it learns the descendants of
@@ -81,7 +125,8 @@ impl Filter {
         wanted(select.families, event.family, event.protocol)
             && (self.pids.is_empty() || self.pids.contains(&event.pid))
             && (select.uids.is_empty() || select.uids.contains(&event.uid))
-            && (select.comms.is_empty() || select.comms.iter().any(|c| glob(c, &event.comm)))
+            && (select.comms.is_empty()
+                || select.comms.iter().any(|c| comm_matches(c, &event.comm)))
             && (select.ports.is_empty()
                 || [event.local, event.remote]
                     .iter()
@@ -162,6 +207,26 @@ mod tests {
         assert!(glob("a*b*c", "axxbyyc"));
         assert!(!glob("a*b*c", "axxbyy"));
         assert!(glob("@*", "@abstract"));
+    }
+
+    #[test]
+    fn the_kernel_takes_what_it_can_decide() {
+        let select = Selection {
+            pids: vec![1],
+            pid_trees: vec![2],
+            comms: vec!["collectd".into(), "a-very-long-process-name".into()],
+            ..Selection::default()
+        };
+        let (bits, filter) = select.kernel();
+        assert_eq!(bits, FILTER_PID | FILTER_PID_TREE | FILTER_COMM);
+        assert_eq!(filter.pids, [1, 2]);
+        assert_eq!(&filter.comms[1], b"a-very-long-pro\0");
+        assert!(comm_matches("a-very-long-process-name", "a-very-long-pro"));
+        let globbed = Selection {
+            comms: vec!["collectd".into(), "rrd*".into()],
+            ..Selection::default()
+        };
+        assert_eq!(globbed.kernel().0, 0, "a glob leaves names to userspace");
     }
 
     #[test]

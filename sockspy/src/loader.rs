@@ -9,12 +9,13 @@ use std::{fs, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
 use sockspy_common::{
-    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP,
-    PROTO_UDP, SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
+    COMM_LEN, FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE,
+    KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP, PROTO_UDP, SCRATCH_SLOTS, STAT_COUNT,
+    Stat, TraceConfig,
 };
 
 use crate::{btf::Btf, offsets};
@@ -149,14 +150,26 @@ pub fn kernel_offsets() -> Result<KernelOffsets, Unfit> {
     offsets::resolve(&btf).map_err(|err| Unfit(format!("unsupported kernel: {err}")))
 }
 
+/// What the kernel programs filter on by themselves (`TraceConfig::filters`
+/// says which of these apply).
+#[derive(Clone, Debug, Default)]
+pub struct KernelFilter {
+    pub pids: Vec<u32>,
+    /// Process names, NUL-padded as the kernel keeps them.
+    pub comms: Vec<[u8; COMM_LEN]>,
+}
+
 impl Tracer {
-    /// Loads the programs with `config` and attaches every hook.
+    /// Loads the programs with `config`, fills the filter maps and attaches
+    /// every hook.
     pub fn attach(
         offsets: &KernelOffsets,
         config: &TraceConfig,
         ring_bytes: u32,
+        filter: &KernelFilter,
     ) -> Result<Self, Unfit> {
         let mut ebpf = load(offsets, config, ring_bytes)?;
+        fill_filters(&mut ebpf, filter)?;
         for hook in HOOKS {
             attach_hook(&mut ebpf, hook)?;
         }
@@ -192,12 +205,38 @@ impl Tracer {
     }
 }
 
+fn fill_filters(ebpf: &mut Ebpf, filter: &KernelFilter) -> Result<(), Unfit> {
+    let broken = |what: &str, err: aya::maps::MapError| {
+        Unfit(format!(
+            "cannot set up the {what} filter: {}",
+            describe(&err)
+        ))
+    };
+    let map = ebpf
+        .map_mut("FILTER_PIDS")
+        .ok_or_else(|| Unfit("kernel programs lack FILTER_PIDS".into()))?;
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(|e| broken("pid", e))?;
+    for &pid in &filter.pids {
+        pids.insert(pid, 1, 0).map_err(|e| broken("pid", e))?;
+    }
+    let map = ebpf
+        .map_mut("FILTER_COMMS")
+        .ok_or_else(|| Unfit("kernel programs lack FILTER_COMMS".into()))?;
+    let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
+        HashMap::try_from(map).map_err(|e| broken("comm", e))?;
+    for comm in &filter.comms {
+        comms.insert(comm, 1, 0).map_err(|e| broken("comm", e))?;
+    }
+    Ok(())
+}
+
 /// Each hook with the outcome of attaching it.
 pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
 
 /// Loads the programs and tries to attach every hook, for `sockspy check`.
 ///
-/// The configuration asks for everything (all families, the largest payload):
+/// The configuration asks for everything (all families, the largest payload,
+/// every filter):
 /// the verifier skips code that read-only settings make unreachable, so a
 /// smaller one would leave paths unchecked.
 pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
@@ -206,7 +245,7 @@ pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
         capture_bytes: MAX_DATA_LEN as u32,
         wakeup_bytes: 0,
         self_pid: std::process::id(),
-        _pad: 0,
+        filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM,
     };
     let mut ebpf = load(offsets, &config, ring_size(0))?;
     Ok(HOOKS

@@ -20,6 +20,7 @@ use std::{
     collections::{HashMap, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -144,7 +145,14 @@ pub struct Resolver {
     /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
     bound: HashMap<(u16, SocketAddr), u64>,
     procfs: Procfs,
+    /// When /proc was last rescanned for a peer nobody was known to hold.
+    last_rescan: Option<Instant>,
 }
+
+/// The shortest interval between two /proc rescans: one costs a few
+/// milliseconds on a busy machine, and most misses are answered by the
+/// first.
+const RESCAN_EVERY: Duration = Duration::from_millis(200);
 
 /// An address as a table key: IPv4-mapped IPv6 as plain IPv4, so both
 /// ends of a dual-stack connection meet.
@@ -603,6 +611,26 @@ impl Resolver {
         event
     }
 
+    /// Reads every process's descriptors again, at most every
+    /// [`RESCAN_EVERY`]; true when it did.
+    fn rescan(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_rescan
+            .is_some_and(|last| now.duration_since(last) < RESCAN_EVERY)
+        {
+            return false;
+        }
+        self.last_rescan = Some(now);
+        let Ok(scan) = self.procfs.scan() else {
+            return false;
+        };
+        for process in scan.processes {
+            self.add_process(process);
+        }
+        true
+    }
+
     /// Resolves the other end: by peer inode when the kernel knew it, else
     /// (a `connect` not yet accepted, a datagram to a name) by the name.
     fn peer(
@@ -624,6 +652,11 @@ impl Resolver {
                 peer.path = self.socks.get(&peer_ino).and_then(|s| s.name.clone());
             }
             holder = self.holder_of(peer_ino);
+            // A process whose events the kernel filters left out (or that
+            // made its socket in a way no event showed) is found in /proc.
+            if holder.is_none() && self.rescan() {
+                holder = self.holder_of(peer_ino);
+            }
             if kind == EventKind::Socketpair && fd2 >= 0 {
                 holder = holder.map(|h| Holder { fd: fd2, ..h });
             }

@@ -179,14 +179,15 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     };
     let offsets = loader::kernel_offsets()?;
     let ring_bytes = loader::ring_size(options.buffer_bytes);
+    let (filters, kernel_filter) = options.select.kernel();
     let config = TraceConfig {
         families: options.select.families,
         capture_bytes: options.capture_bytes,
         wakeup_bytes: u64::from(ring_bytes / 8),
         self_pid: std::process::id(),
-        _pad: 0,
+        filters,
     };
-    let mut tracer = Tracer::attach(&offsets, &config, ring_bytes)?;
+    let mut tracer = Tracer::attach(&offsets, &config, ring_bytes, &kernel_filter)?;
     let ring = tracer.take_events()?;
 
     // Attached first, then the snapshot: a socket made in between is in

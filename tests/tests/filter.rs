@@ -5,10 +5,11 @@
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
-use sockspy_tests::{Trace, have_root, socket_dir};
+use sockspy_tests::{Collectd, Trace, have_root, socket_dir};
 
 /// A process renamed argv[2] that listens on argv[1], and after a line on
 /// stdin connects to itself and talks; then a child it forks talks too.
@@ -168,4 +169,34 @@ fn each_filter_keeps_exactly_its_events() {
     // AND across kinds: convA's events never involve B's socket.
     assert!(none.is_empty(), "--comm convA --path B: {none:?}");
     assert!(other_uid.is_empty(), "--uid 4242: {other_uid:?}");
+}
+
+/// With `--comm collectd` the kernel drops rrdcached's events, so the
+/// server's end of the connection (accepted after tracing began) is found
+/// by a /proc rescan: collectd's sends still name rrdcached.
+#[test]
+fn a_filtered_trace_still_names_the_peer() {
+    if !have_root("a_filtered_trace_still_names_the_peer") {
+        return;
+    }
+    let trace = Trace::start(&["--unix", "--json", "--comm", "collectd"]).unwrap();
+    let setup = Collectd::start("filtered").unwrap();
+    let rrdcached = setup.rrdcached_pid;
+    let found = trace.wait_for(Duration::from_secs(20), |events| {
+        events
+            .iter()
+            .any(|e| e["event"] == "send" && e["peer"]["pid"] == rrdcached)
+    });
+    let events = stop(trace);
+    assert!(found, "no send naming rrdcached in {events:#?}");
+    assert!(
+        events.iter().all(|e| e["comm"] == "collectd"),
+        "only collectd"
+    );
+    let send = events
+        .iter()
+        .find(|e| e["event"] == "send" && e["peer"]["pid"] == rrdcached)
+        .unwrap();
+    assert_eq!(send["peer"]["comm"], "rrdcached", "{send}");
+    assert!(send["peer"]["fd"].is_u64(), "{send}");
 }

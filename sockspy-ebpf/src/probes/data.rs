@@ -89,7 +89,7 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
-    if ret == -EAGAIN || emit::is_self() {
+    if ret == -EAGAIN || emit::skip_task() {
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;

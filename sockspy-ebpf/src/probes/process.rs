@@ -29,6 +29,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let child: u64 = ctx.arg(1);
     let (tgid, pid) = kernel::task_ids(child)?;
     if tgid == pid {
+        emit::follow_fork(tgid);
         emit::proc_event(EventKind::Fork, tgid, 0);
     }
     Ok(())

@@ -105,7 +105,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     if is_file_io(call) && global!(CONFIG.capture_bytes) == 0 {
         return Ok(());
     }
-    if emit::is_self() {
+    if emit::skip_task() {
         return Ok(());
     }
     let regs: [u64; arch::PT_REGS_WORDS] = kernel::read(ctx.arg(0), 0)?;

@@ -340,16 +340,19 @@ pub struct ProcEvent {
 pub enum Stat {
     /// Records written to the ring buffer.
     Emitted = 0,
-    /// Records dropped because the ring buffer was full.
+    /// Socket event records dropped because the ring buffer was full.
     RingFull = 1,
     /// Kernel or user memory reads that failed (the event went out incomplete).
     ReadFailed = 2,
     /// Calls not followed because the per-thread call table was full.
     CallTableFull = 3,
+    /// Process event records (fork, exec, exit) dropped because the ring
+    /// buffer was full: counted apart so that socket losses are exact.
+    RingFullProc = 4,
 }
 
 /// Number of [`Stat`] counters.
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
 
 /// Where kernel struct fields are on the running kernel, in bytes.
 ///

@@ -138,12 +138,12 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Counts the outcome of one ring buffer write.
+/// Counts the outcome of one ring buffer write; a loss as `lost`.
 #[inline(always)]
-fn counted(result: Result<(), i32>) {
+fn counted(result: Result<(), i32>, lost: Stat) {
     count(match result {
         Ok(()) => Stat::Emitted,
-        Err(_) => Stat::RingFull,
+        Err(_) => lost,
     });
 }
 
@@ -156,7 +156,10 @@ pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32) {
         exit_code,
     };
     ev.header.size = size_of::<ProcEvent>() as u32;
-    counted(EVENTS.output::<ProcEvent>(&ev, wakeup_flags()));
+    counted(
+        EVENTS.output::<ProcEvent>(&ev, wakeup_flags()),
+        Stat::RingFullProc,
+    );
 }
 
 /// A socket record being filled in a scratch slot.
@@ -397,7 +400,7 @@ impl Record {
         unsafe { (*self.scratch).ev.header.size = len as u32 };
         // SAFETY: `len` is within the scratch value, checked above.
         let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
-        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()));
+        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()), Stat::RingFull);
     }
 
     #[inline(always)]

@@ -102,6 +102,8 @@ pub struct KernelStats {
     pub emitted: u64,
     /// Records dropped because the ring buffer was full.
     pub lost: u64,
+    /// Of those, process (fork, exec, exit) records; the rest were socket events.
+    pub lost_proc: u64,
     /// Kernel or user memory reads that failed.
     pub read_failed: u64,
     /// Calls not followed because the per-thread call table was full.
@@ -198,7 +200,8 @@ impl Tracer {
         }
         Ok(KernelStats {
             emitted: sums[Stat::Emitted as usize],
-            lost: sums[Stat::RingFull as usize],
+            lost: sums[Stat::RingFull as usize] + sums[Stat::RingFullProc as usize],
+            lost_proc: sums[Stat::RingFullProc as usize],
             read_failed: sums[Stat::ReadFailed as usize],
             call_table_full: sums[Stat::CallTableFull as usize],
         })

@@ -330,6 +330,13 @@ fn family_names(families: u32) -> String {
 
 fn summary(session: &Session, stats: &KernelStats) {
     let tally = &session.tally;
+    if stats.lost > 0 {
+        eprintln!(
+            "sockspy: lost records: {} socket events, {} process events",
+            stats.lost - stats.lost_proc,
+            stats.lost_proc
+        );
+    }
     let mut line = match &session.sink {
         Sink::Print { .. } => format!(
             "sockspy: {} events, {} lost (ring buffer full), {} read failures",

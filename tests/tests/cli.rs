@@ -349,3 +349,71 @@ fn nothing_stays_in_the_kernel_after_sigkill() {
 fn new_ids(before: &[u64], now: Vec<u64>) -> Vec<u64> {
     now.into_iter().filter(|id| !before.contains(id)).collect()
 }
+
+/// Renamed `lossgen` (so the kernel filter keeps only it), makes a
+/// socketpair, sends and receives argv[1] one-byte messages, closes both
+/// ends: 1 + 2N + 2 socket events. Prints its pid.
+const LOSS_GENERATOR: &str = "
+import ctypes, os, socket, sys
+ctypes.CDLL(None).prctl(15, b'lossgen', 0, 0, 0)
+a, b = socket.socketpair()
+for _ in range(int(sys.argv[1])):
+    a.send(b'x')
+    b.recv(1)
+a.close()
+b.close()
+print(os.getpid(), flush=True)
+";
+
+/// Under overload (sockspy's output blocked, the smallest ring buffer)
+/// events are lost, and exactly as many as are missing are reported lost.
+#[test]
+fn loss_accounting_is_exact() {
+    if !have_root("loss_accounting_is_exact") {
+        return;
+    }
+    let messages = 20_000u64;
+    let mut sockspy = Command::new(sockspy_bin())
+        .args(["trace", "--unix", "--json", "--comm", "lossgen", "-B", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(sockspy.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("sockspy: tracing") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "sockspy exited before tracing"
+        );
+    }
+    // Nobody reads sockspy's output yet: it blocks on the full pipe and the
+    // ring buffer overflows.
+    let pid: u64 = python(LOSS_GENERATOR, &[&messages.to_string()])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(sockspy.id(), libc::SIGINT);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(sockspy.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(sockspy.wait().unwrap().success(), "{rest}");
+    let received = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|ev| ev["pid"] == pid)
+        .count() as u64;
+    let lost_socket: u64 = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("sockspy: lost records: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no loss line in {rest}"));
+    let produced = 1 + 2 * messages + 2;
+    eprintln!("received {received}, lost {lost_socket}, produced {produced}");
+    assert!(lost_socket > 0, "the overload lost nothing: {rest}");
+    assert_eq!(received + lost_socket, produced, "{rest}");
+}

@@ -804,3 +804,45 @@ fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
     drop(mounted);
     let _ = chatter.join();
 }
+
+/// On a terminal, a recording shows a running count instead of events:
+/// `script` gives sockspy a pseudo-terminal for its stderr.
+#[test]
+fn a_terminal_sees_the_live_count() {
+    if !have_root("a_terminal_sees_the_live_count") {
+        return;
+    }
+    assert!(have_program("script"), "script (util-linux) is needed");
+    let _turn = turn();
+    let dir = test_dir("live-count");
+    let file = dir.join("cap.pcapng");
+    let command = format!(
+        "'{}' trace --unix -w '{}' --duration 2.5",
+        sockspy_bin().display(),
+        file.display()
+    );
+    let chatter = thread::spawn(|| python(CHATTER, &["2"]));
+    let output = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    chatter.join().unwrap().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    let counts: Vec<u64> = shown
+        .split('\r')
+        .filter_map(|part| part.strip_prefix("sockspy: "))
+        .filter_map(|part| part.split(" events recorded, ").next())
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert!(!counts.is_empty(), "no live count in {shown:?}");
+    assert!(
+        counts.iter().any(|&n| n > 0),
+        "the count never moved: {shown:?}"
+    );
+    assert!(
+        shown.contains(" lost, ") && shown.contains(" bytes"),
+        "{shown:?}"
+    );
+}

@@ -3,7 +3,8 @@
 //! The kernel programs only see what happens after they attach. A
 //! long-lived connection (collectd's to rrdcached) was made earlier, so at
 //! start-up sockspy reads who holds which socket from every process's fd
-//! table, and the names of Unix sockets from /proc/net/unix. The same reads,
+//! table, and the TCP and UDP sockets from /proc/net (the names of Unix
+//! sockets come from sock_diag, `diag.rs`). The same reads,
 //! for one process, fill gaps later (a descriptor inherited or passed over a
 //! socket before sockspy saw it).
 
@@ -12,8 +13,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
-
-use crate::events::UnixName;
 
 /// Root of the proc filesystem (tests may point elsewhere).
 #[derive(Clone, Debug)]
@@ -27,17 +26,6 @@ impl Default for Procfs {
             root: PathBuf::from("/proc"),
         }
     }
-}
-
-/// One Unix socket from /proc/net/unix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnixSocket {
-    pub ino: u64,
-    pub name: Option<UnixName>,
-    /// The socket is listening for connections.
-    pub listening: bool,
-    /// `SOCK_STREAM`, `SOCK_DGRAM`, ...
-    pub sock_type: u16,
 }
 
 /// One TCP or UDP socket from /proc/net/{tcp,tcp6,udp,udp6}.
@@ -147,12 +135,6 @@ impl Procfs {
             .flat_map(|text| parse_net_inet(&text))
             .collect()
     }
-
-    /// The Unix sockets of this network namespace.
-    pub fn unix_sockets(&self) -> io::Result<Vec<UnixSocket>> {
-        let text = fs::read_to_string(self.root.join("net/unix"))?;
-        Ok(parse_net_unix(&text))
-    }
 }
 
 /// The inode in a `socket:[N]` link target.
@@ -162,40 +144,6 @@ fn socket_inode(target: &str) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// Parses /proc/net/unix: `Num RefCount Protocol Flags Type St Inode [Path]`.
-fn parse_net_unix(text: &str) -> Vec<UnixSocket> {
-    /// `__SO_ACCEPTCON` in the Flags column: a listening socket.
-    const ACCEPTCON: u32 = 1 << 16;
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.splitn(8, ' ').filter(|f| !f.is_empty());
-            let _num = fields.next()?;
-            let _refcount = fields.next()?;
-            let _protocol = fields.next()?;
-            let flags = u32::from_str_radix(fields.next()?, 16).ok()?;
-            let sock_type = u16::from_str_radix(fields.next()?, 16).ok()?;
-            let _state = fields.next()?;
-            let ino = fields.next()?.parse().ok()?;
-            let name =
-                fields
-                    .next()
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(|path| match path.strip_prefix('@') {
-                        Some(name) => UnixName::Abstract(name.to_owned()),
-                        None => UnixName::Path(path.to_owned()),
-                    });
-            Some(UnixSocket {
-                ino,
-                name,
-                listening: flags & ACCEPTCON != 0,
-                sock_type,
-            })
-        })
-        .collect()
 }
 
 /// Parses /proc/net/tcp and friends: `sl local_address rem_address st
@@ -236,38 +184,6 @@ fn parse_hex_endpoint(text: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_net_unix() {
-        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01 2218742 /run/rrdcached.sock\n\
-            0000000000000000: 00000003 00000000 00000000 0001 03 2218741\n\
-            0000000000000000: 00000002 00000000 00000000 0002 01 77 @abstract name\n";
-        let socks = parse_net_unix(text);
-        assert_eq!(
-            socks,
-            vec![
-                UnixSocket {
-                    ino: 2218742,
-                    name: Some(UnixName::Path("/run/rrdcached.sock".into())),
-                    listening: true,
-                    sock_type: 1,
-                },
-                UnixSocket {
-                    ino: 2218741,
-                    name: None,
-                    listening: false,
-                    sock_type: 1,
-                },
-                UnixSocket {
-                    ino: 77,
-                    name: Some(UnixName::Abstract("abstract name".into())),
-                    listening: false,
-                    sock_type: 2,
-                },
-            ]
-        );
-    }
 
     #[test]
     fn parses_net_tcp() {

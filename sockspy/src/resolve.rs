@@ -27,8 +27,9 @@ use bytes::Bytes;
 use sockspy_common::{COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
 
 use crate::{
+    diag::{STATE_LISTEN, UnixDiag},
     events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
-    procfs::{InetSocket, ProcessSockets, Procfs, Scan, UnixSocket},
+    procfs::{InetSocket, ProcessSockets, Procfs, Scan},
 };
 
 /// One descriptor of one process.
@@ -251,14 +252,14 @@ impl Resolver {
     }
 
     /// Seeds the table with what existed before tracing started.
-    pub fn seed(&mut self, scan: Scan, unix: Vec<UnixSocket>) {
+    pub fn seed(&mut self, scan: Scan, unix: Vec<UnixDiag>) {
         for process in scan.processes {
             self.add_process(process);
         }
         for socket in unix {
             let Some(name) = socket.name else { continue };
             let name = Rc::new(name);
-            if socket.listening || socket.sock_type == 2 {
+            if socket.state == STATE_LISTEN || socket.sock_type == libc::SOCK_DGRAM as u16 {
                 self.named.insert(Rc::clone(&name), socket.ino);
             }
             // Only sockets someone holds are worth remembering.
@@ -420,9 +421,12 @@ impl Resolver {
     /// naming the process as somebody's peer.
     fn comm(&mut self, pid: u32, event_comm: &[u8; COMM_LEN]) -> Rc<str> {
         let process = self.procs.entry(pid).or_default();
-        let current = comm_str(event_comm);
-        if !current.is_empty() && *process.comm != *current {
-            process.comm = current.into();
+        // Compared as bytes: this runs for every event, and a new string
+        // is only needed when the name changed.
+        let len = event_comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let current = &event_comm[..len];
+        if !current.is_empty() && process.comm.as_bytes() != current {
+            process.comm = comm_str(event_comm).into();
         }
         Rc::clone(&process.comm)
     }

@@ -25,6 +25,7 @@ use tokio::{
 
 use crate::{
     cli::TraceOptions,
+    diag,
     events::{self, Record},
     filter::Filter,
     loader::{self, KernelStats, Tracer},
@@ -195,7 +196,8 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     let procfs = Procfs::default();
     let mut resolver = Resolver::new(procfs.clone());
     let scan = procfs.scan().context("cannot read /proc")?;
-    let unix = procfs.unix_sockets().unwrap_or_default();
+    // The same list `sockspy pairs` shows, so that both agree on names.
+    let unix = diag::unix_sockets().unwrap_or_default();
     resolver.seed(scan, unix);
     resolver.seed_inet(
         procfs.inet_sockets(InetTable::Tcp),

@@ -34,16 +34,23 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The processes `--pid` and `--pid-tree` name (without descendants).
+    fn named_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pids.iter().chain(&self.pid_trees).copied()
+    }
+
     /// What the kernel programs can decide by themselves: the `FILTER_*`
     /// bits and their maps. Processes (`--pid`, `--pid-tree`) always;
     /// names (`--comm`) when none is a glob. The rest, and the exact
     /// `--pid` semantics (no children), stay with [`Filter`].
     pub fn kernel(&self) -> (u32, KernelFilter) {
         let mut bits = 0;
-        let mut filter = KernelFilter::default();
-        if !self.pids.is_empty() || !self.pid_trees.is_empty() {
+        let mut filter = KernelFilter {
+            pids: self.named_pids().collect(),
+            ..KernelFilter::default()
+        };
+        if !filter.pids.is_empty() {
             bits |= FILTER_PID;
-            filter.pids = self.pids.iter().chain(&self.pid_trees).copied().collect();
         }
         if !self.pid_trees.is_empty() {
             bits |= FILTER_PID_TREE;
@@ -93,12 +100,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(select: Selection) -> Self {
-        let pids = select
-            .pids
-            .iter()
-            .chain(&select.pid_trees)
-            .copied()
-            .collect();
+        let pids = select.named_pids().collect();
         let files = select
             .paths
             .iter()

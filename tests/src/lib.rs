@@ -14,7 +14,7 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -229,10 +229,30 @@ pub fn signal(pid: u32, signal: i32) {
     unsafe { libc::kill(pid as i32, signal) };
 }
 
+/// The Python interpreter itself. `python3` on PATH may be a wrapper
+/// script (pyenv's shim is bash, which connects to nscd's socket before it
+/// execs the interpreter); tests that pick events by pid must see only the
+/// programs they wrote.
+pub fn python3() -> &'static str {
+    static INTERPRETER: OnceLock<String> = OnceLock::new();
+    INTERPRETER.get_or_init(|| {
+        let output = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("running python3");
+        let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(
+            output.status.success() && !path.is_empty(),
+            "python3 did not say where its interpreter is"
+        );
+        path
+    })
+}
+
 /// Runs a Python script with arguments, returning its stdout; fails on a
 /// non-zero exit.
 pub fn python(script: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new("python3")
+    let output = Command::new(python3())
         .arg("-c")
         .arg(script)
         .args(args)
@@ -432,7 +452,7 @@ pub fn run_sockspy(args: &[&str]) -> Output {
 
 /// Starts a Python script with piped stdin and stdout.
 pub fn spawn_python(script: &str, args: &[&str]) -> Child {
-    Command::new("python3")
+    Command::new(python3())
         .arg("-c")
         .arg(script)
         .args(args)

@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sockspy_tests::{Collectd, Trace, have_root, socket_dir};
+use sockspy_tests::{Collectd, Trace, have_root, python3, socket_dir};
 
 /// A process renamed argv[2] that listens on argv[1], and after a line on
 /// stdin connects to itself and talks; then a child it forks talks too.
@@ -44,7 +44,7 @@ struct Conversation {
 
 impl Conversation {
     fn start(path: &str, name: &str) -> Self {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python3())
             .args(["-c", CONVERSATION, path, name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

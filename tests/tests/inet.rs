@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Trace, by_pid, find, find_data, first_line, have_root, payload, spawn_python, wait_ok,
+    Trace, by_pid, find, find_data, first_line, have_root, payload, python3, spawn_python, wait_ok,
 };
 
 /// Renames the process (its comm) so that the two ends are told apart by name.
@@ -448,7 +448,7 @@ impl Namespaces {
     /// A python script run inside namespace `which`.
     fn python(&self, which: usize, script: &str, args: &[&str]) -> Child {
         Command::new("ip")
-            .args(["netns", "exec", &self.names[which], "python3", "-c", script])
+            .args(["netns", "exec", &self.names[which], python3(), "-c", script])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sockspy_tests::{Collectd, have_program, have_root, sockspy_bin};
+use sockspy_tests::{Collectd, have_program, have_root, python3, sockspy_bin};
 
 fn pairs(args: &[&str]) -> (Vec<Value>, String) {
     let output = Command::new(sockspy_bin())
@@ -50,7 +50,7 @@ fn lists_both_ends_and_every_holder() {
     if !have_root("lists_both_ends_and_every_holder") {
         return;
     }
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python3())
         .args(["-c", SHARED])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

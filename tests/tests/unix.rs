@@ -158,7 +158,7 @@ for n in (11, 22):
             os.read(fd, 100)
             os._exit(0)
         os.set_inheritable(fd, True)
-        os.execvp("python3", ["python3", "-c", CHILD, str(fd), str(n)])
+        os.execv(sys.executable, [sys.executable, "-c", CHILD, str(fd), str(n)])
     theirs.close()
     ends.append(mine)
     kids.append(pid)

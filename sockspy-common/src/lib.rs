@@ -453,10 +453,20 @@ pub const FILTER_PID: u32 = 1 << 0;
 pub const FILTER_PID_TREE: u32 = 1 << 1;
 /// `TraceConfig::filters`: only processes whose name is in `FILTER_COMMS` are traced.
 pub const FILTER_COMM: u32 = 1 << 2;
+/// `TraceConfig::filters`: only processes whose user id is in `FILTER_UIDS` are traced.
+pub const FILTER_UID: u32 = 1 << 3;
+/// `TraceConfig::filters`: an IP socket's traffic is traced only if its local
+/// or remote port is in `FILTER_PORTS` (or it is not connected, and each
+/// datagram's address decides, in userspace).
+pub const FILTER_PORT: u32 = 1 << 4;
 /// Entries of the `FILTER_PIDS` map (the listed processes and their descendants).
 pub const MAX_FILTER_PIDS: u32 = 4096;
 /// Entries of the `FILTER_COMMS` map.
 pub const MAX_FILTER_COMMS: u32 = 64;
+/// Entries of the `FILTER_UIDS` map.
+pub const MAX_FILTER_UIDS: u32 = 64;
+/// Entries of the `FILTER_PORTS` map.
+pub const MAX_FILTER_PORTS: u32 = 256;
 
 const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 136);

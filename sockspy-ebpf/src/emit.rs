@@ -15,11 +15,14 @@ use aya_ebpf::{
     },
 };
 use sockspy_common::{
-    Call, EventHeader, EventKind, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, MAX_ADDR_LEN,
-    MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile, ProcEvent, SockEvent, Stat,
+    Call, EventHeader, EventKind, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT,
+    FILTER_UID, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile, ProcEvent, SockEvent,
+    Stat,
 };
 
-use crate::{EVENTS, FILTER_COMMS, FILTER_PIDS, SCRATCH, STATS, global, kernel};
+use crate::{
+    EVENTS, FILTER_COMMS, FILTER_PIDS, FILTER_PORTS, FILTER_UIDS, SCRATCH, STATS, global, kernel,
+};
 
 /// Room for the two addresses and the passed files; a power of two so that
 /// a mask bounds offsets into it.
@@ -95,8 +98,8 @@ fn header(kind: EventKind) -> EventHeader {
 
 /// Whether the current process's socket calls are not to be traced: it is
 /// sockspy itself (whose output must not feed back into the trace), or the
-/// `--pid`/`--comm` filters leave it out. Deciding here costs an unrelated
-/// process one or two map lookups instead of a whole event.
+/// `--pid`/`--uid`/`--comm` filters leave it out. Deciding here costs an
+/// unrelated process one or two map lookups instead of a whole event.
 #[inline(always)]
 pub fn skip_task() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -107,6 +110,13 @@ pub fn skip_task() -> bool {
     if filters & FILTER_PID != 0 && FILTER_PIDS.get_ptr(tgid).is_none() {
         return true;
     }
+    if filters & FILTER_UID != 0
+        && FILTER_UIDS
+            .get_ptr(bpf_get_current_uid_gid() as u32)
+            .is_none()
+    {
+        return true;
+    }
     if filters & FILTER_COMM != 0 {
         let Ok(comm) = kernel::leader_comm() else {
             return false;
@@ -114,6 +124,22 @@ pub fn skip_task() -> bool {
         return FILTER_COMMS.get_ptr(comm).is_none();
     }
     false
+}
+
+/// Whether `--port` leaves out the traffic of socket `info`: an IP socket
+/// connected to a remote end, neither of whose ports is wanted. A socket
+/// that is not connected (UDP's `sendto`/`recvfrom`) is left to userspace,
+/// which sees each datagram's address; other families have no ports, and
+/// the loader does not ask for them under `--port`.
+#[inline(always)]
+pub fn port_excluded(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed> {
+    if global!(CONFIG.filters) & FILTER_PORT == 0 || !kernel::is_inet(info.family) {
+        return Ok(false);
+    }
+    let (local, remote) = kernel::inet_ports(info.sk)?;
+    Ok(remote != 0
+        && FILTER_PORTS.get_ptr(local).is_none()
+        && FILTER_PORTS.get_ptr(remote).is_none())
 }
 
 /// A process forked: under `--pid-tree`, a child of a traced process is traced.

@@ -188,6 +188,14 @@ pub fn is_inet(family: u16) -> bool {
     family == AF_INET || family == AF_INET6
 }
 
+/// An IP socket's local and remote ports, in host order (0: none yet).
+#[inline(always)]
+pub fn inet_ports(sk: u64) -> Result<(u16, u16), ReadFailed> {
+    let local: u16 = read(sk, global!(OFFSETS.sock_num))?;
+    let remote: u16 = read(sk, global!(OFFSETS.sock_dport))?;
+    Ok((local, u16::from_be(remote)))
+}
+
 /// The local end of an IP socket: bound address and port.
 #[inline(always)]
 pub fn inet_local(sk: u64, family: u16) -> Result<InetEnd, ReadFailed> {

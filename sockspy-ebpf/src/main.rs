@@ -18,7 +18,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use sockspy_common::{
-    COMM_LEN, KernelOffsets, MAX_FILTER_COMMS, MAX_FILTER_PIDS, STAT_COUNT, TraceConfig,
+    COMM_LEN, KernelOffsets, MAX_FILTER_COMMS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_FILTER_UIDS,
+    STAT_COUNT, TraceConfig,
 };
 
 /// Kernel struct offsets, filled in by the loader from BTF before load.
@@ -88,6 +89,14 @@ static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS
 /// `--comm`: the process names to trace (with `FILTER_COMM`).
 #[map]
 static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_FILTER_COMMS, 0);
+
+/// `--uid`: the user ids to trace (with `FILTER_UID`).
+#[map]
+static FILTER_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_UIDS, 0);
+
+/// `--port`: the ports, in host order, whose IP traffic is traced (with `FILTER_PORT`).
+#[map]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
 
 /// Space to build one record in: `SCRATCH_SLOTS` entries per CPU (the
 /// loader sizes it), one per hook family, so that a hook interrupting another

@@ -6,7 +6,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
-use sockspy_common::{FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, PROTO_TCP, PROTO_UDP};
+use sockspy_common::{
+    FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, MAX_FILTER_COMMS, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS, MAX_FILTER_UIDS, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::{
     filter::Selection,
@@ -80,6 +83,27 @@ pub struct SelectionArgs {
 }
 
 impl SelectionArgs {
+    /// The kernel programs keep each kind of filter in a map of fixed size.
+    fn validate(&self) -> Result<(), clap::Error> {
+        let limits = [
+            (
+                "--pid and --pid-tree",
+                self.pid.len() + self.pid_tree.len(),
+                MAX_FILTER_PIDS,
+            ),
+            ("--comm", self.comm.len(), MAX_FILTER_COMMS),
+            ("--uid", self.uid.len(), MAX_FILTER_UIDS),
+            ("--port", self.port.len(), MAX_FILTER_PORTS),
+        ];
+        for (flag, given, most) in limits {
+            if given > most as usize {
+                let msg = format!("{flag} given {given} times; at most {most} values fit");
+                return Err(Cli::command().error(ErrorKind::TooManyValues, msg));
+            }
+        }
+        Ok(())
+    }
+
     fn selection(&self) -> Selection {
         let (mut unix, mut tcp, mut udp) =
             (self.unix, self.tcp || self.inet, self.udp || self.inet);
@@ -254,7 +278,7 @@ impl TraceArgs {
         {
             return conflict("-w needs a file name");
         }
-        Ok(())
+        self.select.validate()
     }
 
     /// `-r FILE`: the options to read it with.
@@ -429,6 +453,16 @@ mod tests {
         ] {
             assert_eq!(trace(bad).validate().unwrap_err().exit_code(), 2, "{bad:?}");
         }
+        let ports: Vec<String> = (1..=MAX_FILTER_PORTS + 1).map(|p| p.to_string()).collect();
+        let mut many = vec!["sockspy", "trace"];
+        for port in &ports {
+            many.extend(["--port", port]);
+        }
+        let err = trace(&many).validate().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--port given 257 times"), "{err}");
+        many.truncate(many.len() - 2);
+        trace(&many).validate().unwrap();
         let read = trace(&["sockspy", "trace", "-r", "cap", "--json"])
             .read_options()
             .unwrap();

@@ -2,10 +2,11 @@
 //! `--path`, `--uid`, `--port` and the family flags.
 //!
 //! Kinds combine with AND, values of one kind with OR: `--pid 1 --pid 2
-//! --port 80` keeps events of process 1 or 2 that involve port 80. The
-//! family flags are also applied by the kernel programs; the rest is
-//! decided here, after the resolver has seen every event (its tables must
-//! stay whole to name peers).
+//! --port 80` keeps events of process 1 or 2 that involve port 80. What
+//! the kernel programs can decide (families, processes, users, exact names,
+//! ports of connected sockets) they decide too, so that unrelated traffic
+//! costs next to nothing; everything is decided again here, exactly, after
+//! the resolver has seen what came through.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +14,10 @@ use std::{
     path::Path,
 };
 
-use sockspy_common::{COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, wanted};
+use sockspy_common::{
+    COMM_LEN, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT, FILTER_UID,
+    wanted,
+};
 
 use crate::{loader::KernelFilter, resolve::Event};
 
@@ -39,27 +43,39 @@ impl Selection {
         self.pids.iter().chain(&self.pid_trees).copied()
     }
 
-    /// What the kernel programs can decide by themselves: the `FILTER_*`
-    /// bits and their maps. Processes (`--pid`, `--pid-tree`) always;
-    /// names (`--comm`) when none is a glob. The rest, and the exact
-    /// `--pid` semantics (no children), stay with [`Filter`].
-    pub fn kernel(&self) -> (u32, KernelFilter) {
-        let mut bits = 0;
+    /// What the kernel programs can decide by themselves: the families,
+    /// the `FILTER_*` bits and their maps. Processes (`--pid`,
+    /// `--pid-tree`) and users (`--uid`) always; names (`--comm`) when none
+    /// is a glob; ports (`--port`) for connected IP sockets, and no Unix
+    /// sockets at all under `--port`, since they have no ports to match.
+    /// The rest, and the exact `--pid` semantics (no children), stay with
+    /// [`Filter`].
+    pub fn kernel(&self) -> KernelFilter {
         let mut filter = KernelFilter {
+            families: self.families,
             pids: self.named_pids().collect(),
+            uids: self.uids.clone(),
+            ports: self.ports.clone(),
             ..KernelFilter::default()
         };
         if !filter.pids.is_empty() {
-            bits |= FILTER_PID;
+            filter.bits |= FILTER_PID;
         }
         if !self.pid_trees.is_empty() {
-            bits |= FILTER_PID_TREE;
+            filter.bits |= FILTER_PID_TREE;
+        }
+        if !self.uids.is_empty() {
+            filter.bits |= FILTER_UID;
+        }
+        if !self.ports.is_empty() {
+            filter.bits |= FILTER_PORT;
+            filter.families &= !FAMILY_UNIX;
         }
         if !self.comms.is_empty() && !self.comms.iter().any(|c| is_glob(c)) {
-            bits |= FILTER_COMM;
+            filter.bits |= FILTER_COMM;
             filter.comms = self.comms.iter().map(|c| comm_key(c)).collect();
         }
-        (bits, filter)
+        filter
     }
 }
 
@@ -197,6 +213,8 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use sockspy_common::{FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP};
+
     use super::*;
 
     #[test]
@@ -213,22 +231,43 @@ mod tests {
 
     #[test]
     fn the_kernel_takes_what_it_can_decide() {
+        let all = FAMILY_UNIX | FAMILY_INET | FAMILY_INET6 | PROTO_TCP | PROTO_UDP;
         let select = Selection {
+            families: all,
             pids: vec![1],
             pid_trees: vec![2],
             comms: vec!["collectd".into(), "a-very-long-process-name".into()],
+            uids: vec![0],
             ..Selection::default()
         };
-        let (bits, filter) = select.kernel();
-        assert_eq!(bits, FILTER_PID | FILTER_PID_TREE | FILTER_COMM);
+        let filter = select.kernel();
+        assert_eq!(
+            filter.bits,
+            FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID
+        );
+        assert_eq!(filter.families, all);
         assert_eq!(filter.pids, [1, 2]);
+        assert_eq!(filter.uids, [0]);
         assert_eq!(&filter.comms[1], b"a-very-long-pro\0");
         assert!(comm_matches("a-very-long-process-name", "a-very-long-pro"));
         let globbed = Selection {
             comms: vec!["collectd".into(), "rrd*".into()],
             ..Selection::default()
         };
-        assert_eq!(globbed.kernel().0, 0, "a glob leaves names to userspace");
+        assert_eq!(globbed.kernel().bits, 0, "a glob leaves names to userspace");
+        let ported = Selection {
+            families: all,
+            ports: vec![80],
+            ..Selection::default()
+        };
+        let filter = ported.kernel();
+        assert_eq!(filter.bits, FILTER_PORT);
+        assert_eq!(filter.ports, [80]);
+        assert_eq!(
+            filter.families,
+            all & !FAMILY_UNIX,
+            "Unix sockets have no ports"
+        );
     }
 
     #[test]

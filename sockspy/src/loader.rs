@@ -14,8 +14,8 @@ use aya::{
 };
 use sockspy_common::{
     COMM_LEN, FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE,
-    KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP, PROTO_UDP, SCRATCH_SLOTS, STAT_COUNT,
-    Stat, TraceConfig,
+    FILTER_PORT, FILTER_UID, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP, PROTO_UDP,
+    SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
 };
 
 use crate::{btf::Btf, offsets};
@@ -152,13 +152,20 @@ pub fn kernel_offsets() -> Result<KernelOffsets, Unfit> {
     offsets::resolve(&btf).map_err(|err| Unfit(format!("unsupported kernel: {err}")))
 }
 
-/// What the kernel programs filter on by themselves (`TraceConfig::filters`
-/// says which of these apply).
+/// What the kernel programs filter on by themselves: `families` and
+/// `bits` go into [`TraceConfig`], the rest into the filter maps the bits
+/// switch on.
 #[derive(Clone, Debug, Default)]
 pub struct KernelFilter {
+    /// `FAMILY_*` and `PROTO_*` bits.
+    pub families: u32,
+    /// `FILTER_*` bits.
+    pub bits: u32,
     pub pids: Vec<u32>,
     /// Process names, NUL-padded as the kernel keeps them.
     pub comms: Vec<[u8; COMM_LEN]>,
+    pub uids: Vec<u32>,
+    pub ports: Vec<u16>,
 }
 
 impl Tracer {
@@ -209,26 +216,26 @@ impl Tracer {
 }
 
 fn fill_filters(ebpf: &mut Ebpf, filter: &KernelFilter) -> Result<(), Unfit> {
-    let broken = |what: &str, err: aya::maps::MapError| {
+    fill_set(ebpf, "FILTER_PIDS", "pid", &filter.pids)?;
+    fill_set(ebpf, "FILTER_COMMS", "comm", &filter.comms)?;
+    fill_set(ebpf, "FILTER_UIDS", "uid", &filter.uids)?;
+    fill_set(ebpf, "FILTER_PORTS", "port", &filter.ports)
+}
+
+/// Puts each of `keys` into the set (a hash map to 1) named `map`.
+fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, map: &str, what: &str, keys: &[K]) -> Result<(), Unfit> {
+    let broken = |err: aya::maps::MapError| {
         Unfit(format!(
             "cannot set up the {what} filter: {}",
             describe(&err)
         ))
     };
     let map = ebpf
-        .map_mut("FILTER_PIDS")
-        .ok_or_else(|| Unfit("kernel programs lack FILTER_PIDS".into()))?;
-    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(|e| broken("pid", e))?;
-    for &pid in &filter.pids {
-        pids.insert(pid, 1, 0).map_err(|e| broken("pid", e))?;
-    }
-    let map = ebpf
-        .map_mut("FILTER_COMMS")
-        .ok_or_else(|| Unfit("kernel programs lack FILTER_COMMS".into()))?;
-    let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
-        HashMap::try_from(map).map_err(|e| broken("comm", e))?;
-    for comm in &filter.comms {
-        comms.insert(comm, 1, 0).map_err(|e| broken("comm", e))?;
+        .map_mut(map)
+        .ok_or_else(|| Unfit(format!("kernel programs lack {map}")))?;
+    let mut set: HashMap<_, K, u8> = HashMap::try_from(map).map_err(broken)?;
+    for key in keys {
+        set.insert(key, 1, 0).map_err(broken)?;
     }
     Ok(())
 }
@@ -248,7 +255,7 @@ pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
         capture_bytes: MAX_DATA_LEN as u32,
         wakeup_bytes: 0,
         self_pid: std::process::id(),
-        filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM,
+        filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
     };
     let mut ebpf = load(offsets, &config, ring_size(0))?;
     Ok(HOOKS

@@ -180,13 +180,13 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     };
     let offsets = loader::kernel_offsets()?;
     let ring_bytes = loader::ring_size(options.buffer_bytes);
-    let (filters, kernel_filter) = options.select.kernel();
+    let kernel_filter = options.select.kernel();
     let config = TraceConfig {
-        families: options.select.families,
+        families: kernel_filter.families,
         capture_bytes: options.capture_bytes,
         wakeup_bytes: u64::from(ring_bytes / 8),
         self_pid: std::process::id(),
-        filters,
+        filters: kernel_filter.bits,
     };
     let mut tracer = Tracer::attach(&offsets, &config, ring_bytes, &kernel_filter)?;
     let ring = tracer.take_events()?;
@@ -362,5 +362,8 @@ fn summary(session: &Session, stats: &KernelStats) {
     if tally.undecodable > 0 {
         line.push_str(&format!(", {} undecodable records", tally.undecodable));
     }
+    // How much came through the kernel's own filters: events are what is
+    // left after the rest, and the resolver's bookkeeping records.
+    line.push_str(&format!(", {} records from the kernel", tally.records));
     eprintln!("{line}");
 }

@@ -200,3 +200,101 @@ fn a_filtered_trace_still_names_the_peer() {
     assert_eq!(send["peer"]["comm"], "rrdcached", "{send}");
     assert!(send["peer"]["fd"].is_u64(), "{send}");
 }
+
+/// Sends `ROUNDS` one-byte messages each way over a Unix socketpair and over
+/// a loopback TCP connection; prints the TCP server's port first and waits
+/// for a line before it starts.
+const BULK: &str = r#"
+import socket, sys
+rounds = int(sys.argv[1])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+sys.stdin.readline()
+u1, u2 = socket.socketpair()
+t1 = socket.create_connection(srv.getsockname())
+t2, _ = srv.accept()
+for a, b in ((u1, u2), (t1, t2)):
+    for _ in range(rounds):
+        a.send(b"x")
+        b.recv(1)
+print("done", flush=True)
+"#;
+
+/// How many records the kernel passed to a trace, from its summary.
+fn kernel_records(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|line| line.strip_suffix(" records from the kernel"))
+        .and_then(|line| line.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kernel record count in: {stderr}"))
+}
+
+/// Filters the kernel can decide are decided there: traffic they exclude
+/// never reaches userspace, which the records count in the summary shows.
+#[test]
+fn the_kernel_drops_what_the_filters_exclude() {
+    if !have_root("the_kernel_drops_what_the_filters_exclude") {
+        return;
+    }
+    const ROUNDS: u64 = 3000;
+    let mut bulk = Command::new(python3())
+        .args(["-c", BULK, &ROUNDS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(bulk.stdout.take().unwrap());
+    let mut port = String::new();
+    out.read_line(&mut port).unwrap();
+    let port = port.trim().to_owned();
+    let other_port = if port == "1" { "2" } else { "1" };
+    let pid = bulk.id().to_string();
+    let control = Trace::start(&["--json", "--pid", &pid]).unwrap();
+    let excluding = [
+        vec!["--uid", "4242"],
+        vec!["--comm", "no-such-process"],
+        vec!["--pid", "1"],
+        vec!["--port", other_port],
+    ];
+    let traces: Vec<Trace> = excluding
+        .iter()
+        .map(|args| control.also(&[&["--json"], &args[..]].concat()).unwrap())
+        .collect();
+    let tcp_only = control.also(&["--json", "--tcp", "--port", &port]).unwrap();
+    writeln!(bulk.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut done = String::new();
+    out.read_line(&mut done).unwrap();
+    assert!(bulk.wait().unwrap().success());
+
+    // The control sees four events a round: a send and a receive on each side.
+    let control = control.stop().unwrap();
+    let all = kernel_records(&control.stderr);
+    assert!(
+        all >= 4 * ROUNDS,
+        "control: {all} records: {}",
+        control.stderr
+    );
+    for (trace, args) in traces.into_iter().zip(&excluding) {
+        let finished = trace.stop().unwrap();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        let records = kernel_records(&finished.stderr);
+        assert!(
+            records < ROUNDS / 4,
+            "{args:?}: {records} of the control's {all} records reached userspace"
+        );
+        assert!(finished.events().is_empty(), "{args:?}");
+    }
+    // --tcp --port: the TCP half only, also decided in the kernel.
+    let tcp = tcp_only.stop().unwrap();
+    let records = kernel_records(&tcp.stderr);
+    assert!(
+        (2 * ROUNDS..3 * ROUNDS).contains(&records),
+        "--tcp --port {port}: {records} records of {all}"
+    );
+    let events = tcp.events();
+    assert!(events.iter().all(|e| e["proto"] == "tcp"), "--tcp");
+    assert!(events.len() as u64 >= 2 * ROUNDS, "{} events", events.len());
+}

@@ -93,7 +93,7 @@ fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFaile
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
-    if !traced(&info) {
+    if !traced(&info) || emit::port_excluded(&info)? {
         return Ok(());
     }
     let noted = noted_call(kind);

@@ -38,7 +38,7 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
-    if info.protocol != IPPROTO_TCP || !traced(&info) {
+    if info.protocol != IPPROTO_TCP || !traced(&info) || emit::port_excluded(&info)? {
         return Ok(());
     }
     let error = kernel::sock_error(sk)?;

@@ -33,15 +33,14 @@ pub enum Command {
     Read(ReadArgs),
     /// Report what this kernel offers for tracing; exits non-zero when tracing cannot work.
     Check,
-    /// List every connected Unix socket pair now, with the processes holding both ends (no root needed).
+    /// List every connected socket pair now (Unix, TCP, UDP), with the processes holding both ends (no root needed).
     Pairs(PairsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PairsArgs {
-    /// Unix domain sockets (the default, and so far the only family).
-    #[arg(long)]
-    pub unix: bool,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Print JSON Lines (one object per connection or listener).
     #[arg(long)]
     pub json: bool,
@@ -104,7 +103,7 @@ impl SelectionArgs {
         Ok(())
     }
 
-    fn selection(&self) -> Selection {
+    pub fn selection(&self) -> Selection {
         let (mut unix, mut tcp, mut udp) =
             (self.unix, self.tcp || self.inet, self.udp || self.inet);
         if !unix && !tcp && !udp {

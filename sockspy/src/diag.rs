@@ -1,11 +1,15 @@
-//! The kernel's own list of Unix sockets, through sock_diag netlink (what
-//! `ss -x` reads): every socket with its type, state, name, peer inode and
-//! queue lengths, in one request, without eBPF and without root.
+//! The kernel's own list of sockets, through sock_diag netlink (what `ss`
+//! reads): every Unix socket with its type, state, name, peer inode and
+//! queue lengths, and every TCP and UDP socket with its addresses, in one
+//! request per family, without eBPF and without root.
 
 use std::{
     io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
+
+use sockspy_common::{AF_INET, AF_INET6};
 
 use crate::events::{UnixName, unix_name_bytes};
 
@@ -55,6 +59,62 @@ pub struct UnixDiag {
 
 /// Every Unix socket on the machine (in this network namespace).
 pub fn unix_sockets() -> io::Result<Vec<UnixDiag>> {
+    // struct unix_diag_req
+    let mut req = vec![libc::AF_UNIX as u8, 0];
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&0u32.to_ne_bytes()); // every inode
+    let show =
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+    req.extend_from_slice(&show.to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    dump(&req, parse_socket)
+}
+
+/// One TCP or UDP socket as the kernel describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InetDiag {
+    pub ino: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u16,
+    /// TCP state (`STATE_LISTEN`, `STATE_CONNECTED`, ...); UDP sockets are
+    /// `STATE_CONNECTED` when connected, `STATE_CLOSE` otherwise.
+    pub state: u8,
+    pub local: SocketAddr,
+    /// Port 0 when not connected.
+    pub remote: SocketAddr,
+    /// Bytes queued to read, or a listener's pending connections.
+    pub rqueue: u32,
+    /// Bytes not yet sent (or acknowledged), or a listener's backlog.
+    pub wqueue: u32,
+    pub uid: u32,
+}
+
+/// `TCP_CLOSE`: an unconnected UDP socket, or a TCP socket not yet
+/// connected or listening.
+pub const STATE_CLOSE: u8 = 7;
+
+/// Every IPv4 and IPv6 socket of `protocol` (`IPPROTO_TCP` or
+/// `IPPROTO_UDP`) in this network namespace.
+pub fn inet_sockets(protocol: u16) -> io::Result<Vec<InetDiag>> {
+    let mut sockets = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        // struct inet_diag_req_v2: family, protocol, extensions, padding,
+        // states, then a struct inet_diag_sockid that matches every socket.
+        let mut req = vec![family as u8, protocol as u8, 0, 0];
+        req.extend_from_slice(&u32::MAX.to_ne_bytes());
+        req.extend_from_slice(&[0; 40]);
+        req.extend_from_slice(&[0xff; 8]); // no cookie
+        sockets.extend(dump(&req, |body| parse_inet(body, protocol))?);
+    }
+    Ok(sockets)
+}
+
+/// Sends a dump request (the body after the netlink header) and parses
+/// every socket record of the answer with `parse`.
+fn dump<T>(request: &[u8], parse: impl Fn(&[u8]) -> Option<T>) -> io::Result<Vec<T>> {
     // SAFETY: plain socket(2).
     let fd = unsafe {
         libc::socket(
@@ -68,7 +128,7 @@ pub fn unix_sockets() -> io::Result<Vec<UnixDiag>> {
     }
     // SAFETY: a descriptor just made and owned by nobody else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    send_request(&socket)?;
+    send_request(&socket, request)?;
     let mut sockets = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -81,30 +141,21 @@ pub fn unix_sockets() -> io::Result<Vec<UnixDiag>> {
             }
             return Err(err);
         }
-        if parse_batch(&buf[..n as usize], &mut sockets)? {
+        if parse_batch(&buf[..n as usize], &mut sockets, &parse)? {
             return Ok(sockets);
         }
     }
 }
 
-fn send_request(socket: &OwnedFd) -> io::Result<()> {
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + 24);
-    let len = (NLMSG_HDRLEN + 24) as u32;
+fn send_request(socket: &OwnedFd, request: &[u8]) -> io::Result<()> {
+    let len = (NLMSG_HDRLEN + request.len()) as u32;
+    let mut msg = Vec::with_capacity(len as usize);
     msg.extend_from_slice(&len.to_ne_bytes());
     msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    // struct unix_diag_req
-    msg.push(libc::AF_UNIX as u8);
-    msg.push(0); // protocol
-    msg.extend_from_slice(&0u16.to_ne_bytes());
-    msg.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // every inode
-    let show =
-        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-    msg.extend_from_slice(&show.to_ne_bytes());
-    msg.extend_from_slice(&[0xff; 8]); // no cookie
+    msg.extend_from_slice(request);
     // SAFETY: send from a buffer of the given length.
     let n = unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
     if n < 0 {
@@ -126,7 +177,11 @@ fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parses one datagram of netlink messages; true once the dump is done.
-fn parse_batch(mut bytes: &[u8], out: &mut Vec<UnixDiag>) -> io::Result<bool> {
+fn parse_batch<T>(
+    mut bytes: &[u8],
+    out: &mut Vec<T>,
+    parse: impl Fn(&[u8]) -> Option<T>,
+) -> io::Result<bool> {
     while bytes.len() >= NLMSG_HDRLEN {
         let len = u32_at(bytes, 0).unwrap_or(0) as usize;
         let kind = u16_at(bytes, 4).unwrap_or(0);
@@ -141,7 +196,7 @@ fn parse_batch(mut bytes: &[u8], out: &mut Vec<UnixDiag>) -> io::Result<bool> {
                 return Err(io::Error::from_raw_os_error(-errno));
             }
             SOCK_DIAG_BY_FAMILY => {
-                out.push(parse_socket(body).ok_or_else(|| malformed("short socket record"))?)
+                out.push(parse(body).ok_or_else(|| malformed("short socket record"))?)
             }
             _ => {}
         }
@@ -192,6 +247,36 @@ fn parse_socket(body: &[u8]) -> Option<UnixDiag> {
     Some(sock)
 }
 
+/// Parses a `struct inet_diag_msg`: family, state, timer, retransmits,
+/// the socket id (ports and addresses in network order, interface,
+/// cookie), expiry, queues, uid, inode.
+fn parse_inet(body: &[u8], protocol: u16) -> Option<InetDiag> {
+    let family = u16::from(*body.first()?);
+    let port = |at: usize| Some(u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?));
+    let addr = |at: usize| -> Option<IpAddr> {
+        Some(if family == AF_INET6 {
+            IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(body.get(at..at + 16)?).ok()?,
+            ))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(body.get(at..at + 4)?).ok()?,
+            ))
+        })
+    };
+    Some(InetDiag {
+        ino: u64::from(u32_at(body, 68)?),
+        family,
+        protocol,
+        state: *body.get(1)?,
+        local: SocketAddr::new(addr(8)?, port(4)?),
+        remote: SocketAddr::new(addr(24)?, port(6)?),
+        rqueue: u32_at(body, 56)?,
+        wqueue: u32_at(body, 60)?,
+        uid: u32_at(body, 64)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +309,7 @@ mod tests {
         let mut batch = message(SOCK_DIAG_BY_FAMILY, &body);
         batch.extend(message(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
-        assert!(parse_batch(&batch, &mut out).unwrap());
+        assert!(parse_batch(&batch, &mut out, parse_socket).unwrap());
         assert_eq!(
             out,
             [UnixDiag {
@@ -244,13 +329,13 @@ mod tests {
     fn bad_input_is_an_error() {
         let mut out = Vec::new();
         let mut batch = message(SOCK_DIAG_BY_FAMILY, &[1, 1, 1]);
-        assert!(parse_batch(&batch, &mut out).is_err());
+        assert!(parse_batch(&batch, &mut out, parse_socket).is_err());
         batch = message(NLMSG_ERROR, &(-13i32).to_ne_bytes());
-        let err = parse_batch(&batch, &mut out).unwrap_err();
+        let err = parse_batch(&batch, &mut out, parse_socket).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(13));
         let mut lying = message(NLMSG_DONE, &[]);
         lying[0] = 200;
-        assert!(parse_batch(&lying, &mut out).is_err());
+        assert!(parse_batch(&lying, &mut out, parse_socket).is_err());
     }
 
     #[test]
@@ -269,5 +354,41 @@ mod tests {
             .expect("our socket");
         assert_eq!(mine.peer, Some(ino(&b)));
         assert_eq!(mine.state, STATE_CONNECTED);
+    }
+
+    #[test]
+    fn lists_a_real_tcp_connection() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let sockets = inet_sockets(libc::IPPROTO_TCP as u16).unwrap();
+        let find = |local: SocketAddr, remote: SocketAddr| {
+            sockets
+                .iter()
+                .find(|s| s.local == local && s.remote == remote)
+                .unwrap_or_else(|| panic!("no {local} -> {remote} in {sockets:?}"))
+        };
+        let mine = find(client.local_addr().unwrap(), server.local_addr().unwrap());
+        assert_eq!(mine.state, STATE_CONNECTED);
+        assert_eq!(mine.family, AF_INET);
+        assert_ne!(mine.ino, 0);
+        let theirs = find(server.local_addr().unwrap(), client.local_addr().unwrap());
+        assert_ne!(theirs.ino, mine.ino);
+        let listening = listener.local_addr().unwrap();
+        let wildcard = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+        assert_eq!(find(listening, wildcard).state, STATE_LISTEN);
+    }
+
+    #[test]
+    fn lists_a_real_udp_socket() {
+        let socket = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let sockets = inet_sockets(libc::IPPROTO_UDP as u16).unwrap();
+        let mine = sockets
+            .iter()
+            .find(|s| s.local == socket.local_addr().unwrap())
+            .expect("our socket");
+        assert_eq!((mine.family, mine.state), (AF_INET6, STATE_CLOSE));
+        assert_eq!(mine.remote.port(), 0);
     }
 }

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::Path,
 };
@@ -19,7 +20,7 @@ use sockspy_common::{
     wanted,
 };
 
-use crate::{loader::KernelFilter, resolve::Event};
+use crate::{events::UnixName, loader::KernelFilter, resolve::Event};
 
 /// The filters as given on the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,33 +140,58 @@ impl Filter {
 
     /// Whether `event` is one the user asked for.
     pub fn keeps(&mut self, event: &Event) -> bool {
+        self.keeps_process(event.pid, event.uid, &event.comm)
+            && self.keeps_socket(
+                event.family,
+                event.protocol,
+                [event.local, event.remote],
+                [
+                    event.path.as_deref(),
+                    event.peer.as_ref().and_then(|p| p.path.as_deref()),
+                ],
+            )
+    }
+
+    /// Whether any process filter (`--pid`, `--pid-tree`, `--uid`,
+    /// `--comm`) is given.
+    pub fn selects_processes(&self) -> bool {
+        !self.pids.is_empty() || !self.select.uids.is_empty() || !self.select.comms.is_empty()
+    }
+
+    /// Whether the process filters keep process `pid` of user `uid` named `comm`.
+    pub fn keeps_process(&self, pid: u32, uid: u32, comm: &str) -> bool {
         let select = &self.select;
-        wanted(select.families, event.family, event.protocol)
-            && (self.pids.is_empty() || self.pids.contains(&event.pid))
-            && (select.uids.is_empty() || select.uids.contains(&event.uid))
-            && (select.comms.is_empty()
-                || select.comms.iter().any(|c| comm_matches(c, &event.comm)))
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (select.uids.is_empty() || select.uids.contains(&uid))
+            && (select.comms.is_empty() || select.comms.iter().any(|c| comm_matches(c, comm)))
+    }
+
+    /// Whether the socket filters (family, `--port`, `--path`) keep a
+    /// socket of `family` and `protocol` whose IP ends or Unix names (its
+    /// own and its peer's) are `ends` and `names`.
+    pub fn keeps_socket(
+        &mut self,
+        family: u16,
+        protocol: u16,
+        ends: [Option<SocketAddr>; 2],
+        names: [Option<&UnixName>; 2],
+    ) -> bool {
+        let select = &self.select;
+        wanted(select.families, family, protocol)
             && (select.ports.is_empty()
-                || [event.local, event.remote]
+                || ends
                     .iter()
                     .flatten()
                     .any(|addr| select.ports.contains(&addr.port())))
-            && (select.paths.is_empty() || self.path_matches(event))
+            && (select.paths.is_empty() || self.path_matches(names))
     }
 
-    /// Either end's name matches a `--path` glob, or names the same file.
-    fn path_matches(&mut self, event: &Event) -> bool {
-        let names: Vec<String> = [
-            event.path.as_deref(),
-            event.peer.as_ref().and_then(|p| p.path.as_deref()),
-        ]
-        .into_iter()
-        .flatten()
-        .map(ToString::to_string)
-        .collect();
-        names.iter().any(|name| {
-            self.select.paths.iter().any(|pattern| glob(pattern, name))
-                || (!self.files.is_empty() && self.same_file(name))
+    /// Either name matches a `--path` glob, or names the same file.
+    fn path_matches(&mut self, names: [Option<&UnixName>; 2]) -> bool {
+        names.into_iter().flatten().any(|name| {
+            let name = name.to_string();
+            self.select.paths.iter().any(|pattern| glob(pattern, &name))
+                || (!self.files.is_empty() && self.same_file(&name))
         })
     }
 

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         }
         Command::Read(args) => replay::run(&args.options()),
         Command::Check => Ok(check::run()),
-        Command::Pairs(args) => pairs::run(args.json),
+        Command::Pairs(args) => pairs::run(&args.select.selection(), args.json),
     };
     result.unwrap_or_else(|err| {
         eprintln!("sockspy: {err:#}");

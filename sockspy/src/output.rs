@@ -9,7 +9,7 @@ use serde::Serialize;
 use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 
 use crate::{
-    events::{comm_str, family_name, kind_name, proto_name, tcp_state_name, type_name},
+    events::{UnixName, comm_str, family_name, kind_name, proto_name, tcp_state_name, type_name},
     resolve::{Event, Peer},
 };
 
@@ -387,14 +387,8 @@ struct JsonEvent<'a> {
     sock_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     proto: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    laddr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lport: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raddr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rport: Option<u16>,
+    #[serde(flatten)]
+    ends: JsonEnds,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'static str>,
     pid: u32,
@@ -430,6 +424,30 @@ struct JsonEvent<'a> {
     peer: Option<JsonPeer<'a>>,
 }
 
+/// An IP socket's two ends, as `trace --json` and `pairs --json` name them.
+#[derive(Serialize)]
+pub struct JsonEnds {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    laddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rport: Option<u16>,
+}
+
+impl JsonEnds {
+    pub fn new(local: Option<std::net::SocketAddr>, remote: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            laddr: local.map(|a| a.ip().to_string()),
+            lport: local.map(|a| a.port()),
+            raddr: remote.map(|a| a.ip().to_string()),
+            rport: remote.map(|a| a.port()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonPassed {
     fd: i32,
@@ -451,12 +469,30 @@ struct JsonPeer<'a> {
     comm: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fd: Option<i32>,
+    #[serde(flatten)]
+    name: JsonPeerName,
+}
+
+/// What a peer is called: a Unix socket's `path`, an IP peer's `addr` and
+/// `port` (`trace --json` and `pairs --json` alike).
+#[derive(Serialize)]
+pub struct JsonPeerName {
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+}
+
+impl JsonPeerName {
+    pub fn new(path: Option<&UnixName>, addr: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            path: path.map(ToString::to_string),
+            addr: addr.map(|a| a.ip().to_string()),
+            port: addr.map(|a| a.port()),
+        }
+    }
 }
 
 impl<'a> JsonEvent<'a> {
@@ -471,10 +507,7 @@ impl<'a> JsonEvent<'a> {
             family: family_name(event.family),
             sock_type: type_name(event.sock_type),
             proto: proto_name(event.family, event.protocol),
-            laddr: event.local.map(|a| a.ip().to_string()),
-            lport: event.local.map(|a| a.port()),
-            raddr: event.remote.map(|a| a.ip().to_string()),
-            rport: event.remote.map(|a| a.port()),
+            ends: JsonEnds::new(event.local, event.remote),
             state: (event.kind == EventKind::State).then(|| tcp_state_name(event.state)),
             pid: event.pid,
             tid: event.tid,
@@ -509,9 +542,7 @@ impl<'a> JsonEvent<'a> {
                 pid: peer.pid,
                 comm: peer.comm.as_deref(),
                 fd: peer.fd,
-                path: peer.path.as_ref().map(|p| p.to_string()),
-                addr: peer.addr.map(|a| a.ip().to_string()),
-                port: peer.addr.map(|a| a.port()),
+                name: JsonPeerName::new(peer.path.as_deref(), peer.addr),
             }),
         }
     }
@@ -525,7 +556,6 @@ mod tests {
     use sockspy_common::Call;
 
     use super::*;
-    use crate::events::UnixName;
 
     fn send_event() -> Event {
         let mut thread = [0u8; 16];

@@ -3,16 +3,11 @@
 //! The kernel programs only see what happens after they attach. A
 //! long-lived connection (collectd's to rrdcached) was made earlier, so at
 //! start-up sockspy reads who holds which socket from every process's fd
-//! table, and the TCP and UDP sockets from /proc/net (the names of Unix
-//! sockets come from sock_diag, `diag.rs`). The same reads,
-//! for one process, fill gaps later (a descriptor inherited or passed over a
-//! socket before sockspy saw it).
+//! table (the sockets themselves come from sock_diag, `diag.rs`). The same
+//! reads, for one process, fill gaps later (a descriptor inherited or
+//! passed over a socket before sockspy saw it).
 
-use std::{
-    fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-};
+use std::{fs, io, path::PathBuf};
 
 /// Root of the proc filesystem (tests may point elsewhere).
 #[derive(Clone, Debug)]
@@ -28,23 +23,6 @@ impl Default for Procfs {
     }
 }
 
-/// One TCP or UDP socket from /proc/net/{tcp,tcp6,udp,udp6}.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InetSocket {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// Kernel state (`TCP_LISTEN` = 10, `TCP_ESTABLISHED` = 1, ...).
-    pub state: u8,
-    pub ino: u64,
-}
-
-/// Which protocol table to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InetTable {
-    Tcp,
-    Udp,
-}
-
 /// A process's socket descriptors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSockets {
@@ -52,6 +30,14 @@ pub struct ProcessSockets {
     pub comm: String,
     /// `(fd, socket inode)`.
     pub fds: Vec<(i32, u64)>,
+}
+
+/// What /proc/PID/status says about a process's ancestry and user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub parent: u32,
+    /// The real user id, as `trace` reports it.
+    pub uid: u32,
 }
 
 /// What a whole-system scan found.
@@ -71,14 +57,7 @@ impl Procfs {
     /// Every process's socket descriptors.
     pub fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();
-        for entry in fs::read_dir(&self.root)? {
-            let Some(pid) = entry?
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in self.pids()? {
             match self.process_sockets(pid) {
                 Ok(process) if !process.fds.is_empty() => scan.processes.push(process),
                 Ok(_) => {}
@@ -117,23 +96,34 @@ impl Procfs {
         })
     }
 
+    /// Every process's id.
+    pub fn pids(&self) -> io::Result<Vec<u32>> {
+        Ok(fs::read_dir(&self.root)?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+
+    /// A process's parent and real user, from /proc/PID/status.
+    pub fn status(&self, pid: u32) -> Option<Status> {
+        let text = fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Status {
+            parent: field("PPid:")?,
+            uid: field("Uid:")?,
+        })
+    }
+
     /// A process's command name.
     pub fn comm(&self, pid: u32) -> Option<String> {
         let comm = fs::read_to_string(self.root.join(pid.to_string()).join("comm")).ok()?;
         Some(comm.trim_end_matches('\n').to_owned())
-    }
-
-    /// The TCP or UDP sockets (IPv4 and IPv6) of this network namespace.
-    pub fn inet_sockets(&self, table: InetTable) -> Vec<InetSocket> {
-        let names = match table {
-            InetTable::Tcp => ["net/tcp", "net/tcp6"],
-            InetTable::Udp => ["net/udp", "net/udp6"],
-        };
-        names
-            .iter()
-            .filter_map(|name| fs::read_to_string(self.root.join(name)).ok())
-            .flat_map(|text| parse_net_inet(&text))
-            .collect()
     }
 }
 
@@ -146,80 +136,9 @@ fn socket_inode(target: &str) -> Option<u64> {
         .ok()
 }
 
-/// Parses /proc/net/tcp and friends: `sl local_address rem_address st
-/// tx_queue:rx_queue tr:when retrnsmt uid timeout inode ...`, addresses as
-/// hex words of the kernel's (network-order) bytes read as host integers.
-fn parse_net_inet(text: &str) -> Vec<InetSocket> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            Some(InetSocket {
-                local: parse_hex_endpoint(fields.get(1)?)?,
-                remote: parse_hex_endpoint(fields.get(2)?)?,
-                state: u8::from_str_radix(fields.get(3)?, 16).ok()?,
-                ino: fields.get(9)?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6).
-fn parse_hex_endpoint(text: &str) -> Option<SocketAddr> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let mut bytes = Vec::with_capacity(16);
-    for word in 0..addr.len() / 8 {
-        let word = u32::from_str_radix(addr.get(word * 8..word * 8 + 8)?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    let ip = match (addr.len(), bytes.len()) {
-        (8, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        (32, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_net_tcp() {
-        // As a little-endian kernel prints it.
-        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
-            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n   \
-            1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 31338 1 0000000000000000 20 4 30 10 -1\n";
-        let socks = parse_net_inet(v4);
-        if cfg!(target_endian = "little") {
-            assert_eq!(
-                socks,
-                vec![
-                    InetSocket {
-                        local: "127.0.0.1:8080".parse().unwrap(),
-                        remote: "0.0.0.0:0".parse().unwrap(),
-                        state: 0x0a,
-                        ino: 31337,
-                    },
-                    InetSocket {
-                        local: "127.0.0.1:41668".parse().unwrap(),
-                        remote: "127.0.0.1:8080".parse().unwrap(),
-                        state: 1,
-                        ino: 31338,
-                    },
-                ]
-            );
-            let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
-                0: 00000000000000000000000001000000:0050 0000000000000000FFFF00000100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 0 10 -1\n";
-            let socks = parse_net_inet(v6);
-            assert_eq!(socks.len(), 1);
-            assert_eq!(socks[0].local.to_string(), "[::1]:80");
-            assert_eq!(socks[0].remote.to_string(), "[::ffff:127.0.0.1]:54321");
-            assert_eq!(socks[0].ino, 4242);
-        }
-        assert!(parse_net_inet("header\ngarbage line\n").is_empty());
-    }
 
     #[test]
     fn reads_socket_links() {
@@ -240,6 +159,11 @@ mod tests {
             .ino();
         assert!(me.fds.contains(&(a.as_raw_fd(), ino)), "{me:?}");
         assert!(me.fds.iter().any(|&(fd, _)| fd == b.as_raw_fd()));
+        let status = procfs.status(std::process::id()).unwrap();
+        assert_eq!(status.parent, std::os::unix::process::parent_id());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(status.uid, unsafe { libc::getuid() });
+        assert!(procfs.pids().unwrap().contains(&std::process::id()));
         let missing = Procfs::at("/nonexistent").scan();
         assert!(missing.is_err());
     }

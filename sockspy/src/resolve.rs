@@ -27,9 +27,9 @@ use bytes::Bytes;
 use sockspy_common::{COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
 
 use crate::{
-    diag::{STATE_LISTEN, UnixDiag},
+    diag::{InetDiag, STATE_LISTEN, UnixDiag},
     events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
-    procfs::{InetSocket, ProcessSockets, Procfs, Scan},
+    procfs::{ProcessSockets, Procfs, Scan},
 };
 
 /// One descriptor of one process.
@@ -180,17 +180,17 @@ impl Resolver {
 
     /// Seeds the address tables with the TCP and UDP sockets that existed
     /// before tracing started (call after [`Resolver::seed`]).
-    pub fn seed_inet(&mut self, tcp: Vec<InetSocket>, udp: Vec<InetSocket>) {
-        /// `TCP_LISTEN` in /proc/net/tcp's `st` column.
-        const LISTEN: u8 = 0x0a;
-        for (protocol, socket) in tcp
-            .into_iter()
-            .map(|s| (IPPROTO_TCP, s))
-            .chain(udp.into_iter().map(|s| (IPPROTO_UDP, s)))
-        {
+    pub fn seed_inet(&mut self, sockets: Vec<InetDiag>) {
+        for socket in sockets {
             let remote = (socket.remote.port() != 0).then_some(socket.remote);
-            let bound = protocol == IPPROTO_UDP || socket.state == LISTEN;
-            self.note_inet(socket.ino, protocol, Some(socket.local), remote, bound);
+            let bound = socket.protocol == IPPROTO_UDP || socket.state == STATE_LISTEN;
+            self.note_inet(
+                socket.ino,
+                socket.protocol,
+                Some(socket.local),
+                remote,
+                bound,
+            );
         }
     }
 
@@ -691,12 +691,9 @@ mod tests {
     use sockspy_common::{AF_INET, AF_INET6};
 
     use super::*;
-    use crate::{
-        events::{
-            Record, decode,
-            tests::{sock_bytes, sockaddr_in, sockaddr_in6},
-        },
-        procfs::InetSocket,
+    use crate::events::{
+        Record, decode,
+        tests::{sock_bytes, sockaddr_in, sockaddr_in6},
     };
 
     /// A server (pid 100, fd 5, inode 1001, IPv6 dual-stack) and a client
@@ -720,23 +717,21 @@ mod tests {
         );
         let server = "[::ffff:127.0.0.1]:8080".parse().unwrap();
         let client = "127.0.0.1:40000".parse().unwrap();
-        resolver.seed_inet(
-            vec![
-                InetSocket {
-                    local: server,
-                    remote: "[::ffff:127.0.0.1]:40000".parse().unwrap(),
-                    state: 1,
-                    ino: 1001,
-                },
-                InetSocket {
-                    local: client,
-                    remote: "127.0.0.1:8080".parse().unwrap(),
-                    state: 1,
-                    ino: 2002,
-                },
-            ],
-            Vec::new(),
-        );
+        let connected = |ino, family, local, remote: &str| InetDiag {
+            ino,
+            family,
+            protocol: IPPROTO_TCP,
+            state: 1,
+            local,
+            remote: remote.parse().unwrap(),
+            rqueue: 0,
+            wqueue: 0,
+            uid: 0,
+        };
+        resolver.seed_inet(vec![
+            connected(1001, AF_INET6, server, "[::ffff:127.0.0.1]:40000"),
+            connected(2002, AF_INET, client, "127.0.0.1:8080"),
+        ]);
         resolver
     }
 

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
-use sockspy_common::{EventKind, TraceConfig};
+use sockspy_common::{EventKind, IPPROTO_TCP, IPPROTO_UDP, TraceConfig};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -30,7 +30,7 @@ use crate::{
     filter::Filter,
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
-    procfs::{InetTable, Procfs},
+    procfs::Procfs,
     record::Recorder,
     resolve::{Event, Resolver},
 };
@@ -199,10 +199,9 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     // The same list `sockspy pairs` shows, so that both agree on names.
     let unix = diag::unix_sockets().unwrap_or_default();
     resolver.seed(scan, unix);
-    resolver.seed_inet(
-        procfs.inet_sockets(InetTable::Tcp),
-        procfs.inet_sockets(InetTable::Udp),
-    );
+    for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+        resolver.seed_inet(diag::inet_sockets(protocol).unwrap_or_default());
+    }
 
     let mut session = Session {
         resolver,

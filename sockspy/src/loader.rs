@@ -185,6 +185,21 @@ impl Tracer {
         Ok(Self { ebpf })
     }
 
+    /// Detaches every program, so that nothing more is queued; the maps,
+    /// the ring buffer and the counters stay readable. Best effort: a
+    /// program that cannot be unloaded goes with the process.
+    pub fn detach(&mut self) {
+        for hook in HOOKS {
+            let program: Option<&mut RawTracePoint> = self
+                .ebpf
+                .program_mut(hook.program)
+                .and_then(|p| p.try_into().ok());
+            if let Some(program) = program {
+                let _ = program.unload();
+            }
+        }
+    }
+
     /// Takes the ring buffer the events arrive in (once).
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self

@@ -170,7 +170,25 @@ fn wildcard(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
+/// How much the table holds, for `--stats`: it must follow what is live
+/// now, not grow with everything ever seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSize {
+    pub sockets: usize,
+    pub processes: usize,
+    /// Entries of the lookup tables by name, address and kernel pointer.
+    pub keys: usize,
+}
+
 impl Resolver {
+    pub fn size(&self) -> TableSize {
+        TableSize {
+            sockets: self.socks.len(),
+            processes: self.procs.len(),
+            keys: self.sk_ino.len() + self.named.len() + self.conns.len() + self.bound.len(),
+        }
+    }
+
     pub fn new(procfs: Procfs) -> Self {
         Self {
             procfs,

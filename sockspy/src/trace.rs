@@ -10,6 +10,7 @@
 
 use std::{
     io::{self, BufWriter, IsTerminal, Write},
+    ops::ControlFlow,
     process::ExitCode,
     time::Duration,
 };
@@ -37,6 +38,10 @@ use crate::{
 
 /// How long the reader may sleep with records queued below the wake-up mark.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Records read in one turn of the loop, between looks at signals, timers
+/// and `--stats`.
+const BATCH: usize = 1024;
 
 /// Why the trace ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,9 +85,15 @@ struct Session {
 }
 
 impl Session {
-    /// Reads everything queued. Returns why to stop, if it is time to.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Option<Stop> {
-        while let Some(item) = ring.next() {
+    /// Reads what is queued, at most `limit` records, so that under a
+    /// load that never lets the ring run dry, signals, timers and
+    /// `--stats` still get their turn. Breaks with why to stop, if it is
+    /// time to; continues with whether the ring was emptied.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> ControlFlow<Stop, bool> {
+        for _ in 0..limit {
+            let Some(item) = ring.next() else {
+                return ControlFlow::Continue(true);
+            };
             self.tally.records += 1;
             let record = match events::decode(&item) {
                 Ok(record) => record,
@@ -105,16 +116,16 @@ impl Session {
                         continue;
                     }
                     if let Some(stop) = self.emit(&event) {
-                        return Some(stop);
+                        return ControlFlow::Break(stop);
                     }
                     self.tally.printed += 1;
                     if self.count.is_some_and(|count| self.tally.printed >= count) {
-                        return Some(Stop::Count);
+                        return ControlFlow::Break(Stop::Count);
                     }
                 }
             }
         }
-        None
+        ControlFlow::Continue(false)
     }
 
     fn emit(&mut self, event: &Event) -> Option<Stop> {
@@ -229,7 +240,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the event loop")?;
-    runtime.block_on(pump(&tracer, ring, &mut session, options))?;
+    runtime.block_on(pump(&mut tracer, ring, &mut session, options))?;
     let stats = tracer.stats().unwrap_or_default();
     if let Some(err) = session.failure.take() {
         eprintln!("sockspy: {err:#}");
@@ -242,7 +253,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 }
 
 async fn pump(
-    tracer: &Tracer,
+    tracer: &mut Tracer,
     ring: RingBuf<MapData>,
     session: &mut Session,
     options: &TraceOptions,
@@ -273,17 +284,31 @@ async fn pump(
             () = &mut until_deadline, if deadline.is_some() => Some(Stop::Duration),
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let stop = session.drain(guard.get_inner_mut());
-                guard.clear_ready();
-                stop
+                match session.drain(guard.get_inner_mut(), BATCH) {
+                    ControlFlow::Break(stop) => Some(stop),
+                    ControlFlow::Continue(true) => {
+                        guard.clear_ready();
+                        None
+                    }
+                    // Records remain: the ring stays ready, and the next
+                    // turn reads on after the signals and timers have had
+                    // theirs (a task that is always ready would never let
+                    // the runtime look at them).
+                    ControlFlow::Continue(false) => {
+                        tokio::task::yield_now().await;
+                        None
+                    }
+                }
             }
-            _ = poll.tick() => session.drain(ring.get_mut()),
+            _ = poll.tick() => session.drain(ring.get_mut(), BATCH).break_value(),
             _ = stats_tick.tick(), if options.stats || live_count => {
                 if let Ok(stats) = tracer.stats() {
                     if options.stats {
+                        let table = session.resolver.size();
                         eprintln!(
-                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures",
-                            stats.emitted, stats.lost, stats.read_failed
+                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures; table: {} sockets, {} processes, {} keys",
+                            stats.emitted, stats.lost, stats.read_failed,
+                            table.sockets, table.processes, table.keys
                         );
                     }
                     if live_count && let Sink::Record(recorder) = &session.sink {
@@ -300,9 +325,16 @@ async fn pump(
             break stop;
         }
     };
-    // What the kernel queued before a signal or the deadline is still shown.
+    // What the kernel queued before a signal or the deadline is still
+    // shown. The programs are detached first, so a load that goes on does
+    // not keep sockspy from stopping; the bound (a ring's worth) is for a
+    // program that could not be.
     if matches!(stop, Stop::Signal | Stop::Duration) {
-        session.drain(ring.get_mut());
+        tracer.detach();
+        // The smallest record: a process event and the ring's 8-byte header.
+        let smallest = size_of::<sockspy_common::ProcEvent>() + 8;
+        let queued = loader::ring_size(options.buffer_bytes) as usize / smallest;
+        let _ = session.drain(ring.get_mut(), queued);
     }
     // A failure to write here is in `session.failure`, which the caller reports.
     if stop != Stop::WriteFailed {

@@ -2,11 +2,14 @@
 //! the ways a trace ends.
 
 use std::{
-    process::{Command, Output},
+    io::{BufRead, BufReader, Write},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use sockspy_tests::{Trace, have_program, have_root, python, run_sockspy, signal, sockspy_bin};
+use sockspy_tests::{
+    Trace, have_program, have_root, python, python3, run_sockspy, signal, socket_dir, sockspy_bin,
+};
 
 /// A clear one-line error and exit status 2, never a panic.
 fn assert_usage_error(output: &Output, mentions: &str) {
@@ -375,11 +378,11 @@ fn loss_accounting_is_exact() {
     let messages = 20_000u64;
     let mut sockspy = Command::new(sockspy_bin())
         .args(["trace", "--unix", "--json", "--comm", "lossgen", "-B", "1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = std::io::BufReader::new(sockspy.stderr.take().unwrap());
+    let mut stderr = BufReader::new(sockspy.stderr.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("sockspy: tracing") {
         line.clear();
@@ -416,4 +419,166 @@ fn loss_accounting_is_exact() {
     eprintln!("received {received}, lost {lost_socket}, produced {produced}");
     assert!(lost_socket > 0, "the overload lost nothing: {rest}");
     assert_eq!(received + lost_socket, produced, "{rest}");
+}
+
+/// Makes connections to a listener of its own at argv[1]: connect, one
+/// message, close. Says `warm` after argv[2] of them, waits for a line,
+/// then makes argv[3] more and says `done`.
+const CHURN: &str = r#"
+import os, socket, sys
+path, warm, more = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(16)
+def churn(n):
+    for _ in range(n):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(path)
+        s, _ = srv.accept()
+        c.send(b"x")
+        s.recv(1)
+        c.close()
+        s.close()
+churn(warm)
+print("warm", flush=True)
+sys.stdin.readline()
+churn(more)
+print("done", flush=True)
+"#;
+
+/// A process's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// The table sizes of every `--stats` line: (sockets, processes, keys).
+fn table_sizes(stderr: &str) -> Vec<[u64; 3]> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let table = line.split_once("; table: ")?.1;
+            let numbers: Vec<u64> = table
+                .split(", ")
+                .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+                .collect();
+            numbers.try_into().ok()
+        })
+        .collect()
+}
+
+/// 100,000 short connections: afterwards the connection table is back to
+/// its size before them, and memory did not grow with them.
+#[test]
+fn churn_leaves_no_trace_in_the_table() {
+    if !have_root("churn_leaves_no_trace_in_the_table") {
+        return;
+    }
+    const WARM: u64 = 10_000;
+    const MORE: u64 = 90_000;
+    let dir = socket_dir("churn");
+    // Every event goes through the resolver; the path filter prints none.
+    let trace = Trace::start(&["--unix", "--stats", "--path", "/nonexistent/sockspy"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut churn = Command::new(python3())
+        .args([
+            "-c",
+            CHURN,
+            dir.path(),
+            &WARM.to_string(),
+            &MORE.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(churn.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "warm");
+    std::thread::sleep(Duration::from_millis(1500));
+    let warm_rss = rss_kib(trace.pid());
+    writeln!(churn.stdin.as_mut().unwrap(), "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "done");
+    assert!(churn.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(2500));
+    let end_rss = rss_kib(trace.pid());
+    let done = trace.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(", 0 lost (ring buffer full)"),
+        "a lost close would leave its socket in the table: {}",
+        done.stderr
+    );
+    let sizes = table_sizes(&done.stderr);
+    let (first, last) = (sizes.first().unwrap(), sizes.last().unwrap());
+    // Other programs on the machine may open a few sockets meanwhile.
+    for (what, before, after) in [("sockets", first[0], last[0]), ("keys", first[2], last[2])] {
+        assert!(
+            after <= before + 64,
+            "{what}: {before} before, {after} after {} connections; {sizes:?}",
+            WARM + MORE
+        );
+    }
+    let peak = sizes.iter().map(|s| s[0]).max().unwrap();
+    assert!(peak < first[0] + 1000, "the table peaked at {peak} sockets");
+    assert!(
+        end_rss < warm_rss + 4096,
+        "sockspy grew from {warm_rss} KiB to {end_rss} KiB over {MORE} more connections"
+    );
+    eprintln!("table {first:?} -> {last:?}, peak {peak}; RSS {warm_rss} -> {end_rss} KiB");
+}
+
+/// Sends and receives 16 KiB messages on a socketpair as fast as it can,
+/// until killed.
+const FLOOD: &str = "
+import socket
+a, b = socket.socketpair()
+while True:
+    a.sendall(b'x' * 16384)
+    b.recv(16384)
+";
+
+/// A load that never lets the ring buffer run dry must not keep sockspy
+/// from seeing a signal or a `--duration` deadline.
+#[test]
+fn stops_under_a_load_that_never_ends() {
+    if !have_root("stops_under_a_load_that_never_ends") {
+        return;
+    }
+    let floods: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(python3())
+                .args(["-c", FLOOD])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Whole 16 KiB payloads in JSON cost userspace far more than the
+    // kernel: the ring never runs dry.
+    let trace = Trace::start(&["--unix", "--json", "--data=16384"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let stopped = trace.stop();
+    let stop_took = started.elapsed();
+    let timed = Trace::start(&["--unix", "--json", "--data=16384", "--duration", "2"])
+        .unwrap()
+        .finish();
+    for mut flood in floods {
+        let _ = flood.kill();
+        let _ = flood.wait();
+    }
+    let stopped = stopped.expect("SIGINT under load");
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(stopped.stderr.contains(" events, "), "{}", stopped.stderr);
+    let timed = timed.expect("--duration under load");
+    assert!(timed.status.success(), "{}", timed.stderr);
+    eprintln!("stopped {stop_took:?} after SIGINT");
 }

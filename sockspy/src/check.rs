@@ -4,18 +4,26 @@
 //! programs, attaching each hook) but reports each one instead of stopping
 //! at the first failure, so an operator sees everything that is missing at once.
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use crate::loader::{self, HOOKS};
+
+/// `println!` that does not panic when stdout is a closed pipe
+/// (`sockspy check | head`): the report just stops.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// Prints one line per check; exits 2 (an unfit environment, as `trace`
 /// would) when tracing cannot work.
 pub fn run() -> ExitCode {
     let mut failures = Vec::new();
     let mut report = |what: &str, result: Result<String, String>| match result {
-        Ok(detail) => println!("ok    {what:<36} {detail}"),
+        Ok(detail) => say!("ok    {what:<36} {detail}"),
         Err(reason) => {
-            println!("FAIL  {what:<36} {reason}");
+            say!("FAIL  {what:<36} {reason}");
             failures.push(format!("{what}: {reason}"));
         }
     };
@@ -32,6 +40,22 @@ pub fn run() -> ExitCode {
             .as_ref()
             .map(|_| "all struct fields found".into())
             .map_err(|e| e.to_string()),
+    );
+    let per_syscall = loader::has_syscall_tracepoints();
+    let syscall_hooks = if per_syscall {
+        "per-syscall tracepoints"
+    } else {
+        "raw sys_enter/sys_exit"
+    };
+    report(
+        "syscall hooks",
+        Ok(if per_syscall {
+            "syscalls:sys_enter_*/sys_exit_* of the calls followed; other syscalls run no program"
+                .into()
+        } else {
+            "raw_syscalls:sys_enter/sys_exit (this kernel has no syscalls: tracepoints); every syscall runs them"
+                .into()
+        }),
     );
     match (&privileged, &offsets) {
         (Ok(()), Ok(offsets)) => match loader::probe(offsets) {
@@ -50,7 +74,7 @@ pub fn run() -> ExitCode {
         },
         _ => {
             for hook in HOOKS {
-                println!(
+                say!(
                     "skip  {:<36} not tried (needs privileges and BTF)",
                     format!("tracepoint {}:{}", hook.system, hook.tracepoint)
                 );
@@ -58,7 +82,7 @@ pub fn run() -> ExitCode {
         }
     }
     if failures.is_empty() {
-        println!("backend: tracepoint; sockspy trace can run here");
+        say!("backend: tracepoint ({syscall_hooks}); sockspy trace can run here");
         ExitCode::SUCCESS
     } else {
         eprintln!("sockspy trace cannot run here: {}", failures.join("; "));

@@ -10,7 +10,7 @@ use std::{fs, io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::Program,
 };
 use sockspy_common::{
     COMM_LEN, FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE,
@@ -28,7 +28,20 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 #[error("{0}")]
 pub struct Unfit(pub String);
 
-/// One hook: program name in the object file, and the raw tracepoint it attaches to.
+/// How a hook is attached, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A raw tracepoint, always.
+    Raw,
+    /// Raw `sys_enter`/`sys_exit`: only where the kernel has no per-syscall
+    /// tracepoints.
+    RawSyscalls,
+    /// A `syscalls:` tracepoint, where the kernel has them; the ones of
+    /// `read` and friends (`file_io`) only for payload capture.
+    Syscall { file_io: bool },
+}
+
+/// One hook: program name in the object file, and the tracepoint it attaches to.
 pub struct Hook {
     pub program: &'static str,
     pub tracepoint: &'static str,
@@ -36,59 +49,118 @@ pub struct Hook {
     pub system: &'static str,
     /// Oldest kernel that has the tracepoint.
     pub since: &'static str,
+    pub kind: Kind,
+}
+
+const fn raw(program: &'static str, system: &'static str, since: &'static str, kind: Kind) -> Hook {
+    Hook {
+        program,
+        tracepoint: program,
+        system,
+        since,
+        kind,
+    }
+}
+
+/// `syscalls:NAME`, whose program has the same name.
+const fn syscall(name: &'static str, file_io: bool) -> Hook {
+    Hook {
+        program: name,
+        tracepoint: name,
+        system: "syscalls",
+        since: "4.7",
+        kind: Kind::Syscall { file_io },
+    }
 }
 
 /// Every hook of the tracepoint backend.
 pub const HOOKS: &[Hook] = &[
-    Hook {
-        program: "sys_enter",
-        tracepoint: "sys_enter",
-        system: "raw_syscalls",
-        since: "4.17",
-    },
-    Hook {
-        program: "sys_exit",
-        tracepoint: "sys_exit",
-        system: "raw_syscalls",
-        since: "4.17",
-    },
-    Hook {
-        program: "sock_send_length",
-        tracepoint: "sock_send_length",
-        system: "sock",
-        since: "6.3",
-    },
-    Hook {
-        program: "sock_recv_length",
-        tracepoint: "sock_recv_length",
-        system: "sock",
-        since: "6.3",
-    },
-    Hook {
-        program: "inet_sock_set_state",
-        tracepoint: "inet_sock_set_state",
-        system: "sock",
-        since: "4.16",
-    },
-    Hook {
-        program: "sched_process_fork",
-        tracepoint: "sched_process_fork",
-        system: "sched",
-        since: "4.17",
-    },
-    Hook {
-        program: "sched_process_exec",
-        tracepoint: "sched_process_exec",
-        system: "sched",
-        since: "4.17",
-    },
-    Hook {
-        program: "sched_process_exit",
-        tracepoint: "sched_process_exit",
-        system: "sched",
-        since: "4.17",
-    },
+    raw("sys_enter", "raw_syscalls", "4.17", Kind::RawSyscalls),
+    raw("sys_exit", "raw_syscalls", "4.17", Kind::RawSyscalls),
+    syscall("sys_enter_read", true),
+    syscall("sys_exit_read", true),
+    syscall("sys_enter_write", true),
+    syscall("sys_exit_write", true),
+    syscall("sys_enter_readv", true),
+    syscall("sys_exit_readv", true),
+    syscall("sys_enter_writev", true),
+    syscall("sys_exit_writev", true),
+    syscall("sys_enter_close", false),
+    syscall("sys_enter_socket", false),
+    syscall("sys_exit_socket", false),
+    syscall("sys_enter_socketpair", false),
+    syscall("sys_exit_socketpair", false),
+    syscall("sys_enter_bind", false),
+    syscall("sys_exit_bind", false),
+    syscall("sys_enter_listen", false),
+    syscall("sys_exit_listen", false),
+    syscall("sys_enter_connect", false),
+    syscall("sys_exit_connect", false),
+    syscall("sys_enter_accept", false),
+    syscall("sys_exit_accept", false),
+    syscall("sys_enter_accept4", false),
+    syscall("sys_exit_accept4", false),
+    syscall("sys_enter_sendto", false),
+    syscall("sys_exit_sendto", false),
+    syscall("sys_enter_recvfrom", false),
+    syscall("sys_exit_recvfrom", false),
+    syscall("sys_enter_sendmsg", false),
+    syscall("sys_exit_sendmsg", false),
+    syscall("sys_enter_recvmsg", false),
+    syscall("sys_exit_recvmsg", false),
+    syscall("sys_enter_sendmmsg", false),
+    syscall("sys_exit_sendmmsg", false),
+    syscall("sys_enter_recvmmsg", false),
+    syscall("sys_exit_recvmmsg", false),
+    raw("sock_send_length", "sock", "6.3", Kind::Raw),
+    raw("sock_recv_length", "sock", "6.3", Kind::Raw),
+    raw("inet_sock_set_state", "sock", "4.16", Kind::Raw),
+    raw("sched_process_fork", "sched", "4.17", Kind::Raw),
+    raw("sched_process_exec", "sched", "4.17", Kind::Raw),
+    raw("sched_process_exit", "sched", "4.17", Kind::Raw),
 ];
+
+/// Where tracefs is mounted, or should be.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Whether this kernel has per-syscall tracepoints, whose programs run only
+/// for the calls sockspy follows (unlike raw `sys_enter`, which runs for
+/// every syscall). Finding them needs tracefs; sockspy mounts it where
+/// the kernel offers the mount point but nobody has mounted it yet.
+/// `SOCKSPY_RAW_SYSCALLS` in the environment chooses the raw ones.
+pub fn has_syscall_tracepoints() -> bool {
+    // For tests and for kernels whose syscall tracepoints misbehave.
+    if std::env::var_os("SOCKSPY_RAW_SYSCALLS").is_some() {
+        return false;
+    }
+    let events = |root: &str| std::path::Path::new(root).join("events/syscalls/sys_enter_connect");
+    if events(TRACEFS).exists() || events("/sys/kernel/debug/tracing").exists() {
+        return true;
+    }
+    let empty = fs::read_dir(TRACEFS).is_ok_and(|mut dir| dir.next().is_none());
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let mounted = empty
+        && unsafe {
+            libc::mount(
+                c"tracefs".as_ptr(),
+                c"/sys/kernel/tracing".as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } == 0;
+    mounted && events(TRACEFS).exists()
+}
+
+/// The hooks to attach, given what the kernel has and whether payload is
+/// captured.
+pub fn hooks(per_syscall: bool, capture: bool) -> impl Iterator<Item = &'static Hook> {
+    HOOKS.iter().filter(move |hook| match hook.kind {
+        Kind::Raw => true,
+        Kind::RawSyscalls => !per_syscall,
+        Kind::Syscall { file_io } => per_syscall && (capture || !file_io),
+    })
+}
 
 /// Loaded and attached programs; dropping this detaches them.
 pub struct Tracer {
@@ -179,7 +251,7 @@ impl Tracer {
     ) -> Result<Self, Unfit> {
         let mut ebpf = load(offsets, config, ring_bytes)?;
         fill_filters(&mut ebpf, filter)?;
-        for hook in HOOKS {
+        for hook in hooks(has_syscall_tracepoints(), config.capture_bytes > 0) {
             attach_hook(&mut ebpf, hook)?;
         }
         Ok(Self { ebpf })
@@ -188,16 +260,22 @@ impl Tracer {
     /// Detaches every program, so that nothing more is queued; the maps,
     /// the ring buffer and the counters stay readable. Best effort: a
     /// program that cannot be unloaded goes with the process.
+    ///
+    /// Each detach waits for an RCU grace period in the kernel (tens of
+    /// milliseconds on a virtual machine), so they run side by side: one
+    /// after the other, forty hooks took over two seconds to let go.
     pub fn detach(&mut self) {
-        for hook in HOOKS {
-            let program: Option<&mut RawTracePoint> = self
-                .ebpf
-                .program_mut(hook.program)
-                .and_then(|p| p.try_into().ok());
-            if let Some(program) = program {
-                let _ = program.unload();
+        std::thread::scope(|scope| {
+            for (_, program) in self.ebpf.programs_mut() {
+                scope.spawn(move || {
+                    let _ = match program {
+                        Program::RawTracePoint(program) => program.unload(),
+                        Program::TracePoint(program) => program.unload(),
+                        _ => Ok(()),
+                    };
+                });
             }
-        }
+        });
     }
 
     /// Takes the ring buffer the events arrive in (once).
@@ -273,8 +351,7 @@ pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
         filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
     };
     let mut ebpf = load(offsets, &config, ring_size(0))?;
-    Ok(HOOKS
-        .iter()
+    Ok(hooks(has_syscall_tracepoints(), true)
         .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
         .collect())
 }
@@ -304,19 +381,25 @@ pub fn ring_size(requested: u64) -> u32 {
 }
 
 fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| Unfit(format!("kernel programs lack {}", hook.program)))?
-        .try_into()
-        .map_err(|err| Unfit(format!("program {}: {err}", hook.program)))?;
-    program.load().map_err(|err| {
+    let refused = |err: &aya::programs::ProgramError| {
         Unfit(format!(
             "the kernel refused program {}: {}",
             hook.program,
-            describe(&err)
+            describe(err)
         ))
-    })?;
-    program.attach(hook.tracepoint).map_err(|err| {
+    };
+    let attached = match ebpf.program_mut(hook.program) {
+        Some(Program::RawTracePoint(program)) => {
+            program.load().map_err(|err| refused(&err))?;
+            program.attach(hook.tracepoint).map(drop)
+        }
+        Some(Program::TracePoint(program)) => {
+            program.load().map_err(|err| refused(&err))?;
+            program.attach(hook.system, hook.tracepoint).map(drop)
+        }
+        _ => return Err(Unfit(format!("kernel programs lack {}", hook.program))),
+    };
+    attached.map_err(|err| {
         let errno = io_errno(&err);
         if errno == Some(libc::ENOENT) {
             Unfit(format!(

@@ -242,6 +242,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         .context("cannot start the event loop")?;
     runtime.block_on(pump(&mut tracer, ring, &mut session, options))?;
     let stats = tracer.stats().unwrap_or_default();
+    tracer.detach();
     if let Some(err) = session.failure.take() {
         eprintln!("sockspy: {err:#}");
         summary(&session, &stats);

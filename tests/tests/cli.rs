@@ -81,8 +81,10 @@ fn check_reports_every_hook() {
         "BTF",
         "privileges",
         "ring buffer",
-        "raw_syscalls:sys_enter",
-        "raw_syscalls:sys_exit",
+        "syscall hooks",
+        "syscalls:sys_enter_connect",
+        "syscalls:sys_exit_accept4",
+        "syscalls:sys_enter_close",
         "sock:sock_send_length",
         "sock:sock_recv_length",
         "sched:sched_process_fork",
@@ -93,6 +95,29 @@ fn check_reports_every_hook() {
             .unwrap_or_else(|| panic!("no {hook} line in {stdout}"));
         assert!(line.starts_with("ok"), "{line}");
     }
+}
+
+/// `sockspy check | head -1`: the report stops quietly, no panic.
+#[test]
+fn check_into_a_closed_pipe() {
+    if !have_root("check_into_a_closed_pipe") {
+        return;
+    }
+    let mut check = Command::new(sockspy_bin())
+        .arg("check")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(check.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let output = check.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(first.starts_with("ok"), "{first}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
 }
 
 /// Keeps Unix sockets busy for `seconds`.

@@ -1,18 +1,20 @@
 //! Socket life cycle from the syscall tracepoints: `socket`, `bind`,
 //! `listen`, `connect`, `accept`, `socketpair` and `close`.
 //!
-//! Hooks: raw tracepoints `sys_enter` and `sys_exit` (Linux 4.17+ for raw
-//! tracepoints). `sys_enter` notes the arguments of the calls sockspy cares
-//! about in `CALLS`, keyed by thread; `sys_exit` turns them and the result
-//! into an event. The send/receive calls are only noted here (for their fd,
-//! destination and buffers); `data.rs` emits their events. Every other
-//! syscall on the machine passes through both hooks, so the common path is a
-//! number compare and out.
+//! Hooks, one of two sets: the `syscalls:sys_enter_*`/`sys_exit_*`
+//! tracepoints of each call sockspy follows (where the kernel has them,
+//! `CONFIG_FTRACE_SYSCALLS`), so that other syscalls never run a program;
+//! or else the raw tracepoints `sys_enter` and `sys_exit` (Linux 4.17+),
+//! which every syscall on the machine passes through, so their common path
+//! is a number compare and out. Either way the entry notes the arguments
+//! in `CALLS`, keyed by thread, and the exit turns them and the result into
+//! an event. The send/receive calls are only noted here (for their fd,
+//! destination and buffers); `data.rs` emits their events.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit, wanted};
 
@@ -102,17 +104,27 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
-    if is_file_io(call) && global!(CONFIG.capture_bytes) == 0 {
-        return Ok(());
-    }
-    if emit::skip_task() {
+    if !followed(call) {
         return Ok(());
     }
     let regs: [u64; arch::PT_REGS_WORDS] = kernel::read(ctx.arg(0), 0)?;
     if regs[arch::CS / 8] != arch::USER64_CS {
         return Ok(());
     }
-    let arg = arch::ARG_REGS.map(|offset| regs[offset / 8]);
+    enter(call, arch::ARG_REGS.map(|offset| regs[offset / 8]))
+}
+
+/// Whether the current thread's `call` is one to follow: `read` and friends
+/// only for payload capture, and only for processes the filters keep.
+#[inline(always)]
+fn followed(call: Call) -> bool {
+    !(is_file_io(call) && global!(CONFIG.capture_bytes) == 0) && !emit::skip_task()
+}
+
+/// A followed call begins, with its six arguments: `close` is handled
+/// here; every other call is noted for its exit.
+#[inline(always)]
+fn enter(call: Call, arg: [u64; 6]) -> Result<(), ReadFailed> {
     let fd = arg[0] as i32 as i64;
     let state = match call {
         Call::Close => return close(fd),
@@ -162,6 +174,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
+    exit(call, ctx.arg(1))
+}
+
+/// A call ends with `ret`: if its entry was noted, the event.
+#[inline(always)]
+fn exit(call: Call, ret: i64) -> Result<(), ReadFailed> {
     if call == Call::Close || (is_file_io(call) && global!(CONFIG.capture_bytes) == 0) {
         return Ok(());
     }
@@ -176,7 +194,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
         // started in between); this entry is stale.
         return Ok(());
     }
-    let ret: i64 = ctx.arg(1);
     let mut done = Done {
         kind: EventKind::Connect,
         call,
@@ -209,6 +226,83 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
         _ => return Ok(()),
     }
     one_fd(&done)
+}
+
+/// Where a `syscalls:` tracepoint record keeps the arguments (`sys_enter_*`)
+/// or the result (`sys_exit_*`): after the common header and `__syscall_nr`.
+const SYSCALL_ARGS_AT: usize = 16;
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
+    if followed(call) {
+        // SAFETY: a probe read of the record; calls with fewer than six
+        // arguments leave the rest unused.
+        let noted = match unsafe { ctx.read_at::<[u64; 6]>(SYSCALL_ARGS_AT) } {
+            Ok(args) => enter(call, args),
+            Err(_) => Err(ReadFailed),
+        };
+        if noted.is_err() {
+            emit::count(Stat::ReadFailed);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, call: Call) -> u32 {
+    // SAFETY: a probe read of the record's `ret`.
+    let done = match unsafe { ctx.read_at::<i64>(SYSCALL_ARGS_AT) } {
+        Ok(ret) => exit(call, ret),
+        Err(_) => Err(ReadFailed),
+    };
+    if done.is_err() {
+        emit::count(Stat::ReadFailed);
+    }
+    0
+}
+
+/// The `syscalls:sys_enter_NAME` and `sys_exit_NAME` programs of each
+/// call (Linux 4.7+ with `CONFIG_FTRACE_SYSCALLS`). Each is the shared
+/// entry or exit with its call fixed, so the compiler keeps only that
+/// call's path. The loader names them the same way.
+macro_rules! syscall_programs {
+    ($($enter:ident / $exit:ident => $call:ident),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, Call::$call)
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx, Call::$call)
+        }
+    )*};
+}
+
+syscall_programs!(
+    sys_enter_read / sys_exit_read => Read,
+    sys_enter_write / sys_exit_write => Write,
+    sys_enter_readv / sys_exit_readv => Readv,
+    sys_enter_writev / sys_exit_writev => Writev,
+    sys_enter_socket / sys_exit_socket => Socket,
+    sys_enter_socketpair / sys_exit_socketpair => Socketpair,
+    sys_enter_bind / sys_exit_bind => Bind,
+    sys_enter_listen / sys_exit_listen => Listen,
+    sys_enter_connect / sys_exit_connect => Connect,
+    sys_enter_accept / sys_exit_accept => Accept,
+    sys_enter_accept4 / sys_exit_accept4 => Accept4,
+    sys_enter_sendto / sys_exit_sendto => Sendto,
+    sys_enter_recvfrom / sys_exit_recvfrom => Recvfrom,
+    sys_enter_sendmsg / sys_exit_sendmsg => Sendmsg,
+    sys_enter_recvmsg / sys_exit_recvmsg => Recvmsg,
+    sys_enter_sendmmsg / sys_exit_sendmmsg => Sendmmsg,
+    sys_enter_recvmmsg / sys_exit_recvmmsg => Recvmmsg,
+);
+
+/// `close` is finished at its entry: the exit has nothing to add.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Call::Close)
 }
 
 /// A finished call about one descriptor.

@@ -85,7 +85,7 @@ fn run(task: Task) -> Result<()> {
             );
             setup::run()?;
             build(&root)?;
-            bench::run(&sockspy_bin(&root), &root.join("target/bench.md"), &options)
+            bench::run(&sockspy_bin(&root), &root.join("target"), &options)
         }
         Task::Workload(workload) => bench::workload::run(workload),
     }

@@ -63,39 +63,50 @@ pub fn memory(programs: &Programs, layout: Layout) -> Result<Vec<Row>> {
         None,
     ));
 
-    eprintln!("xtask bench: {scenario}: made while tracing");
-    let tracer = Tracer::start(&programs.sockspy, &trace)?;
-    let holders = HoldProcess::start(&programs.xtask, layout.pairs, layout.processes)?;
-    std::thread::sleep(SETTLE);
-    let (at_stop, _) = tracer.memory()?;
-    let usage = tracer.stop()?;
-    holders.stop()?;
-    ensure_saw(&usage, layout)?;
-    rows.push(memory_row(
-        &scenario,
-        "trace --unix, connections made while tracing",
-        at_stop,
-        usage,
-        Some(MEMORY_GOAL),
-    ));
-
-    eprintln!("xtask bench: {scenario}: made before tracing");
-    let mut holders = HoldProcess::start(&programs.xtask, layout.pairs, layout.processes)?;
-    let tracer = Tracer::start(&programs.sockspy, &trace)?;
-    holders.poke()?;
-    std::thread::sleep(SETTLE);
-    let (at_stop, _) = tracer.memory()?;
-    let usage = tracer.stop()?;
-    holders.stop()?;
-    ensure_saw(&usage, layout)?;
-    rows.push(memory_row(
-        &scenario,
-        "trace --unix, connections made before it started",
-        at_stop,
-        usage,
-        Some(MEMORY_GOAL),
-    ));
+    for made_before in [false, true] {
+        let when = if made_before {
+            "made before it started"
+        } else {
+            "made while tracing"
+        };
+        eprintln!("xtask bench: {scenario}: {when}");
+        let (at_stop, usage) = with_connections(programs, layout, made_before)?;
+        rows.push(memory_row(
+            &scenario,
+            &format!("trace --unix, connections {when}"),
+            at_stop,
+            usage,
+            Some(MEMORY_GOAL),
+        ));
+    }
     Ok(rows)
+}
+
+/// sockspy's memory when it is stopped, and its usage, with the
+/// connections made while it traces, or before it started (then a byte
+/// crosses each once it traces).
+fn with_connections(
+    programs: &Programs,
+    layout: Layout,
+    made_before: bool,
+) -> Result<(u64, Usage)> {
+    let trace = ["trace".to_owned(), "--unix".to_owned()];
+    let hold = || HoldProcess::start(&programs.xtask, layout.pairs, layout.processes);
+    let (tracer, holders) = if made_before {
+        let mut holders = hold()?;
+        let tracer = Tracer::start(&programs.sockspy, &trace)?;
+        holders.poke()?;
+        (tracer, holders)
+    } else {
+        let tracer = Tracer::start(&programs.sockspy, &trace)?;
+        (tracer, hold()?)
+    };
+    std::thread::sleep(SETTLE);
+    let (at_stop, _) = tracer.memory()?;
+    let usage = tracer.stop()?;
+    holders.stop()?;
+    ensure_saw(&usage, layout)?;
+    Ok((at_stop, usage))
 }
 
 /// Every connection carried a byte while traced: at least a send event each.

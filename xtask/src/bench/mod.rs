@@ -155,9 +155,15 @@ pub struct Programs {
 }
 
 /// Runs the scenarios the options ask for, prints the table and writes
-/// it, as markdown a note can quote, to `report`.
-pub fn run(sockspy: &Path, report: &Path, options: &Options) -> Result<()> {
+/// it, as markdown a note can quote, to `bench.md` in `target` (a quick
+/// run to `bench-quick.md`, leaving a real measurement in place).
+pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
     let plan = Plan::new(options)?;
+    let report = target.join(if options.quick {
+        "bench-quick.md"
+    } else {
+        "bench.md"
+    });
     let programs = Programs {
         sockspy: sockspy.to_owned(),
         xtask: std::env::current_exe().context("cannot find xtask's own executable")?,
@@ -195,7 +201,7 @@ pub fn run(sockspy: &Path, report: &Path, options: &Options) -> Result<()> {
         footer(started.elapsed(), &load)
     );
     print!("{text}");
-    std::fs::write(report, &text).with_context(|| format!("writing {}", report.display()))?;
+    std::fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
     eprintln!("xtask bench: table written to {}", report.display());
     Ok(())
 }

@@ -170,6 +170,13 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let tracers = other_tracers();
+    if !tracers.is_empty() {
+        eprintln!(
+            "xtask bench: warning: already tracing this machine: {}; every traced ratio will be lower than sockspy's own cost",
+            tracers.join(", ")
+        );
+    }
 
     let mut throughput = Vec::new();
     if plan.runs(Scenario::PingPong) {
@@ -198,7 +205,7 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
         "{}\n\n{}\n{}",
         caption(&plan),
         report::table(&rows),
-        footer(started.elapsed(), &load)
+        footer(started.elapsed(), &load, &tracers)
     );
     print!("{text}");
     std::fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
@@ -220,17 +227,46 @@ fn caption(plan: &Plan) -> String {
     )
 }
 
-fn footer(took: Duration, load: &str) -> String {
+/// Tracers other than the bench's own that were running when it started
+/// (`sockspy [1234]`): their kernel programs run on the workloads' system
+/// calls too, so every traced ratio is lower than sockspy's own cost.
+fn other_tracers() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut tracers: Vec<String> = dir
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim_end();
+            ["sockspy", "bpftrace", "strace"]
+                .contains(&comm)
+                .then(|| format!("{comm} [{pid}]"))
+        })
+        .collect();
+    tracers.sort();
+    tracers
+}
+
+fn footer(took: Duration, load: &str, tracers: &[String]) -> String {
     let load = load
         .split_whitespace()
         .take(3)
         .collect::<Vec<_>>()
         .join(" ");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
+    let mut text = format!(
         "{cores} cores, load average {load} at the start; the bench took {:.0} s.\n",
         took.as_secs_f64()
-    )
+    );
+    if !tracers.is_empty() {
+        text.push_str(&format!(
+            "Already tracing when the bench started (their programs slow the workloads too): {}.\n",
+            tracers.join(", ")
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -219,8 +219,8 @@ fn caption(plan: &Plan) -> String {
          a ratio is a run's throughput over the untraced run of its round (for the \
          listing, sockspy's time over ss's), median and range in brackets. \
          events and lost are sockspy's summary line, summed over a mode's runs; \
-         CPU per M events is sockspy's user + system time (start-up included, shown \
-         from 100,000 events on); peak RSS is its VmHWM. sockspy traces the whole \
+         CPU per M events is sockspy's user + system time once tracing (start-up \
+         left out; shown from 100,000 events on); peak RSS is its VmHWM. sockspy traces the whole \
          machine: run it on a quiet one. Goals are printed, not asserted.",
         plan.run_for.as_secs_f64(),
         plan.rounds

@@ -23,6 +23,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Tracer {
     process: Running,
     stderr: Lines,
+    /// CPU time spent starting up (reading BTF, the verifier checking
+    /// the programs: seconds with payload capture), left out of [`Usage::cpu`].
+    start_up: Duration,
 }
 
 /// What one sockspy run reported and used; [`Usage::add`] sums runs.
@@ -32,7 +35,7 @@ pub struct Usage {
     pub events: u64,
     /// Records the kernel could not deliver, from the summary line.
     pub lost: u64,
-    /// User and system CPU time.
+    /// User and system CPU time from the start of tracing to the exit.
     pub cpu: Duration,
     /// Peak resident memory (VmHWM), bytes.
     pub peak_rss: u64,
@@ -67,12 +70,26 @@ impl Tracer {
                 .stderr(Stdio::piped()),
         )?;
         let stderr = Lines::new(process.child().stderr.take().context("sockspy's stderr")?);
-        let mut tracer = Self { process, stderr };
+        let mut tracer = Self {
+            process,
+            stderr,
+            start_up: Duration::ZERO,
+        };
         tracer
             .stderr
             .wait_for("sockspy: tracing", START_TIMEOUT)
             .with_context(|| format!("`{}`", tracer.process.label))?;
+        tracer.start_up = tracer.cpu()?;
         Ok(tracer)
+    }
+
+    /// sockspy's CPU time so far, user and system, all threads.
+    fn cpu(&self) -> Result<Duration> {
+        let path = format!("/proc/{}/stat", self.process.pid());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        stat_cpu(&stat, ticks_per_second as f64).with_context(|| format!("cannot parse {path}"))
     }
 
     /// sockspy's resident memory now and at its peak so far, bytes.
@@ -108,10 +125,20 @@ impl Tracer {
         Ok(Usage {
             events,
             lost,
-            cpu: ended.cpu,
+            cpu: ended.cpu.saturating_sub(self.start_up),
             peak_rss,
         })
     }
+}
+
+/// utime + stime of a /proc/PID/stat line, in `ticks_per_second` units.
+fn stat_cpu(stat: &str, ticks_per_second: f64) -> Option<Duration> {
+    // The command name may hold spaces and parentheses: count from the last `)`.
+    let (_, fields) = stat.rsplit_once(") ")?;
+    let mut fields = fields.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Duration::try_from_secs_f64((utime + stime) as f64 / ticks_per_second).ok()
 }
 
 /// A `NAME:   1234 kB` line of /proc/PID/status, in KiB.
@@ -161,6 +188,14 @@ mod tests {
         assert_eq!(status_kib(status, "VmHWM"), Some(23456));
         assert_eq!(status_kib(status, "VmRSS"), Some(20000));
         assert_eq!(status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn reads_cpu_time_from_proc_stat() {
+        let stat = "4242 (sock spy) S 1 4242 4242 0 -1 4194560 2254 0 0 0 \
+                    150 275 0 0 20 0 2 0 123 456 789";
+        assert_eq!(stat_cpu(stat, 100.0), Some(Duration::from_millis(4250)));
+        assert_eq!(stat_cpu("4242 (sockspy) S 1", 100.0), None);
     }
 
     #[test]

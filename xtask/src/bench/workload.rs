@@ -2,7 +2,9 @@
 //! program of its own: so that `strace -f` attaches to a workload as it
 //! would to any program, and so that a workload forks from a process with
 //! one thread. Throughput workloads time themselves (start-up is not
-//! measured) and print one line, `COUNT SECONDS`.
+//! measured) and print one line, `COUNT SECONDS`. The bench's side of
+//! them is here too: the command that starts one, reading its result,
+//! and driving the holders of many connections.
 
 use std::{
     fmt,

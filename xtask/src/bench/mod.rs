@@ -215,7 +215,7 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
 
 fn caption(plan: &Plan) -> String {
     format!(
-        "Throughput runs of {} s, {} rounds, each round an untraced run then every mode; \
+        "Throughput runs of {} s, {} round{}, each round an untraced run then every mode; \
          a ratio is a run's throughput over the untraced run of its round (for the \
          listing, sockspy's time over ss's), median and range in brackets. \
          events and lost are sockspy's summary line, summed over a mode's runs; \
@@ -223,7 +223,8 @@ fn caption(plan: &Plan) -> String {
          left out; shown from 100,000 events on); peak RSS is its VmHWM. sockspy traces the whole \
          machine: run it on a quiet one. Goals are printed, not asserted.",
         plan.run_for.as_secs_f64(),
-        plan.rounds
+        plan.rounds,
+        if plan.rounds == 1 { "" } else { "s" }
     )
 }
 

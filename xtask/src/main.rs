@@ -45,6 +45,9 @@ enum Task {
     /// Measure what tracing costs a workload, as throughput ratios against
     /// an untraced run of the same invocation (needs root)
     Bench(bench::Options),
+    /// A workload of the bench, run by the bench in a process of its own
+    #[command(hide = true, subcommand)]
+    Workload(bench::workload::Workload),
 }
 
 fn main() {
@@ -82,8 +85,9 @@ fn run(task: Task) -> Result<()> {
             );
             setup::run()?;
             build(&root)?;
-            bench::run(&sockspy_bin(&root), &root.join("target/bench.md"), &options)
+            bench::run(&sockspy_bin(&root), &root.join("target"), &options)
         }
+        Task::Workload(workload) => bench::workload::run(workload),
     }
 }
 
@@ -157,7 +161,20 @@ fn test(root: &Path, cargo_test_args: &[String]) -> Result<()> {
         // In CI a skipped root test would hide a broken machine.
         tests.env("SOCKSPY_REQUIRE_ROOT", "1");
     }
-    step("tests", &mut tests)
+    step("tests", &mut tests)?;
+    // The bench is no test and asserts no time, but running it briefly
+    // keeps its harness from rotting: it fails when a scenario produced
+    // no numbers. It loads eBPF programs, so it needs root.
+    if setup::is_root() {
+        let xtask = std::env::current_exe().context("cannot find xtask's own executable")?;
+        step(
+            "bench (quick)",
+            Command::new(xtask).args(["bench", "--quick"]),
+        )
+    } else {
+        eprintln!("xtask test: bench (quick) skipped: it needs root");
+        Ok(())
+    }
 }
 
 /// Runs one step of `test` under a header, so a CI log shows where it is

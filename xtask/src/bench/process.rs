@@ -1,0 +1,216 @@
+//! The processes the bench starts: forks inside a workload, and programs
+//! (sockspy, the workloads, dd) started as children. None may outlive a
+//! failed run, since a forgotten tracer goes on tracing the machine, and
+//! none may hang the bench: every wait has a deadline.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, ExitStatus},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::exec;
+
+/// What [`fork`] returned in this process.
+pub enum Fork {
+    /// This is the new process. It must end with [`exit`], never by
+    /// returning into the caller's code (that would run the parent's work
+    /// twice).
+    Child,
+    /// This is the parent of the new process.
+    Parent(libc::pid_t),
+}
+
+/// Forks this process.
+pub fn fork() -> Result<Fork> {
+    // SAFETY: fork has no memory effects in the parent. glibc's fork
+    // takes the allocator's locks across it, so the child may allocate;
+    // the children here touch nothing else that a thread could hold.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(pid)),
+    }
+}
+
+/// Ends a forked child at once with `code`, running nothing of the
+/// parent's (no destructors, no atexit handlers, no buffered output).
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process; nothing after it runs.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for a forked child and fails unless it exited with status 0.
+pub fn reap(pid: libc::pid_t, what: &str) -> Result<()> {
+    let mut status = 0;
+    // SAFETY: waits for this process's own child, into a local.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } == -1 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("waiting for {what}"));
+    }
+    let status = ExitStatus::from_raw(status);
+    ensure!(status.success(), "{what} failed ({status})");
+    Ok(())
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: libc::pid_t, signal: libc::c_int) -> Result<()> {
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid, signal) } == -1 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("sending signal {signal} to process {pid}"));
+    }
+    Ok(())
+}
+
+/// A program the bench started, killed if it is dropped before it was
+/// waited for (on the way out of an error).
+pub struct Running {
+    child: Child,
+    /// The command as one would type it, for messages.
+    pub label: String,
+    reaped: bool,
+}
+
+/// How a [`Running`] program ended.
+pub struct Ended {
+    pub status: ExitStatus,
+    /// CPU time the program used, user and system.
+    pub cpu: Duration,
+}
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        let label = exec::describe(cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{label}`"))?;
+        Ok(Self {
+            child,
+            label,
+            reaped: false,
+        })
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        // A pid always fits: the kernel hands out at most 2^22.
+        self.child.id() as libc::pid_t
+    }
+
+    /// The child's pipes (stdin, stdout, stderr), to take.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Waits up to `timeout` for the program to end. Waiting with wait4
+    /// rather than std's wait gives its CPU time as well.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Ended> {
+        let deadline = Instant::now() + timeout;
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: waits for our own unreaped child, into locals.
+            match unsafe { libc::wait4(self.pid(), &mut status, libc::WNOHANG, &mut usage) } {
+                -1 => {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("waiting for `{}`", self.label));
+                }
+                0 => {}
+                _ => break,
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "`{}` still running {:.0}s after it was asked to stop",
+                self.label,
+                timeout.as_secs_f64()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reaped = true;
+        Ok(Ended {
+            status: ExitStatus::from_raw(status),
+            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        })
+    }
+}
+
+fn timeval(time: libc::timeval) -> Duration {
+    Duration::new(time.tv_sec.max(0) as u64, 0) + Duration::from_micros(time.tv_usec.max(0) as u64)
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // Best effort on the way out of an error: nothing to report to.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A child's output, read line by line by a thread of its own, so that a
+/// chatty child never blocks on a full pipe and waiting for a line can
+/// time out.
+pub struct Lines {
+    lines: Receiver<String>,
+    /// Every line received so far, for messages.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(pipe: impl Read + Send + 'static) -> Self {
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `timeout` for a line that starts with `prefix`.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.starts_with(prefix);
+                    self.seen.push(line);
+                    if found {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "did not say `{prefix}` within {:.0}s: {}",
+                    timeout.as_secs_f64(),
+                    self.said()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("ended without saying `{prefix}`: {}", self.said())
+                }
+            }
+        }
+    }
+
+    /// Every line up to the end of the output; call it once the child
+    /// has ended.
+    pub fn finish(mut self) -> Vec<String> {
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
+
+    /// What the child said so far, on one line.
+    pub fn said(&self) -> String {
+        self.seen.join(" / ")
+    }
+}

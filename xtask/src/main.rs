@@ -5,6 +5,7 @@
 mod bench;
 mod exec;
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt,
@@ -45,6 +46,9 @@ enum Task {
     /// Measure what tracing costs a workload, as throughput ratios against
     /// an untraced run of the same invocation (needs root)
     Bench(bench::Options),
+    /// Boot Debian kernels (6.1, 6.12) under QEMU and run `sockspy check`
+    /// and the root integration tests in each; writes target/vm-test.md
+    VmTest(vm::Options),
 }
 
 fn main() {
@@ -83,6 +87,11 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             build(&root)?;
             bench::run(&sockspy_bin(&root), &root.join("target/bench.md"), &options)
+        }
+        Task::VmTest(options) => {
+            setup::run()?;
+            build(&root)?;
+            vm::run(&root, &options)
         }
     }
 }

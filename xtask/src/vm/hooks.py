@@ -1,0 +1,1 @@
+print("@@vm-test hook stub")

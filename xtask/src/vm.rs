@@ -65,10 +65,12 @@ const CORE_TESTS: &[(&str, &[&str])] = &[
 ];
 
 /// The modules the guest loads before anything else: 9p over virtio (to
-/// reach the host's files), the sock_diag families that `ss` and `sockspy
+/// reach the host's files; 6.1 has even the virtio PCI driver as a
+/// module), the sock_diag families that `ss` and `sockspy
 /// pairs` ask, and veth for the network namespace test. The guest cannot
 /// autoload them: the host's file system has no modules of its kernel.
 const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
     "9p",
     "9pnet_virtio",
     "unix_diag",
@@ -315,10 +317,16 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console_log: &Path) ->
             if missing.is_empty() {
                 return ("sockspy check exited 2 without naming a check".into(), false);
             }
-            return (
-                format!("no backend available (missing {})", missing.join(", ")),
-                true,
-            );
+            let result = format!("no backend available (missing {})", missing.join(", "));
+            // trace must decline as cleanly as check did: status 2, a message.
+            let declined = transcript
+                .trace
+                .as_ref()
+                .is_some_and(|trace| trace.status == Some(2) && !trace.lines.is_empty());
+            if !declined {
+                return (format!("{result}, but sockspy trace did not say so"), false);
+            }
+            return (result, true);
         }
         Some(status) => return (format!("sockspy check exited with status {status}"), false),
         None => return (format!("guest died during sockspy check (kernel log: {console})"), false),
@@ -402,6 +410,20 @@ fn table(rows: &[Row], elapsed: Duration) -> String {
             hook("fentry")
         )
         .expect("writing to a String");
+    }
+    for row in rows {
+        if let Some(trace) = &row.transcript.trace {
+            let status = trace.status.map_or("-".into(), |status| status.to_string());
+            writeln!(
+                text,
+                "\nOn {}, `sockspy trace` exited with status {status} and printed:\n",
+                row.kernel
+            )
+            .expect("writing to a String");
+            for line in &trace.lines {
+                writeln!(text, "    {line}").expect("writing to a String");
+            }
+        }
     }
     writeln!(text, "\nWhole matrix: {}.", seconds(elapsed)).expect("writing to a String");
     text

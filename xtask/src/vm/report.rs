@@ -15,6 +15,8 @@ pub struct Transcript {
     /// Each hook type probed and what came of it (`ok` or why not).
     pub hooks: Vec<(String, String)>,
     pub check: Option<Section>,
+    /// `sockspy trace` run where `check` failed.
+    pub trace: Option<Section>,
     pub tests: Vec<TestBinary>,
     /// What the guest reported before it gave up (a module that did not
     /// load, a mount that failed).
@@ -79,6 +81,8 @@ pub fn parse(lines: &[String]) -> Transcript {
                 open = None;
                 if rest == "check" {
                     open = Some(transcript.check.insert(Section::default()));
+                } else if rest == "trace" {
+                    open = Some(transcript.trace.insert(Section::default()));
                 } else if let Some(name) = rest.strip_prefix("tests ") {
                     transcript.tests.push(TestBinary {
                         name: name.to_owned(),
@@ -218,8 +222,14 @@ mod tests {
              FAIL  tracepoint sock:sock_recv_length     no such tracepoint\n\
              sockspy trace cannot run here: ...\n\
              @@vm-test end check 2\n\
+             @@vm-test begin trace\n\
+             sockspy: this kernel has no tracepoint sock:sock_send_length\n\
+             @@vm-test end trace 2\n\
              @@vm-test done 0\n",
         ));
+        let trace = transcript.trace.expect("trace ran");
+        assert_eq!(trace.status, Some(2));
+        assert_eq!(trace.lines.len(), 1);
         let check = transcript.check.expect("check ran");
         assert_eq!(check.status, Some(2));
         assert_eq!(check.backend(), None);

@@ -25,11 +25,16 @@ run_tests() {
 export SOCKSPY_BIN
 
 # The test suite runs only where sockspy says tracing can work; where it
-# cannot, what check printed is the result.
+# cannot, the result is what check said and what trace says to someone
+# who did not ask check first.
 say begin check
 "$SOCKSPY_BIN" check 2>&1
 status=$?
 say end check $status
 if [ $status = 0 ]; then
     all_tests
+else
+    say begin trace
+    timeout 60 "$SOCKSPY_BIN" trace --duration 1 2>&1
+    say end trace $?
 fi

@@ -133,11 +133,21 @@ struct TestBinary {
 /// Builds the integration tests without running them, and lists them.
 fn test_binaries(root: &Path) -> Result<Vec<TestBinary>> {
     let mut cmd = crate::cargo(root);
-    cmd.args(["test", "--release", "--no-run", "--quiet", "-p", "sockspy-tests"])
-        .arg("--message-format=json-render-diagnostics");
+    cmd.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--quiet",
+        "-p",
+        "sockspy-tests",
+    ])
+    .arg("--message-format=json-render-diagnostics");
     let output = crate::exec::stdout(&mut cmd)?;
     let binaries = executables(&output);
-    ensure!(!binaries.is_empty(), "cargo built no integration test binary");
+    ensure!(
+        !binaries.is_empty(),
+        "cargo built no integration test binary"
+    );
     Ok(binaries)
 }
 
@@ -289,7 +299,11 @@ fn build_initramfs(unpacked: &kernel::Unpacked, config: &str, path: &Path) -> Re
     cpio.file("hooks.py", 0o644, include_bytes!("vm/hooks.py"));
     cpio.file("config.sh", 0o644, config.as_bytes());
     let order: Vec<&str> = modules.iter().map(|module| module.name.as_str()).collect();
-    cpio.file("modules/order", 0o644, format!("{}\n", order.join("\n")).as_bytes());
+    cpio.file(
+        "modules/order",
+        0o644,
+        format!("{}\n", order.join("\n")).as_bytes(),
+    );
     for module in &modules {
         cpio.file(&format!("modules/{}.ko", module.name), 0o644, &module.elf);
     }
@@ -304,7 +318,11 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console_log: &Path) ->
     }
     let Some(check) = &transcript.check else {
         let why = transcript.errors.join("; ");
-        let why = if why.is_empty() { "no output".into() } else { why };
+        let why = if why.is_empty() {
+            "no output".into()
+        } else {
+            why
+        };
         return (
             format!("guest stopped before sockspy check: {why} (kernel log: {console})"),
             false,
@@ -315,7 +333,10 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console_log: &Path) ->
         Some(2) => {
             let missing = check.failed_checks();
             if missing.is_empty() {
-                return ("sockspy check exited 2 without naming a check".into(), false);
+                return (
+                    "sockspy check exited 2 without naming a check".into(),
+                    false,
+                );
             }
             let result = format!("no backend available (missing {})", missing.join(", "));
             // trace must decline as cleanly as check did: status 2, a message.
@@ -329,7 +350,12 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console_log: &Path) ->
             return (result, true);
         }
         Some(status) => return (format!("sockspy check exited with status {status}"), false),
-        None => return (format!("guest died during sockspy check (kernel log: {console})"), false),
+        None => {
+            return (
+                format!("guest died during sockspy check (kernel log: {console})"),
+                false,
+            );
+        }
     }
     if transcript.tests.is_empty() {
         return ("no test ran".into(), false);

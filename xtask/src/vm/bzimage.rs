@@ -4,14 +4,11 @@
 //! six). So the harness takes the compressed payload out once, on the host,
 //! and decompresses it with the system's own tool.
 
-use std::{
-    fs,
-    io::Write,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fs, path::Path, process::Command};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+
+use crate::exec;
 
 /// How a kernel payload is compressed, known by its magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,33 +157,10 @@ pub fn extract_vmlinux(image: &Path, vmlinux: &Path) -> Result<()> {
     fs::rename(&partial, vmlinux).with_context(|| format!("writing {}", vmlinux.display()))
 }
 
-/// `input` decompressed by the system's tool, fed through a pipe.
+/// `input` decompressed by the system's tool.
 pub fn decompress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
     let (program, args) = compression.tool();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{program}` (package xz-utils, zstd or gzip)"))?;
-    let mut stdin = child.stdin.take().context("decompressor's stdin")?;
-    let input = input.to_vec();
-    // Written from a thread: the tool's output pipe fills long before
-    // its input is all read.
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child.wait_with_output()?;
-    let written = writer.join().expect("the writer thread does not panic");
-    if !output.status.success() {
-        bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    written.with_context(|| format!("feeding `{program}`"))?;
-    Ok(output.stdout)
+    exec::filter(Command::new(program).args(args), input)
 }
 
 #[cfg(test)]
@@ -244,21 +218,17 @@ mod tests {
     fn an_unknown_payload_is_named() {
         let image = image(39, 0x020f, 0x10, b"LZ4!garbage");
         let err = find_payload(&image).expect_err("unknown magic");
-        assert!(format!("{err:#}").contains("no compression magic"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("no compression magic"),
+            "{err:#}"
+        );
         assert!(find_payload(b"not a kernel at all").is_err());
     }
 
     #[test]
     fn decompresses_with_the_system_tool() {
         let original = b"\x7fELF and the rest of a kernel".repeat(100);
-        let mut gzip = Command::new("gzip")
-            .arg("-c")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("gzip runs");
-        gzip.stdin.take().unwrap().write_all(&original).unwrap();
-        let compressed = gzip.wait_with_output().unwrap().stdout;
+        let compressed = exec::filter(Command::new("gzip").arg("-c"), &original).expect("gzip");
         let payload = find_payload(&compressed).expect("gzip magic");
         let unpacked = decompress(payload.compression, payload.stream).expect("decompressed");
         assert_eq!(unpacked, original);

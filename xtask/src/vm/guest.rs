@@ -68,7 +68,9 @@ pub fn run(guest: &Guest<'_>, mut show: impl FnMut(&str)) -> Result<Run> {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
             if lines_tx.send(text).is_err() {
                 break;
             }

@@ -3,14 +3,11 @@
 //! run's configuration. Written as a `newc` cpio archive (the format the
 //! kernel unpacks) and gzipped; a few megabytes, built anew for every run.
 
-use std::{
-    fs,
-    io::Write,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fs, path::Path, process::Command};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::exec;
 
 /// A `newc` cpio archive being built in memory.
 #[derive(Default)]
@@ -66,7 +63,8 @@ impl Cpio {
         ];
         self.bytes.extend_from_slice(b"070701");
         for field in fields {
-            self.bytes.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.bytes.extend_from_slice(path.as_bytes());
         self.bytes.push(0);
@@ -77,7 +75,7 @@ impl Cpio {
 
     /// Names and data start on 4-byte boundaries.
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -85,23 +83,8 @@ impl Cpio {
 
 /// Writes `archive` gzipped to `path`, through the system's gzip.
 pub fn write_gzipped(archive: &[u8], path: &Path) -> Result<()> {
-    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut gzip = Command::new("gzip")
-        .args(["-c", "-6", "-n"])
-        .stdin(Stdio::piped())
-        .stdout(file)
-        .spawn()
-        .context("cannot start `gzip`")?;
-    gzip.stdin
-        .take()
-        .context("gzip's stdin")?
-        .write_all(archive)
-        .context("feeding gzip")?;
-    let status = gzip.wait()?;
-    if !status.success() {
-        bail!("`gzip` failed ({status}) writing {}", path.display());
-    }
-    Ok(())
+    let gzipped = exec::filter(Command::new("gzip").args(["-c", "-6", "-n"]), archive)?;
+    fs::write(path, gzipped).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -90,10 +90,11 @@ impl Kernel {
     fn fetch(&self, vm_dir: &Path, dir: &Path, root: &Path) -> Result<String> {
         let apt = PrivateApt::new(&vm_dir.join("apt").join(self.suite), self.suite)?;
         exec::run_quiet(apt.get().arg("update"))?;
-        let shown = exec::stdout(
-            apt.command("apt-cache")
-                .args(["show", "--no-all-versions", METAPACKAGE]),
-        )?;
+        let shown = exec::stdout(apt.command("apt-cache").args([
+            "show",
+            "--no-all-versions",
+            METAPACKAGE,
+        ]))?;
         let package = image_package(&shown, self.name)
             .with_context(|| format!("{METAPACKAGE} in {}", self.suite))?;
         fs::create_dir_all(dir)?;
@@ -241,7 +242,10 @@ mod tests {
     fn a_series_is_matched_whole() {
         let backports = "Depends: linux-image-6.12.95+deb12-amd64 (= 6.12.95-1~bpo12+1)\n";
         let err = image_package(backports, "6.1").expect_err("6.12 is not 6.1");
-        assert!(format!("{err:#}").contains("none of them a 6.1 kernel"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("none of them a 6.1 kernel"),
+            "{err:#}"
+        );
         assert!(image_package("Package: linux-image-amd64\n", "6.1").is_err());
     }
 

@@ -55,9 +55,10 @@ impl Modules {
             if self.builtin.contains(&name) {
                 return Ok(None);
             }
-            let file = self.files.get(&name).with_context(|| {
-                format!("module {name} is neither in the package nor built in")
-            })?;
+            let file = self
+                .files
+                .get(&name)
+                .with_context(|| format!("module {name} is neither in the package nor built in"))?;
             let elf = read_module(file)?;
             let depends = depends(&elf).with_context(|| format!("in {}", file.display()))?;
             elves.insert(name, elf);
@@ -132,7 +133,10 @@ fn load_order(
             return Ok(());
         }
         if visiting.contains(&name) {
-            bail!("modules depend on each other in a cycle: {}", visiting.join(" -> "));
+            bail!(
+                "modules depend on each other in a cycle: {}",
+                visiting.join(" -> ")
+            );
         }
         let Some(needs) = depends(&name)? else {
             return Ok(());
@@ -242,8 +246,14 @@ mod tests {
     #[test]
     fn names_modules_by_their_file() {
         let name = |path: &str| module_name(Path::new(path));
-        assert_eq!(name("kernel/net/9p/9pnet_virtio.ko.xz").as_deref(), Some("9pnet_virtio"));
-        assert_eq!(name("kernel/fs/fuse/virtio-fs.ko").as_deref(), Some("virtio_fs"));
+        assert_eq!(
+            name("kernel/net/9p/9pnet_virtio.ko.xz").as_deref(),
+            Some("9pnet_virtio")
+        );
+        assert_eq!(
+            name("kernel/fs/fuse/virtio-fs.ko").as_deref(),
+            Some("virtio_fs")
+        );
         assert_eq!(name("modules.order"), None);
     }
 }

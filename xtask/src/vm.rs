@@ -37,7 +37,7 @@ pub struct Options {
     #[arg(long, conflicts_with = "filters")]
     core: bool,
     /// Seconds a guest may run before it is taken for hung and killed
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     timeout: u64,
     /// Test name filters, passed to every test binary as `cargo test`
     /// takes them (`-- FILTER...`)
@@ -92,7 +92,12 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
     for kernel in kernels {
-        rows.push(test_kernel(kernel, &vm_dir, &config, options)?);
+        // One kernel that cannot be fetched or booted does not hide the others.
+        let row = test_kernel(kernel, &vm_dir, &config, options).unwrap_or_else(|err| Row {
+            result: format!("not run: {err:#}"),
+            ..Row::empty(kernel.name)
+        });
+        rows.push(row);
     }
     let text = table(&rows, started.elapsed());
     print!("\n{text}");
@@ -224,6 +229,24 @@ struct Row {
     fine: bool,
 }
 
+impl Row {
+    /// A row of `kernel` with nothing known yet, not fine.
+    fn empty(kernel: &'static str) -> Self {
+        Row {
+            kernel,
+            release: "-".into(),
+            backend: BACKENDS[0],
+            result: String::new(),
+            counts: None,
+            failures: Vec::new(),
+            transcript: Transcript::default(),
+            boot: None,
+            elapsed: Duration::ZERO,
+            fine: false,
+        }
+    }
+}
+
 fn test_kernel(
     kernel: &'static Kernel,
     vm_dir: &Path,
@@ -247,7 +270,7 @@ fn test_kernel(
     let prefix = format!("[{}] ", kernel.name);
     let run = guest::run(&guest, |line| eprintln!("{prefix}{line}"))?;
     let transcript = report::parse(&run.lines);
-    let (result, fine) = judge(&transcript, &run.ending, &console_log);
+    let (result, fine) = judge(&transcript, &run.ending, &console_log.display().to_string());
     let counts = transcript
         .tests
         .iter()
@@ -311,8 +334,7 @@ fn build_initramfs(unpacked: &kernel::Unpacked, config: &str, path: &Path) -> Re
 }
 
 /// The result of a guest in a few words, and whether it is a fine one.
-fn judge(transcript: &Transcript, ending: &guest::Ending, console_log: &Path) -> (String, bool) {
-    let console = console_log.display();
+fn judge(transcript: &Transcript, ending: &guest::Ending, console: &str) -> (String, bool) {
     if *ending == guest::Ending::TimedOut {
         return (format!("guest timed out (kernel log: {console})"), false);
     }
@@ -453,4 +475,134 @@ fn table(rows: &[Row], elapsed: Duration) -> String {
     }
     writeln!(text, "\nWhole matrix: {}.", seconds(elapsed)).expect("writing to a String");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let args = std::iter::once("vm-test").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args)
+            .expect("valid arguments")
+            .options
+    }
+
+    fn transcript(text: &str) -> Transcript {
+        report::parse(&text.lines().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn lists_the_test_executables_cargo_built() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"name":"sockspy_tests","kind":["lib"]},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"unix","kind":["test"]},"executable":"/w/target/release/deps/unix-1f"}
+{"reason":"build-finished","success":true}
+not json"#;
+        let binaries = executables(messages);
+        assert_eq!(binaries.len(), 1);
+        assert_eq!(binaries[0].name, "unix");
+        assert_eq!(
+            binaries[0].path,
+            Path::new("/w/target/release/deps/unix-1f")
+        );
+    }
+
+    #[test]
+    fn core_runs_only_its_tests_by_exact_name() {
+        let binaries = ["unix", "record"].map(|name| TestBinary {
+            name: name.into(),
+            path: PathBuf::from(format!("/t/{name}-1")),
+        });
+        let config = guest_config(Path::new("/w"), &binaries, &options(&["--core"])).unwrap();
+        assert!(
+            config.starts_with("SOCKSPY_BIN='/w/target/release/sockspy'\nTESTS_DIR='/w/tests'\n")
+        );
+        assert!(config.contains(
+            "run_tests 'unix' '/t/unix-1' '--exact' 'stream_server_and_client' 'connection_made_before_tracing'"
+        ));
+        assert!(!config.contains("record"), "{config}");
+        let filtered = guest_config(Path::new("/w"), &binaries, &options(&["--", "tcp", "it's"]));
+        assert!(
+            filtered
+                .unwrap()
+                .contains("run_tests 'record' '/t/record-1' 'tcp' 'it'\\''s'\n")
+        );
+    }
+
+    #[test]
+    fn kernels_are_chosen_by_name() {
+        assert_eq!(chosen("all").unwrap().len(), KERNELS.len());
+        assert_eq!(chosen("6.12").unwrap()[0].name, "6.12");
+        let err = chosen("5.10").err().expect("not in the matrix");
+        assert!(
+            format!("{err:#}").contains("takes 6.1, 6.12 or all"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_declined_by_check_and_trace_is_a_result() {
+        let declined = transcript(
+            "@@vm-test begin check\n\
+             FAIL  tracepoint sock:sock_send_length     this kernel has no tracepoint\n\
+             @@vm-test end check 2\n\
+             @@vm-test begin trace\n\
+             sockspy: this kernel has no tracepoint sock:sock_send_length\n\
+             @@vm-test end trace 2\n\
+             @@vm-test done 0\n",
+        );
+        let ended = guest::Ending::Exited(Default::default());
+        assert_eq!(
+            judge(&declined, &ended, "console.log"),
+            (
+                "no backend available (missing tracepoint sock:sock_send_length)".into(),
+                true
+            )
+        );
+        let panicked = transcript(
+            "@@vm-test begin check\nFAIL  BTF  missing\n@@vm-test end check 2\n\
+             @@vm-test begin trace\nthread 'main' panicked\n@@vm-test end trace 101\n",
+        );
+        let (result, fine) = judge(&panicked, &ended, "console.log");
+        assert!(
+            !fine && result.ends_with("but sockspy trace did not say so"),
+            "{result}"
+        );
+    }
+
+    #[test]
+    fn a_hung_or_failing_guest_is_not_fine() {
+        let ended = guest::Ending::Exited(Default::default());
+        let (result, fine) = judge(&Transcript::default(), &guest::Ending::TimedOut, "c.log");
+        assert!(!fine && result.starts_with("guest timed out"), "{result}");
+        let (result, fine) = judge(
+            &transcript("@@vm-test error insmod 9p failed\n"),
+            &ended,
+            "c.log",
+        );
+        assert!(!fine && result.contains("insmod 9p failed"), "{result}");
+        let failed = transcript(
+            "@@vm-test begin check\n@@vm-test end check 0\n@@vm-test begin tests unix\n\
+             test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             @@vm-test end tests unix 101\n",
+        );
+        assert_eq!(
+            judge(&failed, &ended, "c.log"),
+            ("tests failed".into(), false)
+        );
+        let passed = failed_to_passed(failed);
+        assert_eq!(judge(&passed, &ended, "c.log"), ("pass".into(), true));
+    }
+
+    fn failed_to_passed(mut transcript: Transcript) -> Transcript {
+        let output = &mut transcript.tests[0].output;
+        output.status = Some(0);
+        output.lines = vec!["test result: ok. 2 passed; 0 failed; 0 ignored".into()];
+        transcript
+    }
 }

@@ -124,7 +124,7 @@ fn qemu_command(guest: &Guest<'_>) -> Command {
         .arg(guest.initramfs)
         // panic=-1: a panicking kernel reboots at once, and -no-reboot
         // turns that into QEMU's exit.
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
         .arg("-serial")
         .arg(format!("file:{}", guest.console_log.display()))
         .args(["-serial", "stdio"])

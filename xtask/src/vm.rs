@@ -36,6 +36,10 @@ pub struct Options {
     /// Only the core tests (see CORE_TESTS) instead of the whole suite
     #[arg(long, conflicts_with = "filters")]
     core: bool,
+    /// Boot the kernel (one, named with --kernel) with a root shell on
+    /// this terminal instead of running the tests
+    #[arg(long, conflicts_with_all = ["core", "filters"])]
+    shell: bool,
     /// Seconds a guest may run before it is taken for hung and killed
     #[arg(long, default_value_t = 900)]
     timeout: u64,
@@ -87,6 +91,12 @@ const GUEST_MODULES: &[&str] = &[
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     let kernels = chosen(&options.kernel)?;
     let vm_dir = root.join("target/vm");
+    if options.shell {
+        let [kernel] = kernels[..] else {
+            bail!("--shell boots one kernel: name it with --kernel");
+        };
+        return shell(kernel, &vm_dir);
+    }
     let binaries = test_binaries(root)?;
     let config = guest_config(root, &binaries, options)?;
     let started = Instant::now();
@@ -126,6 +136,20 @@ fn chosen(name: &str) -> Result<Vec<&'static Kernel>> {
             )
         }
     }
+}
+
+/// Boots `kernel` for a person: the guest set up as for the tests, a
+/// shell on this terminal.
+fn shell(kernel: &Kernel, vm_dir: &Path) -> Result<()> {
+    let unpacked = kernel.prepare(vm_dir)?;
+    let dir = vm_dir.join(kernel.name);
+    let initramfs = dir.join("initramfs.cpio.gz");
+    build_initramfs(&unpacked, Work::Shell, &initramfs)?;
+    guest::interact(&guest::Guest {
+        vmlinux: &unpacked.vmlinux,
+        initramfs: &initramfs,
+        console_log: &dir.join("console.log"),
+    })
 }
 
 /// A test binary of the integration suite: its target name (`unix`) and
@@ -258,17 +282,18 @@ fn test_kernel(
     eprintln!("xtask vm-test: booting {}", unpacked.package);
     let dir = vm_dir.join(kernel.name);
     let initramfs = dir.join("initramfs.cpio.gz");
-    build_initramfs(&unpacked, config, &initramfs)?;
+    build_initramfs(&unpacked, Work::Tests { config }, &initramfs)?;
     let console_log = dir.join("console.log");
     let guest = guest::Guest {
         vmlinux: &unpacked.vmlinux,
         initramfs: &initramfs,
         console_log: &console_log,
-        transcript: &dir.join("guest.log"),
-        timeout: Duration::from_secs(options.timeout),
     };
     let prefix = format!("[{}] ", kernel.name);
-    let run = guest::run(&guest, |line| eprintln!("{prefix}{line}"))?;
+    let timeout = Duration::from_secs(options.timeout);
+    let run = guest::run(&guest, &dir.join("guest.log"), timeout, |line| {
+        eprintln!("{prefix}{line}")
+    })?;
     let transcript = report::parse(&run.lines);
     let (result, fine) = judge(&transcript, &run.ending, &console_log.display().to_string());
     let counts = transcript
@@ -304,7 +329,15 @@ fn test_kernel(
     })
 }
 
-fn build_initramfs(unpacked: &kernel::Unpacked, config: &str, path: &Path) -> Result<()> {
+/// What a guest is booted for.
+enum Work<'a> {
+    /// The tests, as `config.sh` lists them.
+    Tests { config: &'a str },
+    /// A shell for a person.
+    Shell,
+}
+
+fn build_initramfs(unpacked: &kernel::Unpacked, work: Work<'_>, path: &Path) -> Result<()> {
     let modules = modules::Modules::open(&unpacked.modules)?.load_order(GUEST_MODULES)?;
     let busybox = fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
     ensure!(
@@ -320,7 +353,10 @@ fn build_initramfs(unpacked: &kernel::Unpacked, config: &str, path: &Path) -> Re
     cpio.file("init", 0o755, include_bytes!("vm/init.sh"));
     cpio.file("run.sh", 0o644, include_bytes!("vm/run.sh"));
     cpio.file("hooks.py", 0o644, include_bytes!("vm/hooks.py"));
-    cpio.file("config.sh", 0o644, config.as_bytes());
+    match work {
+        Work::Tests { config } => cpio.file("config.sh", 0o644, config.as_bytes()),
+        Work::Shell => cpio.file("shell", 0o644, b""),
+    }
     let order: Vec<&str> = modules.iter().map(|module| module.name.as_str()).collect();
     cpio.file(
         "modules/order",

@@ -3,7 +3,7 @@
 //! read-only over virtio-9p. The kernel log goes to the first serial port
 //! (a file); what the guest's scripts print comes over the second, through
 //! QEMU's stdout, and is shown as it arrives. A guest that does not power
-//! off in time is killed.
+//! off in time is killed. For `--shell` that second port is the terminal.
 
 use std::{
     fs,
@@ -30,9 +30,6 @@ pub struct Guest<'a> {
     pub initramfs: &'a Path,
     /// Where the kernel log (first serial port) is written.
     pub console_log: &'a Path,
-    /// Where the second serial port's output is copied.
-    pub transcript: &'a Path,
-    pub timeout: Duration,
 }
 
 /// How a guest ended.
@@ -53,9 +50,14 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
-/// Boots `guest`, echoing each line it prints through `show`, until it
-/// powers off or times out.
-pub fn run(guest: &Guest<'_>, mut show: impl FnMut(&str)) -> Result<Run> {
+/// Boots `guest`, echoing each line it prints through `show` and copying
+/// it to `transcript`, until it powers off or `timeout` has passed.
+pub fn run(
+    guest: &Guest<'_>,
+    transcript: &Path,
+    timeout: Duration,
+    mut show: impl FnMut(&str),
+) -> Result<Run> {
     let mut qemu = qemu_command(guest);
     let started = Instant::now();
     let mut child = qemu
@@ -76,9 +78,10 @@ pub fn run(guest: &Guest<'_>, mut show: impl FnMut(&str)) -> Result<Run> {
             }
         }
     });
-    let mut transcript = fs::File::create(guest.transcript)
-        .with_context(|| format!("creating {}", guest.transcript.display()))?;
-    let mut deadline = started + guest.timeout;
+    let path = transcript;
+    let mut transcript =
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut deadline = started + timeout;
     let mut lines = Vec::new();
     let mut boot = None;
     let ending = loop {
@@ -106,6 +109,17 @@ pub fn run(guest: &Guest<'_>, mut show: impl FnMut(&str)) -> Result<Run> {
         boot,
         elapsed: started.elapsed(),
     })
+}
+
+/// Boots `guest` with its second serial port on this terminal, for a
+/// person to use, and waits until it powers off.
+pub fn interact(guest: &Guest<'_>) -> Result<()> {
+    let mut qemu = qemu_command(guest);
+    let status = qemu
+        .status()
+        .context("cannot start qemu-system-x86_64 (`cargo xtask setup` installs it)")?;
+    anyhow::ensure!(status.success(), "qemu-system-x86_64 failed ({status})");
+    Ok(())
 }
 
 fn stop(child: &mut Child) {

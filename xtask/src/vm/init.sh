@@ -2,8 +2,9 @@
 # PID 1 of a vm-test guest (busybox, from the initramfs). It mounts the
 # host's root file system (read-only, over virtio-9p) with tmpfs where
 # programs write, runs /run.sh inside it with its output on the second
-# serial port, reports how that ended and powers the guest off. Lines
-# starting "@@vm-test " are for the harness; everything else is shown.
+# serial port, reports how that ended and powers the guest off (or, for
+# `vm-test --shell`, gives that port a shell). Lines starting
+# "@@vm-test " are for the harness; everything else is shown.
 /bin/busybox --install -s /bin
 export PATH=/bin
 out=/dev/ttyS1
@@ -39,6 +40,16 @@ mount -t tmpfs -o mode=1777 tmpfs $host/dev/shm
 mount -t bpf bpf $host/sys/fs/bpf
 mount -t tracefs tracefs $host/sys/kernel/tracing
 mount -t debugfs debugfs $host/sys/kernel/debug
+ip link set lo up
+
+# `vm-test --shell`: the terminal is the user's, and the tests are not run.
+if [ -e /shell ]; then
+    echo "vm-test: root shell on $(uname -r); the host's files, read-only; exit to power off" > $out
+    chroot $host /usr/bin/env -i HOME=/tmp TERM=vt100 PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        /usr/bin/setsid -c /bin/bash < $out > $out 2>&1
+    poweroff -f
+fi
+
 mkdir -p $host/run/vm-test
 cp /run.sh /config.sh /hooks.py $host/run/vm-test/
 

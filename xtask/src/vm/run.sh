@@ -7,7 +7,6 @@ export HOME=/tmp LANG=C.UTF-8 SOCKSPY_REQUIRE_ROOT=1
 
 say() { echo "@@vm-test $*"; }
 
-ip link set lo up
 say kernel "$(uname -r)"
 say sock-events $(ls /sys/kernel/tracing/events/sock 2>/dev/null | grep -v -x -e enable -e filter)
 python3 /run/vm-test/hooks.py

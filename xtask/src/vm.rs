@@ -457,7 +457,10 @@ fn table(rows: &[Row], elapsed: Duration) -> String {
             .counts
             .map(|c| (c.passed.to_string(), c.failed.to_string()))
             .unwrap_or(("-".into(), "-".into()));
-        let boot = row.boot.map(seconds).unwrap_or("-".into());
+        let mut boot = row.boot.map(seconds).unwrap_or("-".into());
+        if let Some(uptime) = row.transcript.uptime_at_init {
+            write!(boot, " (kernel {uptime:.1} s)").expect("writing to a String");
+        }
         let mut result = row.result.clone();
         if !row.failures.is_empty() {
             write!(result, ": {}", row.failures.join(", ")).expect("writing to a String");

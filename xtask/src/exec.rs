@@ -3,6 +3,7 @@
 //! machine that already has everything sees nothing.
 
 use std::{
+    io::Write,
     path::Path,
     process::{Command, ExitStatus, Output, Stdio},
 };
@@ -59,6 +60,34 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The standard output of `cmd` run as a filter over `input`: a
+/// decompressor, gzip. Failing, its standard error says why.
+pub fn filter(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let mut stdin = child.stdin.take().context("the filter's stdin")?;
+    let input = input.to_vec();
+    // Fed from a thread: the output pipe fills long before a large input
+    // is all read.
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output()?;
+    let fed = feeder.join().expect("writing to a pipe does not panic");
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    fed.with_context(|| format!("feeding `{}`", describe(cmd)))?;
+    Ok(output.stdout)
+}
+
 /// Runs `cmd` to its end with both outputs captured and no input, so
 /// that nothing it starts can wait for a keyboard (CI has none).
 pub fn capture(cmd: &mut Command) -> Result<Output> {
@@ -92,6 +121,19 @@ mod tests {
         let message = format!("{err:#}");
         assert!(message.starts_with("`sh -c "), "{message}");
         assert!(message.ends_with("(exit status: 3): nope"), "{message}");
+    }
+
+    #[test]
+    fn a_filter_gets_all_of_a_large_input() {
+        let input = vec![b'x'; 1 << 20];
+        let output = filter(Command::new("wc").arg("-c"), &input).expect("wc runs");
+        assert_eq!(String::from_utf8_lossy(&output).trim(), "1048576");
+        let err = filter(Command::new("sh").args(["-c", "echo why >&2; exit 1"]), b"")
+            .expect_err("the filter fails");
+        assert!(
+            format!("{err:#}").ends_with("(exit status: 1): why"),
+            "{err:#}"
+        );
     }
 
     #[test]

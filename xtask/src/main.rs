@@ -5,6 +5,7 @@
 mod bench;
 mod exec;
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt,
@@ -48,6 +49,9 @@ enum Task {
     /// A workload of the bench, run by the bench in a process of its own
     #[command(hide = true, subcommand)]
     Workload(bench::workload::Workload),
+    /// Boot Debian kernels (6.1, 6.12) under QEMU and run `sockspy check`
+    /// and the root integration tests in each; writes target/vm-test.md
+    VmTest(vm::Options),
 }
 
 fn main() {
@@ -88,6 +92,11 @@ fn run(task: Task) -> Result<()> {
             bench::run(&sockspy_bin(&root), &root.join("target"), &options)
         }
         Task::Workload(workload) => bench::workload::run(workload),
+        Task::VmTest(options) => {
+            setup::run()?;
+            build(&root)?;
+            vm::run(&root, &options)
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use crate::exec;
 /// socat, nc, python3, collectd and rrdcached are the integration tests'
 /// peers; tshark reads their captures; setpriv (util-linux), ss (iproute2)
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
-/// is compared with and debugged by.
+/// is compared with and debugged by. QEMU and a static busybox boot the
+/// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -24,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "procps",
     "python3",
     "linux-perf",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
 ];
 
 /// How dpkg describes a package that is fully installed.

@@ -13,7 +13,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    SocketDir, Trace, have_program, have_root, python, run_sockspy, signal, socket_dir, sockspy_bin,
+    SocketDir, Trace, have_program, have_root, python, python3, run_sockspy, signal, socket_dir,
+    sockspy_bin,
 };
 
 /// A Unix stream conversation: an HTTP request and its answer, with a
@@ -782,17 +783,31 @@ fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let chatter = thread::spawn(|| python(CHATTER, &["5"]));
+    // Traffic starts once sockspy traces, and lasts until the disk is full
+    // and sockspy has stopped (or the deadline, when sockspy is killed).
+    let mut stderr = String::new();
+    let mut err = BufReader::new(capture.stderr.take().unwrap());
+    while !stderr.contains("sockspy: tracing") && err.read_line(&mut stderr).unwrap() > 0 {}
+    let mut chatter = Command::new(python3())
+        .args(["-c", CHATTER, "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = capture.try_wait().unwrap() {
-            break status;
+            break Some(status);
         }
-        assert!(std::time::Instant::now() < deadline, "sockspy did not stop");
+        if std::time::Instant::now() > deadline {
+            let _ = capture.kill();
+            break None;
+        }
         thread::sleep(Duration::from_millis(100));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut capture.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = chatter.kill();
+    let _ = chatter.wait();
+    std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
+    let status = status.unwrap_or_else(|| panic!("sockspy did not stop: {stderr}"));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot write") && stderr.contains("cap.pcapng"),
@@ -802,7 +817,6 @@ fn a_full_disk_stops_the_capture_and_keeps_the_file_readable() {
     let events = read_json(&[&file]);
     assert!(!events.is_empty());
     drop(mounted);
-    let _ = chatter.join();
 }
 
 /// On a terminal, a recording shows a running count instead of events:

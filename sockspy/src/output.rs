@@ -71,6 +71,7 @@ pub struct Printer {
     clock: Clock,
     payload: PayloadStyle,
     line: String,
+    time: TimeOfDay,
 }
 
 impl Printer {
@@ -80,6 +81,7 @@ impl Printer {
             clock,
             payload,
             line: String::with_capacity(256),
+            time: TimeOfDay::default(),
         }
     }
 
@@ -100,7 +102,7 @@ impl Printer {
         match self.format {
             Format::Text => {
                 self.line.clear();
-                text_line(&mut self.line, event, &self.clock);
+                text_line(&mut self.line, event, &self.clock, &mut self.time);
                 if self.payload.captured && is_data(event) && event.ret > 0 {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
@@ -115,34 +117,44 @@ impl Printer {
     }
 }
 
-fn text_line(line: &mut String, event: &Event, clock: &Clock) {
+fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfDay) {
     use std::fmt::Write as _;
     let wall = clock.wall_ns(event.ts_ns);
     let secs = wall.div_euclid(1_000_000_000) as i64;
     let micros = wall.rem_euclid(1_000_000_000) / 1000;
-    let (hour, minute, second) = local_time_of_day(secs);
-    let result = if event.ret < 0 {
-        errno_name(-event.ret)
-    } else if event.kind == EventKind::State {
-        tcp_state_name(event.state).to_owned()
-    } else if matches!(event.kind, EventKind::Send | EventKind::Recv) {
-        event.ret.to_string()
-    } else {
-        String::new()
-    };
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let _ = write!(
-        line,
-        "{hour:02}:{minute:02}:{second:02}.{micros:06} {:<7} {:<15} {:<4} {:<10} {:>6}  {:<9} {:<8} {:<25} ",
-        event.pid,
-        event.comm,
-        opt(event.fd.map(|fd| fd.to_string())),
-        kind_name(event.kind),
-        result,
-        proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)),
-        opt(event.sock.map(|s| s.to_string())),
-        where_text(event),
-    );
+    let (hour, minute, second) = time.of(secs);
+    let _ = write!(line, "{hour:02}:{minute:02}:{second:02}.{micros:06} ");
+    // Each column is written in place and padded, as `{:<N}` would: an
+    // event line costs no allocation.
+    column(line, 7, Align::Left, |l| write!(l, "{}", event.pid));
+    column(line, 15, Align::Left, |l| l.write_str(&event.comm));
+    column(line, 4, Align::Left, |l| match event.fd {
+        Some(fd) => write!(l, "{fd}"),
+        None => l.write_str("-"),
+    });
+    column(line, 10, Align::Left, |l| {
+        l.write_str(kind_name(event.kind))
+    });
+    column(line, 6, Align::Right, |l| {
+        if event.ret < 0 {
+            l.write_str(&errno_name(-event.ret))
+        } else if event.kind == EventKind::State {
+            l.write_str(tcp_state_name(event.state))
+        } else if is_data(event) {
+            write!(l, "{}", event.ret)
+        } else {
+            Ok(())
+        }
+    });
+    line.push(' ');
+    column(line, 9, Align::Left, |l| {
+        l.write_str(proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)))
+    });
+    column(line, 8, Align::Left, |l| match event.sock {
+        Some(sock) => write!(l, "{sock}"),
+        None => l.write_str("-"),
+    });
+    column(line, 25, Align::Left, |l| where_text(l, event));
     if let Some(peer) = &event.peer {
         peer_text(line, peer);
     }
@@ -176,19 +188,46 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock) {
 
 /// The PATH column: a Unix socket's name, or an IP socket's
 /// `laddr:lport -> raddr:rport` (`*` for an end not known or not bound).
-fn where_text(event: &Event) -> String {
+fn where_text(line: &mut String, event: &Event) -> std::fmt::Result {
+    use std::fmt::Write as _;
     if event.local.is_none() && event.remote.is_none() {
-        return event
-            .path
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        return match &event.path {
+            Some(path) => write!(line, "{path}"),
+            None => Ok(()),
+        };
     }
-    let end = |addr: Option<std::net::SocketAddr>| addr.map_or("*".to_owned(), |a| a.to_string());
+    match event.local {
+        Some(local) => write!(line, "{local}")?,
+        None => line.push('*'),
+    }
     match event.remote {
-        Some(remote) => format!("{} -> {remote}", end(event.local)),
-        None => end(event.local),
+        Some(remote) => write!(line, " -> {remote}"),
+        None => Ok(()),
     }
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Writes one column with `fill`, padded with spaces to `width`
+/// characters, and the space after it.
+fn column(
+    line: &mut String,
+    width: usize,
+    align: Align,
+    fill: impl FnOnce(&mut String) -> std::fmt::Result,
+) {
+    let start = line.len();
+    let _ = fill(line);
+    let pad = width.saturating_sub(line[start..].chars().count());
+    match align {
+        Align::Left => line.extend(std::iter::repeat_n(' ', pad)),
+        Align::Right => line.insert_str(start, &" ".repeat(pad)),
+    }
+    line.push(' ');
 }
 
 fn is_data(event: &Event) -> bool {
@@ -261,32 +300,62 @@ fn looks_like_text(data: &[u8]) -> bool {
 
 fn peer_text(line: &mut String, peer: &Peer) {
     use std::fmt::Write as _;
-    let mut parts = Vec::new();
+    let start = line.len();
+    let sep = |line: &mut String| {
+        if line.len() > start {
+            line.push(' ');
+        }
+    };
     match (&peer.comm, peer.pid) {
-        (Some(comm), Some(pid)) => parts.push(format!("{comm}[{pid}]")),
-        (None, Some(pid)) => parts.push(format!("[{pid}]")),
+        (Some(comm), Some(pid)) => {
+            let _ = write!(line, "{comm}[{pid}]");
+        }
+        (None, Some(pid)) => {
+            let _ = write!(line, "[{pid}]");
+        }
         _ => {}
     }
     if let Some(fd) = peer.fd {
-        parts.push(format!("fd {fd}"));
+        sep(line);
+        let _ = write!(line, "fd {fd}");
     }
     if let Some(sock) = peer.sock {
-        parts.push(format!("sock {sock}"));
+        sep(line);
+        let _ = write!(line, "sock {sock}");
     }
     if let Some(path) = &peer.path {
-        parts.push(path.to_string());
+        sep(line);
+        let _ = write!(line, "{path}");
     }
     // An IP peer's address is in the PATH column already; say it here only
     // when no local process is known, so the column still names the other end.
-    if parts.is_empty()
+    if line.len() == start
         && let Some(addr) = peer.addr
     {
-        parts.push(addr.to_string());
+        let _ = write!(line, "{addr}");
     }
-    let _ = write!(line, "{}", parts.join(" "));
 }
 
-/// Hours, minutes and seconds of the local time of day.
+/// The local time of day of the last second converted: events come many
+/// to a second, and `localtime_r` is not free.
+#[derive(Debug, Default)]
+struct TimeOfDay {
+    last: Option<(i64, (i32, i32, i32))>,
+}
+
+impl TimeOfDay {
+    fn of(&mut self, secs: i64) -> (i32, i32, i32) {
+        match self.last {
+            Some((known, hms)) if known == secs => hms,
+            _ => {
+                let hms = local_time_of_day(secs);
+                self.last = Some((secs, hms));
+                hms
+            }
+        }
+    }
+}
+
 fn local_time_of_day(secs: i64) -> (i32, i32, i32) {
     // SAFETY: zeroed tm is a valid out-parameter for localtime_r.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

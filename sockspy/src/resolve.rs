@@ -393,13 +393,14 @@ impl Resolver {
                     return;
                 };
                 process.comm = comm;
-                // Descriptors marked close-on-exec are gone now: keep only what /proc still shows.
+                // Descriptors marked close-on-exec are gone now: keep only
+                // what /proc still shows. A process that has exited since
+                // (its exit record is still to come) keeps what it had:
+                // the record of its last sends may be ahead of us yet.
                 let held: Vec<(i32, u64)> = process.fds.iter().map(|(&f, &i)| (f, i)).collect();
-                let now = self
-                    .procfs
-                    .process_sockets(pid)
-                    .map(|p| p.fds)
-                    .unwrap_or_default();
+                let Ok(now) = self.procfs.process_sockets(pid).map(|p| p.fds) else {
+                    return;
+                };
                 for (fd, ino) in held {
                     if !now.contains(&(fd, ino)) {
                         self.release(ino, Holder { pid, fd });
@@ -706,7 +707,7 @@ impl Resolver {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use sockspy_common::{AF_INET, AF_INET6};
+    use sockspy_common::{AF_INET, AF_INET6, ProcEvent};
 
     use super::*;
     use crate::events::{
@@ -754,6 +755,17 @@ mod tests {
     }
 
     fn send(pid: u32, fd: i32, ino: u64, family: u16, local: &[u8], remote: &[u8]) -> Event {
+        send_to(&mut seeded(), pid, fd, ino, family, [local, remote])
+    }
+
+    fn send_to(
+        resolver: &mut Resolver,
+        pid: u32,
+        fd: i32,
+        ino: u64,
+        family: u16,
+        [local, remote]: [&[u8]; 2],
+    ) -> Event {
         let bytes = sock_bytes(
             EventKind::Send,
             |ev| {
@@ -770,7 +782,37 @@ mod tests {
         let Ok(Record::Sock(rec)) = decode(&bytes) else {
             panic!("not a socket record")
         };
-        seeded().apply(&rec)
+        resolver.apply(&rec)
+    }
+
+    /// A process that execs and exits before its exec record is read:
+    /// /proc no longer has it, and what it held is still known (its exit
+    /// record, later in the stream, releases it).
+    #[test]
+    fn an_exec_read_after_the_exit_keeps_the_holders() {
+        let mut resolver = seeded();
+        // SAFETY: ProcEvent is plain integers; all-zero is a valid value.
+        let mut ev: ProcEvent = unsafe { std::mem::zeroed() };
+        ev.header.pid = 200;
+        let exec = ProcRecord {
+            kind: EventKind::Exec,
+            ev,
+        };
+        resolver.apply_proc(&exec);
+        let localhost = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        let server = send_to(
+            &mut resolver,
+            100,
+            5,
+            1001,
+            AF_INET6,
+            [
+                &sockaddr_in6(localhost, 8080),
+                &sockaddr_in6(localhost, 40000),
+            ],
+        );
+        let peer = server.peer.expect("a peer");
+        assert_eq!((peer.pid, peer.fd), (Some(200), Some(3)));
     }
 
     #[test]

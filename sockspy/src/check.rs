@@ -58,7 +58,7 @@ pub fn run() -> ExitCode {
         }),
     );
     match (&privileged, &offsets) {
-        (Ok(()), Ok(offsets)) => match loader::probe(offsets) {
+        (Ok(()), Ok(offsets)) => match loader::probe(offsets, per_syscall) {
             Ok(results) => {
                 report("eBPF programs and ring buffer", Ok("loaded".into()));
                 for (hook, result) in results {

@@ -266,7 +266,9 @@ impl Tracer {
     /// after the other, forty hooks took over two seconds to let go.
     pub fn detach(&mut self) {
         std::thread::scope(|scope| {
-            for (_, program) in self.ebpf.programs_mut() {
+            // Programs never loaded, or already detached, have nothing to let go.
+            let loaded = self.ebpf.programs_mut().filter(|(_, p)| p.fd().is_ok());
+            for (_, program) in loaded {
                 scope.spawn(move || {
                     let _ = match program {
                         Program::RawTracePoint(program) => program.unload(),
@@ -336,13 +338,14 @@ fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, map: &str, what: &str, keys: &[K]) -> 
 /// Each hook with the outcome of attaching it.
 pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
 
-/// Loads the programs and tries to attach every hook, for `sockspy check`.
+/// Loads the programs and tries to attach every hook of the syscall set
+/// `per_syscall` picks, for `sockspy check`.
 ///
 /// The configuration asks for everything (all families, the largest payload,
 /// every filter):
 /// the verifier skips code that read-only settings make unreachable, so a
 /// smaller one would leave paths unchecked.
-pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
+pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<HookReport, Unfit> {
     let config = TraceConfig {
         families: FAMILY_UNIX | FAMILY_INET | FAMILY_INET6 | PROTO_TCP | PROTO_UDP,
         capture_bytes: MAX_DATA_LEN as u32,
@@ -351,7 +354,7 @@ pub fn probe(offsets: &KernelOffsets) -> Result<HookReport, Unfit> {
         filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
     };
     let mut ebpf = load(offsets, &config, ring_size(0))?;
-    Ok(hooks(has_syscall_tracepoints(), true)
+    Ok(hooks(per_syscall, true)
         .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
         .collect())
 }

@@ -225,7 +225,7 @@ fn column(
     let pad = width.saturating_sub(line[start..].chars().count());
     match align {
         Align::Left => line.extend(std::iter::repeat_n(' ', pad)),
-        Align::Right => line.insert_str(start, &" ".repeat(pad)),
+        Align::Right => (0..pad).for_each(|_| line.insert(start, ' ')),
     }
     line.push(' ');
 }

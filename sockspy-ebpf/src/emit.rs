@@ -398,9 +398,18 @@ impl Record {
             len = MAX_DATA_LEN - have;
         }
         let (at, len) = (opaque(at), opaque(len));
-        if at >= ADDR_AREA + MAX_DATA_LEN || len == 0 || len > MAX_DATA_LEN {
+        if at >= ADDR_AREA + MAX_DATA_LEN || len == 0 {
             return 0;
         }
+        // A clamp, not a third way out: LLVM folds `len == 0 || len > MAX`
+        // into one range check on a copy of `len`, and Linux 6.1's verifier
+        // does not carry that copy's bounds back to `len` (it rejected
+        // `sys_exit_recvmsg`: "R2 min value is negative").
+        let len = if len > MAX_DATA_LEN {
+            MAX_DATA_LEN
+        } else {
+            len
+        };
         // SAFETY: at < ADDR_AREA + MAX_DATA_LEN and len <= MAX_DATA_LEN, so
         // the write ends inside TAIL_LEN.
         let dst = unsafe { (*self.scratch).tail.as_mut_ptr().add(at) };

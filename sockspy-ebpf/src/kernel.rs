@@ -82,7 +82,12 @@ pub fn fd_to_sock(fd: i64) -> Result<Option<u64>, ReadFailed> {
     if mode & S_IFMT != S_IFSOCK {
         return Ok(None);
     }
-    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
+    socket_sock(read(file, global!(OFFSETS.file_private_data))?)
+}
+
+/// The `struct sock` of a `struct socket`, if it has one.
+#[inline(always)]
+pub fn socket_sock(socket: u64) -> Result<Option<u64>, ReadFailed> {
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
     Ok((sk != 0).then_some(sk))
 }

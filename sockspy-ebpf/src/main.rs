@@ -1,8 +1,11 @@
 //! sockspy's kernel programs.
 //!
-//! Every hook here is a tracepoint: this project's reference kernel refuses
-//! fentry and has no kprobes, and tracepoints are the one hook type every
-//! kernel offers. Hooks live in `probes/`, one file per area; they read
+//! Most hooks are tracepoints, the one hook type every kernel offers (this
+//! project's reference kernel refuses fentry and has no kprobes). Sends
+//! and receives come from one of three backends, which the loader picks:
+//! the `sock:` tracepoints of Linux 6.3+ (`probes/data.rs`), or fexit or
+//! kprobe programs on the functions behind them (`probes/functions.rs`).
+//! Hooks live in `probes/`, one file per area; they read
 //! kernel structs through offsets the loader resolved from BTF
 //! (`kernel.rs`), and write records through `emit.rs` into one ring buffer.
 #![no_std]
@@ -81,6 +84,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 /// and the data hooks to finish the event.
 #[map]
 static CALLS: HashMap<u32, probes::syscalls::CallState> = HashMap::with_max_entries(16384, 0);
+
+/// Send and receive calls in flight, by thread id, for the kprobe backend:
+/// what the entry probe saw, for the return probe.
+#[map]
+static PROBED: HashMap<u32, probes::functions::Probed> = HashMap::with_max_entries(16384, 0);
 
 /// `--pid`/`--pid-tree`: the processes to trace (with `FILTER_PID`).
 #[map]

@@ -6,7 +6,7 @@
 
 use std::{io::Write, process::ExitCode};
 
-use crate::loader::{self, HOOKS};
+use crate::loader::{self, Backend, HOOKS, Kind};
 
 /// `println!` that does not panic when stdout is a closed pipe
 /// (`sockspy check | head`): the report just stops.
@@ -17,8 +17,9 @@ macro_rules! say {
 }
 
 /// Prints one line per check; exits 2 (an unfit environment, as `trace`
-/// would) when tracing cannot work.
-pub fn run() -> ExitCode {
+/// would) when tracing cannot work: a common hook is missing, or no
+/// backend (`backend`, or any for `auto`) can attach all its hooks.
+pub fn run(backend: Option<Backend>) -> ExitCode {
     let mut failures = Vec::new();
     let mut report = |what: &str, result: Result<String, String>| match result {
         Ok(detail) => say!("ok    {what:<36} {detail}"),
@@ -57,17 +58,44 @@ pub fn run() -> ExitCode {
                 .into()
         }),
     );
+    let mut working = Vec::new();
     match (&privileged, &offsets) {
         (Ok(()), Ok(offsets)) => match loader::probe(offsets, per_syscall) {
             Ok(results) => {
                 report("eBPF programs and ring buffer", Ok("loaded".into()));
-                for (hook, result) in results {
-                    report(
-                        &format!("tracepoint {}:{}", hook.system, hook.tracepoint),
-                        result
-                            .map(|()| format!("attached (Linux {}+)", hook.since))
-                            .map_err(|e| e.to_string()),
-                    );
+                let mut broken = Vec::new();
+                for (hook, result) in &results {
+                    let result = result
+                        .as_ref()
+                        .map(|()| format!("attached (Linux {}+)", hook.since))
+                        .map_err(|e| e.to_string());
+                    match (hook.kind, result) {
+                        // A backend's hook that fails is news, not yet a failure.
+                        (Kind::Data(backend), Err(reason)) => {
+                            say!("no    {:<36} {reason}", hook.name());
+                            broken.push((backend, hook.name()));
+                        }
+                        (_, result) => report(&hook.name(), result),
+                    }
+                }
+                for candidate in Backend::ALL {
+                    let missing: Vec<&str> = broken
+                        .iter()
+                        .filter(|(backend, _)| *backend == candidate)
+                        .map(|(_, hook)| hook.as_str())
+                        .collect();
+                    let what = format!("backend {}", candidate.name());
+                    if missing.is_empty() {
+                        say!("ok    {what:<36} every send and receive hook attached");
+                        working.push(candidate);
+                    } else if missing.len() == loader::data_hooks(candidate, u32::MAX).count() {
+                        say!(
+                            "no    {what:<36} could not attach any of its {} hooks",
+                            missing.len()
+                        );
+                    } else {
+                        say!("no    {what:<36} could not attach {}", missing.join(", "));
+                    }
                 }
             }
             Err(err) => report("eBPF programs and ring buffer", Err(err.to_string())),
@@ -76,18 +104,40 @@ pub fn run() -> ExitCode {
             for hook in HOOKS {
                 say!(
                     "skip  {:<36} not tried (needs privileges and BTF)",
-                    format!("tracepoint {}:{}", hook.system, hook.tracepoint)
+                    hook.name()
                 );
             }
         }
     }
-    if failures.is_empty() {
-        say!("backend: tracepoint ({syscall_hooks}); sockspy trace can run here");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("sockspy trace cannot run here: {}", failures.join("; "));
-        ExitCode::from(2)
+    let picked = match backend {
+        Some(backend) => working.contains(&backend).then_some(backend),
+        None => working.first().copied(),
+    };
+    if picked.is_none() {
+        report(
+            "backend",
+            Err(match backend {
+                Some(backend) => format!("the {} backend cannot attach here", backend.name()),
+                None => "no backend can attach its send and receive hooks here".into(),
+            }),
+        );
     }
+    if let (true, Some(picked)) = (failures.is_empty(), picked) {
+        let why = match backend {
+            Some(_) => "asked for with --backend".to_owned(),
+            None => {
+                let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+                format!("auto: the first of {} that works here", names.join(", "))
+            }
+        };
+        say!(
+            "backend: {} ({why}; {syscall_hooks}); sockspy trace can run here",
+            picked.name()
+        );
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("sockspy trace cannot run here: {}", failures.join("; "));
+    ExitCode::from(2)
 }
 
 fn kernel_release() -> String {

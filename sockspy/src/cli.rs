@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use sockspy_common::{
     FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, MAX_DATA_LEN, MAX_FILTER_COMMS, MAX_FILTER_PIDS,
     MAX_FILTER_PORTS, MAX_FILTER_UIDS, PROTO_TCP, PROTO_UDP,
@@ -13,6 +13,7 @@ use sockspy_common::{
 
 use crate::{
     filter::Selection,
+    loader::Backend,
     output::Format,
     record::{Framing, RecordOptions},
 };
@@ -32,9 +33,50 @@ pub enum Command {
     /// Print a recording made with `trace -w` as the live view printed it.
     Read(ReadArgs),
     /// Report what this kernel offers for tracing; exits non-zero when tracing cannot work.
-    Check,
+    Check(CheckArgs),
     /// List every connected socket pair now (Unix, TCP, UDP), with the processes holding both ends (no root needed).
     Pairs(PairsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+}
+
+/// `--backend`, of `trace` and `check`.
+#[derive(Debug, Args)]
+pub struct BackendArg {
+    /// Where sends and receives are traced from: `auto` takes the first of tracepoint, fentry, kprobe that this kernel allows.
+    #[arg(
+        long,
+        value_name = "BACKEND",
+        value_enum,
+        default_value_t = BackendChoice::Auto,
+        env = "SOCKSPY_BACKEND"
+    )]
+    pub backend: BackendChoice,
+}
+
+/// The values of `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Tracepoint,
+    Fentry,
+    Kprobe,
+}
+
+impl BackendArg {
+    /// The backend asked for; `None` for `auto`.
+    pub fn backend(&self) -> Option<Backend> {
+        match self.backend {
+            BackendChoice::Auto => None,
+            BackendChoice::Tracepoint => Some(Backend::Tracepoint),
+            BackendChoice::Fentry => Some(Backend::Fentry),
+            BackendChoice::Kprobe => Some(Backend::Kprobe),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +180,8 @@ impl SelectionArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub select: SelectionArgs,
+    #[command(flatten)]
+    pub backend: BackendArg,
     /// Print JSON Lines (one object per event) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -254,6 +298,8 @@ pub struct TraceOptions {
     pub hex: bool,
     /// `-w`: record instead of printing.
     pub record: Option<RecordOptions>,
+    /// `--backend`; `None` for `auto`.
+    pub backend: Option<Backend>,
 }
 
 impl TraceArgs {
@@ -311,6 +357,7 @@ impl TraceArgs {
                 port: self.pcap_port,
                 capture_bytes,
             }),
+            backend: self.backend.backend(),
         }
     }
 }
@@ -357,6 +404,22 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backend_is_auto_unless_named() {
+        let backend = |args: &[&str]| {
+            let args = ["sockspy", "check"].iter().chain(args);
+            let Command::Check(check) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not check");
+            };
+            check.backend.backend()
+        };
+        // The environment's default is not looked at when the flag is given.
+        assert_eq!(backend(&["--backend", "auto"]), None);
+        assert_eq!(backend(&["--backend", "kprobe"]), Some(Backend::Kprobe));
+        assert_eq!(backend(&["--backend=fentry"]), Some(Backend::Fentry));
+        assert!(Cli::try_parse_from(["sockspy", "trace", "--backend", "ebpf"]).is_err());
     }
 
     #[test]

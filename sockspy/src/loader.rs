@@ -5,7 +5,7 @@
 //! field or tracepoint. Each becomes an [`Unfit`] error with one line that
 //! says what is missing and what to do, which `main` turns into exit code 2.
 
-use std::{fs, io, path::PathBuf};
+use std::{fs, io, path::PathBuf, sync::OnceLock};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -28,6 +28,35 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 #[error("{0}")]
 pub struct Unfit(pub String);
 
+/// Where `send` and `recv` events come from: every other hook is a
+/// tracepoint that all supported kernels have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The `sock:sock_send_length`/`sock_recv_length` tracepoints (Linux 6.3+).
+    Tracepoint,
+    /// fexit programs on the send and receive function of each family.
+    Fentry,
+    /// kprobes and kretprobes on the same functions.
+    Kprobe,
+}
+
+impl Backend {
+    /// Every backend, in the order `auto` tries them: the tracepoints are a
+    /// stable interface and one pair covers every family; a trampoline
+    /// (fexit) costs about what a raw tracepoint does; a kprobe adds a
+    /// breakpoint or ftrace hop at entry, a return trampoline, and a map
+    /// round trip between the two.
+    pub const ALL: [Backend; 3] = [Backend::Tracepoint, Backend::Fentry, Backend::Kprobe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tracepoint => "tracepoint",
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+        }
+    }
+}
+
 /// How a hook is attached, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -39,23 +68,52 @@ pub enum Kind {
     /// A `syscalls:` tracepoint, where the kernel has them; the ones of
     /// `read` and friends (`file_io`) only for payload capture.
     Syscall { file_io: bool },
+    /// A send or receive hook of one backend.
+    Data(Backend),
 }
 
-/// One hook: program name in the object file, and the tracepoint it attaches to.
+/// One hook: program name in the object file, and what it attaches to.
 pub struct Hook {
     pub program: &'static str,
-    pub tracepoint: &'static str,
-    /// The tracepoint's system, for messages (`sock:sock_send_length`).
+    /// The tracepoint, or the kernel function of a function probe.
+    pub target: &'static str,
+    /// The tracepoint's system (`sock:sock_send_length`), or the kind of
+    /// function probe (`fexit`, `kprobe`, `kretprobe`).
     pub system: &'static str,
-    /// Oldest kernel that has the tracepoint.
+    /// Oldest kernel that has the hook.
     pub since: &'static str,
     pub kind: Kind,
+}
+
+impl Hook {
+    /// How messages name the hook: `tracepoint sock:sock_send_length`,
+    /// `fexit inet_sendmsg`.
+    pub fn name(&self) -> String {
+        match self.kind {
+            Kind::Data(Backend::Fentry | Backend::Kprobe) => {
+                format!("{} {}", self.system, self.target)
+            }
+            _ => format!("tracepoint {}:{}", self.system, self.target),
+        }
+    }
+
+    /// The `FAMILY_*` bits of the sockets the hook sees: a function
+    /// probe's function serves one family; a tracepoint, all.
+    fn families(&self) -> u32 {
+        let function = matches!(self.kind, Kind::Data(Backend::Fentry | Backend::Kprobe));
+        match self.target {
+            target if function && target.starts_with("unix_") => FAMILY_UNIX,
+            target if function && target.starts_with("inet6_") => FAMILY_INET6,
+            target if function && target.starts_with("inet_") => FAMILY_INET,
+            _ => u32::MAX,
+        }
+    }
 }
 
 const fn raw(program: &'static str, system: &'static str, since: &'static str, kind: Kind) -> Hook {
     Hook {
         program,
-        tracepoint: program,
+        target: program,
         system,
         since,
         kind,
@@ -66,14 +124,37 @@ const fn raw(program: &'static str, system: &'static str, since: &'static str, k
 const fn syscall(name: &'static str, file_io: bool) -> Hook {
     Hook {
         program: name,
-        tracepoint: name,
+        target: name,
         system: "syscalls",
         since: "4.7",
         kind: Kind::Syscall { file_io },
     }
 }
 
-/// Every hook of the tracepoint backend.
+/// fexit program `fexit_FUNCTION` on `function`.
+const fn fexit(program: &'static str, function: &'static str) -> Hook {
+    Hook {
+        program,
+        target: function,
+        system: "fexit",
+        since: "5.5",
+        kind: Kind::Data(Backend::Fentry),
+    }
+}
+
+/// One of the kprobe backend's programs (`system`: `kprobe` or
+/// `kretprobe`) on `function`.
+const fn kprobe(program: &'static str, system: &'static str, function: &'static str) -> Hook {
+    Hook {
+        program,
+        target: function,
+        system,
+        since: "4.1",
+        kind: Kind::Data(Backend::Kprobe),
+    }
+}
+
+/// Every hook of every backend.
 pub const HOOKS: &[Hook] = &[
     raw("sys_enter", "raw_syscalls", "4.17", Kind::RawSyscalls),
     raw("sys_exit", "raw_syscalls", "4.17", Kind::RawSyscalls),
@@ -112,8 +193,48 @@ pub const HOOKS: &[Hook] = &[
     syscall("sys_exit_sendmmsg", false),
     syscall("sys_enter_recvmmsg", false),
     syscall("sys_exit_recvmmsg", false),
-    raw("sock_send_length", "sock", "6.3", Kind::Raw),
-    raw("sock_recv_length", "sock", "6.3", Kind::Raw),
+    raw(
+        "sock_send_length",
+        "sock",
+        "6.3",
+        Kind::Data(Backend::Tracepoint),
+    ),
+    raw(
+        "sock_recv_length",
+        "sock",
+        "6.3",
+        Kind::Data(Backend::Tracepoint),
+    ),
+    fexit("fexit_unix_stream_sendmsg", "unix_stream_sendmsg"),
+    fexit("fexit_unix_dgram_sendmsg", "unix_dgram_sendmsg"),
+    fexit("fexit_unix_seqpacket_sendmsg", "unix_seqpacket_sendmsg"),
+    fexit("fexit_inet_sendmsg", "inet_sendmsg"),
+    fexit("fexit_inet6_sendmsg", "inet6_sendmsg"),
+    fexit("fexit_unix_stream_recvmsg", "unix_stream_recvmsg"),
+    fexit("fexit_unix_dgram_recvmsg", "unix_dgram_recvmsg"),
+    fexit("fexit_unix_seqpacket_recvmsg", "unix_seqpacket_recvmsg"),
+    fexit("fexit_inet_recvmsg", "inet_recvmsg"),
+    fexit("fexit_inet6_recvmsg", "inet6_recvmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_stream_sendmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_dgram_sendmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_seqpacket_sendmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "inet_sendmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "inet6_sendmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_stream_recvmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_dgram_recvmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "unix_seqpacket_recvmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "inet_recvmsg"),
+    kprobe("kprobe_sock_io", "kprobe", "inet6_recvmsg"),
+    kprobe("kretprobe_sendmsg", "kretprobe", "unix_stream_sendmsg"),
+    kprobe("kretprobe_sendmsg", "kretprobe", "unix_dgram_sendmsg"),
+    kprobe("kretprobe_sendmsg", "kretprobe", "unix_seqpacket_sendmsg"),
+    kprobe("kretprobe_sendmsg", "kretprobe", "inet_sendmsg"),
+    kprobe("kretprobe_sendmsg", "kretprobe", "inet6_sendmsg"),
+    kprobe("kretprobe_recvmsg", "kretprobe", "unix_stream_recvmsg"),
+    kprobe("kretprobe_recvmsg", "kretprobe", "unix_dgram_recvmsg"),
+    kprobe("kretprobe_recvmsg", "kretprobe", "unix_seqpacket_recvmsg"),
+    kprobe("kretprobe_recvmsg", "kretprobe", "inet_recvmsg"),
+    kprobe("kretprobe_recvmsg", "kretprobe", "inet6_recvmsg"),
     raw("inet_sock_set_state", "sock", "4.16", Kind::Raw),
     raw("sched_process_fork", "sched", "4.17", Kind::Raw),
     raw("sched_process_exec", "sched", "4.17", Kind::Raw),
@@ -152,14 +273,23 @@ pub fn has_syscall_tracepoints() -> bool {
     mounted && events(TRACEFS).exists()
 }
 
-/// The hooks to attach, given what the kernel has and whether payload is
-/// captured.
+/// The hooks every backend attaches, given what the kernel has and
+/// whether payload is captured.
 pub fn hooks(per_syscall: bool, capture: bool) -> impl Iterator<Item = &'static Hook> {
     HOOKS.iter().filter(move |hook| match hook.kind {
         Kind::Raw => true,
         Kind::RawSyscalls => !per_syscall,
         Kind::Syscall { file_io } => per_syscall && (capture || !file_io),
+        Kind::Data(_) => false,
     })
+}
+
+/// The send and receive hooks of `backend` that see sockets of `families`
+/// (`FAMILY_*` bits): `--unix` leaves the IP functions unprobed.
+pub fn data_hooks(backend: Backend, families: u32) -> impl Iterator<Item = &'static Hook> {
+    HOOKS
+        .iter()
+        .filter(move |hook| hook.kind == Kind::Data(backend) && hook.families() & families != 0)
 }
 
 /// Loaded and attached programs; dropping this detaches them.
@@ -242,19 +372,34 @@ pub struct KernelFilter {
 
 impl Tracer {
     /// Loads the programs with `config`, fills the filter maps and attaches
-    /// every hook.
+    /// every hook: the common ones, then the send and receive hooks of
+    /// `backend`, or (`None`, `--backend auto`) of the first backend in
+    /// [`Backend::ALL`] whose hooks all attach. Returns the backend used.
     pub fn attach(
         offsets: &KernelOffsets,
         config: &TraceConfig,
         ring_bytes: u32,
         filter: &KernelFilter,
-    ) -> Result<Self, Unfit> {
+        backend: Option<Backend>,
+    ) -> Result<(Self, Backend), Unfit> {
         let mut ebpf = load(offsets, config, ring_bytes)?;
         fill_filters(&mut ebpf, filter)?;
         for hook in hooks(has_syscall_tracepoints(), config.capture_bytes > 0) {
             attach_hook(&mut ebpf, hook)?;
         }
-        Ok(Self { ebpf })
+        let families = config.families;
+        let chosen = match backend {
+            Some(backend) => attach_backend(&mut ebpf, backend, families)
+                .map(|()| backend)
+                .map_err(|err| {
+                    Unfit(format!(
+                        "the {} backend cannot run here: {err}",
+                        backend.name()
+                    ))
+                })?,
+            None => auto(&mut ebpf, families)?,
+        };
+        Ok((Self { ebpf }, chosen))
     }
 
     /// Detaches every program, so that nothing more is queued; the maps,
@@ -269,13 +414,7 @@ impl Tracer {
             // Programs never loaded, or already detached, have nothing to let go.
             let loaded = self.ebpf.programs_mut().filter(|(_, p)| p.fd().is_ok());
             for (_, program) in loaded {
-                scope.spawn(move || {
-                    let _ = match program {
-                        Program::RawTracePoint(program) => program.unload(),
-                        Program::TracePoint(program) => program.unload(),
-                        _ => Ok(()),
-                    };
-                });
+                scope.spawn(move || unload(program));
             }
         });
     }
@@ -335,11 +474,55 @@ fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, map: &str, what: &str, keys: &[K]) -> 
     Ok(())
 }
 
+/// The first backend whose send and receive hooks all attach, in the
+/// order of [`Backend::ALL`]; if none, an error naming what each lacks.
+fn auto(ebpf: &mut Ebpf, families: u32) -> Result<Backend, Unfit> {
+    let mut reasons = Vec::new();
+    for backend in Backend::ALL {
+        match attach_backend(ebpf, backend, families) {
+            Ok(()) => return Ok(backend),
+            Err(err) => reasons.push(format!("{}: {err}", backend.name())),
+        }
+    }
+    Err(Unfit(format!(
+        "no backend can trace sends and receives on this kernel ({})",
+        reasons.join("; ")
+    )))
+}
+
+/// Attaches every send and receive hook of `backend` for `families`, or
+/// none: a backend that fails half way is taken down again.
+fn attach_backend(ebpf: &mut Ebpf, backend: Backend, families: u32) -> Result<(), Unfit> {
+    let attached = data_hooks(backend, families).try_for_each(|hook| attach_hook(ebpf, hook));
+    if attached.is_err() {
+        for hook in data_hooks(backend, families) {
+            if let Some(program) = ebpf.program_mut(hook.program)
+                && program.fd().is_ok()
+            {
+                unload(program);
+            }
+        }
+    }
+    attached
+}
+
+/// Unloads a program and detaches its links.
+fn unload(program: &mut Program) {
+    let _ = match program {
+        Program::RawTracePoint(program) => program.unload(),
+        Program::TracePoint(program) => program.unload(),
+        Program::FExit(program) => program.unload(),
+        Program::KProbe(program) => program.unload(),
+        _ => Ok(()),
+    };
+}
+
 /// Each hook with the outcome of attaching it.
 pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
 
 /// Loads the programs and tries to attach every hook of the syscall set
-/// `per_syscall` picks, for `sockspy check`.
+/// `per_syscall` picks, then every backend's send and receive hooks, for
+/// `sockspy check`.
 ///
 /// The configuration asks for everything (all families, the largest payload,
 /// every filter):
@@ -354,7 +537,11 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<HookReport, U
         filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
     };
     let mut ebpf = load(offsets, &config, ring_size(0))?;
+    let data = Backend::ALL
+        .into_iter()
+        .flat_map(|backend| data_hooks(backend, config.families));
     Ok(hooks(per_syscall, true)
+        .chain(data)
         .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
         .collect())
 }
@@ -394,31 +581,82 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
     let attached = match ebpf.program_mut(hook.program) {
         Some(Program::RawTracePoint(program)) => {
             program.load().map_err(|err| refused(&err))?;
-            program.attach(hook.tracepoint).map(drop)
+            program.attach(hook.target).map(drop)
         }
         Some(Program::TracePoint(program)) => {
             program.load().map_err(|err| refused(&err))?;
-            program.attach(hook.system, hook.tracepoint).map(drop)
+            program.attach(hook.system, hook.target).map(drop)
+        }
+        Some(Program::FExit(program)) => {
+            let btf = function_btf()?;
+            program
+                .load(hook.target, btf)
+                .map_err(|err| function_error(hook, &err))?;
+            program.attach().map(drop)
+        }
+        Some(Program::KProbe(program)) => {
+            // One program serves several functions: loaded with the first.
+            if program.fd().is_err() {
+                program.load().map_err(|err| refused(&err))?;
+            }
+            program.attach(hook.target, 0).map(drop)
         }
         _ => return Err(Unfit(format!("kernel programs lack {}", hook.program))),
     };
-    attached.map_err(|err| {
-        let errno = io_errno(&err);
-        if errno == Some(libc::ENOENT) {
-            Unfit(format!(
-                "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
-                hook.system, hook.tracepoint, hook.since
-            ))
-        } else {
-            Unfit(format!(
-                "cannot attach to tracepoint {}:{}: {}",
-                hook.system,
-                hook.tracepoint,
-                describe(&err)
-            ))
+    attached.map_err(|err| match hook.kind {
+        Kind::Data(Backend::Fentry | Backend::Kprobe) => function_error(hook, &err),
+        _ if io_errno(&err) == Some(libc::ENOENT) => Unfit(format!(
+            "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
+            hook.system, hook.target, hook.since
+        )),
+        _ => Unfit(format!(
+            "cannot attach to {}: {}",
+            hook.name(),
+            describe(&err)
+        )),
+    })
+}
+
+/// The kernel's "operation not supported" (not in the C library's errno
+/// list): what a kernel without BPF trampolines answers an fexit with.
+const ENOTSUPP: i32 = 524;
+
+/// Why a function probe did not load or attach, in an operator's words
+/// where the cause is a known one.
+fn function_error(hook: &Hook, err: &aya::programs::ProgramError) -> Unfit {
+    let why = match (hook.kind, io_errno(err)) {
+        (Kind::Data(Backend::Kprobe), _)
+            if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() =>
+        {
+            "this kernel has no kprobes (CONFIG_KPROBES is off)".to_owned()
         }
-    })?;
-    Ok(())
+        (_, Some(libc::ENOENT)) => format!("this kernel has no function {}", hook.target),
+        (Kind::Data(Backend::Fentry), Some(libc::EPERM)) => {
+            "the kernel refuses fentry programs even to root (lockdown or a hypervisor's policy)"
+                .to_owned()
+        }
+        (Kind::Data(Backend::Fentry), Some(ENOTSUPP | libc::EOPNOTSUPP | libc::EINVAL)) => {
+            format!(
+                "this kernel does not support BPF trampolines: {}",
+                describe(err)
+            )
+        }
+        _ => describe(err),
+    };
+    Unfit(format!("cannot attach {}: {why}", hook.name()))
+}
+
+/// The kernel's own BTF, in the form aya loads fexit programs with: read
+/// once, from the file `kernel_offsets` reads.
+fn function_btf() -> Result<&'static aya::Btf, Unfit> {
+    static BTF: OnceLock<Result<aya::Btf, String>> = OnceLock::new();
+    BTF.get_or_init(|| {
+        let path = std::env::var_os(BTF_ENV).map_or_else(|| Btf::VMLINUX.into(), PathBuf::from);
+        aya::Btf::parse_file(&path, aya::Endianness::default())
+            .map_err(|err| format!("cannot read BTF from {}: {err}", path.display()))
+    })
+    .as_ref()
+    .map_err(|err| Unfit(err.clone()))
 }
 
 fn load_error(err: &aya::EbpfError) -> Unfit {

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Read(args) => replay::run(&args.options()),
-        Command::Check => Ok(check::run()),
+        Command::Check(args) => Ok(check::run(args.backend.backend())),
         Command::Pairs(args) => pairs::run(&args.select.selection(), args.json),
     };
     result.unwrap_or_else(|err| {

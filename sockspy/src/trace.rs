@@ -199,7 +199,19 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         self_pid: std::process::id(),
         filters: kernel_filter.bits,
     };
-    let mut tracer = Tracer::attach(&offsets, &config, ring_bytes, &kernel_filter)?;
+    let (mut tracer, backend) = Tracer::attach(
+        &offsets,
+        &config,
+        ring_bytes,
+        &kernel_filter,
+        options.backend,
+    )?;
+    if options.stats {
+        eprintln!(
+            "sockspy: sends and receives from the {} backend",
+            backend.name()
+        );
+    }
     let ring = tracer.take_events()?;
 
     // Attached first, then the snapshot: a socket made in between is in

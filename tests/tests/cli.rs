@@ -97,6 +97,47 @@ fn check_reports_every_hook() {
     }
 }
 
+/// A backend this kernel cannot run (here: fentry and kprobe on the
+/// host, the tracepoint one on 6.1) is named by `trace --backend` and
+/// `check --backend` with exit status 2 and what it lacks.
+#[test]
+fn a_backend_that_cannot_attach_says_what_it_lacks() {
+    if !have_root("a_backend_that_cannot_attach_says_what_it_lacks") {
+        return;
+    }
+    let check = run_sockspy(&["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    let Some(backend) = report
+        .lines()
+        .find_map(|line| line.strip_prefix("no    backend "))
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        eprintln!(
+            "skipped a_backend_that_cannot_attach_says_what_it_lacks: every backend attaches here"
+        );
+        return;
+    };
+    // The hook check named first for that backend, and why.
+    let hook = report
+        .lines()
+        .filter_map(|line| line.strip_prefix("no    "))
+        .find(|rest| !rest.starts_with("backend "))
+        .and_then(|rest| rest.split("  ").next())
+        .expect("a `no` line for the hook that did not attach");
+    let trace = run_sockspy(&["trace", "--backend", backend, "--duration", "1"]);
+    assert_usage_error(&trace, &format!("the {backend} backend cannot run here"));
+    let stderr = String::from_utf8_lossy(&trace.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let checked = run_sockspy(&["check", "--backend", backend]);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains(&format!("no    {hook}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("the {backend} backend cannot attach here")),
+        "{stdout}"
+    );
+}
+
 /// `sockspy check | head -1`: the report stops quietly, no panic.
 #[test]
 fn check_into_a_closed_pipe() {

@@ -174,16 +174,21 @@ fn test(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     // The bench is no test and asserts no time, but running it briefly
     // keeps its harness from rotting: it fails when a scenario produced
     // no numbers. It loads eBPF programs, so it needs root.
-    if setup::is_root() {
-        let xtask = std::env::current_exe().context("cannot find xtask's own executable")?;
-        step(
-            "bench (quick)",
-            Command::new(xtask).args(["bench", "--quick"]),
-        )
-    } else {
-        eprintln!("xtask test: bench (quick) skipped: it needs root");
-        Ok(())
+    if !setup::is_root() {
+        eprintln!("xtask test: bench (quick) and the kernel matrix skipped: they need root");
+        return Ok(());
     }
+    let xtask = std::env::current_exe().context("cannot find xtask's own executable")?;
+    step(
+        "bench (quick)",
+        Command::new(&xtask).args(["bench", "--quick"]),
+    )?;
+    // The other kernels and backends: Debian's 6.1 and 6.12 under QEMU,
+    // each backend, the core tests (vm.rs).
+    step(
+        "kernel matrix (vm-test --core)",
+        Command::new(&xtask).args(["vm-test", "--core"]),
+    )
 }
 
 /// Runs one step of `test` under a header, so a CI log shows where it is

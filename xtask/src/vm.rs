@@ -2,10 +2,11 @@
 //! refuses kprobes and fentry and is newer than what many operators run;
 //! stock Debian kernels booted under QEMU show what sockspy does there.
 //! For each kernel of the matrix it fetches Debian's package (kernel.rs),
-//! boots it with the host's root file system shared read-only (guest.rs,
-//! initramfs.rs, init.sh), runs `sockspy check` and then the root
-//! integration tests inside (run.sh), and tabulates what each kernel
-//! allowed (report.rs) into `target/vm-test.md`.
+//! and for each backend boots it with the host's root file system shared
+//! read-only (guest.rs, initramfs.rs, init.sh), runs `sockspy check` and
+//! then the root integration tests inside with `SOCKSPY_BACKEND` set
+//! (run.sh), and tabulates what each kernel allowed (report.rs) into
+//! `target/vm-test.md`.
 
 mod bzimage;
 mod elf;
@@ -33,6 +34,10 @@ pub struct Options {
     /// The kernel to boot: 6.1, 6.12 or all
     #[arg(long, default_value = "all")]
     kernel: String,
+    /// The backend to test with: tracepoint, fentry, kprobe or all (one
+    /// guest each)
+    #[arg(long, default_value = "all")]
+    backend: String,
     /// Only the core tests (see CORE_TESTS) instead of the whole suite
     #[arg(long, conflicts_with = "filters")]
     core: bool,
@@ -49,9 +54,8 @@ pub struct Options {
     filters: Vec<String>,
 }
 
-/// The backends sockspy has; each kernel is reported for each. Only the
-/// tracepoint one exists today, and sockspy picks it by itself.
-const BACKENDS: &[&str] = &["tracepoint"];
+/// The backends sockspy has (`--backend`); each kernel is tested with each.
+const BACKENDS: &[&str] = &["tracepoint", "fentry", "kprobe"];
 
 /// `--core`: one test per thing a backend must get right, by test binary.
 const CORE_TESTS: &[(&str, &[&str])] = &[
@@ -66,7 +70,12 @@ const CORE_TESTS: &[(&str, &[&str])] = &[
     ),
     ("payload", &["captures_the_first_bytes_of_each_call"]),
     ("inet", &["tcp_over_ipv4_loopback"]),
+    ("backends", &["every_backend_sees_the_same_events"]),
 ];
+
+/// The test binary that compares every backend a kernel allows; it runs
+/// in one guest per kernel, this backend's.
+const COMPARISON: (&str, &str) = ("backends", "fentry");
 
 /// The modules the guest loads before anything else: 9p over virtio (to
 /// reach the host's files; 6.1 has even the virtio PCI driver as a
@@ -90,6 +99,7 @@ const GUEST_MODULES: &[&str] = &[
 /// (`check` says what is missing) is a result, not a failure.
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     let kernels = chosen(&options.kernel)?;
+    let backends = chosen_backends(&options.backend)?;
     let vm_dir = root.join("target/vm");
     if options.shell {
         let [kernel] = kernels[..] else {
@@ -98,28 +108,44 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         return shell(kernel, &vm_dir);
     }
     let binaries = test_binaries(root)?;
-    let config = guest_config(root, &binaries, options)?;
     let started = Instant::now();
     let mut rows = Vec::new();
     for kernel in kernels {
-        // One kernel that cannot be fetched or booted does not hide the others.
-        let row = test_kernel(kernel, &vm_dir, &config, options).unwrap_or_else(|err| Row {
-            result: format!("not run: {err:#}"),
-            ..Row::empty(kernel.name)
-        });
-        rows.push(row);
+        for backend in &backends {
+            let config = guest_config(root, &binaries, options, backend)?;
+            // One kernel that cannot be fetched or booted does not hide the others.
+            let row =
+                test_kernel(kernel, backend, &vm_dir, &config, options).unwrap_or_else(|err| Row {
+                    result: format!("not run: {err:#}"),
+                    ..Row::empty(kernel.name, backend)
+                });
+            rows.push(row);
+        }
     }
     let text = table(&rows, started.elapsed());
     print!("\n{text}");
     let report = root.join("target/vm-test.md");
     fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
-    let failed: Vec<&str> = rows
+    let failed: Vec<String> = rows
         .iter()
         .filter(|row| !row.fine)
-        .map(|row| row.kernel)
+        .map(|row| format!("{} ({})", row.kernel, row.backend))
         .collect();
     ensure!(failed.is_empty(), "vm-test failed on {}", failed.join(", "));
     Ok(())
+}
+
+fn chosen_backends(name: &str) -> Result<Vec<&'static str>> {
+    match name {
+        "all" => Ok(BACKENDS.to_vec()),
+        _ => match BACKENDS.iter().find(|backend| **backend == name) {
+            Some(backend) => Ok(vec![backend]),
+            None => bail!(
+                "no backend {name}; --backend takes {} or all",
+                BACKENDS.join(", ")
+            ),
+        },
+    }
 }
 
 fn chosen(name: &str) -> Result<Vec<&'static Kernel>> {
@@ -201,15 +227,24 @@ fn executables(messages: &str) -> Vec<TestBinary> {
 }
 
 /// The guest's `config.sh`: where sockspy and the tests are (the same
-/// paths as here: the guest sees this machine's files), and the test
-/// binaries to run with their arguments.
-fn guest_config(root: &Path, binaries: &[TestBinary], options: &Options) -> Result<String> {
+/// paths as here: the guest sees this machine's files), the backend
+/// (`SOCKSPY_BACKEND`, which sockspy reads as `--backend`'s default), and
+/// the test binaries to run with their arguments.
+fn guest_config(
+    root: &Path,
+    binaries: &[TestBinary],
+    options: &Options,
+    backend: &str,
+) -> Result<String> {
     let mut config = format!(
-        "SOCKSPY_BIN={}\nTESTS_DIR={}\nall_tests() {{\n",
+        "SOCKSPY_BIN={}\nTESTS_DIR={}\nexport SOCKSPY_BACKEND={backend}\nall_tests() {{\n",
         quote(&crate::sockspy_bin(root).to_string_lossy()),
         quote(&root.join("tests").to_string_lossy()),
     );
     for binary in binaries {
+        if binary.name == COMPARISON.0 && backend != COMPARISON.1 {
+            continue;
+        }
         let args: Vec<String> = if options.core {
             match CORE_TESTS.iter().find(|(name, _)| *name == binary.name) {
                 Some((_, tests)) => std::iter::once("--exact".to_owned())
@@ -254,12 +289,12 @@ struct Row {
 }
 
 impl Row {
-    /// A row of `kernel` with nothing known yet, not fine.
-    fn empty(kernel: &'static str) -> Self {
+    /// A row of `kernel` and `backend` with nothing known yet, not fine.
+    fn empty(kernel: &'static str, backend: &'static str) -> Self {
         Row {
             kernel,
             release: "-".into(),
-            backend: BACKENDS[0],
+            backend,
             result: String::new(),
             counts: None,
             failures: Vec::new(),
@@ -273,11 +308,12 @@ impl Row {
 
 fn test_kernel(
     kernel: &'static Kernel,
+    backend: &'static str,
     vm_dir: &Path,
     config: &str,
     options: &Options,
 ) -> Result<Row> {
-    eprintln!("xtask vm-test: kernel {}", kernel.name);
+    eprintln!("xtask vm-test: kernel {}, backend {backend}", kernel.name);
     let unpacked = kernel.prepare(vm_dir)?;
     eprintln!("xtask vm-test: booting {}", unpacked.package);
     let dir = vm_dir.join(kernel.name);
@@ -289,13 +325,18 @@ fn test_kernel(
         initramfs: &initramfs,
         console_log: &console_log,
     };
-    let prefix = format!("[{}] ", kernel.name);
+    let prefix = format!("[{} {backend}] ", kernel.name);
     let timeout = Duration::from_secs(options.timeout);
     let run = guest::run(&guest, &dir.join("guest.log"), timeout, |line| {
         eprintln!("{prefix}{line}")
     })?;
     let transcript = report::parse(&run.lines);
-    let (result, fine) = judge(&transcript, &run.ending, &console_log.display().to_string());
+    let (result, fine) = judge(
+        &transcript,
+        backend,
+        &run.ending,
+        &console_log.display().to_string(),
+    );
     let counts = transcript
         .tests
         .iter()
@@ -313,12 +354,7 @@ fn test_kernel(
     Ok(Row {
         kernel: kernel.name,
         release: transcript.release.clone().unwrap_or(unpacked.release),
-        backend: transcript
-            .check
-            .as_ref()
-            .and_then(|check| check.backend())
-            .and_then(|named| BACKENDS.iter().copied().find(|known| *known == named))
-            .unwrap_or(BACKENDS[0]),
+        backend,
         result,
         counts,
         failures,
@@ -369,8 +405,14 @@ fn build_initramfs(unpacked: &kernel::Unpacked, work: Work<'_>, path: &Path) -> 
     initramfs::write_gzipped(&cpio.finish(), path)
 }
 
-/// The result of a guest in a few words, and whether it is a fine one.
-fn judge(transcript: &Transcript, ending: &guest::Ending, console: &str) -> (String, bool) {
+/// The result of a guest run for `backend` in a few words, and whether it
+/// is a fine one.
+fn judge(
+    transcript: &Transcript,
+    backend: &str,
+    ending: &guest::Ending,
+    console: &str,
+) -> (String, bool) {
     if *ending == guest::Ending::TimedOut {
         return (format!("guest timed out (kernel log: {console})"), false);
     }
@@ -396,7 +438,10 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console: &str) -> (Str
                     false,
                 );
             }
-            let result = format!("no backend available (missing {})", missing.join(", "));
+            let result = match check.refusal(backend) {
+                Some(why) => format!("not available: {why}"),
+                None => format!("not available (failed {})", missing.join(", ")),
+            };
             // trace must decline as cleanly as check did: status 2, a message.
             let declined = transcript
                 .trace
@@ -414,6 +459,16 @@ fn judge(transcript: &Transcript, ending: &guest::Ending, console: &str) -> (Str
                 false,
             );
         }
+    }
+    // SOCKSPY_BACKEND reached sockspy: check traces with the backend asked for.
+    if check.backend() != Some(backend) {
+        return (
+            format!(
+                "sockspy check picked backend {}, not {backend}",
+                check.backend().unwrap_or("none")
+            ),
+            false,
+        );
     }
     if transcript.tests.is_empty() {
         return ("no test ran".into(), false);
@@ -480,7 +535,14 @@ fn table(rows: &[Row], elapsed: Duration) -> String {
         "\n| kernel | sock tracepoints | kprobe | fentry |\n\
          |---|---|---|---|\n",
     );
+    // The kernel's facts, once per kernel: the first guest's.
+    let mut kernels: Vec<&Row> = Vec::new();
     for row in rows {
+        if !kernels.iter().any(|seen| seen.kernel == row.kernel) {
+            kernels.push(row);
+        }
+    }
+    for row in &kernels {
         let hook = |name: &str| {
             row.transcript
                 .hooks
@@ -503,8 +565,8 @@ fn table(rows: &[Row], elapsed: Duration) -> String {
             let status = trace.status.map_or("-".into(), |status| status.to_string());
             writeln!(
                 text,
-                "\nOn {}, `sockspy trace` exited with status {status} and printed:\n",
-                row.kernel
+                "\nOn {} with `SOCKSPY_BACKEND={}`, `sockspy trace` exited with status {status} and printed:\n",
+                row.kernel, row.backend
             )
             .expect("writing to a String");
             for line in &trace.lines {
@@ -553,19 +615,26 @@ not json"#;
 
     #[test]
     fn core_runs_only_its_tests_by_exact_name() {
-        let binaries = ["unix", "record"].map(|name| TestBinary {
+        let binaries = ["unix", "record", "backends"].map(|name| TestBinary {
             name: name.into(),
             path: PathBuf::from(format!("/t/{name}-1")),
         });
-        let config = guest_config(Path::new("/w"), &binaries, &options(&["--core"])).unwrap();
-        assert!(
-            config.starts_with("SOCKSPY_BIN='/w/target/release/sockspy'\nTESTS_DIR='/w/tests'\n")
-        );
+        let core = options(&["--core"]);
+        let config = guest_config(Path::new("/w"), &binaries, &core, "kprobe").unwrap();
+        assert!(config.starts_with(
+            "SOCKSPY_BIN='/w/target/release/sockspy'\nTESTS_DIR='/w/tests'\n\
+             export SOCKSPY_BACKEND=kprobe\n"
+        ));
+        // The comparison of backends runs in the fentry guest only.
+        assert!(!config.contains("backends"), "{config}");
+        let config = guest_config(Path::new("/w"), &binaries, &core, "fentry").unwrap();
+        assert!(config.contains("run_tests 'backends'"), "{config}");
         assert!(config.contains(
             "run_tests 'unix' '/t/unix-1' '--exact' 'stream_server_and_client' 'connection_made_before_tracing'"
         ));
         assert!(!config.contains("record"), "{config}");
-        let filtered = guest_config(Path::new("/w"), &binaries, &options(&["--", "tcp", "it's"]));
+        let filters = options(&["--", "tcp", "it's"]);
+        let filtered = guest_config(Path::new("/w"), &binaries, &filters, "fentry");
         assert!(
             filtered
                 .unwrap()
@@ -588,7 +657,9 @@ not json"#;
     fn a_kernel_declined_by_check_and_trace_is_a_result() {
         let declined = transcript(
             "@@vm-test begin check\n\
-             FAIL  tracepoint sock:sock_send_length     this kernel has no tracepoint\n\
+             no    tracepoint sock:sock_send_length     this kernel has no tracepoint\n\
+             ok    fexit inet_sendmsg                   attached (Linux 5.5+)\n\
+             FAIL  backend                              the tracepoint backend cannot attach here\n\
              @@vm-test end check 2\n\
              @@vm-test begin trace\n\
              sockspy: this kernel has no tracepoint sock:sock_send_length\n\
@@ -597,9 +668,10 @@ not json"#;
         );
         let ended = guest::Ending::Exited(Default::default());
         assert_eq!(
-            judge(&declined, &ended, "console.log"),
+            judge(&declined, "tracepoint", &ended, "console.log"),
             (
-                "no backend available (missing tracepoint sock:sock_send_length)".into(),
+                "not available: tracepoint sock:sock_send_length: this kernel has no tracepoint"
+                    .into(),
                 true
             )
         );
@@ -607,7 +679,7 @@ not json"#;
             "@@vm-test begin check\nFAIL  BTF  missing\n@@vm-test end check 2\n\
              @@vm-test begin trace\nthread 'main' panicked\n@@vm-test end trace 101\n",
         );
-        let (result, fine) = judge(&panicked, &ended, "console.log");
+        let (result, fine) = judge(&panicked, "fentry", &ended, "console.log");
         assert!(
             !fine && result.ends_with("but sockspy trace did not say so"),
             "{result}"
@@ -617,25 +689,41 @@ not json"#;
     #[test]
     fn a_hung_or_failing_guest_is_not_fine() {
         let ended = guest::Ending::Exited(Default::default());
-        let (result, fine) = judge(&Transcript::default(), &guest::Ending::TimedOut, "c.log");
+        let (result, fine) = judge(
+            &Transcript::default(),
+            "kprobe",
+            &guest::Ending::TimedOut,
+            "c.log",
+        );
         assert!(!fine && result.starts_with("guest timed out"), "{result}");
         let (result, fine) = judge(
             &transcript("@@vm-test error insmod 9p failed\n"),
+            "kprobe",
             &ended,
             "c.log",
         );
         assert!(!fine && result.contains("insmod 9p failed"), "{result}");
         let failed = transcript(
-            "@@vm-test begin check\n@@vm-test end check 0\n@@vm-test begin tests unix\n\
+            "@@vm-test begin check\nbackend: kprobe (asked for with --backend)\n\
+             @@vm-test end check 0\n@@vm-test begin tests unix\n\
              test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
              @@vm-test end tests unix 101\n",
         );
         assert_eq!(
-            judge(&failed, &ended, "c.log"),
+            judge(&failed, "kprobe", &ended, "c.log"),
             ("tests failed".into(), false)
         );
         let passed = failed_to_passed(failed);
-        assert_eq!(judge(&passed, &ended, "c.log"), ("pass".into(), true));
+        assert_eq!(
+            judge(&passed, "kprobe", &ended, "c.log"),
+            ("pass".into(), true)
+        );
+        // A guest where SOCKSPY_BACKEND did not reach sockspy tested another backend.
+        let (result, fine) = judge(&passed, "fentry", &ended, "c.log");
+        assert!(
+            !fine && result == "sockspy check picked backend kprobe, not fentry",
+            "{result}"
+        );
     }
 
     fn failed_to_passed(mut transcript: Transcript) -> Transcript {

@@ -1,11 +1,14 @@
 //! Data moving through sockets: `send` and `recv` events.
 //!
-//! Hooks: raw tracepoints `sock_send_length` and `sock_recv_length` (args:
-//! `struct sock *`, result, flags; Linux 6.3+). The kernel fires them from
-//! `sock_sendmsg`/`sock_recvmsg` for every family and every way in (`write`,
-//! `sendto`, `sendmmsg`, ...), so one pair of hooks sees all socket I/O and
-//! nothing else. What the tracepoint lacks (the descriptor, the call, a
-//! datagram's destination) comes from the call `sys_enter` noted in `CALLS`.
+//! Hooks of the tracepoint backend: raw tracepoints `sock_send_length` and
+//! `sock_recv_length` (args: `struct sock *`, result, flags; Linux 6.3+).
+//! The kernel fires them from `sock_sendmsg`/`sock_recvmsg` for every
+//! family and every way in (`write`, `sendto`, `sendmmsg`, ...), so one
+//! pair of hooks sees all socket I/O and nothing else. The function-probe
+//! backends (`functions.rs`) hand the same three facts to [`on_data`]
+//! from the functions those tracepoints follow. What the hook lacks (the
+//! descriptor, the call, a datagram's destination) comes from the call
+//! `sys_enter` noted in `CALLS`.
 
 use core::ffi::c_void;
 
@@ -55,19 +58,30 @@ const MAX_CMSGS: usize = 4;
 /// Raw tracepoint `sock_send_length`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
-    if try_data(&ctx, EventKind::Send).is_err() {
-        emit::count(Stat::ReadFailed);
-    }
+    let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    on_data(ctx.arg(0), ret, flags, EventKind::Send, ANY_TYPE);
     0
 }
 
 /// Raw tracepoint `sock_recv_length`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
-    if try_data(&ctx, EventKind::Recv).is_err() {
+    let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    on_data(ctx.arg(0), ret, flags, EventKind::Recv, ANY_TYPE);
+    0
+}
+
+/// `on_data`'s `skip_type` when every socket type counts.
+pub const ANY_TYPE: u16 = 0;
+
+/// A send or receive on socket `sk` returned `ret` (`flags`: the receive
+/// flags; 0 for a send, as the tracepoint has it): its event, unless the
+/// socket is of type `skip_type`, which another hook reports.
+#[inline(always)]
+pub fn on_data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) {
+    if data(sk, ret, flags, kind, skip_type).is_err() {
         emit::count(Stat::ReadFailed);
     }
-    0
 }
 
 /// Whether `call` moves data in the direction of `kind`.
@@ -85,15 +99,13 @@ fn direction_matches(call: Call, kind: EventKind) -> bool {
     }
 }
 
-fn try_data(ctx: &RawTracePointContext, kind: EventKind) -> Result<(), ReadFailed> {
-    let sk: u64 = ctx.arg(0);
-    let ret = ctx.arg::<u64>(1) as i32;
-    let flags = ctx.arg::<u64>(2) as i32;
+#[inline(always)]
+fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Result<(), ReadFailed> {
     if ret == -EAGAIN || emit::skip_task() {
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
-    if !traced(&info) || emit::port_excluded(&info)? {
+    if info.sock_type == skip_type || !traced(&info) || emit::port_excluded(&info)? {
         return Ok(());
     }
     let noted = noted_call(kind);

@@ -2,6 +2,7 @@
 //! `try_*` function; a hook never fails the traced program, it only counts.
 
 pub mod data;
+pub mod functions;
 pub mod inet;
 pub mod process;
 pub mod syscalls;

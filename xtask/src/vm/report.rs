@@ -117,6 +117,25 @@ impl Section {
             .collect()
     }
 
+    /// Why `sockspy check` says `backend` cannot run: its first hook
+    /// that did not attach (`no` lines), as `HOOK: REASON`.
+    pub fn refusal(&self, backend: &str) -> Option<String> {
+        let probes: &[&str] = match backend {
+            "tracepoint" => &["tracepoint "],
+            "fentry" => &["fexit "],
+            _ => &["kprobe ", "kretprobe "],
+        };
+        self.lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("no "))
+            .map(str::trim_start)
+            .find(|rest| probes.iter().any(|probe| rest.starts_with(probe)))
+            .map(|rest| match rest.split_once("  ") {
+                Some((hook, reason)) => format!("{hook}: {}", reason.trim()),
+                None => rest.to_owned(),
+            })
+    }
+
     /// The backend `sockspy check` says `trace` would use.
     pub fn backend(&self) -> Option<&str> {
         self.lines.iter().find_map(|line| {

@@ -33,6 +33,12 @@ say end check $status
 if [ $status = 0 ]; then
     all_tests
 else
+    # Where the verifier refused a program, the end of its log says why.
+    if [ -s /tmp/sockspy-verifier.log ]; then
+        say begin verifier-log
+        tail -n 60 /tmp/sockspy-verifier.log
+        say end verifier-log 0
+    fi
     say begin trace
     timeout 60 "$SOCKSPY_BIN" trace --duration 1 2>&1
     say end trace $?

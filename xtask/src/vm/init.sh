@@ -28,9 +28,24 @@ host=/host
 mkdir -p $host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot $host \
     || fail "cannot mount the host's root over 9p"
+# The host's root as it is, before tmpfs covers parts of it.
+mkdir -p /orig
+mount --bind $host /orig || fail "cannot bind the host's root"
 for dir in tmp run var/tmp; do
     mount -t tmpfs -o mode=1777 tmpfs $host/$dir || fail "cannot mount tmpfs on /$dir"
 done
+# A repository under one of those (a clone in /tmp) stays visible at its
+# path: config.sh names its tests directory.
+repo=
+if [ -e /config.sh ]; then
+    repo=$(sed -n "s/^TESTS_DIR='\(.*\)\/tests'$/\1/p" /config.sh)
+fi
+case "$repo" in
+/tmp/* | /run/* | /var/tmp/*)
+    mkdir -p "$host$repo" && mount --bind "/orig$repo" "$host$repo" ||
+        fail "cannot show $repo in the guest"
+    ;;
+esac
 mount -t proc proc $host/proc
 mount -t sysfs sysfs $host/sys
 mount -t devtmpfs devtmpfs $host/dev

@@ -30,7 +30,7 @@ pub struct Unfit(pub String);
 
 /// Where `send` and `recv` events come from: every other hook is a
 /// tracepoint that all supported kernels have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// The `sock:sock_send_length`/`sock_recv_length` tracepoints (Linux 6.3+).
     Tracepoint,
@@ -89,18 +89,23 @@ impl Hook {
     /// How messages name the hook: `tracepoint sock:sock_send_length`,
     /// `fexit inet_sendmsg`.
     pub fn name(&self) -> String {
-        match self.kind {
-            Kind::Data(Backend::Fentry | Backend::Kprobe) => {
-                format!("{} {}", self.system, self.target)
-            }
-            _ => format!("tracepoint {}:{}", self.system, self.target),
+        if self.probes_function() {
+            format!("{} {}", self.system, self.target)
+        } else {
+            format!("tracepoint {}:{}", self.system, self.target)
         }
+    }
+
+    /// Whether the hook is a function probe (fentry or kprobe backend)
+    /// rather than a tracepoint.
+    fn probes_function(&self) -> bool {
+        matches!(self.kind, Kind::Data(Backend::Fentry | Backend::Kprobe))
     }
 
     /// The `FAMILY_*` bits of the sockets the hook sees: a function
     /// probe's function serves one family; a tracepoint, all.
     fn families(&self) -> u32 {
-        let function = matches!(self.kind, Kind::Data(Backend::Fentry | Backend::Kprobe));
+        let function = self.probes_function();
         match self.target {
             target if function && target.starts_with("unix_") => FAMILY_UNIX,
             target if function && target.starts_with("inet6_") => FAMILY_INET6,
@@ -603,17 +608,21 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
         }
         _ => return Err(Unfit(format!("kernel programs lack {}", hook.program))),
     };
-    attached.map_err(|err| match hook.kind {
-        Kind::Data(Backend::Fentry | Backend::Kprobe) => function_error(hook, &err),
-        _ if io_errno(&err) == Some(libc::ENOENT) => Unfit(format!(
-            "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
-            hook.system, hook.target, hook.since
-        )),
-        _ => Unfit(format!(
-            "cannot attach to {}: {}",
-            hook.name(),
-            describe(&err)
-        )),
+    attached.map_err(|err| {
+        if hook.probes_function() {
+            function_error(hook, &err)
+        } else if io_errno(&err) == Some(libc::ENOENT) {
+            Unfit(format!(
+                "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
+                hook.system, hook.target, hook.since
+            ))
+        } else {
+            Unfit(format!(
+                "cannot attach to {}: {}",
+                hook.name(),
+                describe(&err)
+            ))
+        }
     })
 }
 

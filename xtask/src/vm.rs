@@ -98,8 +98,8 @@ const GUEST_MODULES: &[&str] = &[
 /// its end or a test failed; a kernel that sockspy cleanly declines
 /// (`check` says what is missing) is a result, not a failure.
 pub fn run(root: &Path, options: &Options) -> Result<()> {
-    let kernels = chosen(&options.kernel)?;
-    let backends = chosen_backends(&options.backend)?;
+    let kernels = chosen("kernel", &options.kernel, KERNELS, |kernel| kernel.name)?;
+    let backends = chosen("backend", &options.backend, BACKENDS, |backend| backend)?;
     let vm_dir = root.join("target/vm");
     if options.shell {
         let [kernel] = kernels[..] else {
@@ -135,29 +135,23 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     Ok(())
 }
 
-fn chosen_backends(name: &str) -> Result<Vec<&'static str>> {
-    match name {
-        "all" => Ok(BACKENDS.to_vec()),
-        _ => match BACKENDS.iter().find(|backend| **backend == name) {
-            Some(backend) => Ok(vec![backend]),
-            None => bail!(
-                "no backend {name}; --backend takes {} or all",
-                BACKENDS.join(", ")
-            ),
-        },
-    }
-}
-
-fn chosen(name: &str) -> Result<Vec<&'static Kernel>> {
+/// `--kernel`/`--backend NAME`: the one of `all` named so, or every one
+/// for `all`.
+fn chosen<'a, T>(
+    flag: &str,
+    name: &str,
+    all: &'a [T],
+    name_of: impl Fn(&T) -> &str,
+) -> Result<Vec<&'a T>> {
     if name == "all" {
-        return Ok(KERNELS.iter().collect());
+        return Ok(all.iter().collect());
     }
-    match KERNELS.iter().find(|kernel| kernel.name == name) {
-        Some(kernel) => Ok(vec![kernel]),
+    match all.iter().find(|item| name_of(item) == name) {
+        Some(item) => Ok(vec![item]),
         None => {
-            let known: Vec<&str> = KERNELS.iter().map(|kernel| kernel.name).collect();
+            let known: Vec<&str> = all.iter().map(&name_of).collect();
             bail!(
-                "no kernel {name} in the matrix; --kernel takes {} or all",
+                "no {flag} {name} in the matrix; --{flag} takes {} or all",
                 known.join(", ")
             )
         }
@@ -644,9 +638,10 @@ not json"#;
 
     #[test]
     fn kernels_are_chosen_by_name() {
-        assert_eq!(chosen("all").unwrap().len(), KERNELS.len());
-        assert_eq!(chosen("6.12").unwrap()[0].name, "6.12");
-        let err = chosen("5.10").err().expect("not in the matrix");
+        let kernel = |name| chosen("kernel", name, KERNELS, |kernel| kernel.name);
+        assert_eq!(kernel("all").unwrap().len(), KERNELS.len());
+        assert_eq!(kernel("6.12").unwrap()[0].name, "6.12");
+        let err = kernel("5.10").err().expect("not in the matrix");
         assert!(
             format!("{err:#}").contains("takes 6.1, 6.12 or all"),
             "{err:#}"

@@ -61,10 +61,20 @@ pub fn run(backend: Option<Backend>) -> ExitCode {
     let mut working = Vec::new();
     match (&privileged, &offsets) {
         (Ok(()), Ok(offsets)) => match loader::probe(offsets, per_syscall) {
-            Ok(results) => {
+            Ok(probe) => {
                 report("eBPF programs and ring buffer", Ok("loaded".into()));
+                if let Some(verified) = &probe.verified {
+                    say!(
+                        "ok    {:<36} {} instructions checked in all; the most, {}, for {} (the \
+                         kernel's limit is {VERIFIER_LIMIT} per program)",
+                        "verifier",
+                        verified.total,
+                        verified.most,
+                        verified.program
+                    );
+                }
                 let mut broken = Vec::new();
-                for (hook, result) in &results {
+                for (hook, result) in &probe.hooks {
                     let result = result
                         .as_ref()
                         .map(|()| format!("attached (Linux {}+)", hook.since))
@@ -139,6 +149,10 @@ pub fn run(backend: Option<Backend>) -> ExitCode {
     eprintln!("sockspy trace cannot run here: {}", failures.join("; "));
     ExitCode::from(2)
 }
+
+/// The most instructions the kernel's verifier checks in one program
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`) before it rejects it.
+const VERIFIER_LIMIT: u32 = 1_000_000;
 
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -522,8 +522,39 @@ fn unload(program: &mut Program) {
     };
 }
 
-/// Each hook with the outcome of attaching it.
-pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
+/// What [`probe`] found.
+pub struct Probe {
+    /// Each hook with the outcome of attaching it.
+    pub hooks: Vec<(&'static Hook, Result<(), Unfit>)>,
+    /// The program the verifier spent most instructions on, with that
+    /// count and the count for all programs loaded; `None` where the kernel
+    /// does not say (before Linux 5.16).
+    pub verified: Option<Verified>,
+}
+
+/// How much of the verifier's budget the programs took.
+pub struct Verified {
+    pub most: u32,
+    pub program: String,
+    pub total: u64,
+}
+
+/// The verifier's instruction counts of the programs loaded in `ebpf`.
+fn verified(ebpf: &Ebpf) -> Option<Verified> {
+    let counts: Vec<(&str, u32)> = ebpf
+        .programs()
+        .filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some((name, info.verified_instruction_count()?))
+        })
+        .collect();
+    let (program, most) = counts.iter().max_by_key(|(_, count)| *count)?;
+    Some(Verified {
+        most: *most,
+        program: (*program).to_owned(),
+        total: counts.iter().map(|(_, count)| u64::from(*count)).sum(),
+    })
+}
 
 /// Loads the programs and tries to attach every hook of the syscall set
 /// `per_syscall` picks, then every backend's send and receive hooks, for
@@ -533,7 +564,7 @@ pub type HookReport = Vec<(&'static Hook, Result<(), Unfit>)>;
 /// every filter):
 /// the verifier skips code that read-only settings make unreachable, so a
 /// smaller one would leave paths unchecked.
-pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<HookReport, Unfit> {
+pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<Probe, Unfit> {
     let config = TraceConfig {
         families: FAMILY_UNIX | FAMILY_INET | FAMILY_INET6 | PROTO_TCP | PROTO_UDP,
         capture_bytes: MAX_DATA_LEN as u32,
@@ -545,10 +576,14 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<HookReport, U
     let data = Backend::ALL
         .into_iter()
         .flat_map(|backend| data_hooks(backend, config.families));
-    Ok(hooks(per_syscall, true)
+    let hooks = hooks(per_syscall, true)
         .chain(data)
         .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
-        .collect())
+        .collect();
+    Ok(Probe {
+        hooks,
+        verified: verified(&ebpf),
+    })
 }
 
 fn load(offsets: &KernelOffsets, config: &TraceConfig, ring_bytes: u32) -> Result<Ebpf, Unfit> {

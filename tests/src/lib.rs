@@ -463,6 +463,18 @@ pub fn run_sockspy(args: &[&str]) -> Output {
         .expect("running sockspy")
 }
 
+/// What `sockspy check` printed; it must have succeeded.
+pub fn check_report() -> String {
+    let output = run_sockspy(&["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sockspy check failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Starts a Python script with piped stdin and stdout.
 pub fn spawn_python(script: &str, args: &[&str]) -> Child {
     Command::new(python3())

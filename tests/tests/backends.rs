@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use sockspy_tests::{Trace, have_root, python, run_sockspy};
+use sockspy_tests::{Trace, check_report, have_root, python};
 
 /// One process, one thread, so that its events have one order: a Unix
 /// stream listener and connection (send/recv, sendmsg/recvmsg, writev/
@@ -73,10 +73,7 @@ print(json.dumps({"pid": os.getpid()}))
 
 /// The backends `sockspy check` says attach all their hooks here.
 fn working_backends() -> Vec<String> {
-    let output = run_sockspy(&["check"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "sockspy check failed:\n{stdout}");
-    stdout
+    check_report()
         .lines()
         .filter_map(|line| line.strip_prefix("ok    backend "))
         .filter_map(|rest| rest.split_whitespace().next())

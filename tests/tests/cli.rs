@@ -8,7 +8,8 @@ use std::{
 };
 
 use sockspy_tests::{
-    Trace, have_program, have_root, python, python3, run_sockspy, signal, socket_dir, sockspy_bin,
+    Trace, check_report, have_program, have_root, python, python3, run_sockspy, signal, socket_dir,
+    sockspy_bin,
 };
 
 /// A clear one-line error and exit status 2, never a panic.
@@ -70,13 +71,7 @@ fn check_reports_every_hook() {
     if !have_root("check_reports_every_hook") {
         return;
     }
-    let output = run_sockspy(&["check"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = check_report();
     for hook in [
         "BTF",
         "privileges",
@@ -95,6 +90,32 @@ fn check_reports_every_hook() {
             .unwrap_or_else(|| panic!("no {hook} line in {stdout}"));
         assert!(line.starts_with("ok"), "{line}");
     }
+}
+
+/// The verifier checks every path through a program, up to a million
+/// instructions per program; a program near that limit is one kernel
+/// version away from being refused, and makes sockspy slow to start (each
+/// hundred thousand instructions took about a third of a second here, and
+/// ten times that in an emulated guest). `check` loads every program with
+/// the largest settings and says the most any one took; it must stay
+/// under a quarter of the limit.
+#[test]
+fn programs_stay_far_within_the_verifiers_budget() {
+    if !have_root("programs_stay_far_within_the_verifiers_budget") {
+        return;
+    }
+    let stdout = check_report();
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("ok    verifier"))
+        .unwrap_or_else(|| panic!("no verifier line in {stdout}"));
+    let most: u32 = line
+        .split("the most, ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    assert!(most > 0 && most < 250_000, "{line}");
 }
 
 /// A backend this kernel cannot run (here: fentry and kprobe on the

@@ -70,6 +70,7 @@ const CORE_TESTS: &[(&str, &[&str])] = &[
     ),
     ("payload", &["captures_the_first_bytes_of_each_call"]),
     ("inet", &["tcp_over_ipv4_loopback"]),
+    ("cli", &["programs_stay_far_within_the_verifiers_budget"]),
     ("backends", &["every_backend_sees_the_same_events"]),
 ];
 

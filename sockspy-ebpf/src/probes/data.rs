@@ -277,13 +277,17 @@ fn msghdr_of(call: Call, state: &CallState) -> u64 {
     }
 }
 
-/// One walk over a user `iovec` array, shared with [`iov_step`].
+/// One walk over a user `iovec` array, shared with [`iov_step`]. It does
+/// not change from one step to the next: the bytes captured so far are
+/// read back from the record, a map value whose contents the verifier does
+/// not track, so every step starts from the same state and the verifier
+/// checks the step once instead of once per possible count of bytes left.
 struct IovWalk<'a> {
     rec: &'a mut Record,
     iov: u64,
     count: u64,
-    /// Bytes still wanted.
-    left: u32,
+    /// Bytes wanted in all.
+    want: u32,
 }
 
 /// Copies the first `want` bytes spread over a user `iovec` array.
@@ -297,7 +301,7 @@ fn capture_iov(rec: &mut Record, iov: u64, count: u64, want: u32) {
         rec,
         iov,
         count,
-        left: want,
+        want,
     };
     let step: extern "C" fn(u64, *mut c_void) -> i64 = iov_step;
     // SAFETY: `step` has the callback signature bpf_loop expects and `walk`
@@ -311,22 +315,23 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `IovWalk` capture_iov handed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<IovWalk>() };
     let index = index & 0xffff_ffff;
-    if index >= walk.count || walk.left == 0 {
+    let have = walk.rec.ev().data_len;
+    if index >= walk.count || have >= walk.want {
         return 1;
     }
     let Ok([base, len]) = read_user::<[u64; 2]>(walk.iov + index * 16) else {
         emit::count(Stat::ReadFailed);
         return 1;
     };
-    let chunk = if len < u64::from(walk.left) {
+    let left = walk.want - have;
+    let chunk = if len < u64::from(left) {
         len as u32
     } else {
-        walk.left
+        left
     };
     if walk.rec.data_user(base, chunk) < chunk {
         return 1;
     }
-    walk.left -= chunk;
     0
 }
 

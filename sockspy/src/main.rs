@@ -12,6 +12,7 @@ mod cli;
 mod diag;
 mod events;
 mod filter;
+mod idmap;
 mod loader;
 mod offsets;
 mod output;

@@ -123,38 +123,46 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfD
     let secs = wall.div_euclid(1_000_000_000) as i64;
     let micros = wall.rem_euclid(1_000_000_000) / 1000;
     let (hour, minute, second) = time.of(secs);
-    let _ = write!(line, "{hour:02}:{minute:02}:{second:02}.{micros:06} ");
+    for (value, width, after) in [
+        (hour as u64, 2, ':'),
+        (minute as u64, 2, ':'),
+        (second as u64, 2, '.'),
+        (micros as u64, 6, ' '),
+    ] {
+        push_decimal(line, value, width);
+        line.push(after);
+    }
     // Each column is written in place and padded, as `{:<N}` would: an
     // event line costs no allocation.
-    column(line, 7, Align::Left, |l| write!(l, "{}", event.pid));
-    column(line, 15, Align::Left, |l| l.write_str(&event.comm));
+    column(line, 7, Align::Left, |l| {
+        push_decimal(l, event.pid.into(), 1)
+    });
+    column(line, 15, Align::Left, |l| l.push_str(&event.comm));
     column(line, 4, Align::Left, |l| match event.fd {
-        Some(fd) => write!(l, "{fd}"),
-        None => l.write_str("-"),
+        Some(fd) => push_signed(l, fd.into()),
+        None => l.push('-'),
     });
-    column(line, 10, Align::Left, |l| {
-        l.write_str(kind_name(event.kind))
-    });
+    column(line, 10, Align::Left, |l| l.push_str(kind_name(event.kind)));
     column(line, 6, Align::Right, |l| {
         if event.ret < 0 {
-            l.write_str(&errno_name(-event.ret))
+            l.push_str(&errno_name(-event.ret));
         } else if event.kind == EventKind::State {
-            l.write_str(tcp_state_name(event.state))
+            l.push_str(tcp_state_name(event.state));
         } else if is_data(event) {
-            write!(l, "{}", event.ret)
-        } else {
-            Ok(())
+            push_signed(l, event.ret);
         }
     });
     line.push(' ');
     column(line, 9, Align::Left, |l| {
-        l.write_str(proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)))
+        l.push_str(proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)));
     });
     column(line, 8, Align::Left, |l| match event.sock {
-        Some(sock) => write!(l, "{sock}"),
-        None => l.write_str("-"),
+        Some(sock) => push_decimal(l, sock, 1),
+        None => l.push('-'),
     });
-    column(line, 25, Align::Left, |l| where_text(l, event));
+    column(line, 25, Align::Left, |l| {
+        let _ = where_text(l, event);
+    });
     if let Some(peer) = &event.peer {
         peer_text(line, peer);
     }
@@ -212,22 +220,51 @@ enum Align {
     Right,
 }
 
+/// Spaces to pad the widest column with.
+const SPACES: &str = "                                ";
+
 /// Writes one column with `fill`, padded with spaces to `width`
-/// characters, and the space after it.
-fn column(
-    line: &mut String,
-    width: usize,
-    align: Align,
-    fill: impl FnOnce(&mut String) -> std::fmt::Result,
-) {
+/// (at most 32) characters, and the space after it.
+fn column(line: &mut String, width: usize, align: Align, fill: impl FnOnce(&mut String)) {
     let start = line.len();
-    let _ = fill(line);
-    let pad = width.saturating_sub(line[start..].chars().count());
+    fill(line);
+    let filled = &line[start..];
+    let chars = if filled.is_ascii() {
+        filled.len()
+    } else {
+        filled.chars().count()
+    };
+    let pad = &SPACES[..width.saturating_sub(chars)];
     match align {
-        Align::Left => line.extend(std::iter::repeat_n(' ', pad)),
-        Align::Right => (0..pad).for_each(|_| line.insert(start, ' ')),
+        Align::Left => line.push_str(pad),
+        Align::Right => line.insert_str(start, pad),
     }
     line.push(' ');
+}
+
+/// Appends `value` in decimal, with leading zeros to `width` digits: what
+/// `{value:0width$}` writes, without the formatting machinery, which took
+/// a tenth of sockspy's time printing a busy trace.
+fn push_decimal(line: &mut String, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while value > 0 || start == digits.len() {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    // SAFETY: `digits` holds only the ASCII bytes b'0' to b'9'. (Checking
+    // that, or pushing digit by digit, cost as much as the rest of a line.)
+    line.push_str(unsafe { std::str::from_utf8_unchecked(&digits[start..]) });
+}
+
+/// Appends `value` in decimal, with its sign.
+fn push_signed(line: &mut String, value: i64) {
+    if value < 0 {
+        line.push('-');
+    }
+    push_decimal(line, value.unsigned_abs(), 1);
 }
 
 fn is_data(event: &Event) -> bool {
@@ -306,22 +343,23 @@ fn peer_text(line: &mut String, peer: &Peer) {
             line.push(' ');
         }
     };
-    match (&peer.comm, peer.pid) {
-        (Some(comm), Some(pid)) => {
-            let _ = write!(line, "{comm}[{pid}]");
+    if let Some(pid) = peer.pid {
+        if let Some(comm) = &peer.comm {
+            line.push_str(comm);
         }
-        (None, Some(pid)) => {
-            let _ = write!(line, "[{pid}]");
-        }
-        _ => {}
+        line.push('[');
+        push_decimal(line, pid.into(), 1);
+        line.push(']');
     }
     if let Some(fd) = peer.fd {
         sep(line);
-        let _ = write!(line, "fd {fd}");
+        line.push_str("fd ");
+        push_signed(line, fd.into());
     }
     if let Some(sock) = peer.sock {
         sep(line);
-        let _ = write!(line, "sock {sock}");
+        line.push_str("sock ");
+        push_decimal(line, sock, 1);
     }
     if let Some(path) = &peer.path {
         sep(line);
@@ -864,6 +902,17 @@ mod tests {
         assert_eq!(value["bytes"], 300);
         let off = captured(b"x", 1, PayloadStyle::default(), Format::Json);
         assert!(!off.contains("\"data\""), "{off}");
+    }
+
+    #[test]
+    fn decimals_are_padded_and_signed() {
+        let mut line = String::new();
+        push_decimal(&mut line, 7, 2);
+        push_decimal(&mut line, 0, 1);
+        push_decimal(&mut line, 1234, 2);
+        push_decimal(&mut line, u64::MAX, 6);
+        push_signed(&mut line, -42);
+        assert_eq!(line, "070123418446744073709551615-42");
     }
 
     #[test]

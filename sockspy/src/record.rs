@@ -29,7 +29,7 @@
 //! at most by one torn block, which the reader reports and steps over.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     fs::{File, OpenOptions},
     hash::Hash,
     io::{self, Read, Write},
@@ -45,6 +45,7 @@ use sockspy_common::{AF_INET, AF_INET6, Call, EventKind, FLAG_PEEK, IPPROTO_TCP,
 
 use crate::{
     events::{UnixName, comm_str, kind_name},
+    idmap::{IdMap, IdSet},
     output::Clock,
     pcapng::{self, Block, BlockReader, Packet, ParseError},
     resolve::{Event, Passed, Peer},
@@ -331,19 +332,19 @@ const SERVER_PORT: u16 = 9000;
 struct TcpFramer {
     port: Option<u16>,
     /// (connection, from the client) -> next sequence number that way.
-    seq: HashMap<(u64, bool), u32>,
+    seq: IdMap<(u64, bool), u32>,
     /// Connected pairs seen in any event, both ways: a send whose event
     /// lacks its peer still belongs to its connection.
-    peers: HashMap<u64, u64>,
+    peers: IdMap<u64, u64>,
     /// Sockets seen with a name: the server ends.
-    named: HashSet<u64>,
+    named: IdSet<u64>,
     /// Sockets seen calling `connect`: the client ends.
-    clients: HashSet<u64>,
+    clients: IdSet<u64>,
     /// Socket -> its connection and whether it is the client, fixed at
     /// its first framed send so that a stream never changes its ports.
-    decided: HashMap<u64, (u64, bool)>,
+    decided: IdMap<u64, (u64, bool)>,
     /// Sockets closed while their peer is still open.
-    closed: HashSet<u64>,
+    closed: IdSet<u64>,
 }
 
 impl TcpFramer {

@@ -29,6 +29,7 @@ use sockspy_common::{COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, Passed
 use crate::{
     diag::{InetDiag, STATE_LISTEN, UnixDiag},
     events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
+    idmap::IdMap,
     procfs::{ProcessSockets, Procfs, Scan},
 };
 
@@ -59,7 +60,7 @@ struct Sock {
 struct Process {
     comm: Rc<str>,
     /// Socket descriptors: fd -> inode.
-    fds: HashMap<i32, u64>,
+    fds: IdMap<i32, u64>,
     /// The fd table was read from /proc already (do not read it per event).
     scanned: bool,
 }
@@ -134,10 +135,10 @@ pub struct Event {
 /// The table.
 #[derive(Debug, Default)]
 pub struct Resolver {
-    socks: HashMap<u64, Sock>,
-    procs: HashMap<u32, Process>,
+    socks: IdMap<u64, Sock>,
+    procs: IdMap<u32, Process>,
     /// Kernel `struct sock` address -> inode, for peers reported by address.
-    sk_ino: HashMap<u64, u64>,
+    sk_ino: IdMap<u64, u64>,
     /// Bound names of listening and datagram sockets -> inode: where a
     /// `connect` or `sendto` to a name arrives.
     named: HashMap<Rc<UnixName>, u64>,
@@ -287,6 +288,8 @@ impl Resolver {
         }
     }
 
+    /// Takes in what /proc shows of one process: its name and the sockets
+    /// its descriptors hold.
     fn add_process(&mut self, process: ProcessSockets) {
         let ProcessSockets { pid, comm, fds } = process;
         let entry = self.procs.entry(pid).or_default();
@@ -295,6 +298,18 @@ impl Resolver {
             entry.comm = comm.into();
         }
         for (fd, ino) in fds {
+            // /proc shows the present and the events the past: a descriptor
+            // the table has on another socket may have been closed and
+            // reused since, and that close is still to be read. The events
+            // will show the change; taking it now would forget a socket
+            // whose events are yet to come.
+            if self.procs[&pid]
+                .fds
+                .get(&fd)
+                .is_some_and(|&known| known != ino)
+            {
+                continue;
+            }
             self.hold(ino, Holder { pid, fd });
         }
     }
@@ -468,10 +483,8 @@ impl Resolver {
             return None;
         }
         process.scanned = true;
-        let fds = self.procfs.process_sockets(pid).ok()?.fds;
-        for (fd, ino) in fds {
-            self.hold(ino, Holder { pid, fd });
-        }
+        let sockets = self.procfs.process_sockets(pid).ok()?;
+        self.add_process(sockets);
         find(self.procs.get(&pid)?)
     }
 
@@ -529,7 +542,7 @@ impl Resolver {
                 fd = self.fd_of(pid, ino);
             }
             if let Some(sock) = self.socks.get_mut(&ino) {
-                if ev.sk != 0 {
+                if ev.sk != 0 && sock.sk != ev.sk {
                     sock.sk = ev.sk;
                     self.sk_ino.insert(ev.sk, ino);
                 }
@@ -783,6 +796,48 @@ mod tests {
             panic!("not a socket record")
         };
         resolver.apply(&rec)
+    }
+
+    /// The trace runs behind the processes: by the time a socket's events
+    /// are read, its descriptor may hold another socket. Looking for an
+    /// unknown peer rescans /proc, which shows that; the table must keep the
+    /// socket its events are about, with its path, until its close.
+    #[test]
+    fn a_rescan_while_resolving_keeps_the_events_own_socket() {
+        let proc = std::env::temp_dir().join(format!("sockspy-rescan-{}", std::process::id()));
+        let fds = proc.join("254").join("fd");
+        std::fs::create_dir_all(&fds).unwrap();
+        std::fs::write(proc.join("254").join("comm"), "python3\n").unwrap();
+        let _ = std::fs::remove_file(fds.join("5"));
+        std::os::unix::fs::symlink("socket:[999]", fds.join("5")).unwrap();
+        let mut resolver = Resolver::new(Procfs::at(&proc));
+        let name = crate::events::tests::sockaddr_un(b"/run/app.sock\0");
+        let mut unix = |kind, own: &[u8]| {
+            let bytes = sock_bytes(
+                kind,
+                |ev| {
+                    ev.header.pid = 254;
+                    ev.fd = 5;
+                    ev.sock = 10918;
+                    ev.peer_sock = 10917;
+                    ev.family = sockspy_common::AF_UNIX;
+                    ev.sock_type = 1;
+                },
+                [own, b"", b""],
+            );
+            let Ok(Record::Sock(rec)) = decode(&bytes) else {
+                panic!("not a socket record")
+            };
+            resolver.apply(&rec)
+        };
+        unix(EventKind::Send, &name);
+        let closed = unix(EventKind::Close, b"");
+        std::fs::remove_dir_all(&proc).unwrap();
+        assert_eq!(
+            closed.path.as_deref(),
+            Some(&UnixName::Path("/run/app.sock".into()))
+        );
+        assert_eq!(closed.fd, Some(5));
     }
 
     /// A process that execs and exits before its exec record is read:

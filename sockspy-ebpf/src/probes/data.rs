@@ -111,7 +111,8 @@ fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Resul
     let noted = noted_call(kind);
     if kind == EventKind::Recv
         && let Some((call, state)) = &noted
-        && source_at_exit(&info, *call, state)?.is_some()
+        && is_inet_datagram(&info)
+        && source_buffer(*call, state)?.is_some()
     {
         // `recv_at_exit` reports it, with the source address.
         return Ok(());
@@ -183,23 +184,22 @@ fn capture(
     Ok(())
 }
 
-/// Where an unconnected datagram's source address will be once the call
-/// returns: the user buffer and the user length a `recvfrom`/`recvmsg` on
-/// an IP datagram socket asked the kernel to fill. `None` when the call has
-/// none, or the socket is not such a socket.
+/// Whether `info` is an IP datagram socket, whose receives may ask for
+/// each datagram's source address.
+#[inline(always)]
+fn is_inet_datagram(info: &kernel::SockInfo) -> bool {
+    kernel::is_inet(info.family) && info.sock_type == SOCK_DGRAM
+}
+
+/// Where a receive's source address will be once the call returns: the
+/// user buffer and the user length a `recvfrom`/`recvmsg` asked the kernel
+/// to fill. `None` when the call has none.
 ///
 /// The data tracepoint fires before the kernel copies the address out, and
-/// does not see the kernel's copy, so such receives are reported at
-/// `sys_exit` instead, when the user's buffer holds it.
+/// does not see the kernel's copy, so such receives on IP datagram sockets
+/// are reported at `sys_exit` instead, when the user's buffer holds it.
 #[inline(always)]
-fn source_at_exit(
-    info: &kernel::SockInfo,
-    call: Call,
-    state: &CallState,
-) -> Result<Option<(u64, u64)>, ReadFailed> {
-    if !kernel::is_inet(info.family) || info.sock_type != SOCK_DGRAM {
-        return Ok(None);
-    }
+fn source_buffer(call: Call, state: &CallState) -> Result<Option<(u64, u64)>, ReadFailed> {
     let (name, len_at) = match call {
         Call::Recvfrom => (state.args[2], state.args[3]),
         Call::Recvmsg => {
@@ -217,16 +217,18 @@ pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadF
     if ret == -i64::from(EAGAIN) {
         return Ok(());
     }
+    // The buffer first: most receives ask for no address, and finding the
+    // socket behind the descriptor takes a dozen reads.
+    let Some((name, len_at)) = source_buffer(call, state)? else {
+        return Ok(());
+    };
     let Some(sk) = kernel::fd_to_sock(state.fd)? else {
         return Ok(());
     };
     let info = kernel::sock_info(sk)?;
-    if !traced(&info) {
+    if !traced(&info) || !is_inet_datagram(&info) {
         return Ok(());
     }
-    let Some((name, len_at)) = source_at_exit(&info, call, state)? else {
-        return Ok(());
-    };
     let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call) else {
         return Ok(());
     };

@@ -6,6 +6,7 @@
 //! panic (the same decoder will read recordings from disk).
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -122,8 +123,13 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
 
 /// A C string from a fixed `comm` buffer.
 pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    comm_text(comm).into_owned()
+}
+
+/// A C string from a fixed `comm` buffer, borrowed when it is UTF-8.
+pub fn comm_text(comm: &[u8; COMM_LEN]) -> Cow<'_, str> {
     let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..len]).into_owned()
+    String::from_utf8_lossy(&comm[..len])
 }
 
 /// A Unix socket name as `ss` shows it.

@@ -29,6 +29,7 @@
 //! at most by one torn block, which the reader reports and steps over.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     fs::{File, OpenOptions},
     hash::Hash,
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use sockspy_common::{AF_INET, AF_INET6, Call, EventKind, FLAG_PEEK, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    events::{UnixName, comm_str, kind_name},
+    events::{UnixName, comm_text, kind_name},
     idmap::{IdMap, IdSet},
     output::Clock,
     pcapng::{self, Block, BlockReader, Packet, ParseError},
@@ -115,14 +116,21 @@ struct SectionFacts {
 /// An event's facts as the packet comment carries them. Names follow the
 /// JSON output where they mean the same; numbers are kept raw where the
 /// printed name would lose them.
+///
+/// Text fields borrow: from the event when writing, from the comment when
+/// reading (unless JSON escapes made a copy necessary), so that recording
+/// an event allocates no strings.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Facts {
-    event: String,
+struct Facts<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
     pid: u32,
     tid: u32,
     uid: u32,
-    comm: String,
-    thread: String,
+    #[serde(borrow)]
+    comm: Cow<'a, str>,
+    #[serde(borrow)]
+    thread: Cow<'a, str>,
     family: u16,
     #[serde(rename = "type")]
     sock_type: u16,
@@ -141,41 +149,41 @@ struct Facts {
     listen_fd: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sock: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    path: Option<Cow<'a, str>>,
     ret: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
     flags: u16,
     #[serde(default, skip_serializing_if = "is_zero")]
     passed_fds: u16,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    passed_files: Vec<PassedFacts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    peer: Option<PeerFacts>,
+    #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
+    passed_files: Vec<PassedFacts<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerFacts<'a>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct PassedFacts {
+struct PassedFacts<'a> {
     fd: i32,
-    #[serde(rename = "type")]
-    kind: String,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     ino: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    path: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct PeerFacts {
+struct PeerFacts<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sock: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    comm: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    comm: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fd: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    path: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     addr: Option<SocketAddr>,
 }
@@ -197,29 +205,33 @@ const FILE_KINDS: [&str; 9] = [
     "closed",
 ];
 
-fn name_text(name: &Option<Rc<UnixName>>) -> Option<String> {
-    name.as_ref().map(|n| n.to_string())
+/// A name as `UnixName`'s display shows it; a path is borrowed as it is.
+fn name_text(name: &Option<Rc<UnixName>>) -> Option<Cow<'_, str>> {
+    name.as_deref().map(|name| match name {
+        UnixName::Path(path) => Cow::Borrowed(path.as_str()),
+        UnixName::Abstract(_) => Cow::Owned(name.to_string()),
+    })
 }
 
 /// The reverse of `UnixName`'s display: `@name` is abstract.
-fn name_from(text: Option<String>) -> Option<Rc<UnixName>> {
+fn name_from(text: Option<Cow<'_, str>>) -> Option<Rc<UnixName>> {
     text.map(|text| {
         Rc::new(match text.strip_prefix('@') {
             Some(name) => UnixName::Abstract(name.to_owned()),
-            None => UnixName::Path(text),
+            None => UnixName::Path(text.into_owned()),
         })
     })
 }
 
-impl Facts {
-    fn of(event: &Event) -> Self {
+impl<'a> Facts<'a> {
+    fn of(event: &'a Event) -> Self {
         Self {
-            event: kind_name(event.kind).to_owned(),
+            event: Cow::Borrowed(kind_name(event.kind)),
             pid: event.pid,
             tid: event.tid,
             uid: event.uid,
-            comm: event.comm.to_string(),
-            thread: comm_str(&event.thread),
+            comm: Cow::Borrowed(&event.comm),
+            thread: comm_text(&event.thread),
             family: event.family,
             sock_type: event.sock_type,
             protocol: event.protocol,
@@ -239,7 +251,7 @@ impl Facts {
                 .iter()
                 .map(|file| PassedFacts {
                     fd: file.fd,
-                    kind: file.kind.to_owned(),
+                    kind: Cow::Borrowed(file.kind),
                     ino: file.ino,
                     path: name_text(&file.path),
                 })
@@ -247,7 +259,7 @@ impl Facts {
             peer: event.peer.as_ref().map(|peer| PeerFacts {
                 sock: peer.sock,
                 pid: peer.pid,
-                comm: peer.comm.as_ref().map(|c| c.to_string()),
+                comm: peer.comm.as_deref().map(Cow::Borrowed),
                 fd: peer.fd,
                 path: name_text(&peer.path),
                 addr: peer.addr,
@@ -286,7 +298,7 @@ impl Facts {
             pid: self.pid,
             tid: self.tid,
             uid: self.uid,
-            comm: self.comm.into(),
+            comm: self.comm.as_ref().into(),
             thread,
             family: self.family,
             sock_type: self.sock_type,
@@ -307,7 +319,7 @@ impl Facts {
             peer: self.peer.map(|peer| Peer {
                 sock: peer.sock,
                 pid: peer.pid,
-                comm: peer.comm.map(Into::into),
+                comm: peer.comm.as_deref().map(Into::into),
                 fd: peer.fd,
                 path: name_from(peer.path),
                 addr: peer.addr,
@@ -788,9 +800,26 @@ struct Encoder {
     framing: Framing,
     tcp: TcpFramer,
     ip: IpFramer,
+    /// The last event's facts, its buffer kept for the next.
+    comment: Vec<u8>,
 }
 
 impl Encoder {
+    /// An encoder whose framed Unix streams use server port `port` (`--pcap-port`).
+    fn new(clock: Clock, capture_bytes: u32, framing: Framing, port: Option<u16>) -> Self {
+        Self {
+            clock,
+            capture_bytes,
+            framing,
+            tcp: TcpFramer {
+                port,
+                ..TcpFramer::default()
+            },
+            ip: IpFramer::default(),
+            comment: Vec::new(),
+        }
+    }
+
     /// The blocks that open every file: section header, interfaces.
     fn header(&self, out: &mut Vec<u8>) {
         let facts = serde_json::to_string(&SectionFacts {
@@ -812,7 +841,11 @@ impl Encoder {
     }
 
     fn event(&mut self, out: &mut Vec<u8>, event: &Event) {
-        let comment = serde_json::to_string(&Facts::of(event)).expect("plain struct serializes");
+        let mut comment = std::mem::take(&mut self.comment);
+        comment.clear();
+        serde_json::to_writer(&mut comment, &Facts::of(event)).expect("plain struct serializes");
+        // serde_json writes UTF-8.
+        let text = std::str::from_utf8(&comment).unwrap_or_default();
         let ts_ns = u64::try_from(self.clock.wall_ns(event.ts_ns)).unwrap_or(0);
         let moved = if event.ret > 0 { event.ret as u32 } else { 0 };
         let segment = if matches!(event.family, AF_INET | AF_INET6) {
@@ -829,17 +862,18 @@ impl Encoder {
                 ts_ns,
                 data: segment,
                 orig_len: moved.saturating_add((segment.len() - event.data.len()) as u32),
-                comment: Some(&comment),
+                comment: Some(text),
             },
             None => Packet {
                 interface: 0,
                 ts_ns,
                 data: &event.data,
                 orig_len: moved,
-                comment: Some(&comment),
+                comment: Some(text),
             },
         };
         pcapng::packet(out, &packet);
+        self.comment = comment;
         if event.kind == EventKind::Close
             && let Some(sock) = event.sock
         {
@@ -884,6 +918,8 @@ pub struct Recorder {
     pub bytes: u64,
     /// Events in `pending`, counted once written.
     pending_events: u64,
+    /// The last event's blocks, its buffer kept for the next.
+    block: Vec<u8>,
 }
 
 /// Flush pending blocks once they reach this size.
@@ -897,16 +933,7 @@ impl Recorder {
         } else {
             Output::File(open(&options.path, options.force)?)
         };
-        let encoder = Encoder {
-            clock,
-            capture_bytes: options.capture_bytes,
-            framing: options.framing,
-            tcp: TcpFramer {
-                port: options.port,
-                ..TcpFramer::default()
-            },
-            ip: IpFramer::default(),
-        };
+        let encoder = Encoder::new(clock, options.capture_bytes, options.framing, options.port);
         let mut recorder = Self {
             files: VecDeque::from([options.path.clone()]),
             next_index: 1,
@@ -919,6 +946,7 @@ impl Recorder {
             events: 0,
             bytes: 0,
             pending_events: 0,
+            block: Vec::new(),
         };
         recorder.start_file();
         // The header reaches the disk now: even a capture that records
@@ -945,7 +973,8 @@ impl Recorder {
     /// Records one event (written on the next [`flush`](Self::flush) or
     /// when enough is pending).
     pub fn record(&mut self, event: &Event) -> anyhow::Result<()> {
-        let mut block = Vec::with_capacity(64 + event.data.len() + 256);
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
         self.encoder.event(&mut block, event);
         if let Some(limit) = self.options.rotate_bytes
             && self.file_has_events
@@ -955,6 +984,7 @@ impl Recorder {
         }
         self.pending.extend_from_slice(&block);
         self.file_bytes += block.len() as u64;
+        self.block = block;
         self.file_has_events = true;
         self.pending_events += 1;
         if self.pending.len() >= PENDING_LIMIT {
@@ -1234,16 +1264,7 @@ mod tests {
     }
 
     fn encoder(framing: Framing) -> Encoder {
-        Encoder {
-            clock: Clock::epoch(),
-            capture_bytes: 256,
-            framing,
-            tcp: TcpFramer {
-                port: Some(80),
-                ..TcpFramer::default()
-            },
-            ip: IpFramer::default(),
-        }
+        Encoder::new(Clock::epoch(), 256, framing, Some(80))
     }
 
     fn encode(framing: Framing, events: &[Event]) -> Vec<u8> {
@@ -1275,7 +1296,8 @@ mod tests {
         bare.passed = Vec::new();
         bare.passed_fds = 0;
         bare.fd = None;
-        bare.path = Some(Rc::new(UnixName::Path("/tmp/s".into())));
+        // Characters JSON escapes: the comment's text is no longer borrowable.
+        bare.path = Some(Rc::new(UnixName::Path("/tmp/\"s\"\\\n".into())));
         let events = [
             event(EventKind::Send, b"update x 1:2\n", 13),
             event(EventKind::Recv, &[0, 1, 2, 255], 4000),

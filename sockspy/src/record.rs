@@ -918,8 +918,6 @@ pub struct Recorder {
     pub bytes: u64,
     /// Events in `pending`, counted once written.
     pending_events: u64,
-    /// The last event's blocks, its buffer kept for the next.
-    block: Vec<u8>,
 }
 
 /// Flush pending blocks once they reach this size.
@@ -946,7 +944,6 @@ impl Recorder {
             events: 0,
             bytes: 0,
             pending_events: 0,
-            block: Vec::new(),
         };
         recorder.start_file();
         // The header reaches the disk now: even a capture that records
@@ -973,18 +970,19 @@ impl Recorder {
     /// Records one event (written on the next [`flush`](Self::flush) or
     /// when enough is pending).
     pub fn record(&mut self, event: &Event) -> anyhow::Result<()> {
-        let mut block = std::mem::take(&mut self.block);
-        block.clear();
-        self.encoder.event(&mut block, event);
+        // Encoded in place; moved aside only when it opens the next file.
+        let start = self.pending.len();
+        self.encoder.event(&mut self.pending, event);
+        let size = (self.pending.len() - start) as u64;
         if let Some(limit) = self.options.rotate_bytes
             && self.file_has_events
-            && self.file_bytes + block.len() as u64 > limit
+            && self.file_bytes + size > limit
         {
+            let blocks = self.pending.split_off(start);
             self.rotate()?;
+            self.pending.extend_from_slice(&blocks);
         }
-        self.pending.extend_from_slice(&block);
-        self.file_bytes += block.len() as u64;
-        self.block = block;
+        self.file_bytes += size;
         self.file_has_events = true;
         self.pending_events += 1;
         if self.pending.len() >= PENDING_LIMIT {

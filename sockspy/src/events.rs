@@ -141,6 +141,16 @@ pub enum UnixName {
     Abstract(String),
 }
 
+impl UnixName {
+    /// The name as displayed; a path borrowed as it is.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Self::Path(path) => Cow::Borrowed(path),
+            Self::Abstract(_) => Cow::Owned(self.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for UnixName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

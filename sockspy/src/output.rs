@@ -3,13 +3,16 @@
 //! Both printers write to a buffered writer that the caller flushes after
 //! each batch; the JSON field names are a published contract (README).
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
 use serde::Serialize;
 use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 
 use crate::{
-    events::{UnixName, comm_str, family_name, kind_name, proto_name, tcp_state_name, type_name},
+    events::{UnixName, comm_text, family_name, kind_name, proto_name, tcp_state_name, type_name},
     resolve::{Event, Peer},
 };
 
@@ -109,7 +112,9 @@ impl Printer {
                 out.write_all(self.line.as_bytes())
             }
             Format::Json => {
-                let json = JsonEvent::new(event, &self.clock, self.payload.captured);
+                self.line.clear();
+                rfc3339(&mut self.line, self.clock.wall_ns(event.ts_ns));
+                let json = JsonEvent::new(event, &self.line, self.payload.captured);
                 serde_json::to_writer(&mut *out, &json)?;
                 out.write_all(b"\n")
             }
@@ -410,19 +415,28 @@ fn local_time_of_day(secs: i64) -> (i32, i32, i32) {
     (tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
-/// RFC 3339 UTC with microseconds, e.g. `2026-11-23T07:41:02.114823Z`.
-pub fn rfc3339(wall_ns: i128) -> String {
+/// Appends RFC 3339 UTC with microseconds, e.g. `2026-11-23T07:41:02.114823Z`.
+fn rfc3339(out: &mut String, wall_ns: i128) {
     let secs = wall_ns.div_euclid(1_000_000_000) as i64;
     let micros = wall_ns.rem_euclid(1_000_000_000) / 1000;
     let days = secs.div_euclid(86_400);
     let day_secs = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60
-    )
+    if year < 0 {
+        out.push('-');
+    }
+    for (value, width, after) in [
+        (year.unsigned_abs(), 4, '-'),
+        (month.into(), 2, '-'),
+        (day.into(), 2, 'T'),
+        (day_secs as u64 / 3600, 2, ':'),
+        (day_secs as u64 / 60 % 60, 2, ':'),
+        (day_secs as u64 % 60, 2, '.'),
+        (micros as u64, 6, 'Z'),
+    ] {
+        push_decimal(out, value, width);
+        out.push(after);
+    }
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -487,7 +501,7 @@ pub fn errno_name(errno: i64) -> String {
 /// The JSON object of one event; field names are the README's schema.
 #[derive(Serialize)]
 struct JsonEvent<'a> {
-    ts: String,
+    ts: &'a str,
     event: &'static str,
     family: &'static str,
     #[serde(rename = "type")]
@@ -501,11 +515,11 @@ struct JsonEvent<'a> {
     pid: u32,
     tid: u32,
     comm: &'a str,
-    thread: String,
+    thread: Cow<'a, str>,
     uid: u32,
     fd: Option<i32>,
     sock: Option<u64>,
-    path: Option<String>,
+    path: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -603,13 +617,14 @@ impl JsonPeerName {
 }
 
 impl<'a> JsonEvent<'a> {
-    fn new(event: &'a Event, clock: &Clock, captured: bool) -> Self {
+    /// `ts`: the event's time, as [`rfc3339`] writes it.
+    fn new(event: &'a Event, ts: &'a str, captured: bool) -> Self {
         use base64::Engine as _;
         let failed = event.ret < 0;
         let data_event = is_data(event);
         let payload = captured && data_event && !failed;
         Self {
-            ts: rfc3339(clock.wall_ns(event.ts_ns)),
+            ts,
             event: kind_name(event.kind),
             family: family_name(event.family),
             sock_type: type_name(event.sock_type),
@@ -619,11 +634,11 @@ impl<'a> JsonEvent<'a> {
             pid: event.pid,
             tid: event.tid,
             comm: &event.comm,
-            thread: comm_str(&event.thread),
+            thread: comm_text(&event.thread),
             uid: event.uid,
             fd: event.fd,
             sock: event.sock,
-            path: event.path.as_ref().map(|p| p.to_string()),
+            path: event.path.as_deref().map(UnixName::text),
             call: Some(event.call.name()).filter(|name| !name.is_empty()),
             bytes: (data_event && !failed).then_some(event.ret),
             ret: failed.then_some(event.ret),
@@ -917,6 +932,11 @@ mod tests {
 
     #[test]
     fn dates_are_gregorian() {
+        let rfc3339 = |wall_ns| {
+            let mut text = String::new();
+            super::rfc3339(&mut text, wall_ns);
+            text
+        };
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
         // 2024-02-29T12:00:00Z, a leap day.
         assert_eq!(

@@ -207,10 +207,7 @@ const FILE_KINDS: [&str; 9] = [
 
 /// A name as `UnixName`'s display shows it; a path is borrowed as it is.
 fn name_text(name: &Option<Rc<UnixName>>) -> Option<Cow<'_, str>> {
-    name.as_deref().map(|name| match name {
-        UnixName::Path(path) => Cow::Borrowed(path.as_str()),
-        UnixName::Abstract(_) => Cow::Owned(name.to_string()),
-    })
+    name.as_deref().map(UnixName::text)
 }
 
 /// The reverse of `UnixName`'s display: `@name` is abstract.

@@ -17,7 +17,7 @@
 //! the remote address. Both tables are seeded from /proc/net/{tcp,udp}{,6}.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
     time::{Duration, Instant},
@@ -146,10 +146,29 @@ pub struct Resolver {
     conns: HashMap<(SocketAddr, SocketAddr), u64>,
     /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
     bound: HashMap<(u16, SocketAddr), u64>,
+    /// The last [`CLOSED_KEPT`] sockets to lose their last holder, newest last.
+    closed: VecDeque<Closed>,
     procfs: Procfs,
     /// When /proc was last rescanned for a peer nobody was known to hold.
     last_rescan: Option<Instant>,
 }
+
+/// A socket whose last holder let go, remembered for the events still to
+/// be read that name it: the other end's send that the kernel reported
+/// after this end had already read the data and closed (two CPUs, two
+/// programs, the later write to the ring wins), or a TCP state change in
+/// softirq after the close.
+#[derive(Debug)]
+struct Closed {
+    ino: u64,
+    holder: Holder,
+    /// A TCP connection's (local, remote), as `conns` had it.
+    conn: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// How many closed sockets are remembered: a bound, so that the table
+/// does not grow with the history (one burst of closes is enough).
+const CLOSED_KEPT: usize = 256;
 
 /// The shortest interval between two /proc rescans: one costs a few
 /// milliseconds on a busy machine, and most misses are answered by the
@@ -254,9 +273,15 @@ impl Resolver {
         let remote = canonical(remote);
         if protocol == IPPROTO_TCP
             && let Some(local) = local
-            && let Some(&ino) = self.conns.get(&(remote, canonical(local)))
         {
-            return Some((ino, true));
+            let key = (remote, canonical(local));
+            let closed = || {
+                let closed = self.closed.iter().rev().find(|c| c.conn == Some(key))?;
+                Some(closed.ino)
+            };
+            if let Some(ino) = self.conns.get(&key).copied().or_else(closed) {
+                return Some((ino, true));
+            }
         }
         if protocol == IPPROTO_TCP && !matches!(kind, EventKind::Connect) {
             return None;
@@ -353,6 +378,14 @@ impl Resolver {
         }
         if sock.holders.is_empty() {
             let sock = entry.remove();
+            if self.closed.len() == CLOSED_KEPT {
+                self.closed.pop_front();
+            }
+            self.closed.push_back(Closed {
+                ino,
+                holder,
+                conn: sock.local.zip(sock.remote),
+            });
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
                 if let Some(remote) = sock.remote
@@ -488,9 +521,13 @@ impl Resolver {
         find(self.procs.get(&pid)?)
     }
 
-    /// The holder to name as the peer: the last one to use the socket, else the oldest.
+    /// The holder to name as the peer: the last one to use the socket, else
+    /// the oldest; for a socket closed lately, its last holder.
     fn holder_of(&self, ino: u64) -> Option<Holder> {
-        let sock = self.socks.get(&ino)?;
+        let Some(sock) = self.socks.get(&ino) else {
+            let closed = self.closed.iter().rev().find(|closed| closed.ino == ino)?;
+            return Some(closed.holder);
+        };
         sock.last_user
             .filter(|h| sock.holders.contains(h))
             .or_else(|| sock.holders.first().copied())
@@ -777,10 +814,23 @@ mod tests {
         fd: i32,
         ino: u64,
         family: u16,
+        ends: [&[u8]; 2],
+    ) -> Event {
+        event_to(resolver, EventKind::Send, pid, fd, ino, family, ends)
+    }
+
+    /// A TCP event of `kind` that moved 4 bytes, applied to `resolver`.
+    fn event_to(
+        resolver: &mut Resolver,
+        kind: EventKind,
+        pid: u32,
+        fd: i32,
+        ino: u64,
+        family: u16,
         [local, remote]: [&[u8]; 2],
     ) -> Event {
         let bytes = sock_bytes(
-            EventKind::Send,
+            kind,
             |ev| {
                 ev.header.pid = pid;
                 ev.fd = fd;
@@ -838,6 +888,40 @@ mod tests {
             Some(&UnixName::Path("/run/app.sock".into()))
         );
         assert_eq!(closed.fd, Some(5));
+    }
+
+    /// The client reads the answer and closes before the server's send of
+    /// it is read (the kernel reports a send after the fact): the send
+    /// still names the client.
+    #[test]
+    fn a_peer_closed_before_its_data_is_read_is_still_named() {
+        let mut resolver = seeded();
+        let localhost = Ipv4Addr::LOCALHOST;
+        let [client, server] = [40000, 8080].map(|port| sockaddr_in(localhost.octets(), port));
+        let close = event_to(
+            &mut resolver,
+            EventKind::Close,
+            200,
+            3,
+            2002,
+            AF_INET,
+            [&client, &server],
+        );
+        assert_eq!(close.peer.and_then(|peer| peer.pid), Some(100));
+        let mapped = localhost.to_ipv6_mapped();
+        let answer = send_to(
+            &mut resolver,
+            100,
+            5,
+            1001,
+            AF_INET6,
+            [&sockaddr_in6(mapped, 8080), &sockaddr_in6(mapped, 40000)],
+        );
+        let peer = answer.peer.expect("a peer");
+        assert_eq!(
+            (peer.pid, peer.fd, peer.sock),
+            (Some(200), Some(3), Some(2002))
+        );
     }
 
     /// A process that execs and exits before its exec record is read:

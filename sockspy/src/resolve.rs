@@ -143,27 +143,60 @@ pub struct Resolver {
     /// `connect` or `sendto` to a name arrives.
     named: HashMap<Rc<UnixName>, u64>,
     /// TCP connections: (local, remote) -> inode.
-    conns: HashMap<(SocketAddr, SocketAddr), u64>,
+    conns: HashMap<Conn, u64>,
     /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
     bound: HashMap<(u16, SocketAddr), u64>,
-    /// The last [`CLOSED_KEPT`] sockets to lose their last holder, newest last.
-    closed: VecDeque<Closed>,
+    /// The last [`CLOSED_KEPT`] sockets to lose their last holder.
+    closed: Closed,
     procfs: Procfs,
     /// When /proc was last rescanned for a peer nobody was known to hold.
     last_rescan: Option<Instant>,
 }
 
-/// A socket whose last holder let go, remembered for the events still to
-/// be read that name it: the other end's send that the kernel reported
-/// after this end had already read the data and closed (two CPUs, two
-/// programs, the later write to the ring wins), or a TCP state change in
-/// softirq after the close.
-#[derive(Debug)]
+/// A TCP connection by its (local, remote) ends, canonical (see [`canonical`]).
+type Conn = (SocketAddr, SocketAddr);
+
+/// Sockets whose last holder let go lately, remembered for the events
+/// still to be read that name them: the other end's send that the kernel
+/// reported after this end had already read the data and closed (two CPUs,
+/// two programs, the later write to the ring wins), or a TCP state change
+/// in softirq after the close.
+#[derive(Debug, Default)]
 struct Closed {
-    ino: u64,
-    holder: Holder,
-    /// A TCP connection's (local, remote), as `conns` had it.
-    conn: Option<(SocketAddr, SocketAddr)>,
+    /// Inode, last holder and TCP connection (local, remote) of each,
+    /// oldest first.
+    order: VecDeque<(u64, Holder, Option<Conn>)>,
+    /// Their TCP connections -> inode: every IP event whose peer is not a
+    /// live local socket (any remote peer) looks here, so by key, not by
+    /// walking `order`.
+    conns: HashMap<Conn, u64>,
+}
+
+impl Closed {
+    /// Remembers a socket, forgetting the oldest when [`CLOSED_KEPT`] are
+    /// kept (and its connection, unless a newer socket has that key now).
+    fn remember(&mut self, ino: u64, holder: Holder, conn: Option<Conn>) {
+        if self.order.len() == CLOSED_KEPT
+            && let Some((old, _, Some(key))) = self.order.pop_front()
+            && self.conns.get(&key) == Some(&old)
+        {
+            self.conns.remove(&key);
+        }
+        if let Some(key) = conn {
+            self.conns.insert(key, ino);
+        }
+        self.order.push_back((ino, holder, conn));
+    }
+
+    /// The last holder of `ino`, if it is remembered.
+    fn holder(&self, ino: u64) -> Option<Holder> {
+        let (_, holder, _) = self
+            .order
+            .iter()
+            .rev()
+            .find(|(closed, ..)| *closed == ino)?;
+        Some(*holder)
+    }
 }
 
 /// How many closed sockets are remembered: a bound, so that the table
@@ -275,11 +308,7 @@ impl Resolver {
             && let Some(local) = local
         {
             let key = (remote, canonical(local));
-            let closed = || {
-                let closed = self.closed.iter().rev().find(|c| c.conn == Some(key))?;
-                Some(closed.ino)
-            };
-            if let Some(ino) = self.conns.get(&key).copied().or_else(closed) {
+            if let Some(&ino) = self.conns.get(&key).or_else(|| self.closed.conns.get(&key)) {
                 return Some((ino, true));
             }
         }
@@ -378,14 +407,8 @@ impl Resolver {
         }
         if sock.holders.is_empty() {
             let sock = entry.remove();
-            if self.closed.len() == CLOSED_KEPT {
-                self.closed.pop_front();
-            }
-            self.closed.push_back(Closed {
-                ino,
-                holder,
-                conn: sock.local.zip(sock.remote),
-            });
+            self.closed
+                .remember(ino, holder, sock.local.zip(sock.remote));
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
                 if let Some(remote) = sock.remote
@@ -525,8 +548,7 @@ impl Resolver {
     /// the oldest; for a socket closed lately, its last holder.
     fn holder_of(&self, ino: u64) -> Option<Holder> {
         let Some(sock) = self.socks.get(&ino) else {
-            let closed = self.closed.iter().rev().find(|closed| closed.ino == ino)?;
-            return Some(closed.holder);
+            return self.closed.holder(ino);
         };
         sock.last_user
             .filter(|h| sock.holders.contains(h))
@@ -842,7 +864,26 @@ mod tests {
             },
             [local, remote, b""],
         );
-        let Ok(Record::Sock(rec)) = decode(&bytes) else {
+        applied(resolver, &bytes)
+    }
+
+    /// The seeded server (dual-stack, so IPv4-mapped addresses) sends to
+    /// the seeded client.
+    fn server_sends(resolver: &mut Resolver) -> Event {
+        let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        send_to(
+            resolver,
+            100,
+            5,
+            1001,
+            AF_INET6,
+            [&sockaddr_in6(mapped, 8080), &sockaddr_in6(mapped, 40000)],
+        )
+    }
+
+    /// The event `resolver` makes of the record `bytes`.
+    fn applied(resolver: &mut Resolver, bytes: &[u8]) -> Event {
+        let Ok(Record::Sock(rec)) = decode(bytes) else {
             panic!("not a socket record")
         };
         resolver.apply(&rec)
@@ -875,10 +916,7 @@ mod tests {
                 },
                 [own, b"", b""],
             );
-            let Ok(Record::Sock(rec)) = decode(&bytes) else {
-                panic!("not a socket record")
-            };
-            resolver.apply(&rec)
+            applied(&mut resolver, &bytes)
         };
         unix(EventKind::Send, &name);
         let closed = unix(EventKind::Close, b"");
@@ -908,16 +946,7 @@ mod tests {
             [&client, &server],
         );
         assert_eq!(close.peer.and_then(|peer| peer.pid), Some(100));
-        let mapped = localhost.to_ipv6_mapped();
-        let answer = send_to(
-            &mut resolver,
-            100,
-            5,
-            1001,
-            AF_INET6,
-            [&sockaddr_in6(mapped, 8080), &sockaddr_in6(mapped, 40000)],
-        );
-        let peer = answer.peer.expect("a peer");
+        let peer = server_sends(&mut resolver).peer.expect("a peer");
         assert_eq!(
             (peer.pid, peer.fd, peer.sock),
             (Some(200), Some(3), Some(2002))
@@ -938,19 +967,7 @@ mod tests {
             ev,
         };
         resolver.apply_proc(&exec);
-        let localhost = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
-        let server = send_to(
-            &mut resolver,
-            100,
-            5,
-            1001,
-            AF_INET6,
-            [
-                &sockaddr_in6(localhost, 8080),
-                &sockaddr_in6(localhost, 40000),
-            ],
-        );
-        let peer = server.peer.expect("a peer");
+        let peer = server_sends(&mut resolver).peer.expect("a peer");
         assert_eq!((peer.pid, peer.fd), (Some(200), Some(3)));
     }
 
@@ -972,15 +989,7 @@ mod tests {
         assert_eq!(peer.sock, Some(1001));
         assert_eq!(peer.addr, Some("127.0.0.1:8080".parse().unwrap()));
 
-        let mapped = localhost.to_ipv6_mapped();
-        let server = send(
-            100,
-            5,
-            1001,
-            AF_INET6,
-            &sockaddr_in6(mapped, 8080),
-            &sockaddr_in6(mapped, 40000),
-        );
+        let server = server_sends(&mut seeded());
         assert_eq!(server.local.unwrap().to_string(), "[::ffff:127.0.0.1]:8080");
         let peer = server.peer.expect("a peer");
         assert_eq!(

@@ -64,13 +64,13 @@ pub fn run(backend: Option<Backend>) -> ExitCode {
             Ok(probe) => {
                 report("eBPF programs and ring buffer", Ok("loaded".into()));
                 if let Some(verified) = &probe.verified {
-                    say!(
-                        "ok    {:<36} {} instructions checked in all; the most, {}, for {} (the \
-                         kernel's limit is {VERIFIER_LIMIT} per program)",
+                    report(
                         "verifier",
-                        verified.total,
-                        verified.most,
-                        verified.program
+                        Ok(format!(
+                            "{} instructions checked in all; the most, {}, for {} (the kernel's \
+                             limit is {VERIFIER_LIMIT} per program)",
+                            verified.total, verified.most, verified.program
+                        )),
                     );
                 }
                 let mut broken = Vec::new();
@@ -96,7 +96,7 @@ pub fn run(backend: Option<Backend>) -> ExitCode {
                         .collect();
                     let what = format!("backend {}", candidate.name());
                     if missing.is_empty() {
-                        say!("ok    {what:<36} every send and receive hook attached");
+                        report(&what, Ok("every send and receive hook attached".into()));
                         working.push(candidate);
                     } else if missing.len() == loader::data_hooks(candidate, u32::MAX).count() {
                         say!(

@@ -128,15 +128,15 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfD
     let secs = wall.div_euclid(1_000_000_000) as i64;
     let micros = wall.rem_euclid(1_000_000_000) / 1000;
     let (hour, minute, second) = time.of(secs);
-    for (value, width, after) in [
-        (hour as u64, 2, ':'),
-        (minute as u64, 2, ':'),
-        (second as u64, 2, '.'),
-        (micros as u64, 6, ' '),
-    ] {
-        push_decimal(line, value, width);
-        line.push(after);
-    }
+    push_fields(
+        line,
+        [
+            (hour as u64, 2, ':'),
+            (minute as u64, 2, ':'),
+            (second as u64, 2, '.'),
+            (micros as u64, 6, ' '),
+        ],
+    );
     // Each column is written in place and padded, as `{:<N}` would: an
     // event line costs no allocation.
     column(line, 7, Align::Left, |l| {
@@ -262,6 +262,15 @@ fn push_decimal(line: &mut String, mut value: u64, width: usize) {
     // SAFETY: `digits` holds only the ASCII bytes b'0' to b'9'. (Checking
     // that, or pushing digit by digit, cost as much as the rest of a line.)
     line.push_str(unsafe { std::str::from_utf8_unchecked(&digits[start..]) });
+}
+
+/// Appends each `(value, width, after)`: the value zero-padded to `width`
+/// digits, then `after` (a date's or a time's fields and separators).
+fn push_fields<const N: usize>(line: &mut String, fields: [(u64, usize, char); N]) {
+    for (value, width, after) in fields {
+        push_decimal(line, value, width);
+        line.push(after);
+    }
 }
 
 /// Appends `value` in decimal, with its sign.
@@ -425,18 +434,18 @@ fn rfc3339(out: &mut String, wall_ns: i128) {
     if year < 0 {
         out.push('-');
     }
-    for (value, width, after) in [
-        (year.unsigned_abs(), 4, '-'),
-        (month.into(), 2, '-'),
-        (day.into(), 2, 'T'),
-        (day_secs as u64 / 3600, 2, ':'),
-        (day_secs as u64 / 60 % 60, 2, ':'),
-        (day_secs as u64 % 60, 2, '.'),
-        (micros as u64, 6, 'Z'),
-    ] {
-        push_decimal(out, value, width);
-        out.push(after);
-    }
+    push_fields(
+        out,
+        [
+            (year.unsigned_abs(), 4, '-'),
+            (month.into(), 2, '-'),
+            (day.into(), 2, 'T'),
+            (day_secs as u64 / 3600, 2, ':'),
+            (day_secs as u64 / 60 % 60, 2, ':'),
+            (day_secs as u64 % 60, 2, '.'),
+            (micros as u64, 6, 'Z'),
+        ],
+    );
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).

@@ -838,11 +838,11 @@ impl Encoder {
     }
 
     fn event(&mut self, out: &mut Vec<u8>, event: &Event) {
-        let mut comment = std::mem::take(&mut self.comment);
-        comment.clear();
-        serde_json::to_writer(&mut comment, &Facts::of(event)).expect("plain struct serializes");
+        self.comment.clear();
+        serde_json::to_writer(&mut self.comment, &Facts::of(event))
+            .expect("plain struct serializes");
         // serde_json writes UTF-8.
-        let text = std::str::from_utf8(&comment).unwrap_or_default();
+        let text = std::str::from_utf8(&self.comment).unwrap_or_default();
         let ts_ns = u64::try_from(self.clock.wall_ns(event.ts_ns)).unwrap_or(0);
         let moved = if event.ret > 0 { event.ret as u32 } else { 0 };
         let segment = if matches!(event.family, AF_INET | AF_INET6) {
@@ -870,7 +870,6 @@ impl Encoder {
             },
         };
         pcapng::packet(out, &packet);
-        self.comment = comment;
         if event.kind == EventKind::Close
             && let Some(sock) = event.sock
         {

@@ -344,7 +344,8 @@ pub enum Stat {
     RingFull = 1,
     /// Kernel or user memory reads that failed (the event went out incomplete).
     ReadFailed = 2,
-    /// Calls not followed because the per-thread call table was full.
+    /// Calls not followed because a thread whose id shares the low bits
+    /// took their per-thread slot (`slots.rs` in sockspy-ebpf).
     CallTableFull = 3,
     /// Process event records (fork, exec, exit) dropped because the ring
     /// buffer was full: counted apart so that socket losses are exact.

@@ -75,11 +75,17 @@ pub fn count(stat: Stat) {
 fn header(kind: EventKind) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tcomm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let comm = match kernel::leader_comm() {
-        Ok(comm) => comm,
-        Err(kernel::ReadFailed) => {
-            count(Stat::ReadFailed);
-            tcomm
+    // The main thread is its own group leader: no need to read the leader's
+    // name (two probe reads on every event of a single-threaded process).
+    let comm = if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        tcomm
+    } else {
+        match kernel::leader_comm() {
+            Ok(comm) => comm,
+            Err(kernel::ReadFailed) => {
+                count(Stat::ReadFailed);
+                tcomm
+            }
         }
     };
     EventHeader {

@@ -15,6 +15,7 @@ mod arch;
 mod emit;
 mod kernel;
 mod probes;
+mod slots;
 
 use aya_ebpf::{
     macros::map,
@@ -80,15 +81,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// System calls in flight, by thread id: what `sys_enter` saw, for `sys_exit`
-/// and the data hooks to finish the event.
+/// System calls in flight, by thread (`slots.rs`): what `sys_enter` saw,
+/// for `sys_exit` and the data hooks to finish the event.
 #[map]
-static CALLS: HashMap<u32, probes::syscalls::CallState> = HashMap::with_max_entries(16384, 0);
+static CALLS: Array<slots::Slot<probes::syscalls::CallState>> =
+    Array::with_max_entries(slots::THREAD_SLOTS, 0);
 
-/// Send and receive calls in flight, by thread id, for the kprobe backend:
+/// Send and receive calls in flight, by thread, for the kprobe backend:
 /// what the entry probe saw, for the return probe.
 #[map]
-static PROBED: HashMap<u32, probes::functions::Probed> = HashMap::with_max_entries(16384, 0);
+static PROBED: Array<slots::Slot<probes::functions::Probed>> =
+    Array::with_max_entries(slots::THREAD_SLOTS, 0);
 
 /// `--pid`/`--pid-tree`: the processes to trace (with `FILTER_PID`).
 #[map]

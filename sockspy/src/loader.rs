@@ -313,7 +313,7 @@ pub struct KernelStats {
     pub lost_proc: u64,
     /// Kernel or user memory reads that failed.
     pub read_failed: u64,
-    /// Calls not followed because the per-thread call table was full.
+    /// Calls not followed because another thread took their per-thread slot.
     pub call_table_full: u64,
 }
 

@@ -399,7 +399,7 @@ fn summary(session: &Session, stats: &KernelStats) {
     };
     if stats.call_table_full > 0 {
         line.push_str(&format!(
-            ", {} calls not followed (call table full)",
+            ", {} calls not followed (their thread's slot was taken)",
             stats.call_table_full
         ));
     }

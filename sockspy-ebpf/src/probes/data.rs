@@ -13,7 +13,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -27,6 +27,7 @@ use crate::{
     global,
     kernel::{self, ReadFailed},
     probes::syscalls::{CallState, inet_remote, own_name, traced},
+    slots,
 };
 
 /// `EAGAIN`: an empty non-blocking socket, reported by event loops all day.
@@ -254,19 +255,17 @@ pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadF
 /// next message.
 #[inline(always)]
 fn noted_call(kind: EventKind) -> Option<(Call, CallState)> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let state = CALLS.get_ptr_mut(tid)?;
-    // SAFETY: a valid map value of this thread, which is running this program.
-    let state = unsafe { &mut *state };
-    let call = Call::from_u16(state.call as u16);
-    if !direction_matches(call, kind) {
-        return None;
-    }
-    let copy = *state;
-    if matches!(call, Call::Sendmmsg | Call::Recvmmsg) {
-        state.index += 1;
-    }
-    Some((call, copy))
+    slots::with(&CALLS, |state| {
+        let call = Call::from_u16(state.call as u16);
+        if !direction_matches(call, kind) {
+            return None;
+        }
+        let copy = *state;
+        if matches!(call, Call::Sendmmsg | Call::Recvmmsg) {
+            state.index += 1;
+        }
+        Some((call, copy))
+    })
 }
 
 /// The user `struct msghdr` of a `*msg` call (for `*mmsg`, the current message's); 0 for other calls.

@@ -28,7 +28,6 @@
 //!   unseen, which is one reason `auto` prefers the other backends.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
@@ -38,6 +37,7 @@ use crate::{
     PROBED, emit,
     kernel::{self, ReadFailed},
     probes::data::{ANY_TYPE, on_data},
+    slots,
 };
 
 /// `SOCK_SEQPACKET`.
@@ -118,21 +118,14 @@ pub fn kprobe_sock_io(ctx: ProbeContext) -> u32 {
         emit::count(Stat::ReadFailed);
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if PROBED.insert(tid, Probed { socket, flags }, 0).is_err() {
-        emit::count(Stat::CallTableFull);
-    }
+    slots::put(&PROBED, Probed { socket, flags });
     0
 }
 
 /// The call `kprobe_sock_io` kept for this thread, taken out.
 #[inline(always)]
 fn take_probed() -> Option<Probed> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let probed = unsafe { PROBED.get(tid) }.copied()?;
-    let _ = PROBED.remove(tid);
-    Some(probed)
+    slots::take(&PROBED)
 }
 
 /// kretprobe of the send functions.

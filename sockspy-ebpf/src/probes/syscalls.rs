@@ -12,7 +12,7 @@
 //! destination and buffers); `data.rs` emits their events.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -23,6 +23,7 @@ use crate::{
     emit::{self, Record, SLOT_SYSCALL},
     global,
     kernel::{self, ReadFailed},
+    slots,
 };
 
 /// A call between `sys_enter` and `sys_exit`.
@@ -152,10 +153,7 @@ fn enter(call: Call, arg: [u64; 6]) -> Result<(), ReadFailed> {
             args: [arg[1], arg[2], 0, 0],
         },
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if CALLS.insert(tid, state, 0).is_err() {
-        emit::count(Stat::CallTableFull);
-    }
+    slots::put(&CALLS, state);
     Ok(())
 }
 
@@ -183,12 +181,9 @@ fn exit(call: Call, ret: i64) -> Result<(), ReadFailed> {
     if call == Call::Close || (is_file_io(call) && global!(CONFIG.capture_bytes) == 0) {
         return Ok(());
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(state) = (unsafe { CALLS.get(tid) }).copied() else {
+    let Some(state) = slots::take(&CALLS) else {
         return Ok(());
     };
-    let _ = CALLS.remove(tid);
     if state.call != call as u32 {
         // A call whose exit we missed (the table was full, or sockspy
         // started in between); this entry is stale.

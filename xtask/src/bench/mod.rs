@@ -11,6 +11,7 @@
 //! that it keeps working.
 
 mod connections;
+mod floor;
 mod process;
 mod report;
 mod sustained;
@@ -178,12 +179,22 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
         );
     }
 
+    let floor = if plan.runs(Scenario::PingPong) || plan.runs(Scenario::Dd) {
+        floor::tracepoints(&programs.sockspy)?
+    } else {
+        None
+    };
+    let floor = floor.as_deref();
     let mut throughput = Vec::new();
     if plan.runs(Scenario::PingPong) {
-        throughput.extend(plan.sizes.iter().map(|&size| throughput::ping_pong(size)));
+        throughput.extend(
+            plan.sizes
+                .iter()
+                .map(|&size| throughput::ping_pong(size, floor)),
+        );
     }
     if plan.runs(Scenario::Dd) {
-        throughput.push(throughput::dd());
+        throughput.push(throughput::dd(floor));
     }
     if plan.runs(Scenario::Excluded) {
         throughput.push(throughput::excluded());

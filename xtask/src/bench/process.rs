@@ -177,14 +177,15 @@ impl Lines {
         }
     }
 
-    /// Waits up to `timeout` for a line that starts with `prefix`.
+    /// Waits up to `timeout` for a line that starts with `prefix`, after
+    /// any indentation.
     pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let found = line.starts_with(prefix);
+                    let found = line.trim_start().starts_with(prefix);
                     self.seen.push(line);
                     if found {
                         return Ok(());

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, ensure};
 
 use super::{
     Programs,
+    floor::Counter,
     process::{Running, signal},
     report::{Check, Row, median, rate},
     tracer::{Tracer, Usage},
@@ -49,6 +50,8 @@ enum Under {
     },
     /// `strace -f`, attached to the workload and every process it forks.
     Strace,
+    /// `perf stat` counting these tracepoints machine-wide (`floor.rs`).
+    Floor(Vec<String>),
 }
 
 /// What sockspy's event count must show for the run to have measured
@@ -77,13 +80,24 @@ fn sockspy(args: &[&str], expect: Expect, goal: Option<f64>) -> Mode {
     }
 }
 
+/// The kernel's floor under `tracepoints`, where perf can count them.
+fn floor(tracepoints: Option<&[String]>) -> Option<Mode> {
+    Some(Mode {
+        name: "perf stat counting trace's tracepoints".to_owned(),
+        run: Under::Floor(tracepoints?.to_vec()),
+        goal: None,
+        note: "the kernel's floor: the same hooks with no program on them",
+    })
+}
+
 /// Scenario 1: the ping-pong with `size`-byte messages, traced for
-/// metadata, with payload capture, as JSON, and under strace.
-pub fn ping_pong(size: usize) -> Scenario {
+/// metadata, with payload capture, as JSON, and under strace; and the
+/// kernel's floor under `tracepoints`.
+pub fn ping_pong(size: usize, tracepoints: Option<&[String]>) -> Scenario {
     Scenario {
         name: format!("Unix ping-pong, {size} B messages"),
         workload: Workload::PingPong { size },
-        modes: vec![
+        modes: [
             sockspy(&["trace", "--unix"], Expect::Events, Some(0.95)),
             sockspy(
                 &["trace", "--unix", "--data=256"],
@@ -101,16 +115,23 @@ pub fn ping_pong(size: usize) -> Scenario {
                 goal: None,
                 note: "for comparison (about 0.15 expected)",
             },
-        ],
+        ]
+        .into_iter()
+        .chain(floor(tracepoints))
+        .collect(),
     }
 }
 
-/// Scenario 2: system calls on no socket, with every family traced.
-pub fn dd() -> Scenario {
+/// Scenario 2: system calls on no socket, with every family traced; and
+/// the kernel's floor under `tracepoints`.
+pub fn dd(tracepoints: Option<&[String]>) -> Scenario {
     Scenario {
         name: "dd if=/dev/zero of=/dev/null bs=1 (no sockets)".to_owned(),
         workload: Workload::Dd,
-        modes: vec![sockspy(&["trace"], Expect::Anything, Some(0.90))],
+        modes: [sockspy(&["trace"], Expect::Anything, Some(0.90))]
+            .into_iter()
+            .chain(floor(tracepoints))
+            .collect(),
     }
 }
 
@@ -175,6 +196,15 @@ impl Scenario {
             Under::Strace => {
                 return Ok(Sample {
                     per_second: self.workload.run(programs, STRACE, run_for)?.per_second(),
+                    usage: None,
+                });
+            }
+            Under::Floor(tracepoints) => {
+                let counter = Counter::start(tracepoints)?;
+                let counted = self.workload.run(programs, &[], run_for)?;
+                counter.stop()?;
+                return Ok(Sample {
+                    per_second: counted.per_second(),
                     usage: None,
                 });
             }

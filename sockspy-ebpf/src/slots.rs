@@ -13,7 +13,7 @@
 //! not followed, and `Stat::CallTableFull` counts it, as it counted a full
 //! hash map.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::Array};
+use aya_ebpf::maps::Array;
 use sockspy_common::Stat;
 
 use crate::emit;
@@ -31,11 +31,6 @@ pub struct Slot<T> {
     value: T,
 }
 
-#[inline(always)]
-fn current_tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
-}
-
 /// Runs `f` on the slot of thread `tid`, whoever holds it now.
 #[inline(always)]
 fn with_slot<T, R>(
@@ -48,10 +43,9 @@ fn with_slot<T, R>(
     Some(f(unsafe { &mut *slot }))
 }
 
-/// Keeps `value` for the current thread, replacing what it kept before.
+/// Keeps `value` for thread `tid`, replacing what it kept before.
 #[inline(always)]
-pub fn put<T>(table: &Array<Slot<T>>, value: T) {
-    let tid = current_tid();
+pub fn put<T>(table: &Array<Slot<T>>, tid: u32, value: T) {
     with_slot(table, tid, |slot| {
         if slot.tid != 0 && slot.tid != tid {
             emit::count(Stat::CallTableFull);
@@ -61,10 +55,13 @@ pub fn put<T>(table: &Array<Slot<T>>, value: T) {
     });
 }
 
-/// Runs `f` on the current thread's value, left in place.
+/// Runs `f` on thread `tid`'s value, left in place.
 #[inline(always)]
-pub fn with<T, R>(table: &Array<Slot<T>>, f: impl FnOnce(&mut T) -> Option<R>) -> Option<R> {
-    let tid = current_tid();
+pub fn with<T, R>(
+    table: &Array<Slot<T>>,
+    tid: u32,
+    f: impl FnOnce(&mut T) -> Option<R>,
+) -> Option<R> {
     with_slot(table, tid, |slot| {
         if slot.tid == tid {
             f(&mut slot.value)
@@ -74,10 +71,9 @@ pub fn with<T, R>(table: &Array<Slot<T>>, f: impl FnOnce(&mut T) -> Option<R>) -
     })?
 }
 
-/// The current thread's value, taken out.
+/// Thread `tid`'s value, taken out.
 #[inline(always)]
-pub fn take<T: Copy>(table: &Array<Slot<T>>) -> Option<T> {
-    let tid = current_tid();
+pub fn take<T: Copy>(table: &Array<Slot<T>>, tid: u32) -> Option<T> {
     with_slot(table, tid, |slot| {
         if slot.tid != tid {
             return None;

@@ -282,6 +282,19 @@ pub fn python(script: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs a Python `script` under `sockspy trace ARGS --json` (the args
+/// must include `--json`) and returns the events printed and the JSON
+/// object the script printed last (its pid and descriptors).
+pub fn traced_script(trace_args: &[&str], script: &str, args: &[&str]) -> (Vec<Value>, Value) {
+    let trace = Trace::start(trace_args).unwrap();
+    let out = python(script, args).unwrap();
+    let events = trace.stop().unwrap().events();
+    let facts = serde_json::from_str(out.trim()).unwrap_or_else(|err| {
+        panic!("the script printed no JSON ({err}): {out}");
+    });
+    (events, facts)
+}
+
 /// A directory of one test for its socket, removed when dropped.
 pub struct SocketDir {
     dir: PathBuf,

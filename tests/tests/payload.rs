@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sockspy_tests::{Collectd, Trace, find_data, have_root, payload, python};
+use sockspy_tests::{Collectd, Trace, find_data, have_root, payload, python, traced_script};
 
 /// The bytes of the test message of `size` bytes: a pattern that differs
 /// per size and per position, so a misplaced chunk shows.
@@ -35,11 +35,11 @@ fn captures_the_first_bytes_of_each_call() {
     if !have_root("captures_the_first_bytes_of_each_call") {
         return;
     }
-    let trace = Trace::start(&["--unix", "--json", "--data=4096"]).unwrap();
-    let out = python(SIZES, &["1", "100", "4096", "100000"]).unwrap();
-    let done = trace.stop().unwrap();
-    let events = done.events();
-    let facts: Value = serde_json::from_str(out.trim()).unwrap();
+    let (events, facts) = traced_script(
+        &["--unix", "--json", "--data=4096"],
+        SIZES,
+        &["1", "100", "4096", "100000"],
+    );
     let pid = facts["pid"].as_u64().unwrap();
     for size in [1usize, 100, 4096, 100000] {
         let sent = message(size);
@@ -72,13 +72,8 @@ fn vectored_calls_capture_the_concatenation() {
     if !have_root("vectored_calls_capture_the_concatenation") {
         return;
     }
-    let trace = Trace::start(&["--unix", "--json", "--data"]).unwrap();
-    let out = python(VECTORS, &[]).unwrap();
-    let done = trace.stop().unwrap();
-    let events = done.events();
-    let pid = serde_json::from_str::<Value>(out.trim()).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
+    let (events, facts) = traced_script(&["--unix", "--json", "--data"], VECTORS, &[]);
+    let pid = facts["pid"].as_u64().unwrap();
     let expect = [
         ("send", 10, "writev", "abcdefghij"),
         ("recv", 10, "recvmsg", "abcdefghij"),
@@ -90,6 +85,65 @@ fn vectored_calls_capture_the_concatenation() {
         assert_eq!(ev["call"], call, "{ev}");
         assert_eq!(payload(ev), text.as_bytes(), "{ev}");
         assert_eq!(ev["truncated"], false, "{ev}");
+    }
+}
+
+/// `sendmmsg` of three datagrams, each from its own iovecs, and `recvmmsg`
+/// of all three into two buffers each (through ctypes: Python has neither).
+const MESSAGE_VECTORS: &str = r#"
+import ctypes, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+keep = []
+def vector(msgs, parts_of_each):
+    """Points each message at iovecs over buffers holding its parts."""
+    buffers = []
+    for msg, parts in zip(msgs, parts_of_each):
+        bufs = [ctypes.create_string_buffer(part, len(part)) for part in parts]
+        iovs = (iovec * len(bufs))(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(b)) for b in bufs])
+        keep.append(iovs)
+        msg.hdr.iov = iovs
+        msg.hdr.iovlen = len(bufs)
+        buffers.append(bufs)
+    return buffers
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+sent = (mmsghdr * 3)()
+vector(sent, [[b"one"], [b"sec", b"ond"], [b"the ", b"third"]])
+assert libc.sendmmsg(a.fileno(), sent, 3, 0) == 3, ctypes.get_errno()
+got = (mmsghdr * 3)()
+buffers = vector(got, [[bytes(2), bytes(20)] for _ in range(3)])
+assert libc.recvmmsg(b.fileno(), got, 3, 0, None) == 3, ctypes.get_errno()
+assert [m.len for m in got] == [3, 6, 9]
+received = [b"".join(buf.raw for buf in buffers[i])[: got[i].len] for i in range(3)]
+assert received == [b"one", b"second", b"the third"], received
+print(json.dumps({"pid": os.getpid(), "tx": a.fileno(), "rx": b.fileno()}))
+"#;
+
+#[test]
+fn message_vectors_capture_each_message() {
+    if !have_root("message_vectors_capture_each_message") {
+        return;
+    }
+    let (events, facts) = traced_script(&["--unix", "--json", "--data"], MESSAGE_VECTORS, &[]);
+    let pid = facts["pid"].as_u64().unwrap();
+    for text in ["one", "second", "the third"] {
+        for (event, call, fd) in [
+            ("send", "sendmmsg", &facts["tx"]),
+            ("recv", "recvmmsg", &facts["rx"]),
+        ] {
+            let ev = find_data(&events, pid, event, text.len() as u64);
+            assert_eq!(ev["call"], call, "{ev}");
+            assert_eq!(&ev["fd"], fd, "{ev}");
+            assert_eq!(payload(ev), text.as_bytes(), "{ev}");
+        }
     }
 }
 
@@ -256,10 +310,7 @@ fn passing_descriptors_is_reported() {
     }
     let dir = sockspy_tests::socket_dir("rights");
     let path = dir.path();
-    let trace = Trace::start(&["--unix", "--json"]).unwrap();
-    let out = python(RIGHTS, &[path]).unwrap();
-    let events = trace.stop().unwrap().events();
-    let facts: Value = serde_json::from_str(out.trim()).unwrap();
+    let (events, facts) = traced_script(&["--unix", "--json"], RIGHTS, &[path]);
     let pid = facts["pid"].as_u64().unwrap();
     let send = find_data(&events, pid, "send", 3);
     assert_eq!(send["call"], "sendmsg", "{send}");

@@ -23,7 +23,7 @@ use sockspy_common::{
 
 use crate::{
     CALLS,
-    emit::{self, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
+    emit::{self, Current, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
     global,
     kernel::{self, ReadFailed},
     probes::syscalls::{CallState, inet_remote, own_name, traced},
@@ -102,14 +102,15 @@ fn direction_matches(call: Call, kind: EventKind) -> bool {
 
 #[inline(always)]
 fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Result<(), ReadFailed> {
-    if ret == -EAGAIN || emit::skip_task() {
+    let me = Current::get();
+    if ret == -EAGAIN || emit::skip_task(me) {
         return Ok(());
     }
     let info = kernel::sock_info(sk)?;
     if info.sock_type == skip_type || !traced(&info) || emit::port_excluded(&info)? {
         return Ok(());
     }
-    let noted = noted_call(kind);
+    let noted = noted_call(kind, me);
     if kind == EventKind::Recv
         && let Some((call, state)) = &noted
         && is_inet_datagram(&info)
@@ -118,7 +119,8 @@ fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Resul
         // `recv_at_exit` reports it, with the source address.
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_DATA, kind, noted.map_or(Call::Unknown, |n| n.0)) else {
+    let call = noted.map_or(Call::Unknown, |n| n.0);
+    let Some(mut rec) = Record::begin(SLOT_DATA, kind, call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
@@ -214,7 +216,12 @@ fn source_buffer(call: Call, state: &CallState) -> Result<Option<(u64, u64)>, Re
 
 /// `sys_exit` of a `recvfrom`/`recvmsg` on an IP datagram socket that asked
 /// for the source address: the `recv` event, with that address as the peer.
-pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadFailed> {
+pub fn recv_at_exit(
+    call: Call,
+    state: &CallState,
+    ret: i64,
+    me: Current,
+) -> Result<(), ReadFailed> {
     if ret == -i64::from(EAGAIN) {
         return Ok(());
     }
@@ -230,7 +237,7 @@ pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadF
     if !traced(&info) || !is_inet_datagram(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call) else {
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
@@ -254,8 +261,8 @@ pub fn recv_at_exit(call: Call, state: &CallState, ret: i64) -> Result<(), ReadF
 /// direction of `kind`; a copy, taken before a `*mmsg` call moves on to its
 /// next message.
 #[inline(always)]
-fn noted_call(kind: EventKind) -> Option<(Call, CallState)> {
-    slots::with(&CALLS, |state| {
+fn noted_call(kind: EventKind, me: Current) -> Option<(Call, CallState)> {
+    slots::with(&CALLS, me.tid(), |state| {
         let call = Call::from_u16(state.call as u16);
         if !direction_matches(call, kind) {
             return None;

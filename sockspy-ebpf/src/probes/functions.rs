@@ -111,21 +111,22 @@ pub struct Probed {
 /// socket and flags of a call the filters keep.
 #[kprobe]
 pub fn kprobe_sock_io(ctx: ProbeContext) -> u32 {
-    if emit::skip_task() {
+    let me = emit::Current::get();
+    if emit::skip_task(me) {
         return 0;
     }
     let (Some(socket), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
         emit::count(Stat::ReadFailed);
         return 0;
     };
-    slots::put(&PROBED, Probed { socket, flags });
+    slots::put(&PROBED, me.tid(), Probed { socket, flags });
     0
 }
 
 /// The call `kprobe_sock_io` kept for this thread, taken out.
 #[inline(always)]
 fn take_probed() -> Option<Probed> {
-    slots::take(&PROBED)
+    slots::take(&PROBED, emit::Current::get().tid())
 }
 
 /// kretprobe of the send functions.

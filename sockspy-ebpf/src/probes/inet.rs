@@ -42,7 +42,8 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
         return Ok(());
     }
     let error = kernel::sock_error(sk)?;
-    let Some(mut rec) = Record::begin(SLOT_STATE, EventKind::State, Call::Unknown) else {
+    let me = emit::Current::get();
+    let Some(mut rec) = Record::begin(SLOT_STATE, EventKind::State, Call::Unknown, me) else {
         return Ok(());
     };
     rec.set_sock(&info);

@@ -12,6 +12,7 @@
 //! destination and buffers); `data.rs` emits their events.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_user,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -20,7 +21,7 @@ use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit, wanted};
 
 use crate::{
     CALLS, arch,
-    emit::{self, Record, SLOT_SYSCALL},
+    emit::{self, Current, Record, SLOT_SYSCALL},
     global,
     kernel::{self, ReadFailed},
     slots,
@@ -105,30 +106,31 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
-    if !followed(call) {
+    let me = Current::get();
+    if !followed(call, me) {
         return Ok(());
     }
     let regs: [u64; arch::PT_REGS_WORDS] = kernel::read(ctx.arg(0), 0)?;
     if regs[arch::CS / 8] != arch::USER64_CS {
         return Ok(());
     }
-    enter(call, arch::ARG_REGS.map(|offset| regs[offset / 8]))
+    enter(call, arch::ARG_REGS.map(|offset| regs[offset / 8]), me)
 }
 
 /// Whether the current thread's `call` is one to follow: `read` and friends
 /// only for payload capture, and only for processes the filters keep.
 #[inline(always)]
-fn followed(call: Call) -> bool {
-    !(is_file_io(call) && global!(CONFIG.capture_bytes) == 0) && !emit::skip_task()
+fn followed(call: Call, me: Current) -> bool {
+    !(is_file_io(call) && global!(CONFIG.capture_bytes) == 0) && !emit::skip_task(me)
 }
 
 /// A followed call begins, with its six arguments: `close` is handled
 /// here; every other call is noted for its exit.
 #[inline(always)]
-fn enter(call: Call, arg: [u64; 6]) -> Result<(), ReadFailed> {
+fn enter(call: Call, arg: [u64; 6], me: Current) -> Result<(), ReadFailed> {
     let fd = arg[0] as i32 as i64;
     let state = match call {
-        Call::Close => return close(fd),
+        Call::Close => return close(fd, me),
         Call::Socket | Call::Socketpair => {
             if !traced_family(arg[0] as u16) {
                 return Ok(());
@@ -153,7 +155,7 @@ fn enter(call: Call, arg: [u64; 6]) -> Result<(), ReadFailed> {
             args: [arg[1], arg[2], 0, 0],
         },
     };
-    slots::put(&CALLS, state);
+    slots::put(&CALLS, me.tid(), state);
     Ok(())
 }
 
@@ -172,16 +174,16 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
-    exit(call, ctx.arg(1))
+    exit(call, ctx.arg(1), Current::get())
 }
 
 /// A call ends with `ret`: if its entry was noted, the event.
 #[inline(always)]
-fn exit(call: Call, ret: i64) -> Result<(), ReadFailed> {
+fn exit(call: Call, ret: i64, me: Current) -> Result<(), ReadFailed> {
     if call == Call::Close || (is_file_io(call) && global!(CONFIG.capture_bytes) == 0) {
         return Ok(());
     }
-    let Some(state) = slots::take(&CALLS) else {
+    let Some(state) = slots::take(&CALLS, me.tid()) else {
         return Ok(());
     };
     if state.call != call as u32 {
@@ -214,43 +216,72 @@ fn exit(call: Call, ret: i64) -> Result<(), ReadFailed> {
             done.fd = ret;
             done.fd2 = state.fd;
         }
-        Call::Socketpair if ret == 0 => return socketpair(state.args[3]),
+        Call::Socketpair if ret == 0 => return socketpair(state.args[3], me),
         Call::Recvfrom | Call::Recvmsg => {
-            return crate::probes::data::recv_at_exit(call, &state, ret);
+            return crate::probes::data::recv_at_exit(call, &state, ret, me);
         }
         _ => return Ok(()),
     }
-    one_fd(&done)
+    one_fd(&done, me)
 }
 
 /// Where a `syscalls:` tracepoint record keeps the arguments (`sys_enter_*`)
 /// or the result (`sys_exit_*`): after the common header and `__syscall_nr`.
 const SYSCALL_ARGS_AT: usize = 16;
 
+/// Word `index` of a `syscalls:` tracepoint record's arguments (or result).
+///
+/// A plain load: a tracepoint program may read its record directly, which
+/// costs nothing, where a probe read is a helper call.
+#[inline(always)]
+fn record_word(ctx: &TracePointContext, index: usize) -> u64 {
+    // SAFETY: an aligned 8-byte read inside the record buffer, which the
+    // verifier checks; the kernel checks at attach time that the record
+    // is that long.
+    unsafe {
+        ctx.as_ptr()
+            .cast::<u64>()
+            .add(SYSCALL_ARGS_AT / 8 + index)
+            .read()
+    }
+}
+
+/// How many arguments `call` takes. Its `sys_enter_*` record holds no
+/// more, and the kernel refuses to attach a program that may read past the
+/// end of its record.
+#[inline(always)]
+fn arg_count(call: Call) -> usize {
+    match call {
+        Call::Close => 1,
+        Call::Listen => 2,
+        Call::Socketpair | Call::Accept4 | Call::Sendmmsg => 4,
+        Call::Recvmmsg => 5,
+        Call::Sendto | Call::Recvfrom => 6,
+        _ => 3,
+    }
+}
+
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
-    if followed(call) {
-        // SAFETY: a probe read of the record; calls with fewer than six
-        // arguments leave the rest unused.
-        let noted = match unsafe { ctx.read_at::<[u64; 6]>(SYSCALL_ARGS_AT) } {
-            Ok(args) => enter(call, args),
-            Err(_) => Err(ReadFailed),
-        };
-        if noted.is_err() {
-            emit::count(Stat::ReadFailed);
+    let me = Current::get();
+    // `call` is a constant in each program, so the count folds away and
+    // only the record's own words are read.
+    let args = core::array::from_fn(|i| {
+        if i < arg_count(call) {
+            record_word(ctx, i)
+        } else {
+            0
         }
+    });
+    if followed(call, me) && enter(call, args, me).is_err() {
+        emit::count(Stat::ReadFailed);
     }
     0
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, call: Call) -> u32 {
-    // SAFETY: a probe read of the record's `ret`.
-    let done = match unsafe { ctx.read_at::<i64>(SYSCALL_ARGS_AT) } {
-        Ok(ret) => exit(call, ret),
-        Err(_) => Err(ReadFailed),
-    };
-    if done.is_err() {
+    if exit(call, record_word(ctx, 0) as i64, Current::get()).is_err() {
         emit::count(Stat::ReadFailed);
     }
     0
@@ -315,7 +346,7 @@ struct Done {
 }
 
 /// Emits an event about one descriptor, if it is a socket of a traced family.
-fn one_fd(done: &Done) -> Result<(), ReadFailed> {
+fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
     let Some(sk) = kernel::fd_to_sock(done.fd)? else {
         return Ok(());
     };
@@ -323,7 +354,7 @@ fn one_fd(done: &Done) -> Result<(), ReadFailed> {
     if !traced(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, done.kind, done.call) else {
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, done.kind, done.call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
@@ -392,7 +423,7 @@ pub fn inet_remote(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), Read
 }
 
 /// Emits the two ends of a new socket pair as one event.
-fn socketpair(sv: u64) -> Result<(), ReadFailed> {
+fn socketpair(sv: u64, me: Current) -> Result<(), ReadFailed> {
     // SAFETY: bpf_probe_read_user checks the address.
     let fds: [i32; 2] =
         unsafe { bpf_probe_read_user(sv as *const [i32; 2]) }.map_err(|_| ReadFailed)?;
@@ -403,7 +434,8 @@ fn socketpair(sv: u64) -> Result<(), ReadFailed> {
         return Ok(());
     };
     let info = kernel::sock_info(sk0)?;
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Socketpair, Call::Socketpair) else {
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Socketpair, Call::Socketpair, me)
+    else {
         return Ok(());
     };
     rec.set_sock(&info);
@@ -416,7 +448,7 @@ fn socketpair(sv: u64) -> Result<(), ReadFailed> {
 }
 
 /// Emits a `close` of `fd` if it is a socket, before the kernel lets go of it.
-fn close(fd: i64) -> Result<(), ReadFailed> {
+fn close(fd: i64, me: Current) -> Result<(), ReadFailed> {
     let Some(sk) = kernel::fd_to_sock(fd)? else {
         return Ok(());
     };
@@ -424,7 +456,7 @@ fn close(fd: i64) -> Result<(), ReadFailed> {
     if !traced(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Close, Call::Close) else {
+    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Close, Call::Close, me) else {
         return Ok(());
     };
     rec.set_sock(&info);

@@ -346,7 +346,7 @@ pub enum Stat {
     ReadFailed = 2,
     /// Calls not followed because a thread whose id shares the low bits
     /// took their per-thread slot (`slots.rs` in sockspy-ebpf).
-    CallTableFull = 3,
+    CallSlotTaken = 3,
     /// Process event records (fork, exec, exit) dropped because the ring
     /// buffer was full: counted apart so that socket losses are exact.
     RingFullProc = 4,

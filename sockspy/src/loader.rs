@@ -314,7 +314,7 @@ pub struct KernelStats {
     /// Kernel or user memory reads that failed.
     pub read_failed: u64,
     /// Calls not followed because another thread took their per-thread slot.
-    pub call_table_full: u64,
+    pub call_slot_taken: u64,
 }
 
 /// Checks that the process may load tracing programs: root, or
@@ -449,7 +449,7 @@ impl Tracer {
             lost: sums[Stat::RingFull as usize] + sums[Stat::RingFullProc as usize],
             lost_proc: sums[Stat::RingFullProc as usize],
             read_failed: sums[Stat::ReadFailed as usize],
-            call_table_full: sums[Stat::CallTableFull as usize],
+            call_slot_taken: sums[Stat::CallSlotTaken as usize],
         })
     }
 }

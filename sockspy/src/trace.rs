@@ -397,10 +397,10 @@ fn summary(session: &Session, stats: &KernelStats) {
             stats.read_failed
         ),
     };
-    if stats.call_table_full > 0 {
+    if stats.call_slot_taken > 0 {
         line.push_str(&format!(
             ", {} calls not followed (their thread's slot was taken)",
-            stats.call_table_full
+            stats.call_slot_taken
         ));
     }
     if tally.undecodable > 0 {

@@ -88,6 +88,12 @@ impl Current {
     pub fn tid(self) -> u32 {
         self.pid_tgid as u32
     }
+
+    /// Whether this is the process's main thread, its group leader.
+    #[inline(always)]
+    pub fn is_main_thread(self) -> bool {
+        self.tgid() == self.tid()
+    }
 }
 
 /// Adds one to a kernel-side counter.
@@ -105,7 +111,7 @@ fn header(kind: EventKind, me: Current) -> EventHeader {
     let tcomm = bpf_get_current_comm().unwrap_or([0; 16]);
     // The main thread is its own group leader: no need to read the leader's
     // name (two probe reads on every event of a single-threaded process).
-    let comm = if me.tgid() == me.tid() {
+    let comm = if me.is_main_thread() {
         tcomm
     } else {
         match kernel::leader_comm() {
@@ -176,14 +182,13 @@ pub fn port_excluded(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed
         && FILTER_PORTS.get_ptr(remote).is_none())
 }
 
-/// A process forked: under `--pid-tree`, a child of a traced process is traced.
+/// Process `me` forked: under `--pid-tree`, a child of a traced process is traced.
 #[inline(always)]
-pub fn follow_fork(child_tgid: u32) {
+pub fn follow_fork(child_tgid: u32, me: Current) {
     if global!(CONFIG.filters) & FILTER_PID_TREE == 0 {
         return;
     }
-    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if FILTER_PIDS.get_ptr(parent).is_some() {
+    if FILTER_PIDS.get_ptr(me.tgid()).is_some() {
         let _ = FILTER_PIDS.insert(child_tgid, 1, 0);
     }
 }
@@ -207,11 +212,11 @@ fn counted(result: Result<(), i32>, lost: Stat) {
     });
 }
 
-/// Sends a process event.
+/// Sends a process event about the current thread `me`.
 #[inline(always)]
-pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32) {
+pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32, me: Current) {
     let mut ev = ProcEvent {
-        header: header(kind, Current::get()),
+        header: header(kind, me),
         child_pid,
         exit_code,
     };

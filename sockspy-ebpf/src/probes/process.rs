@@ -6,13 +6,12 @@
 //! socket right: a forked child holds its parent's sockets, an exec renames
 //! the holder, an exit drops them. Threads are not processes and are skipped.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockspy_common::{EventKind, Stat};
 
 use crate::{
-    emit, global,
+    emit::{self, Current},
+    global,
     kernel::{self, ReadFailed},
 };
 
@@ -29,8 +28,9 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let child: u64 = ctx.arg(1);
     let (tgid, pid) = kernel::task_ids(child)?;
     if tgid == pid {
-        emit::follow_fork(tgid);
-        emit::proc_event(EventKind::Fork, tgid, 0);
+        let me = Current::get();
+        emit::follow_fork(tgid, me);
+        emit::proc_event(EventKind::Fork, tgid, 0, me);
     }
     Ok(())
 }
@@ -38,7 +38,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
 /// Raw tracepoint `sched_process_exec`; the header carries the new command name.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    emit::proc_event(EventKind::Exec, 0, 0);
+    emit::proc_event(EventKind::Exec, 0, 0, Current::get());
     0
 }
 
@@ -52,12 +52,12 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 != pid_tgid as u32 {
+    let me = Current::get();
+    if !me.is_main_thread() {
         return Ok(());
     }
     let task: u64 = ctx.arg(0);
     let exit_code: i32 = kernel::read(task, global!(OFFSETS.task_exit_code))?;
-    emit::proc_event(EventKind::Exit, 0, exit_code);
+    emit::proc_event(EventKind::Exit, 0, exit_code, me);
     Ok(())
 }

@@ -125,8 +125,7 @@ impl Printer {
 fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfDay) {
     use std::fmt::Write as _;
     let wall = clock.wall_ns(event.ts_ns);
-    let secs = wall.div_euclid(1_000_000_000) as i64;
-    let micros = wall.rem_euclid(1_000_000_000) / 1000;
+    let (secs, micros) = seconds_and_micros(wall);
     let (hour, minute, second) = time.of(secs);
     push_fields(
         line,
@@ -424,10 +423,19 @@ fn local_time_of_day(secs: i64) -> (i32, i32, i32) {
     (tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
+/// Whole seconds since the epoch and the microseconds past them; the
+/// second is rounded down, so the microseconds are never negative, before
+/// the epoch too.
+fn seconds_and_micros(wall_ns: i128) -> (i64, i128) {
+    (
+        wall_ns.div_euclid(1_000_000_000) as i64,
+        wall_ns.rem_euclid(1_000_000_000) / 1000,
+    )
+}
+
 /// Appends RFC 3339 UTC with microseconds, e.g. `2026-11-23T07:41:02.114823Z`.
 fn rfc3339(out: &mut String, wall_ns: i128) {
-    let secs = wall_ns.div_euclid(1_000_000_000) as i64;
-    let micros = wall_ns.rem_euclid(1_000_000_000) / 1000;
+    let (secs, micros) = seconds_and_micros(wall_ns);
     let days = secs.div_euclid(86_400);
     let day_secs = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);

@@ -6,15 +6,14 @@
 //! against it.
 
 use std::{
-    os::unix::process::ExitStatusExt,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 
-use super::process::{Lines, Running, signal};
+use super::process::Beside;
 use crate::exec;
 
 /// How long perf may take to open its counters.
@@ -62,43 +61,22 @@ fn attached(check: &str) -> Vec<String> {
 }
 
 /// A `perf stat` counting the tracepoints until stopped.
-pub struct Counter {
-    process: Running,
-    stderr: Lines,
-}
+pub struct Counter(Beside);
 
 impl Counter {
-    /// Starts counting and returns once perf's counters run.
+    /// Starts counting and returns once perf's counters run: its first
+    /// interval's counts, stamped 0.25 s, say so.
     pub fn start(tracepoints: &[String]) -> Result<Self> {
-        let mut process = Running::spawn(
-            Command::new("perf")
-                .args(["stat", "-a", "-x", ",", "-I", "250", "-e"])
-                .arg(tracepoints.join(","))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )?;
-        let mut stderr = Lines::new(process.child().stderr.take().context("perf's stderr")?);
-        // Its first interval's counts, stamped 0.25 s, say the counters run.
-        stderr
-            .wait_for("0.", START_TIMEOUT)
-            .with_context(|| format!("`{}`", process.label))?;
-        Ok(Self { process, stderr })
+        let mut perf = Command::new("perf");
+        perf.args(["stat", "-a", "-x", ",", "-I", "250", "-e"])
+            .arg(tracepoints.join(","));
+        Ok(Self(Beside::start(&mut perf, "0.", START_TIMEOUT)?))
     }
 
     /// Stops perf with SIGINT, which, counting machine-wide with no
     /// command, it ends by.
-    pub fn stop(mut self) -> Result<()> {
-        signal(self.process.pid(), libc::SIGINT)?;
-        let ended = self.process.wait(START_TIMEOUT)?;
-        let said = self.stderr.finish();
-        ensure!(
-            ended.status.success() || ended.status.signal() == Some(libc::SIGINT),
-            "`{}` failed ({}): {}",
-            self.process.label,
-            ended.status,
-            said.join(" / ")
-        );
+    pub fn stop(self) -> Result<()> {
+        self.0.interrupt(START_TIMEOUT, true)?;
         Ok(())
     }
 }

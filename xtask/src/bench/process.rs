@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, ExitStatus},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
@@ -149,6 +149,60 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A program run beside a workload (a tracer, a counter) until told to
+/// stop: its stderr is read line by line, its other streams go nowhere.
+pub struct Beside {
+    process: Running,
+    stderr: Lines,
+}
+
+/// How a [`Beside`] program ended, with everything it said on stderr.
+pub struct Stopped {
+    pub ended: Ended,
+    pub said: Vec<String>,
+    pub label: String,
+}
+
+impl Beside {
+    /// Starts `cmd` and returns once a line of its stderr starts with `ready`.
+    pub fn start(cmd: &mut Command, ready: &str, timeout: Duration) -> Result<Self> {
+        let mut process = Running::spawn(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )?;
+        let pipe = process.child().stderr.take();
+        let mut stderr = Lines::new(pipe.with_context(|| format!("`{}`'s stderr", process.label))?);
+        stderr
+            .wait_for(ready, timeout)
+            .with_context(|| format!("`{}`", process.label))?;
+        Ok(Self { process, stderr })
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.process.pid()
+    }
+
+    /// Stops the program with SIGINT, as Ctrl-C would, and waits up to
+    /// `timeout` for it to end. It must exit with success, or, where
+    /// `dies_of_sigint`, may die of the signal.
+    pub fn interrupt(mut self, timeout: Duration, dies_of_sigint: bool) -> Result<Stopped> {
+        signal(self.process.pid(), libc::SIGINT)?;
+        let ended = self.process.wait(timeout)?;
+        // The reader thread ends at the pipe's end, which the exit is.
+        let said = self.stderr.finish();
+        let label = self.process.label.clone();
+        let by_sigint = dies_of_sigint && ended.status.signal() == Some(libc::SIGINT);
+        ensure!(
+            ended.status.success() || by_sigint,
+            "`{label}` failed ({}): {}",
+            ended.status,
+            said.join(" / ")
+        );
+        Ok(Stopped { ended, said, label })
     }
 }
 

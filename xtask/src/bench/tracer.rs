@@ -2,15 +2,11 @@
 //! it traces, and stopped with SIGINT as Ctrl-C would, giving back what
 //! its summary line counted and what it cost (CPU time, peak memory).
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 
-use super::process::{Lines, Running, signal};
+use super::process::{Beside, Stopped};
 
 /// How long sockspy may take to load its programs and snapshot /proc.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,8 +17,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `sockspy trace` whose output is thrown away (its stdout is
 /// /dev/null; `-w FILE` among the arguments records instead).
 pub struct Tracer {
-    process: Running,
-    stderr: Lines,
+    process: Beside,
     /// CPU time spent starting up (reading BTF, the verifier checking
     /// the programs: seconds with payload capture), left out of [`Usage::cpu`].
     start_up: Duration,
@@ -62,23 +57,12 @@ impl Usage {
 impl Tracer {
     /// Starts `sockspy ARGS` and returns once it says it is tracing.
     pub fn start(sockspy: &Path, args: &[String]) -> Result<Self> {
-        let mut process = Running::spawn(
-            Command::new(sockspy)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )?;
-        let stderr = Lines::new(process.child().stderr.take().context("sockspy's stderr")?);
+        let mut cmd = Command::new(sockspy);
+        cmd.args(args);
         let mut tracer = Self {
-            process,
-            stderr,
+            process: Beside::start(&mut cmd, "sockspy: tracing", START_TIMEOUT)?,
             start_up: Duration::ZERO,
         };
-        tracer
-            .stderr
-            .wait_for("sockspy: tracing", START_TIMEOUT)
-            .with_context(|| format!("`{}`", tracer.process.label))?;
         tracer.start_up = tracer.cpu()?;
         Ok(tracer)
     }
@@ -103,20 +87,10 @@ impl Tracer {
     }
 
     /// Stops sockspy with SIGINT and returns its counts and costs.
-    pub fn stop(mut self) -> Result<Usage> {
+    pub fn stop(self) -> Result<Usage> {
         // Read before the signal: a process that has exited has no memory to show.
         let (_, peak_rss) = self.memory()?;
-        signal(self.process.pid(), libc::SIGINT)?;
-        let ended = self.process.wait(STOP_TIMEOUT)?;
-        // The reader thread ends at the pipe's end, which sockspy's exit is.
-        let said = self.stderr.finish();
-        let label = &self.process.label;
-        ensure!(
-            ended.status.success(),
-            "`{label}` failed ({}): {}",
-            ended.status,
-            said.join(" / ")
-        );
+        let Stopped { ended, said, label } = self.process.interrupt(STOP_TIMEOUT, false)?;
         let (events, lost) = said
             .iter()
             .rev()

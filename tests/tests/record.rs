@@ -29,11 +29,15 @@ srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 srv.bind(path)
 srv.listen(1)
 accepted = threading.Event()
+# The client closes first: two threads closing at once would reach the
+# ring buffers of two tracers in either order.
+client_closed = threading.Event()
 def server():
     c, _ = srv.accept()
     accepted.set()
     assert c.recv(1000).startswith(b"GET ")
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    client_closed.wait()
     c.close()
 t = threading.Thread(target=server)
 t.start()
@@ -43,6 +47,7 @@ accepted.wait()
 cl.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % marker).encode())
 assert cl.recv(1000).endswith(b"hello")
 cl.close()
+client_closed.set()
 t.join()
 print(os.getpid())
 "#;

@@ -105,7 +105,11 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
                     has: record.len(),
                 });
             }
-            let tail = Bytes::copy_from_slice(&record[fixed..]);
+            // Most records (no data, no addresses) have no tail to copy.
+            let tail = match &record[fixed..] {
+                [] => Bytes::new(),
+                tail => Bytes::copy_from_slice(tail),
+            };
             Ok(Record::Sock(SockRecord {
                 kind,
                 ev,

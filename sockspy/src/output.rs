@@ -6,6 +6,9 @@
 use std::{
     borrow::Cow,
     io::{self, Write},
+    net::SocketAddr,
+    ops::Range,
+    rc::Rc,
 };
 
 use serde::Serialize;
@@ -74,7 +77,7 @@ pub struct Printer {
     clock: Clock,
     payload: PayloadStyle,
     line: String,
-    time: TimeOfDay,
+    memo: LineMemo,
 }
 
 impl Printer {
@@ -84,7 +87,7 @@ impl Printer {
             clock,
             payload,
             line: String::with_capacity(256),
-            time: TimeOfDay::default(),
+            memo: LineMemo::default(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Printer {
         match self.format {
             Format::Text => {
                 self.line.clear();
-                text_line(&mut self.line, event, &self.clock, &mut self.time);
+                text_line(&mut self.line, event, &self.clock, &mut self.memo);
                 if self.payload.captured && is_data(event) && event.ret > 0 {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
@@ -122,49 +125,83 @@ impl Printer {
     }
 }
 
-fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfDay) {
-    use std::fmt::Write as _;
-    let wall = clock.wall_ns(event.ts_ns);
-    let (secs, micros) = seconds_and_micros(wall);
-    let (hour, minute, second) = time.of(secs);
-    push_fields(
-        line,
-        [
-            (hour as u64, 2, ':'),
-            (minute as u64, 2, ':'),
-            (second as u64, 2, '.'),
-            (micros as u64, 6, ' '),
-        ],
-    );
-    // Each column is written in place and padded, as `{:<N}` would: an
-    // event line costs no allocation.
-    column(line, 7, Align::Left, |l| {
-        push_decimal(l, event.pid.into(), 1)
-    });
-    column(line, 15, Align::Left, |l| l.push_str(&event.comm));
-    column(line, 4, Align::Left, |l| match event.fd {
+fn text_line(line: &mut String, event: &Event, clock: &Clock, memo: &mut LineMemo) {
+    let (time, micros) = memo.time.of(clock.wall_ns(event.ts_ns));
+    line.push_str(time);
+    push_decimal(line, micros, 6);
+    line.push(' ');
+    // A socket's events mostly repeat its last one's process and socket
+    // columns (a stream of sends and receives, often of one size): those
+    // are rendered once and copied while everything they show stays the same.
+    let start = line.len();
+    if let Some(repeat) = memo.find(event) {
+        let call = (event.kind, event.ret, event.state);
+        if repeat.call == call {
+            line.push_str(&repeat.text);
+            return;
+        }
+        line.push_str(&repeat.text[..repeat.calls.start]);
+        call_columns(line, event);
+        let calls = repeat.calls.start..line.len() - start;
+        line.push_str(&repeat.text[repeat.calls.end..]);
+        repeat.call = call;
+        repeat.calls = calls;
+        repeat.text.clear();
+        repeat.text.push_str(&line[start..]);
+        return;
+    }
+    who_columns(line, event);
+    let calls = line.len() - start..;
+    call_columns(line, event);
+    let calls = calls.start..line.len() - start;
+    socket_columns(line, event);
+    memo.remember(event, &line[start..], calls);
+}
+
+/// PID, COMM and FD, each column written in place and padded, as `{:<N}`
+/// would: an event line costs no allocation.
+fn who_columns(line: &mut String, event: &Event) {
+    column(line, 7, |l| push_decimal(l, event.pid.into(), 1));
+    column(line, 15, |l| l.push_str(&event.comm));
+    column(line, 4, |l| match event.fd {
         Some(fd) => push_signed(l, fd.into()),
         None => l.push('-'),
     });
-    column(line, 10, Align::Left, |l| l.push_str(kind_name(event.kind)));
-    column(line, 6, Align::Right, |l| {
-        if event.ret < 0 {
-            l.push_str(&errno_name(-event.ret));
-        } else if event.kind == EventKind::State {
-            l.push_str(tcp_state_name(event.state));
-        } else if is_data(event) {
-            push_signed(l, event.ret);
-        }
-    });
-    line.push(' ');
-    column(line, 9, Align::Left, |l| {
+}
+
+/// EVENT and RESULT (right-aligned in 6 characters).
+fn call_columns(line: &mut String, event: &Event) {
+    column(line, 10, |l| l.push_str(kind_name(event.kind)));
+    let errno;
+    let bytes;
+    let result = if event.ret < 0 {
+        errno = errno_name(-event.ret);
+        &errno
+    } else if event.kind == EventKind::State {
+        tcp_state_name(event.state)
+    } else if is_data(event) {
+        bytes = Decimal::new(event.ret.unsigned_abs(), 1);
+        bytes.as_str()
+    } else {
+        ""
+    };
+    // Every result is ASCII: its length is its width.
+    line.push_str(&SPACES[..6usize.saturating_sub(result.len())]);
+    line.push_str(result);
+    line.push_str("  ");
+}
+
+/// TYPE, SOCK, PATH and PEER, what was passed, and the line's end.
+fn socket_columns(line: &mut String, event: &Event) {
+    use std::fmt::Write as _;
+    column(line, 9, |l| {
         l.push_str(proto_name(event.family, event.protocol).unwrap_or(type_name(event.sock_type)));
     });
-    column(line, 8, Align::Left, |l| match event.sock {
+    column(line, 8, |l| match event.sock {
         Some(sock) => push_decimal(l, sock, 1),
         None => l.push('-'),
     });
-    column(line, 25, Align::Left, |l| {
+    column(line, 25, |l| {
         let _ = where_text(l, event);
     });
     if let Some(peer) = &event.peer {
@@ -192,10 +229,107 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock, time: &mut TimeOfD
     if event.flags & FLAG_CREDENTIALS != 0 {
         line.push_str(" [passes credentials]");
     }
-    // Trailing pad of an empty last column is noise.
+    // Trailing pad of an empty last column is noise (TYPE is never empty,
+    // so this trims these columns only).
     let trimmed = line.trim_end().len();
     line.truncate(trimmed);
     line.push('\n');
+}
+
+/// What the text printer remembers between events: the time of day of the
+/// last second, and the last rendering of each socket's columns.
+#[derive(Debug, Default)]
+struct LineMemo {
+    time: TimeOfDay,
+    /// Direct-mapped by inode: a few sockets busy at once each keep
+    /// theirs, and the memory is bounded whatever the number of sockets.
+    repeats: Vec<Option<Repeat>>,
+}
+
+/// How many sockets' columns [`LineMemo`] keeps.
+const REPEAT_SLOTS: usize = 64;
+
+/// One socket's columns as last rendered, and what they were made from.
+#[derive(Debug)]
+struct Repeat {
+    pid: u32,
+    comm: Rc<str>,
+    fd: Option<i32>,
+    family: u16,
+    protocol: u16,
+    sock_type: u16,
+    sock: u64,
+    path: Option<Rc<UnixName>>,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    peer: Option<Peer>,
+    flags: u16,
+    /// The kind, result and TCP state the call columns show.
+    call: (EventKind, i64, u16),
+    /// The line from PID to its end.
+    text: String,
+    /// Where the call columns (EVENT and RESULT) are in `text`.
+    calls: Range<usize>,
+}
+
+impl Repeat {
+    /// Whether `event`'s process and socket columns are these: every field
+    /// [`who_columns`] and [`socket_columns`] read is compared.
+    fn shows(&self, event: &Event) -> bool {
+        event.sock == Some(self.sock)
+            && event.pid == self.pid
+            && event.fd == self.fd
+            && event.comm == self.comm
+            && event.family == self.family
+            && event.protocol == self.protocol
+            && event.sock_type == self.sock_type
+            && event.local == self.local
+            && event.remote == self.remote
+            && event.path == self.path
+            && event.peer == self.peer
+            && event.flags & FLAG_CREDENTIALS == self.flags
+            && event.passed_fds == 0
+    }
+}
+
+impl LineMemo {
+    fn slot(sock: u64) -> usize {
+        (sock % REPEAT_SLOTS as u64) as usize
+    }
+
+    fn find(&mut self, event: &Event) -> Option<&mut Repeat> {
+        let repeat = self.repeats.get_mut(Self::slot(event.sock?))?.as_mut()?;
+        repeat.shows(event).then_some(repeat)
+    }
+
+    /// Keeps the line rendered for `event`, from PID on (not for one that
+    /// passes descriptors: those columns are seldom the same twice).
+    fn remember(&mut self, event: &Event, text: &str, calls: Range<usize>) {
+        let Some(sock) = event.sock else { return };
+        if event.passed_fds > 0 {
+            return;
+        }
+        if self.repeats.is_empty() {
+            self.repeats.resize_with(REPEAT_SLOTS, || None);
+        }
+        self.repeats[Self::slot(sock)] = Some(Repeat {
+            pid: event.pid,
+            comm: Rc::clone(&event.comm),
+            fd: event.fd,
+            family: event.family,
+            protocol: event.protocol,
+            sock_type: event.sock_type,
+            sock,
+            path: event.path.clone(),
+            local: event.local,
+            remote: event.remote,
+            peer: event.peer.clone(),
+            flags: event.flags & FLAG_CREDENTIALS,
+            call: (event.kind, event.ret, event.state),
+            text: text.to_owned(),
+            calls,
+        });
+    }
 }
 
 /// The PATH column: a Unix socket's name, or an IP socket's
@@ -218,18 +352,12 @@ fn where_text(line: &mut String, event: &Event) -> std::fmt::Result {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Align {
-    Left,
-    Right,
-}
-
 /// Spaces to pad the widest column with.
 const SPACES: &str = "                                ";
 
 /// Writes one column with `fill`, padded with spaces to `width`
 /// (at most 32) characters, and the space after it.
-fn column(line: &mut String, width: usize, align: Align, fill: impl FnOnce(&mut String)) {
+fn column(line: &mut String, width: usize, fill: impl FnOnce(&mut String)) {
     let start = line.len();
     fill(line);
     let filled = &line[start..];
@@ -238,29 +366,59 @@ fn column(line: &mut String, width: usize, align: Align, fill: impl FnOnce(&mut 
     } else {
         filled.chars().count()
     };
-    let pad = &SPACES[..width.saturating_sub(chars)];
-    match align {
-        Align::Left => line.push_str(pad),
-        Align::Right => line.insert_str(start, pad),
-    }
+    line.push_str(&SPACES[..width.saturating_sub(chars)]);
     line.push(' ');
 }
 
 /// Appends `value` in decimal, with leading zeros to `width` digits: what
 /// `{value:0width$}` writes, without the formatting machinery, which took
 /// a tenth of sockspy's time printing a busy trace.
-fn push_decimal(line: &mut String, mut value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    while value > 0 || start == digits.len() {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
+fn push_decimal(line: &mut String, value: u64, width: usize) {
+    line.push_str(Decimal::new(value, width).as_str());
+}
+
+/// "00" to "99", for [`Decimal::new`].
+const PAIRS: [u8; 200] = {
+    let mut pairs = [0; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
     }
-    let start = start.min(digits.len().saturating_sub(width));
-    // SAFETY: `digits` holds only the ASCII bytes b'0' to b'9'. (Checking
-    // that, or pushing digit by digit, cost as much as the rest of a line.)
-    line.push_str(unsafe { std::str::from_utf8_unchecked(&digits[start..]) });
+    pairs
+};
+
+/// A number's decimal digits, zero-padded, on the stack.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut value: u64, width: usize) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        // Two digits a step: half the chain of dependent divisions.
+        while value >= 10 {
+            let pair = (value % 100) as usize * 2;
+            value /= 100;
+            start -= 2;
+            digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if value > 0 || start == digits.len() {
+            start -= 1;
+            digits[start] = b'0' + value as u8;
+        }
+        let start = start.min(digits.len().saturating_sub(width));
+        Self { digits, start }
+    }
+
+    fn as_str(&self) -> &str {
+        // SAFETY: `digits` holds only the ASCII bytes b'0' to b'9'. (Checking
+        // that, or pushing digit by digit, cost as much as the rest of a line.)
+        unsafe { std::str::from_utf8_unchecked(&self.digits[self.start..]) }
+    }
 }
 
 /// Appends each `(value, width, after)`: the value zero-padded to `width`
@@ -387,23 +545,39 @@ fn peer_text(line: &mut String, peer: &Peer) {
     }
 }
 
-/// The local time of day of the last second converted: events come many
-/// to a second, and `localtime_r` is not free.
+/// The local time of day of the last second converted, as text
+/// (`HH:MM:SS.`): events come many to a second, and `localtime_r` (or
+/// even a 128-bit division) is not free.
 #[derive(Debug, Default)]
 struct TimeOfDay {
-    last: Option<(i64, (i32, i32, i32))>,
+    /// Where that second starts, wall-clock nanoseconds.
+    start: Option<i128>,
+    text: String,
 }
 
 impl TimeOfDay {
-    fn of(&mut self, secs: i64) -> (i32, i32, i32) {
-        match self.last {
-            Some((known, hms)) if known == secs => hms,
+    /// The time of day of `wall_ns` to the second, and the microseconds past it.
+    fn of(&mut self, wall_ns: i128) -> (&str, u64) {
+        let into = self.start.map(|start| wall_ns - start);
+        let into = match into {
+            Some(into) if (0..1_000_000_000).contains(&into) => into,
             _ => {
-                let hms = local_time_of_day(secs);
-                self.last = Some((secs, hms));
-                hms
+                let (secs, micros) = seconds_and_micros(wall_ns);
+                let (hour, minute, second) = local_time_of_day(secs);
+                self.text.clear();
+                push_fields(
+                    &mut self.text,
+                    [
+                        (hour as u64, 2, ':'),
+                        (minute as u64, 2, ':'),
+                        (second as u64, 2, '.'),
+                    ],
+                );
+                self.start = Some(i128::from(secs) * 1_000_000_000);
+                return (&self.text, micros as u64);
             }
-        }
+        };
+        (&self.text, into as u64 / 1000)
     }
 }
 
@@ -945,6 +1119,63 @@ mod tests {
         push_decimal(&mut line, u64::MAX, 6);
         push_signed(&mut line, -42);
         assert_eq!(line, "070123418446744073709551615-42");
+        for value in [5, 10, 99, 100, 101, 999_999, 1_000_000] {
+            let mut line = String::new();
+            push_decimal(&mut line, value, 1);
+            assert_eq!(line, value.to_string());
+        }
+        let mut line = String::new();
+        push_decimal(&mut line, 42, 6);
+        assert_eq!(line, "000042");
+    }
+
+    /// The printer copies a socket's columns from its last line while they
+    /// stay the same: every line must still be what a printer that never
+    /// saw the events before writes.
+    #[test]
+    fn repeated_lines_are_rendered_afresh_when_anything_changes() {
+        let clock = Clock::now();
+        let mut events = vec![send_event(); 3];
+        let mut recv = send_event();
+        recv.kind = EventKind::Recv;
+        recv.ret = 12;
+        events.push(recv.clone());
+        recv.ret = -i64::from(libc::EAGAIN);
+        events.push(recv);
+        events.push(send_event());
+        let changes: [fn(&mut Event); 8] = [
+            |e| e.pid = 11,
+            |e| e.comm = "collectd-2".into(),
+            |e| e.fd = None,
+            |e| e.path = Some(Rc::new(UnixName::Abstract("x".into()))),
+            |e| e.peer.as_mut().unwrap().fd = Some(13),
+            |e| e.peer.as_mut().unwrap().comm = Some("other".into()),
+            |e| e.peer = None,
+            |e| e.flags = FLAG_CREDENTIALS,
+        ];
+        for change in changes {
+            let mut event = send_event();
+            change(&mut event);
+            events.push(event);
+            events.push(send_event());
+        }
+        let mut tcp = tcp_event();
+        tcp.sock = Some(100);
+        events.push(tcp);
+        events.push(send_event());
+        let mut printer = Printer::new(Format::Text, clock, PayloadStyle::default());
+        for event in &events {
+            let mut repeated = Vec::new();
+            printer.event(&mut repeated, event).unwrap();
+            let mut fresh = Vec::new();
+            Printer::new(Format::Text, clock, PayloadStyle::default())
+                .event(&mut fresh, event)
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(repeated).unwrap(),
+                String::from_utf8(fresh).unwrap()
+            );
+        }
     }
 
     #[test]

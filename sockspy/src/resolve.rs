@@ -24,7 +24,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use sockspy_common::{COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
+use sockspy_common::{AF_UNIX, COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
 
 use crate::{
     diag::{InetDiag, STATE_LISTEN, UnixDiag},
@@ -151,6 +151,66 @@ pub struct Resolver {
     procfs: Procfs,
     /// When /proc was last rescanned for a peer nobody was known to hold.
     last_rescan: Option<Instant>,
+    /// Counts the changes to the table that could change how an event
+    /// resolves; what is kept in `recent` holds while it stays the same.
+    version: u64,
+    /// The last [`repeatable`] event's resolution per socket, direct-mapped
+    /// by inode ([`RECENT_SLOTS`] slots).
+    recent: Vec<Option<Recent>>,
+}
+
+/// What the table says of one event: whose it is and who is at the other end.
+#[derive(Clone, Debug)]
+struct Resolved {
+    pid: u32,
+    comm: Rc<str>,
+    fd: Option<i32>,
+    ino: u64,
+    path: Option<Rc<UnixName>>,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    peer: Option<Peer>,
+}
+
+/// A [`repeatable`] event's resolution, with everything of the record it
+/// was made from and the table's version then.
+#[derive(Debug)]
+struct Recent {
+    version: u64,
+    sock: u64,
+    pid: u32,
+    fd: i32,
+    event_comm: [u8; COMM_LEN],
+    sk: u64,
+    peer_sock: u64,
+    peer_sk: u64,
+    resolved: Resolved,
+}
+
+/// How many sockets' last resolutions are kept: a few busy sockets keep
+/// theirs, whatever the number of sockets.
+const RECENT_SLOTS: usize = 64;
+
+fn recent_slot(ino: u64) -> usize {
+    (ino % RECENT_SLOTS as u64) as usize
+}
+
+/// Whether a record is a plain Unix send or receive through a descriptor,
+/// on a connected socket whose peer the kernel named: the bulk of a busy
+/// trace. Once the table has taken in one such event, it changes only if
+/// its process, descriptor, name or kernel ids differ, so with those and
+/// the table's version the same, the resolution is the same too.
+fn repeatable(rec: &SockRecord) -> bool {
+    let ev = &rec.ev;
+    matches!(rec.kind, EventKind::Send | EventKind::Recv)
+        && ev.family == AF_UNIX
+        && ev.protocol == 0
+        && ev.fd >= 0
+        && ev.sock != 0
+        && ev.peer_sock != 0
+        && rec.addr.is_empty()
+        && rec.peer_addr.is_empty()
+        && rec.passed.is_empty()
 }
 
 /// A TCP connection by its (local, remote) ends, canonical (see [`canonical`]).
@@ -346,6 +406,7 @@ impl Resolver {
     /// its descriptors hold.
     fn add_process(&mut self, process: ProcessSockets) {
         let ProcessSockets { pid, comm, fds } = process;
+        self.version += 1;
         let entry = self.procs.entry(pid).or_default();
         entry.scanned = true;
         if !comm.is_empty() {
@@ -374,7 +435,11 @@ impl Resolver {
             return;
         }
         let process = self.procs.entry(holder.pid).or_default();
-        if let Some(old) = process.fds.insert(holder.fd, ino)
+        let old = process.fds.insert(holder.fd, ino);
+        if old != Some(ino) {
+            self.version += 1;
+        }
+        if let Some(old) = old
             && old != ino
         {
             // The fd was reused after a close we did not see.
@@ -383,6 +448,7 @@ impl Resolver {
         let sock = self.socks.entry(ino).or_default();
         if !sock.holders.contains(&holder) {
             sock.holders.push(holder);
+            self.version += 1;
         }
     }
 
@@ -397,6 +463,7 @@ impl Resolver {
     }
 
     fn drop_holder(&mut self, ino: u64, holder: Holder) {
+        self.version += 1;
         let Entry::Occupied(mut entry) = self.socks.entry(ino) else {
             return;
         };
@@ -432,6 +499,7 @@ impl Resolver {
 
     /// Applies a process event.
     pub fn apply_proc(&mut self, rec: &ProcRecord) {
+        self.version += 1;
         let pid = rec.ev.header.pid;
         match rec.kind {
             EventKind::Fork => {
@@ -517,6 +585,7 @@ impl Resolver {
         let current = &event_comm[..len];
         if !current.is_empty() && process.comm.as_bytes() != current {
             process.comm = comm_str(event_comm).into();
+            self.version += 1;
         }
         Rc::clone(&process.comm)
     }
@@ -557,6 +626,66 @@ impl Resolver {
 
     /// Updates the table from a socket event and resolves its peer.
     pub fn apply(&mut self, rec: &SockRecord) -> Event {
+        let resolved = match self.repeat(rec) {
+            Some(resolved) => resolved,
+            None => self.resolve(rec),
+        };
+        let ev = &rec.ev;
+        let header = &ev.header;
+        Event {
+            kind: rec.kind,
+            ts_ns: header.ts_ns,
+            pid: resolved.pid,
+            tid: header.tid,
+            uid: header.uid,
+            comm: resolved.comm,
+            thread: header.tcomm,
+            family: ev.family,
+            sock_type: ev.sock_type,
+            protocol: ev.protocol,
+            state: ev.state,
+            local: resolved.local,
+            remote: resolved.remote,
+            call: rec.call(),
+            fd: resolved.fd,
+            listen_fd: (rec.kind == EventKind::Accept && ev.fd2 >= 0).then_some(ev.fd2),
+            sock: (resolved.ino != 0).then_some(resolved.ino),
+            path: resolved.path,
+            ret: ev.ret,
+            flags: ev.flags,
+            data: rec.data.clone(),
+            passed_fds: ev.passed_fds,
+            passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
+            peer: resolved.peer,
+        }
+    }
+
+    /// What the table said of the last event like `rec` on its socket, if
+    /// `rec` is [`repeatable`] and the table has not changed since.
+    fn repeat(&self, rec: &SockRecord) -> Option<Resolved> {
+        if !repeatable(rec) {
+            return None;
+        }
+        let ev = &rec.ev;
+        let recent = self.recent.get(recent_slot(ev.sock))?.as_ref()?;
+        (recent.version == self.version
+            && recent.sock == ev.sock
+            && recent.pid == ev.header.pid
+            && recent.fd == ev.fd
+            && recent.event_comm == ev.header.comm
+            && recent.sk == ev.sk
+            && recent.peer_sock == ev.peer_sock
+            && recent.peer_sk == ev.peer_sk)
+            .then(|| recent.resolved.clone())
+    }
+
+    /// Resolves an event from the table, updating the table as it goes.
+    fn resolve(&mut self, rec: &SockRecord) -> Resolved {
+        let repeatable = repeatable(rec);
+        if !repeatable {
+            // Whatever this changes, what was kept for repetitions may be stale.
+            self.version += 1;
+        }
         let ev = &rec.ev;
         let header = &ev.header;
         let kind = rec.kind;
@@ -604,6 +733,7 @@ impl Resolver {
                 if ev.sk != 0 && sock.sk != ev.sk {
                     sock.sk = ev.sk;
                     self.sk_ino.insert(ev.sk, ino);
+                    self.version += 1;
                 }
                 if own_name.is_some() && !failed {
                     sock.name.clone_from(&own_name);
@@ -613,8 +743,10 @@ impl Resolver {
                         kind,
                         EventKind::Send | EventKind::Recv | EventKind::Connect | EventKind::Accept
                     )
+                    && sock.last_user != Some(Holder { pid, fd })
                 {
                     sock.last_user = Some(Holder { pid, fd });
+                    self.version += 1;
                 }
             }
         }
@@ -653,14 +785,21 @@ impl Resolver {
                 self.hold(peer_ino, Holder { pid, fd: ev.fd2 });
             }
             if peer_ino != 0 {
-                if let Some(sock) = self.socks.get_mut(&ino) {
+                if let Some(sock) = self.socks.get_mut(&ino)
+                    && sock.peer != peer_ino
+                {
                     sock.peer = peer_ino;
+                    self.version += 1;
                 }
                 if let Some(peer) = self.socks.get_mut(&peer_ino) {
-                    peer.peer = ino;
+                    if peer.peer != ino {
+                        peer.peer = ino;
+                        self.version += 1;
+                    }
                     if peer.sk == 0 && ev.peer_sk != 0 {
                         peer.sk = ev.peer_sk;
                         self.sk_ino.insert(ev.peer_sk, peer_ino);
+                        self.version += 1;
                     }
                 }
             } else if let Some(sock) = self.socks.get(&ino) {
@@ -672,38 +811,46 @@ impl Resolver {
         if let Some(remote) = remote {
             peer.get_or_insert_with(Peer::default).addr = Some(remote);
         }
-        let event = Event {
-            kind,
-            ts_ns: header.ts_ns,
-            pid,
-            tid: header.tid,
-            uid: header.uid,
-            comm,
-            thread: header.tcomm,
-            family: ev.family,
-            sock_type: ev.sock_type,
-            protocol: ev.protocol,
-            state: ev.state,
-            local,
-            remote,
-            call: rec.call(),
-            fd,
-            listen_fd: (kind == EventKind::Accept && ev.fd2 >= 0).then_some(ev.fd2),
-            sock: (ino != 0).then_some(ino),
-            path: own_name.or_else(|| self.socks.get(&ino).and_then(|s| s.name.clone())),
-            ret: ev.ret,
-            flags: ev.flags,
-            data: rec.data.clone(),
-            passed_fds: ev.passed_fds,
-            passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
-            peer,
-        };
+        let path = own_name.or_else(|| self.socks.get(&ino).and_then(|s| s.name.clone()));
         if kind == EventKind::Close
             && let Some(fd) = fd
         {
             self.release(ino, Holder { pid, fd });
         }
-        event
+        let resolved = Resolved {
+            pid,
+            comm,
+            fd,
+            ino,
+            path,
+            local,
+            remote,
+            peer,
+        };
+        // Kept only with the peer's holder known: a peer nobody is known to
+        // hold sends the next event to /proc again.
+        if repeatable
+            && resolved
+                .peer
+                .as_ref()
+                .is_some_and(|peer| peer.pid.is_some())
+        {
+            if self.recent.is_empty() {
+                self.recent.resize_with(RECENT_SLOTS, || None);
+            }
+            self.recent[recent_slot(ino)] = Some(Recent {
+                version: self.version,
+                sock: ino,
+                pid,
+                fd: ev.fd,
+                event_comm: header.comm,
+                sk: ev.sk,
+                peer_sock: ev.peer_sock,
+                peer_sk: ev.peer_sk,
+                resolved: resolved.clone(),
+            });
+        }
+        resolved
     }
 
     /// Reads every process's descriptors again, at most every
@@ -784,7 +931,7 @@ mod tests {
     use super::*;
     use crate::events::{
         Record, decode,
-        tests::{sock_bytes, sockaddr_in, sockaddr_in6},
+        tests::{sock_bytes, sockaddr_in, sockaddr_in6, sockaddr_un},
     };
 
     /// A server (pid 100, fd 5, inode 1001, IPv6 dual-stack) and a client
@@ -969,6 +1116,100 @@ mod tests {
         resolver.apply_proc(&exec);
         let peer = server_sends(&mut resolver).peer.expect("a peer");
         assert_eq!((peer.pid, peer.fd), (Some(200), Some(3)));
+    }
+
+    /// Plain Unix sends and receives reuse their socket's last resolution
+    /// while the table stays the same: every event must still resolve as
+    /// it does with nothing kept, through forks, renames, exits, closes and
+    /// a reused descriptor.
+    #[test]
+    fn repeated_events_resolve_as_they_do_afresh() {
+        enum Step {
+            Sock(Vec<u8>),
+            Proc(ProcRecord),
+        }
+        let named = |kind, pid: u32, comm: &[u8], fd: i32, [ino, peer]: [u64; 2], own: &[u8]| {
+            Step::Sock(sock_bytes(
+                kind,
+                |ev| {
+                    ev.header.pid = pid;
+                    ev.header.tid = pid;
+                    ev.header.comm[..comm.len()].copy_from_slice(comm);
+                    ev.fd = fd;
+                    ev.sock = ino;
+                    ev.peer_sock = peer;
+                    ev.family = AF_UNIX;
+                    ev.sock_type = 1;
+                    ev.ret = 8;
+                },
+                [own, b"", b""],
+            ))
+        };
+        let unix = |kind, pid, comm: &[u8], fd, socks| named(kind, pid, comm, fd, socks, b"");
+        let process = |kind, pid, child_pid| {
+            // SAFETY: ProcEvent is plain integers; all-zero is a valid value.
+            let mut ev: ProcEvent = unsafe { std::mem::zeroed() };
+            ev.header.pid = pid;
+            ev.child_pid = child_pid;
+            Step::Proc(ProcRecord { kind, ev })
+        };
+        let (a, b) = ([1001, 2002], [2002, 1001]);
+        let a_sends = || unix(EventKind::Send, 100, b"server", 5, a);
+        let mut steps = vec![a_sends(), a_sends()];
+        steps.extend([
+            unix(EventKind::Recv, 200, b"client", 3, b),
+            unix(EventKind::Recv, 200, b"client", 3, b),
+            unix(EventKind::Send, 200, b"client", 3, b),
+            unix(EventKind::Recv, 100, b"server", 5, a),
+            // The client forks: the child's use makes it the one named.
+            process(EventKind::Fork, 200, 201),
+            a_sends(),
+            unix(EventKind::Send, 201, b"client", 3, b),
+            a_sends(),
+            // The child renames itself.
+            unix(EventKind::Send, 201, b"worker", 3, b),
+            a_sends(),
+            a_sends(),
+            process(EventKind::Exit, 201, 0),
+            a_sends(),
+            // The server's socket gets a name.
+            named(
+                EventKind::Bind,
+                100,
+                b"server",
+                5,
+                a,
+                &sockaddr_un(b"/run/a.sock\0"),
+            ),
+            a_sends(),
+            // The server's descriptor goes to another socket, unseen.
+            unix(EventKind::Send, 100, b"server", 5, [3003, 4004]),
+            a_sends(),
+            unix(EventKind::Recv, 200, b"client", 3, b),
+            unix(EventKind::Close, 200, b"client", 3, b),
+            a_sends(),
+            a_sends(),
+        ]);
+        let mut kept = seeded();
+        let mut afresh = seeded();
+        let mut repeats = 0;
+        for step in &steps {
+            match step {
+                Step::Sock(bytes) => {
+                    let Ok(Record::Sock(rec)) = decode(bytes) else {
+                        panic!("not a socket record")
+                    };
+                    repeats += usize::from(kept.repeat(&rec).is_some());
+                    afresh.recent.clear();
+                    assert_eq!(kept.apply(&rec), afresh.apply(&rec), "{:?}", rec.kind);
+                }
+                Step::Proc(rec) => {
+                    kept.apply_proc(rec);
+                    afresh.apply_proc(rec);
+                }
+            }
+        }
+        assert!(repeats >= 4, "only {repeats} events were repeats");
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod procfs;
 mod record;
 mod replay;
 mod resolve;
+mod side;
 mod trace;
 
 use std::process::ExitCode;

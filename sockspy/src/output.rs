@@ -6,9 +6,7 @@
 use std::{
     borrow::Cow,
     io::{self, Write},
-    net::SocketAddr,
     ops::Range,
-    rc::Rc,
 };
 
 use serde::Serialize;
@@ -17,6 +15,7 @@ use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 use crate::{
     events::{UnixName, comm_text, family_name, kind_name, proto_name, tcp_state_name, type_name},
     resolve::{Event, Peer},
+    side::BySocket,
 };
 
 /// Converts kernel `CLOCK_MONOTONIC` stamps to wall-clock time.
@@ -237,33 +236,16 @@ fn socket_columns(line: &mut String, event: &Event) {
 }
 
 /// What the text printer remembers between events: the time of day of the
-/// last second, and the last rendering of each socket's columns.
+/// last second, and each busy socket's last line.
 #[derive(Debug, Default)]
 struct LineMemo {
     time: TimeOfDay,
-    /// Direct-mapped by inode: a few sockets busy at once each keep
-    /// theirs, and the memory is bounded whatever the number of sockets.
-    repeats: Vec<Option<Repeat>>,
+    repeats: BySocket<Repeat>,
 }
 
-/// How many sockets' columns [`LineMemo`] keeps.
-const REPEAT_SLOTS: usize = 64;
-
-/// One socket's columns as last rendered, and what they were made from.
+/// A socket's last line from PID on, and the call it showed.
 #[derive(Debug)]
 struct Repeat {
-    pid: u32,
-    comm: Rc<str>,
-    fd: Option<i32>,
-    family: u16,
-    protocol: u16,
-    sock_type: u16,
-    sock: u64,
-    path: Option<Rc<UnixName>>,
-    local: Option<SocketAddr>,
-    remote: Option<SocketAddr>,
-    peer: Option<Peer>,
-    flags: u16,
     /// The kind, result and TCP state the call columns show.
     call: (EventKind, i64, u16),
     /// The line from PID to its end.
@@ -272,63 +254,26 @@ struct Repeat {
     calls: Range<usize>,
 }
 
-impl Repeat {
-    /// Whether `event`'s process and socket columns are these: every field
-    /// [`who_columns`] and [`socket_columns`] read is compared.
-    fn shows(&self, event: &Event) -> bool {
-        event.sock == Some(self.sock)
-            && event.pid == self.pid
-            && event.fd == self.fd
-            && event.comm == self.comm
-            && event.family == self.family
-            && event.protocol == self.protocol
-            && event.sock_type == self.sock_type
-            && event.local == self.local
-            && event.remote == self.remote
-            && event.path == self.path
-            && event.peer == self.peer
-            && event.flags & FLAG_CREDENTIALS == self.flags
-            && event.passed_fds == 0
-    }
-}
-
 impl LineMemo {
-    fn slot(sock: u64) -> usize {
-        (sock % REPEAT_SLOTS as u64) as usize
-    }
-
+    /// The last line of `event`'s socket, if everything but the call
+    /// columns would be the same (passed credentials are shown, not kept).
     fn find(&mut self, event: &Event) -> Option<&mut Repeat> {
-        let repeat = self.repeats.get_mut(Self::slot(event.sock?))?.as_mut()?;
-        repeat.shows(event).then_some(repeat)
+        if event.flags & FLAG_CREDENTIALS != 0 {
+            return None;
+        }
+        self.repeats.find(event)
     }
 
-    /// Keeps the line rendered for `event`, from PID on (not for one that
-    /// passes descriptors: those columns are seldom the same twice).
     fn remember(&mut self, event: &Event, text: &str, calls: Range<usize>) {
-        let Some(sock) = event.sock else { return };
-        if event.passed_fds > 0 {
+        if event.flags & FLAG_CREDENTIALS != 0 {
             return;
         }
-        if self.repeats.is_empty() {
-            self.repeats.resize_with(REPEAT_SLOTS, || None);
-        }
-        self.repeats[Self::slot(sock)] = Some(Repeat {
-            pid: event.pid,
-            comm: Rc::clone(&event.comm),
-            fd: event.fd,
-            family: event.family,
-            protocol: event.protocol,
-            sock_type: event.sock_type,
-            sock,
-            path: event.path.clone(),
-            local: event.local,
-            remote: event.remote,
-            peer: event.peer.clone(),
-            flags: event.flags & FLAG_CREDENTIALS,
+        let repeat = Repeat {
             call: (event.kind, event.ret, event.state),
             text: text.to_owned(),
             calls,
-        });
+        };
+        self.repeats.keep(event, repeat);
     }
 }
 

@@ -50,6 +50,7 @@ use crate::{
     output::Clock,
     pcapng::{self, Block, BlockReader, Packet, ParseError},
     resolve::{Event, Passed, Peer},
+    side::BySocket,
 };
 
 /// Link type of the plain interface: raw payload, no framing (`LINKTYPE_USER0`).
@@ -113,44 +114,36 @@ struct SectionFacts {
     framing: Framing,
 }
 
-/// An event's facts as the packet comment carries them. Names follow the
-/// JSON output where they mean the same; numbers are kept raw where the
-/// printed name would lose them.
+/// An event's facts as the packet comment carries them: one JSON object,
+/// of its call's facts and its socket's. Names follow the JSON output where
+/// they mean the same; numbers are kept raw where the printed name would
+/// lose them.
 ///
 /// Text fields borrow: from the event when writing, from the comment when
 /// reading (unless JSON escapes made a copy necessary), so that recording
 /// an event allocates no strings.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Deserialize, PartialEq, Eq)]
 struct Facts<'a> {
+    #[serde(flatten, borrow)]
+    call: CallFacts<'a>,
+    #[serde(flatten, borrow)]
+    socket: SocketFacts<'a>,
+}
+
+/// What differs from one event on a socket to the next.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct CallFacts<'a> {
     #[serde(borrow)]
     event: Cow<'a, str>,
-    pid: u32,
     tid: u32,
     uid: u32,
     #[serde(borrow)]
-    comm: Cow<'a, str>,
-    #[serde(borrow)]
     thread: Cow<'a, str>,
-    family: u16,
-    #[serde(rename = "type")]
-    sock_type: u16,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    protocol: u16,
     #[serde(default, skip_serializing_if = "is_zero")]
     state: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    local: Option<SocketAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    remote: Option<SocketAddr>,
     call: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    fd: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     listen_fd: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sock: Option<u64>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    path: Option<Cow<'a, str>>,
     ret: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
     flags: u16,
@@ -158,6 +151,30 @@ struct Facts<'a> {
     passed_fds: u16,
     #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
     passed_files: Vec<PassedFacts<'a>>,
+}
+
+/// What stays the same while a socket's holder and peer do: written once
+/// per socket and copied after that (see [`crate::side`]).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SocketFacts<'a> {
+    pid: u32,
+    #[serde(borrow)]
+    comm: Cow<'a, str>,
+    family: u16,
+    #[serde(rename = "type")]
+    sock_type: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    protocol: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sock: Option<u64>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    path: Option<Cow<'a, str>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     peer: Option<PeerFacts<'a>>,
 }
@@ -220,26 +237,16 @@ fn name_from(text: Option<Cow<'_, str>>) -> Option<Rc<UnixName>> {
     })
 }
 
-impl<'a> Facts<'a> {
+impl<'a> CallFacts<'a> {
     fn of(event: &'a Event) -> Self {
         Self {
             event: Cow::Borrowed(kind_name(event.kind)),
-            pid: event.pid,
             tid: event.tid,
             uid: event.uid,
-            comm: Cow::Borrowed(&event.comm),
             thread: comm_text(&event.thread),
-            family: event.family,
-            sock_type: event.sock_type,
-            protocol: event.protocol,
             state: event.state,
-            local: event.local,
-            remote: event.remote,
             call: event.call as u16,
-            fd: event.fd,
             listen_fd: event.listen_fd,
-            sock: event.sock,
-            path: name_text(&event.path),
             ret: event.ret,
             flags: event.flags,
             passed_fds: event.passed_fds,
@@ -253,6 +260,23 @@ impl<'a> Facts<'a> {
                     path: name_text(&file.path),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl<'a> SocketFacts<'a> {
+    fn of(event: &'a Event) -> Self {
+        Self {
+            pid: event.pid,
+            comm: Cow::Borrowed(&event.comm),
+            family: event.family,
+            sock_type: event.sock_type,
+            protocol: event.protocol,
+            local: event.local,
+            remote: event.remote,
+            fd: event.fd,
+            sock: event.sock,
+            path: name_text(&event.path),
             peer: event.peer.as_ref().map(|peer| PeerFacts {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -263,17 +287,20 @@ impl<'a> Facts<'a> {
             }),
         }
     }
+}
 
+impl Facts<'_> {
     fn into_event(self, ts_ns: u64, data: Bytes) -> Result<Event, String> {
+        let Self { call, socket } = self;
         let kind = (1..64)
             .filter_map(EventKind::from_u32)
-            .find(|kind| kind_name(*kind) == self.event)
-            .ok_or_else(|| format!("unknown event `{}`", self.event))?;
+            .find(|kind| kind_name(*kind) == call.event)
+            .ok_or_else(|| format!("unknown event `{}`", call.event))?;
         let mut thread = [0u8; sockspy_common::COMM_LEN];
-        let name = self.thread.as_bytes();
+        let name = call.thread.as_bytes();
         let len = name.len().min(thread.len());
         thread[..len].copy_from_slice(&name[..len]);
-        let passed = self
+        let passed = call
             .passed_files
             .into_iter()
             .map(|file| {
@@ -292,28 +319,28 @@ impl<'a> Facts<'a> {
         Ok(Event {
             kind,
             ts_ns,
-            pid: self.pid,
-            tid: self.tid,
-            uid: self.uid,
-            comm: self.comm.as_ref().into(),
+            pid: socket.pid,
+            tid: call.tid,
+            uid: call.uid,
+            comm: socket.comm.as_ref().into(),
             thread,
-            family: self.family,
-            sock_type: self.sock_type,
-            protocol: self.protocol,
-            state: self.state,
-            local: self.local,
-            remote: self.remote,
-            call: Call::from_u16(self.call),
-            fd: self.fd,
-            listen_fd: self.listen_fd,
-            sock: self.sock,
-            path: name_from(self.path),
-            ret: self.ret,
-            flags: self.flags,
+            family: socket.family,
+            sock_type: socket.sock_type,
+            protocol: socket.protocol,
+            state: call.state,
+            local: socket.local,
+            remote: socket.remote,
+            call: Call::from_u16(call.call),
+            fd: socket.fd,
+            listen_fd: call.listen_fd,
+            sock: socket.sock,
+            path: name_from(socket.path),
+            ret: call.ret,
+            flags: call.flags,
             data,
-            passed_fds: self.passed_fds,
+            passed_fds: call.passed_fds,
             passed,
-            peer: self.peer.map(|peer| Peer {
+            peer: socket.peer.map(|peer| Peer {
                 sock: peer.sock,
                 pid: peer.pid,
                 comm: peer.comm.as_deref().map(Into::into),
@@ -799,6 +826,8 @@ struct Encoder {
     ip: IpFramer,
     /// The last event's facts, its buffer kept for the next.
     comment: Vec<u8>,
+    /// Busy sockets' facts, as JSON.
+    sockets: BySocket<Vec<u8>>,
 }
 
 impl Encoder {
@@ -814,6 +843,7 @@ impl Encoder {
             },
             ip: IpFramer::default(),
             comment: Vec::new(),
+            sockets: BySocket::default(),
         }
     }
 
@@ -838,9 +868,21 @@ impl Encoder {
     }
 
     fn event(&mut self, out: &mut Vec<u8>, event: &Event) {
+        // One object of the call's facts and the socket's: `{call..,socket..}`.
         self.comment.clear();
-        serde_json::to_writer(&mut self.comment, &Facts::of(event))
+        serde_json::to_writer(&mut self.comment, &CallFacts::of(event))
             .expect("plain struct serializes");
+        self.comment.pop();
+        self.comment.push(b',');
+        match self.sockets.find(event) {
+            Some(socket) => self.comment.extend_from_slice(&socket[1..]),
+            None => {
+                let socket =
+                    serde_json::to_vec(&SocketFacts::of(event)).expect("plain struct serializes");
+                self.comment.extend_from_slice(&socket[1..]);
+                self.sockets.keep(event, socket);
+            }
+        }
         // serde_json writes UTF-8.
         let text = std::str::from_utf8(&self.comment).unwrap_or_default();
         let ts_ns = u64::try_from(self.clock.wall_ns(event.ts_ns)).unwrap_or(0);
@@ -1300,6 +1342,39 @@ mod tests {
         for framing in [Framing::Raw, Framing::Tcp] {
             assert_eq!(decode(&encode(framing, &events)), events, "{framing:?}");
         }
+    }
+
+    /// A socket's facts are written once and copied while they stay the
+    /// same: every event must still read back as it was, whatever changed.
+    #[test]
+    fn kept_socket_facts_round_trip_exactly() {
+        let plain = || {
+            let mut event = event(EventKind::Send, b"x", 1);
+            event.passed = Vec::new();
+            event.passed_fds = 0;
+            event
+        };
+        let changes: [fn(&mut Event); 10] = [
+            |e| e.kind = EventKind::Recv,
+            |e| e.ret = -11,
+            |e| e.tid = 12,
+            |e| e.flags = sockspy_common::FLAG_PEEK,
+            |e| e.pid = 11,
+            |e| e.comm = "collectd-2".into(),
+            |e| e.fd = Some(10),
+            |e| e.path = Some(Rc::new(UnixName::Path("/run/a.sock".into()))),
+            |e| e.remote = None,
+            |e| e.peer.as_mut().unwrap().pid = Some(21),
+        ];
+        let mut events = vec![plain(), plain()];
+        for change in changes {
+            let mut event = plain();
+            change(&mut event);
+            events.extend([event, plain()]);
+        }
+        events.push(event(EventKind::Send, b"fds", 3));
+        events.push(plain());
+        assert_eq!(decode(&encode(Framing::Raw, &events)), events);
     }
 
     #[test]

@@ -65,10 +65,40 @@ impl Side {
             && event.sock_type == self.sock_type
             && event.local == self.local
             && event.remote == self.remote
-            && event.comm == self.comm
+            && same_text(&event.comm, &self.comm)
             && event.path == self.path
-            && event.peer == self.peer
+            && same_peer(event.peer.as_ref(), self.peer.as_ref())
     }
+}
+
+/// Shared text compared by pointer first (`Rc`'s own comparison does that
+/// only for sized values).
+fn same_text(a: &Rc<str>, b: &Rc<str>) -> bool {
+    Rc::ptr_eq(a, b) || a == b
+}
+
+fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return a.is_none() && b.is_none();
+    };
+    // Every field, by name: a field added to Peer must be added here.
+    let Peer {
+        sock,
+        pid,
+        comm,
+        fd,
+        path,
+        addr,
+    } = a;
+    *sock == b.sock
+        && *pid == b.pid
+        && *fd == b.fd
+        && *addr == b.addr
+        && *path == b.path
+        && match (comm, &b.comm) {
+            (Some(x), Some(y)) => same_text(x, y),
+            (x, y) => x.is_none() && y.is_none(),
+        }
 }
 
 /// How many sockets' renderings are kept.

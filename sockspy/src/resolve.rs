@@ -151,8 +151,11 @@ pub struct Resolver {
     procfs: Procfs,
     /// When /proc was last rescanned for a peer nobody was known to hold.
     last_rescan: Option<Instant>,
-    /// Counts the changes to the table that could change how an event
-    /// resolves; what is kept in `recent` holds while it stays the same.
+    /// Counts the changes to the table: what is kept in `recent` holds
+    /// while it stays the same. Every change a [`repeatable`] event's
+    /// resolution can make counts it up where it is made (and any other
+    /// event, process event or /proc read counts it up as a whole), so a
+    /// new change must too, or a repetition shows what the table said before.
     version: u64,
     /// The last [`repeatable`] event's resolution per socket, direct-mapped
     /// by inode ([`RECENT_SLOTS`] slots).
@@ -312,6 +315,7 @@ impl Resolver {
     /// Seeds the address tables with the TCP and UDP sockets that existed
     /// before tracing started (call after [`Resolver::seed`]).
     pub fn seed_inet(&mut self, sockets: Vec<InetDiag>) {
+        self.version += 1;
         for socket in sockets {
             let remote = (socket.remote.port() != 0).then_some(socket.remote);
             let bound = socket.protocol == IPPROTO_UDP || socket.state == STATE_LISTEN;
@@ -386,6 +390,7 @@ impl Resolver {
 
     /// Seeds the table with what existed before tracing started.
     pub fn seed(&mut self, scan: Scan, unix: Vec<UnixDiag>) {
+        self.version += 1;
         for process in scan.processes {
             self.add_process(process);
         }
@@ -827,13 +832,14 @@ impl Resolver {
             remote,
             peer,
         };
-        // Kept only with the peer's holder known: a peer nobody is known to
-        // hold sends the next event to /proc again.
+        // Kept only with the peer's holder and descriptor known: a peer
+        // nobody is known to hold (named by its listener, if at all) sends
+        // the next event to /proc again, which may find the holder.
         if repeatable
             && resolved
                 .peer
                 .as_ref()
-                .is_some_and(|peer| peer.pid.is_some())
+                .is_some_and(|peer| peer.pid.is_some() && peer.fd.is_some())
         {
             if self.recent.is_empty() {
                 self.recent.resize_with(RECENT_SLOTS, || None);

@@ -31,6 +31,7 @@ use crate::{
     events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
     idmap::IdMap,
     procfs::{ProcessSockets, Procfs, Scan},
+    side::ByInode,
 };
 
 /// One descriptor of one process.
@@ -157,9 +158,8 @@ pub struct Resolver {
     /// event, process event or /proc read counts it up as a whole), so a
     /// new change must too, or a repetition shows what the table said before.
     version: u64,
-    /// The last [`repeatable`] event's resolution per socket, direct-mapped
-    /// by inode ([`RECENT_SLOTS`] slots).
-    recent: Vec<Option<Recent>>,
+    /// The last [`repeatable`] event's resolution per socket.
+    recent: ByInode<Recent>,
 }
 
 /// What the table says of one event: whose it is and who is at the other end.
@@ -188,14 +188,6 @@ struct Recent {
     peer_sock: u64,
     peer_sk: u64,
     resolved: Resolved,
-}
-
-/// How many sockets' last resolutions are kept: a few busy sockets keep
-/// theirs, whatever the number of sockets.
-const RECENT_SLOTS: usize = 64;
-
-fn recent_slot(ino: u64) -> usize {
-    (ino % RECENT_SLOTS as u64) as usize
 }
 
 /// Whether a record is a plain Unix send or receive through a descriptor,
@@ -631,9 +623,11 @@ impl Resolver {
 
     /// Updates the table from a socket event and resolves its peer.
     pub fn apply(&mut self, rec: &SockRecord) -> Event {
-        let resolved = match self.repeat(rec) {
+        let repeatable = repeatable(rec);
+        let kept = if repeatable { self.repeat(rec) } else { None };
+        let resolved = match kept {
             Some(resolved) => resolved,
-            None => self.resolve(rec),
+            None => self.resolve(rec, repeatable),
         };
         let ev = &rec.ev;
         let header = &ev.header;
@@ -665,14 +659,11 @@ impl Resolver {
         }
     }
 
-    /// What the table said of the last event like `rec` on its socket, if
-    /// `rec` is [`repeatable`] and the table has not changed since.
+    /// What the table said of the last event like `rec` (a [`repeatable`]
+    /// one) on its socket, if the table has not changed since.
     fn repeat(&self, rec: &SockRecord) -> Option<Resolved> {
-        if !repeatable(rec) {
-            return None;
-        }
         let ev = &rec.ev;
-        let recent = self.recent.get(recent_slot(ev.sock))?.as_ref()?;
+        let recent = self.recent.get(ev.sock)?;
         (recent.version == self.version
             && recent.sock == ev.sock
             && recent.pid == ev.header.pid
@@ -684,9 +675,9 @@ impl Resolver {
             .then(|| recent.resolved.clone())
     }
 
-    /// Resolves an event from the table, updating the table as it goes.
-    fn resolve(&mut self, rec: &SockRecord) -> Resolved {
-        let repeatable = repeatable(rec);
+    /// Resolves an event from the table, updating the table as it goes
+    /// (`repeatable`: what [`repeatable`] says of `rec`).
+    fn resolve(&mut self, rec: &SockRecord, repeatable: bool) -> Resolved {
         if !repeatable {
             // Whatever this changes, what was kept for repetitions may be stale.
             self.version += 1;
@@ -841,20 +832,20 @@ impl Resolver {
                 .as_ref()
                 .is_some_and(|peer| peer.pid.is_some() && peer.fd.is_some())
         {
-            if self.recent.is_empty() {
-                self.recent.resize_with(RECENT_SLOTS, || None);
-            }
-            self.recent[recent_slot(ino)] = Some(Recent {
-                version: self.version,
-                sock: ino,
-                pid,
-                fd: ev.fd,
-                event_comm: header.comm,
-                sk: ev.sk,
-                peer_sock: ev.peer_sock,
-                peer_sk: ev.peer_sk,
-                resolved: resolved.clone(),
-            });
+            self.recent.put(
+                ino,
+                Recent {
+                    version: self.version,
+                    sock: ino,
+                    pid,
+                    fd: ev.fd,
+                    event_comm: header.comm,
+                    sk: ev.sk,
+                    peer_sock: ev.peer_sock,
+                    peer_sk: ev.peer_sk,
+                    resolved: resolved.clone(),
+                },
+            );
         }
         resolved
     }
@@ -1205,8 +1196,8 @@ mod tests {
                     let Ok(Record::Sock(rec)) = decode(bytes) else {
                         panic!("not a socket record")
                     };
-                    repeats += usize::from(kept.repeat(&rec).is_some());
-                    afresh.recent.clear();
+                    repeats += usize::from(repeatable(&rec) && kept.repeat(&rec).is_some());
+                    afresh.recent = ByInode::default();
                     assert_eq!(kept.apply(&rec), afresh.apply(&rec), "{:?}", rec.kind);
                 }
                 Step::Proc(rec) => {

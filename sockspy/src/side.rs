@@ -101,31 +101,67 @@ fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
         }
 }
 
-/// How many sockets' renderings are kept.
+/// How many sockets a [`ByInode`] keeps values for.
 const SLOTS: usize = 64;
 
-/// Something made from an event's socket side, kept per socket:
-/// direct-mapped by inode, so that a few busy sockets each keep theirs and
-/// the memory stays bounded whatever the number of sockets.
+/// A value kept per socket, direct-mapped by inode: a few busy sockets
+/// each keep theirs, and the memory stays bounded whatever the number of
+/// sockets. Sockets that share a slot push each other out, so a value must
+/// say which socket it is for, and a lookup check it.
 #[derive(Debug)]
-pub struct BySocket<T> {
-    slots: Vec<Option<(Side, T)>>,
+pub struct ByInode<T> {
+    slots: Vec<Option<T>>,
 }
 
-impl<T> Default for BySocket<T> {
+impl<T> Default for ByInode<T> {
     fn default() -> Self {
         Self { slots: Vec::new() }
     }
 }
 
-impl<T> BySocket<T> {
-    fn slot(sock: u64) -> usize {
-        (sock % SLOTS as u64) as usize
+impl<T> ByInode<T> {
+    fn slot(ino: u64) -> usize {
+        (ino % SLOTS as u64) as usize
     }
 
+    /// What the slot of `ino` holds, whichever socket it is for.
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut T> {
+        self.slots.get_mut(Self::slot(ino))?.as_mut()
+    }
+
+    /// What the slot of `ino` holds, whichever socket it is for.
+    pub fn get(&self, ino: u64) -> Option<&T> {
+        self.slots.get(Self::slot(ino))?.as_ref()
+    }
+
+    /// Keeps `value` for `ino`, in place of what its slot held.
+    pub fn put(&mut self, ino: u64, value: T) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(SLOTS, || None);
+        }
+        self.slots[Self::slot(ino)] = Some(value);
+    }
+}
+
+/// Something made from an event's socket side, kept per socket
+/// ([`ByInode`]) while that side stays the same.
+#[derive(Debug)]
+pub struct BySocket<T> {
+    kept: ByInode<(Side, T)>,
+}
+
+impl<T> Default for BySocket<T> {
+    fn default() -> Self {
+        Self {
+            kept: ByInode::default(),
+        }
+    }
+}
+
+impl<T> BySocket<T> {
     /// What was kept for `event`'s socket, if its socket side is the same now.
     pub fn find(&mut self, event: &Event) -> Option<&mut T> {
-        let (side, kept) = self.slots.get_mut(Self::slot(event.sock?))?.as_mut()?;
+        let (side, kept) = self.kept.get_mut(event.sock?)?;
         side.matches(event).then_some(kept)
     }
 
@@ -133,10 +169,6 @@ impl<T> BySocket<T> {
     /// (or another in the same slot) had.
     pub fn keep(&mut self, event: &Event, made: T) {
         let Some(side) = Side::of(event) else { return };
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, || None);
-        }
-        let slot = Self::slot(side.sock);
-        self.slots[slot] = Some((side, made));
+        self.kept.put(side.sock, (side, made));
     }
 }

@@ -503,11 +503,10 @@ struct TimeOfDay {
 impl TimeOfDay {
     /// The time of day of `wall_ns` to the second, and the microseconds past it.
     fn of(&mut self, wall_ns: i128) -> (&str, u64) {
-        let into = self.start.map(|start| wall_ns - start);
-        let into = match into {
-            Some(into) if (0..1_000_000_000).contains(&into) => into,
+        let start = match self.start {
+            Some(start) if (0..1_000_000_000).contains(&(wall_ns - start)) => start,
             _ => {
-                let (secs, micros) = seconds_and_micros(wall_ns);
+                let (secs, _) = seconds_and_micros(wall_ns);
                 let (hour, minute, second) = local_time_of_day(secs);
                 self.text.clear();
                 push_fields(
@@ -518,11 +517,12 @@ impl TimeOfDay {
                         (second as u64, 2, '.'),
                     ],
                 );
-                self.start = Some(i128::from(secs) * 1_000_000_000);
-                return (&self.text, micros as u64);
+                let start = i128::from(secs) * 1_000_000_000;
+                self.start = Some(start);
+                start
             }
         };
-        (&self.text, into as u64 / 1000)
+        (&self.text, (wall_ns - start) as u64 / 1000)
     }
 }
 

@@ -58,6 +58,10 @@ struct Sock {
     /// An IP socket's ends (canonical), as entered in the address tables.
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
+    /// Found in /proc while tracing, before any record about it: who
+    /// holds it is known, not yet what only its records tell (an accepted
+    /// socket's name comes with its `accept`).
+    unseen: bool,
 }
 
 #[derive(Debug, Default)]
@@ -243,39 +247,54 @@ type Conn = (SocketAddr, SocketAddr);
 /// in softirq after the close.
 #[derive(Debug, Default)]
 struct Closed {
-    /// Inode, last holder and TCP connection (local, remote) of each,
-    /// oldest first.
-    order: VecDeque<(u64, Holder, Option<Conn>)>,
+    /// Oldest first.
+    order: VecDeque<ClosedSock>,
     /// Their TCP connections -> inode: every IP event whose peer is not a
     /// live local socket (any remote peer) looks here, so by key, not by
     /// walking `order`.
     conns: HashMap<Conn, u64>,
 }
 
+/// What is remembered of a closed socket.
+#[derive(Debug)]
+struct ClosedSock {
+    ino: u64,
+    /// Its last holder.
+    holder: Holder,
+    /// A TCP connection's (local, remote).
+    conn: Option<Conn>,
+    /// A Unix socket's name.
+    name: Option<Rc<UnixName>>,
+}
+
 impl Closed {
     /// Remembers a socket, forgetting the oldest when [`CLOSED_KEPT`] are
     /// kept (and its connection, unless a newer socket has that key now).
-    fn remember(&mut self, ino: u64, holder: Holder, conn: Option<Conn>) {
+    fn remember(&mut self, closed: ClosedSock) {
         if self.order.len() == CLOSED_KEPT
-            && let Some((old, _, Some(key))) = self.order.pop_front()
+            && let Some(ClosedSock {
+                ino: old,
+                conn: Some(key),
+                ..
+            }) = self.order.pop_front()
             && self.conns.get(&key) == Some(&old)
         {
             self.conns.remove(&key);
         }
-        if let Some(key) = conn {
-            self.conns.insert(key, ino);
+        if let Some(key) = closed.conn {
+            self.conns.insert(key, closed.ino);
         }
-        self.order.push_back((ino, holder, conn));
+        self.order.push_back(closed);
+    }
+
+    /// What is remembered of `ino`, if anything.
+    fn find(&self, ino: u64) -> Option<&ClosedSock> {
+        self.order.iter().rev().find(|closed| closed.ino == ino)
     }
 
     /// The last holder of `ino`, if it is remembered.
     fn holder(&self, ino: u64) -> Option<Holder> {
-        let (_, holder, _) = self
-            .order
-            .iter()
-            .rev()
-            .find(|(closed, ..)| *closed == ino)?;
-        Some(*holder)
+        self.find(ino).map(|closed| closed.holder)
     }
 }
 
@@ -432,7 +451,7 @@ impl Resolver {
     pub fn seed(&mut self, scan: Scan, unix: Vec<UnixDiag>) {
         self.version += 1;
         for process in scan.processes {
-            self.add_process(process);
+            self.add_process(process, false);
         }
         for socket in unix {
             let Some(name) = socket.name else { continue };
@@ -448,8 +467,8 @@ impl Resolver {
     }
 
     /// Takes in what /proc shows of one process: its name and the sockets
-    /// its descriptors hold.
-    fn add_process(&mut self, process: ProcessSockets) {
+    /// its descriptors hold (`tracing`: read while tracing, not at the start).
+    fn add_process(&mut self, process: ProcessSockets, tracing: bool) {
         let ProcessSockets { pid, comm, fds } = process;
         self.version += 1;
         let entry = self.procs.entry(pid).or_default();
@@ -470,7 +489,14 @@ impl Resolver {
             {
                 continue;
             }
+            let new = !self.socks.contains_key(&ino);
             self.hold(ino, Holder { pid, fd });
+            if new
+                && tracing
+                && let Some(sock) = self.socks.get_mut(&ino)
+            {
+                sock.unseen = true;
+            }
         }
     }
 
@@ -519,8 +545,12 @@ impl Resolver {
         }
         if sock.holders.is_empty() {
             let sock = entry.remove();
-            self.closed
-                .remember(ino, holder, sock.local.zip(sock.remote));
+            self.closed.remember(ClosedSock {
+                ino,
+                holder,
+                conn: sock.local.zip(sock.remote),
+                name: sock.name.clone(),
+            });
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
                 if let Some(remote) = sock.remote
@@ -654,7 +684,7 @@ impl Resolver {
         }
         process.scanned = true;
         let sockets = self.procfs.process_sockets(pid).ok()?;
-        self.add_process(sockets);
+        self.add_process(sockets, true);
         find(self.procs.get(&pid)?)
     }
 
@@ -681,7 +711,11 @@ impl Resolver {
         }
         if ev.family == AF_UNIX {
             let peer = ev.peer_sock;
-            return (peer != 0 && self.holder_of(peer).is_none()).then_some(Awaited::Sock(peer));
+            let unknown = match self.socks.get(&peer) {
+                Some(sock) => sock.unseen,
+                None => self.closed.holder(peer).is_none(),
+            };
+            return (peer != 0 && unknown).then_some(Awaited::Sock(peer));
         }
         if ev.protocol != IPPROTO_TCP {
             return None;
@@ -820,6 +854,7 @@ impl Resolver {
                 fd = self.fd_of(pid, ino);
             }
             if let Some(sock) = self.socks.get_mut(&ino) {
+                sock.unseen = false;
                 if ev.sk != 0 && sock.sk != ev.sk {
                     sock.sk = ev.sk;
                     self.sk_ino.insert(ev.sk, ino);
@@ -978,7 +1013,7 @@ impl Resolver {
             return false;
         };
         for process in scan.processes {
-            self.add_process(process);
+            self.add_process(process, true);
         }
         true
     }
@@ -1039,7 +1074,10 @@ impl Resolver {
         let mut holder = None;
         if peer_ino != 0 {
             if peer.path.is_none() {
-                peer.path = self.socks.get(&peer_ino).and_then(|s| s.name.clone());
+                peer.path = match self.socks.get(&peer_ino) {
+                    Some(sock) => sock.name.clone(),
+                    None => self.closed.find(peer_ino).and_then(|c| c.name.clone()),
+                };
             }
             holder = self.holder_of(peer_ino);
             // A process whose events the kernel filters left out (or that

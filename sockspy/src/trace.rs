@@ -29,7 +29,7 @@ use crate::{
     diag,
     events::{self, Record, clock_ns},
     filter::Filter,
-    hold::Hold,
+    hold::{Hold, Waits},
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
     procfs::Procfs,
@@ -97,7 +97,7 @@ impl Session {
     fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> ControlFlow<Stop, bool> {
         for _ in 0..limit {
             let Some(item) = ring.next() else {
-                self.release(Some(monotonic_ns()))?;
+                self.release(Waits::Until(monotonic_ns()))?;
                 return ControlFlow::Continue(true);
             };
             self.tally.records += 1;
@@ -123,22 +123,20 @@ impl Session {
                         let event = self.resolver.apply(&rec);
                         self.deliver(&event)?;
                     } else {
-                        self.release(Some(monotonic_ns()))?;
+                        self.release(Waits::Read)?;
                     }
                 }
             }
         }
-        self.release(Some(monotonic_ns()))?;
         ControlFlow::Continue(false)
     }
 
-    /// Hands on the held events that can be resolved now (`now_ns`; `None`
-    /// when tracing stops: all of them).
-    fn release(&mut self, now_ns: Option<u64>) -> ControlFlow<Stop> {
+    /// Hands on the held events that can be resolved now.
+    fn release(&mut self, waits: Waits) -> ControlFlow<Stop> {
         if self.hold.is_empty() {
             return ControlFlow::Continue(());
         }
-        while let Some(event) = self.hold.next(&mut self.resolver, now_ns) {
+        while let Some(event) = self.hold.next(&mut self.resolver, waits) {
             self.deliver(&event)?;
         }
         ControlFlow::Continue(())
@@ -386,7 +384,7 @@ async fn pump(
     }
     // Records still waiting for their peer's go out with what is known.
     if matches!(stop, Stop::Signal | Stop::Duration) {
-        let _ = session.release(None);
+        let _ = session.release(Waits::End);
     }
     // A failure to write here is in `session.failure`, which the caller reports.
     if stop != Stop::WriteFailed {

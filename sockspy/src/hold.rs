@@ -69,14 +69,33 @@ enum Slot {
 pub struct Hold {
     queue: VecDeque<Slot>,
     given_up: VecDeque<Awaited>,
+    /// The kernel leaves out other processes' records (`--pid`, `--comm`,
+    /// `--uid`): the record a peer waits for may never come.
+    filtered: bool,
 }
 
 impl Hold {
+    /// A queue for a trace whose kernel-side process filters may leave
+    /// out the peers' records (`filtered`).
+    pub fn new(filtered: bool) -> Self {
+        Self {
+            filtered,
+            ..Self::default()
+        }
+    }
+
     /// Takes a socket record: hands it back when it can be resolved now
     /// (nothing waits, and neither does it), else keeps it.
-    pub fn admit(&mut self, rec: SockRecord, resolver: &Resolver) -> Option<SockRecord> {
-        if self.queue.is_empty() && self.waits(&rec, resolver).is_none() {
+    pub fn admit(&mut self, rec: SockRecord, resolver: &mut Resolver) -> Option<SockRecord> {
+        let waits = self.waits(&rec, resolver);
+        if self.queue.is_empty() && waits.is_none() {
             return Some(rec);
+        }
+        if waits.is_some() && self.filtered {
+            // Its peer's own records are likely filtered out, and a
+            // short-lived peer may be gone from /proc by the time the wait
+            // ends: look now, once for all records written before.
+            resolver.rescan_since(rec.ev.header.ts_ns);
         }
         self.queue.push_back(Slot::Sock(rec));
         None
@@ -321,12 +340,12 @@ mod tests {
     fn a_send_written_before_its_accept_names_the_acceptor() {
         let mut resolver = table();
         let mut hold = Hold::default();
-        assert!(hold.admit(client_sends(10), &resolver).is_none());
+        assert!(hold.admit(client_sends(10), &mut resolver).is_none());
         assert!(
             hold.next(&mut resolver, Waits::Until(11)).is_none(),
             "it waits"
         );
-        assert!(hold.admit(accepts(SERVER, 12), &resolver).is_none());
+        assert!(hold.admit(accepts(SERVER, 12), &mut resolver).is_none());
         let events = drain(&mut hold, &mut resolver, Waits::Until(13));
         assert_eq!(
             events.iter().map(|e| e.kind).collect::<Vec<_>>(),
@@ -338,7 +357,7 @@ mod tests {
         assert_eq!(peer_of(&events[1]), (Some(CLIENT), Some(4)));
         assert!(hold.is_empty());
         // Known now: the next send passes straight through.
-        assert!(hold.admit(client_sends(14), &resolver).is_some());
+        assert!(hold.admit(client_sends(14), &mut resolver).is_some());
     }
 
     /// The acceptor was forked after the send was written: its fork is
@@ -349,9 +368,9 @@ mod tests {
         let mut resolver = table();
         let mut hold = Hold::default();
         let worker = 300;
-        assert!(hold.admit(client_sends(10), &resolver).is_none());
+        assert!(hold.admit(client_sends(10), &mut resolver).is_none());
         assert!(hold.admit_proc(fork(SERVER, worker)).is_none());
-        assert!(hold.admit(accepts(worker, 12), &resolver).is_none());
+        assert!(hold.admit(accepts(worker, 12), &mut resolver).is_none());
         let events = drain(&mut hold, &mut resolver, Waits::Until(13));
         assert_eq!(events.len(), 2);
         assert_eq!(peer_of(&events[0]), (Some(worker), Some(5)));
@@ -369,9 +388,9 @@ mod tests {
     fn a_wait_in_vain_is_bounded_and_not_repeated() {
         let mut resolver = table();
         let mut hold = Hold::default();
-        assert!(hold.admit(client_sends(10), &resolver).is_none());
+        assert!(hold.admit(client_sends(10), &mut resolver).is_none());
         let other = unix(EventKind::Socket, SERVER, 9, 99, 11, |_| {}, b"");
-        assert!(hold.admit(other, &resolver).is_none());
+        assert!(hold.admit(other, &mut resolver).is_none());
         assert!(
             hold.next(&mut resolver, Waits::Until(10 + HOLD_NS - 1))
                 .is_none()
@@ -380,7 +399,7 @@ mod tests {
         assert_eq!(events.len(), 2, "the send, then what waited behind it");
         assert_eq!(events[0].kind, EventKind::Send);
         assert!(events[0].unresolved);
-        assert!(hold.admit(client_sends(20), &resolver).is_some());
+        assert!(hold.admit(client_sends(20), &mut resolver).is_some());
     }
 
     /// When tracing stops, every held record goes out, in order.
@@ -388,8 +407,8 @@ mod tests {
     fn stopping_hands_on_everything_held() {
         let mut resolver = table();
         let mut hold = Hold::default();
-        assert!(hold.admit(client_sends(10), &resolver).is_none());
-        assert!(hold.admit(client_sends(11), &resolver).is_none());
+        assert!(hold.admit(client_sends(10), &mut resolver).is_none());
+        assert!(hold.admit(client_sends(11), &mut resolver).is_none());
         assert!(hold.admit_proc(fork(CLIENT, 201)).is_none());
         assert!(hold.next(&mut resolver, Waits::Until(12)).is_none());
         let events = drain(&mut hold, &mut resolver, Waits::End);
@@ -397,16 +416,33 @@ mod tests {
         assert!(hold.is_empty());
     }
 
-    /// A connection still in the accept queue waits for nothing: the
-    /// kernel says so, and the listener's holders are named at once, all
-    /// of them when the listener is shared.
+    /// The client's connection was seen waiting at the listener; its
+    /// peer, accepted by a process whose records never came (filtered out
+    /// in the kernel) and closed before /proc could show it, was accepted
+    /// by the listener's only holder, and is named so.
     #[test]
-    fn a_pending_connection_names_every_holder_of_its_listener() {
+    fn a_peer_accepted_unseen_is_named_from_its_listener() {
+        let mut resolver = table();
+        resolver.apply(&pending_connect());
+        let event = resolver.apply(&client_sends(20));
+        let peer = event.peer.expect("a peer");
+        assert_eq!(
+            (peer.pid, peer.fd, peer.sock),
+            (Some(SERVER), None, Some(ACCEPTED))
+        );
+        assert_eq!(peer.path.unwrap().to_string(), "/run/app.sock");
+        // Shared by two processes, the listener says nothing of who accepted.
         let mut resolver = table();
         resolver.apply_proc(&fork(SERVER, 101));
-        resolver.apply_proc(&fork(SERVER, 102));
-        let mut hold = Hold::default();
-        let connect = unix(
+        resolver.apply(&pending_connect());
+        let event = resolver.apply(&client_sends(20));
+        assert_eq!(event.peer.expect("a peer").pid, None);
+        assert!(event.unresolved);
+    }
+
+    /// The client's connect, its connection waiting in the accept queue.
+    fn pending_connect() -> SockRecord {
+        unix(
             EventKind::Connect,
             CLIENT,
             4,
@@ -418,8 +454,21 @@ mod tests {
                 ev.flags = FLAG_PEER_PENDING;
             },
             b"",
-        );
-        let connect = hold.admit(connect, &resolver).expect("no wait");
+        )
+    }
+
+    /// A connection still in the accept queue waits for nothing: the
+    /// kernel says so, and the listener's holders are named at once, all
+    /// of them when the listener is shared.
+    #[test]
+    fn a_pending_connection_names_every_holder_of_its_listener() {
+        let mut resolver = table();
+        resolver.apply_proc(&fork(SERVER, 101));
+        resolver.apply_proc(&fork(SERVER, 102));
+        let mut hold = Hold::default();
+        let connect = hold
+            .admit(pending_connect(), &mut resolver)
+            .expect("no wait");
         let event = resolver.apply(&connect);
         let peer = event.peer.expect("a peer");
         assert!(peer.pending);

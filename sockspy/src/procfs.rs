@@ -9,6 +9,8 @@
 
 use std::{fs, io, path::PathBuf};
 
+use crate::events::UnixName;
+
 /// Root of the proc filesystem (tests may point elsewhere).
 #[derive(Clone, Debug)]
 pub struct Procfs {
@@ -120,11 +122,39 @@ impl Procfs {
         })
     }
 
+    /// The named Unix sockets of this network namespace, by inode, from
+    /// /proc/net/unix (an accepted socket has its listener's name there,
+    /// which otherwise only its `accept` record tells).
+    pub fn unix_names(&self) -> io::Result<Vec<(u64, UnixName)>> {
+        let text = fs::read_to_string(self.root.join("net/unix"))?;
+        Ok(text.lines().skip(1).filter_map(unix_names_line).collect())
+    }
+
     /// A process's command name.
     pub fn comm(&self, pid: u32) -> Option<String> {
         let comm = fs::read_to_string(self.root.join(pid.to_string()).join("comm")).ok()?;
         Some(comm.trim_end_matches('\n').to_owned())
     }
+}
+
+/// A line of /proc/net/unix: `Num RefCount Protocol Flags Type St Inode
+/// Path`, the path `@`-prefixed for an abstract name and absent for an
+/// unnamed socket.
+fn unix_names_line(line: &str) -> Option<(u64, UnixName)> {
+    // Fields are padded, the path is not: it is all after the inode's space.
+    let mut rest = line;
+    let mut ino = "";
+    for _ in 0..7 {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ').unwrap_or(rest.len());
+        (ino, rest) = rest.split_at(end);
+    }
+    let path = rest.strip_prefix(' ').filter(|path| !path.is_empty())?;
+    let name = match path.strip_prefix('@') {
+        Some(name) => UnixName::Abstract(name.to_owned()),
+        None => UnixName::Path(path.to_owned()),
+    };
+    Some((ino.parse().ok()?, name))
 }
 
 /// The inode in a `socket:[N]` link target.
@@ -145,6 +175,23 @@ mod tests {
         assert_eq!(socket_inode("socket:[123]"), Some(123));
         assert_eq!(socket_inode("pipe:[123]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn reads_unix_socket_names() {
+        let lines = [
+            "00000000321a002a: 00000002 00000000 00010000 0001 01 479492 /tmp/a b/sock",
+            "00000000fedcbe5b: 00000003 00000000 00000000 0001 03   214 @abs@x",
+            "000000001cc3bda9: 00000003 00000000 00000000 0001 03   213",
+        ];
+        let names: Vec<_> = lines.into_iter().filter_map(unix_names_line).collect();
+        assert_eq!(
+            names,
+            [
+                (479492, UnixName::Path("/tmp/a b/sock".into())),
+                (214, UnixName::Abstract("abs@x".into())),
+            ]
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ struct Sock {
     /// An IP socket's ends (canonical), as entered in the address tables.
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
+    /// The listener in whose accept queue this socket's connection was
+    /// seen waiting (0 if none): the one its peer was accepted from.
+    listener: u64,
     /// Found in /proc while tracing, before any record about it: who
     /// holds it is known, not yet what only its records tell (an accepted
     /// socket's name comes with its `accept`).
@@ -467,8 +470,10 @@ impl Resolver {
     }
 
     /// Takes in what /proc shows of one process: its name and the sockets
-    /// its descriptors hold (`tracing`: read while tracing, not at the start).
-    fn add_process(&mut self, process: ProcessSockets, tracing: bool) {
+    /// its descriptors hold (`tracing`: read while tracing, not at the
+    /// start). Whether it found sockets the table did not have.
+    fn add_process(&mut self, process: ProcessSockets, tracing: bool) -> bool {
+        let mut found = false;
         let ProcessSockets { pid, comm, fds } = process;
         self.version += 1;
         let entry = self.procs.entry(pid).or_default();
@@ -496,6 +501,26 @@ impl Resolver {
                 && let Some(sock) = self.socks.get_mut(&ino)
             {
                 sock.unseen = true;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Names the sockets found in /proc that no record has shown yet,
+    /// from /proc/net/unix: when the records that would tell never come
+    /// (the kernel filters them out), the name is still known.
+    fn name_unseen(&mut self) {
+        let Ok(names) = self.procfs.unix_names() else {
+            return;
+        };
+        for (ino, name) in names {
+            if let Some(sock) = self.socks.get_mut(&ino)
+                && sock.unseen
+                && sock.name.is_none()
+            {
+                sock.name = Some(Rc::new(name));
+                self.version += 1;
             }
         }
     }
@@ -684,7 +709,9 @@ impl Resolver {
         }
         process.scanned = true;
         let sockets = self.procfs.process_sockets(pid).ok()?;
-        self.add_process(sockets, true);
+        if self.add_process(sockets, true) {
+            self.name_unseen();
+        }
         find(self.procs.get(&pid)?)
     }
 
@@ -913,6 +940,13 @@ impl Resolver {
                     .as_ref()
                     .and_then(|name| self.named.get(name).copied())
             };
+            if let Some(listener) = listener
+                && let Some(sock) = self.socks.get_mut(&ino)
+                && sock.listener != listener
+            {
+                sock.listener = listener;
+                self.version += 1;
+            }
         } else {
             if peer_ino == 0 && ev.peer_sk != 0 {
                 peer_ino = self.sk_ino.get(&ev.peer_sk).copied().unwrap_or(0);
@@ -948,6 +982,13 @@ impl Resolver {
             Some(listener) if pending || inet => Some(self.pending_peer(listener, peer_name)),
             _ => self.peer(kind, peer_ino, peer_name, ev.fd2),
         };
+        if !inet && !pending && (ev.peer_sk != 0 || peer_ino != 0) {
+            let found = peer.get_or_insert_with(Peer::default);
+            self.accepted_from(ino, found);
+            if *found == Peer::default() {
+                peer = None;
+            }
+        }
         // The kernel named a peer, or the other end is a socket here.
         let local_peer = ev.peer_sk != 0 || peer_ino != 0 || listener.is_some();
         if let Some(remote) = remote {
@@ -1012,8 +1053,12 @@ impl Resolver {
         let Ok(scan) = self.procfs.scan() else {
             return false;
         };
+        let mut found = false;
         for process in scan.processes {
-            self.add_process(process, true);
+            found |= self.add_process(process, true);
+        }
+        if found {
+            self.name_unseen();
         }
         true
     }
@@ -1048,6 +1093,35 @@ impl Resolver {
         }
     }
 
+    /// A Unix peer nobody is known to hold (or already released, known
+    /// only by its kernel address), accepted from the listener this
+    /// socket's connection waited at: it was accepted by a holder of
+    /// that listener, so when only one process holds it, that process
+    /// (its descriptor unknown), and the listener's name either way. This
+    /// is how a peer whose records the kernel filters out, and which closed
+    /// before /proc could show it, is still named.
+    fn accepted_from(&self, ino: u64, peer: &mut Peer) {
+        if peer.pid.is_some() {
+            return;
+        }
+        let Some(listener) = self.socks.get(&ino).map(|s| s.listener).filter(|&l| l != 0) else {
+            return;
+        };
+        if peer.path.is_none() {
+            peer.path = match self.socks.get(&listener) {
+                Some(sock) => sock.name.clone(),
+                None => self.closed.find(listener).and_then(|c| c.name.clone()),
+            };
+        }
+        let holders = self.holders(listener);
+        if let Some(first) = holders.first()
+            && holders.iter().all(|h| h.pid == first.pid)
+        {
+            peer.pid = Some(first.pid);
+            peer.comm = self.procs.get(&first.pid).map(|p| Rc::clone(&p.comm));
+        }
+    }
+
     /// Everyone holding `ino`, oldest first; for a socket closed lately,
     /// its last holder.
     fn holders(&self, ino: u64) -> Vec<Holder> {
@@ -1073,17 +1147,17 @@ impl Resolver {
         };
         let mut holder = None;
         if peer_ino != 0 {
-            if peer.path.is_none() {
-                peer.path = match self.socks.get(&peer_ino) {
-                    Some(sock) => sock.name.clone(),
-                    None => self.closed.find(peer_ino).and_then(|c| c.name.clone()),
-                };
-            }
             holder = self.holder_of(peer_ino);
             // A process whose events the kernel filters left out (or that
             // made its socket in a way no event showed) is found in /proc.
             if holder.is_none() && self.rescan() {
                 holder = self.holder_of(peer_ino);
+            }
+            if peer.path.is_none() {
+                peer.path = match self.socks.get(&peer_ino) {
+                    Some(sock) => sock.name.clone(),
+                    None => self.closed.find(peer_ino).and_then(|c| c.name.clone()),
+                };
             }
             if kind == EventKind::Socketpair && fd2 >= 0 {
                 holder = holder.map(|h| Holder { fd: fd2, ..h });
@@ -1258,6 +1332,51 @@ mod tests {
             Some(&UnixName::Path("/run/app.sock".into()))
         );
         assert_eq!(closed.fd, Some(5));
+    }
+
+    /// A peer whose own records never come (the kernel filters them out)
+    /// is found in /proc, with the name /proc/net/unix gives it: an
+    /// accepted socket's is its listener's, which only its `accept`
+    /// record would otherwise have told.
+    #[test]
+    fn a_peer_found_in_proc_is_named_from_proc_net_unix() {
+        let proc = std::env::temp_dir().join(format!("sockspy-names-{}", std::process::id()));
+        let fds = proc.join("300").join("fd");
+        std::fs::create_dir_all(&fds).unwrap();
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::write(proc.join("300").join("comm"), "dockerd\n").unwrap();
+        std::fs::write(
+            proc.join("net").join("unix"),
+            "Num       RefCount Protocol Flags    Type St Inode Path\n\
+             0000000000000001: 00000003 00000000 00000000 0001 03  7001 /run/docker.sock\n",
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(fds.join("4"));
+        std::os::unix::fs::symlink("socket:[7001]", fds.join("4")).unwrap();
+        let mut resolver = Resolver::new(Procfs::at(&proc));
+        let send = sock_bytes(
+            EventKind::Send,
+            |ev| {
+                ev.header.pid = 200;
+                ev.fd = 3;
+                ev.sock = 7000;
+                ev.peer_sock = 7001;
+                ev.family = sockspy_common::AF_UNIX;
+                ev.sock_type = 1;
+            },
+            [b"", b"", b""],
+        );
+        let Ok(Record::Sock(rec)) = decode(&send) else {
+            panic!("not a socket record")
+        };
+        let event = resolver.apply(&rec);
+        std::fs::remove_dir_all(&proc).unwrap();
+        let peer = event.peer.expect("a peer");
+        assert_eq!((peer.pid, peer.fd), (Some(300), Some(4)));
+        assert_eq!(peer.path.unwrap().to_string(), "/run/docker.sock");
+        assert!(!event.unresolved);
+        // Its own records have not come: one naming it would still wait.
+        assert_eq!(resolver.awaits(&rec), Some(Awaited::Sock(7001)));
     }
 
     /// The client reads the answer and closes before the server's send of

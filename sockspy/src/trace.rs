@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
-use sockspy_common::{EventKind, IPPROTO_TCP, IPPROTO_UDP, TraceConfig};
+use sockspy_common::{
+    EventKind, FILTER_COMM, FILTER_PID, FILTER_UID, IPPROTO_TCP, IPPROTO_UDP, TraceConfig,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -119,7 +121,7 @@ impl Session {
                     }
                 }
                 Record::Sock(rec) => {
-                    if let Some(rec) = self.hold.admit(rec, &self.resolver) {
+                    if let Some(rec) = self.hold.admit(rec, &mut self.resolver) {
                         let event = self.resolver.apply(&rec);
                         self.deliver(&event)?;
                     } else {
@@ -260,7 +262,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
-        hold: Hold::default(),
+        hold: Hold::new(kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID) != 0),
         sink,
         tally: Tally::default(),
         count: options.count,

@@ -537,3 +537,77 @@ fn a_peer_gone_before_anything_showed_it_is_counted_unresolved() {
         .unwrap_or_else(|| panic!("no unresolved count in the summary: {}", finished.stderr));
     assert!(unresolved >= 1, "{}", finished.stderr);
 }
+
+/// The filtered test's server: answers one client at once, closes that
+/// connection, and keeps listening until its stdin closes, as a daemon.
+const QUICK_SERVER: &str = r#"
+import os, socket, sys
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1])
+srv.listen(4)
+print(os.getpid(), srv.fileno(), flush=True)
+conn, _ = srv.accept()
+conn.recv(100)
+conn.sendall(b'ok\n')
+conn.close()
+sys.stdin.read()
+"#;
+
+/// The filtered test's client: renamed so that the kernel keeps only its
+/// records; sends, reads the answer, closes.
+const FILTERED_CLIENT: &str = r#"
+import ctypes, os, socket, sys
+ctypes.CDLL(None).prctl(15, b'fc-filtered', 0, 0, 0)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect(sys.argv[1])
+c.sendall(b'hello\n')
+c.recv(100)
+c.close()
+print(os.getpid(), flush=True)
+"#;
+
+/// `--comm` keeps only the client's records in the kernel: the server's
+/// accept never comes, and the server has closed its end long before
+/// /proc is read. Every client event still names the server (the only
+/// holder of the listener the connection waited at) and the socket's path.
+#[test]
+fn a_server_the_kernel_filters_out_is_still_named() {
+    if !have_root("a_server_the_kernel_filters_out_is_still_named") {
+        return;
+    }
+    let dir = socket_dir("first-contact-filtered");
+    let path = dir.path().to_owned();
+    let trace = Trace::start(&["--unix", "--json", "--comm", "fc-filtered"]).unwrap();
+    let mut server = Command::new(python3())
+        .args(["-c", QUICK_SERVER, &path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the server");
+    let server_pid = first_line(&mut server)[0];
+    let client = sockspy_tests::python(FILTERED_CLIENT, &[&path]).unwrap();
+    let client: u64 = client.trim().parse().unwrap();
+    let finished = trace.stop().unwrap();
+    drop(server.stdin.take());
+    assert!(server.wait().unwrap().success());
+    let events = finished.events();
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|ev| ev["pid"] == client && ev["event"] != "socket")
+        .collect();
+    for kind in ["connect", "send", "recv", "close"] {
+        assert!(
+            mine.iter().any(|ev| ev["event"] == kind),
+            "no {kind} of the client: {mine:?}"
+        );
+    }
+    for ev in mine {
+        assert_eq!(ev["peer"]["pid"], server_pid, "{ev}");
+        assert_eq!(ev["peer"]["path"], path.as_str(), "{ev}");
+    }
+    assert!(
+        !finished.stderr.contains("unresolved"),
+        "{}",
+        finished.stderr
+    );
+}

@@ -72,6 +72,10 @@ const CORE_TESTS: &[(&str, &[&str])] = &[
     ("inet", &["tcp_over_ipv4_loopback"]),
     ("cli", &["programs_stay_far_within_the_verifiers_budget"]),
     ("backends", &["every_backend_sees_the_same_events"]),
+    (
+        "first_contact",
+        &["a_prefork_servers_clients_name_every_worker_then_the_acceptor"],
+    ),
 ];
 
 /// The test binary that compares every backend a kernel allows; it runs

@@ -37,6 +37,9 @@ pub const HOLD_NS: u64 = 250_000_000;
 /// here rather than memory growing with the rate.
 const MAX_HELD: usize = 65_536;
 
+/// Records the drained queue keeps room for.
+const SHRINK_ABOVE: usize = 1024;
+
 /// How many peers waited for in vain are remembered.
 const GIVEN_UP_KEPT: usize = 256;
 
@@ -115,10 +118,23 @@ impl Hold {
         self.queue.is_empty()
     }
 
+    /// How many records are held.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// The next event in ring order, if it can be resolved now.
     pub fn next(&mut self, resolver: &mut Resolver, waits: Waits) -> Option<Event> {
         loop {
-            match self.queue.pop_front()? {
+            let Some(slot) = self.queue.pop_front() else {
+                // A long wait under load may have grown the queue: give
+                // the memory back once it has drained.
+                if self.queue.capacity() > SHRINK_ABOVE {
+                    self.queue.shrink_to(SHRINK_ABOVE);
+                }
+                return None;
+            };
+            match slot {
                 Slot::Ready(event) => return Some(event),
                 Slot::Applied => {}
                 Slot::Proc(rec) => resolver.apply_proc(&rec),

@@ -354,9 +354,9 @@ async fn pump(
                     if options.stats {
                         let table = session.resolver.size();
                         eprintln!(
-                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures, {} peers unresolved; table: {} sockets, {} processes, {} keys",
+                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures, {} peers unresolved; table: {} sockets, {} processes, {} keys; {} records held",
                             stats.emitted, stats.lost, stats.read_failed, session.tally.unresolved,
-                            table.sockets, table.processes, table.keys
+                            table.sockets, table.processes, table.keys, session.hold.len()
                         );
                     }
                     if live_count && let Sink::Record(recorder) = &session.sink {

@@ -20,6 +20,8 @@ mod pairs;
 mod pcapng;
 mod procfs;
 mod record;
+#[cfg(test)]
+mod reference;
 mod replay;
 mod resolve;
 mod side;

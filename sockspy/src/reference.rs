@@ -149,21 +149,18 @@ fn every_flag_is_in_the_usage_reference_and_its_man_page() {
             missing.push(format!("docs/usage.md has no section `sockspy {name}`"));
         }
         for arg in cmd.get_arguments() {
-            if arg.is_hide_set() || arg.is_positional() {
+            // clap's own -h and -V are in every --help; the reference says
+            // how to get help, not that -h gives it.
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || arg.is_positional() || id == "help" || id == "version" {
                 continue;
             }
-            let id = arg.get_id().as_str();
             let flags = arg
                 .get_long()
                 .map(|long| format!("--{long}"))
                 .into_iter()
                 .chain(arg.get_short().map(|short| format!("-{short}")));
             for flag in flags {
-                // clap's own flags are in every --help; the reference says
-                // how to get help, not that -h gives it.
-                if id == "help" || id == "version" {
-                    continue;
-                }
                 if !mentions(&usage, &flag) {
                     missing.push(format!("{flag} of `{name}` is not in docs/usage.md"));
                 }
@@ -244,12 +241,15 @@ fn event_of_line(line: &str) -> Event {
     // Each column is padded to its width and followed by a space; only
     // RESULT (right-aligned, then two spaces) and PATH may run wider.
     let mut at = 16;
-    let mut column = |width: usize| {
-        let text = line.get(at..(at + width).min(line.len())).unwrap_or("");
-        at += width + 1;
+    let column = |at: &mut usize, width: usize| {
+        let text = line.get(*at..(*at + width).min(line.len())).unwrap_or("");
+        *at += width + 1;
         text.trim()
     };
-    let (pid, comm, fd, kind) = (column(7), column(15), column(4), column(10));
+    let pid = column(&mut at, 7);
+    let comm = column(&mut at, 15);
+    let fd = column(&mut at, 4);
+    let kind = column(&mut at, 10);
     let after = &line[at..];
     let start = after.find(|c| c != ' ').unwrap_or(0);
     let (result, end) = if start >= 8 {
@@ -259,12 +259,8 @@ fn event_of_line(line: &str) -> Event {
         (&after[start..end], end)
     };
     at += end.max(6) + 2;
-    let mut column = |width: usize| {
-        let text = line.get(at..(at + width).min(line.len())).unwrap_or("");
-        at += width + 1;
-        text.trim()
-    };
-    let (sock_type, sock) = (column(9), column(8));
+    let sock_type = column(&mut at, 9);
+    let sock = column(&mut at, 8);
     let rest = line.get(at..).unwrap_or("");
     let kind = (1..32)
         .filter_map(EventKind::from_u32)

@@ -227,6 +227,10 @@ pub const FLAG_ADDR_TRUNCATED: u16 = 1 << 1;
 pub const FLAG_DATA_FAULT: u16 = 1 << 2;
 /// `SockEvent::flags`: a `sendmsg` passed credentials (`SCM_CREDENTIALS`).
 pub const FLAG_CREDENTIALS: u16 = 1 << 3;
+/// `SockEvent::flags`: the Unix peer is a connection not accepted yet (an
+/// embryo socket in a listener's accept queue, which has no inode); the
+/// peer address is the listener's name, as the kernel gave it to the embryo.
+pub const FLAG_PEER_PENDING: u16 = 1 << 4;
 
 /// Starts every record in the ring buffer.
 #[repr(C)]
@@ -272,6 +276,10 @@ pub struct SockEvent {
     pub sk: u64,
     /// Kernel address of the peer's `struct sock`, 0 if none.
     pub peer_sk: u64,
+    /// Inode number of the listening socket in whose accept queue the peer
+    /// waits (with [`FLAG_PEER_PENDING`], on kernels whose `unix_sock` has
+    /// a `listener` field, 6.10+); else 0.
+    pub peer_listener: u64,
     /// The call's result: bytes moved, a new fd, 0, or a negative errno.
     /// For `State`, the socket's pending error as a negative errno (0 if none).
     pub ret: i64,
@@ -355,6 +363,9 @@ pub enum Stat {
 /// Number of [`Stat`] counters.
 pub const STAT_COUNT: u32 = 5;
 
+/// A [`KernelOffsets`] field that this kernel's structs do not have.
+pub const NO_FIELD: u32 = u32::MAX;
+
 /// Where kernel struct fields are on the running kernel, in bytes.
 ///
 /// Resolved from /sys/kernel/btf/vmlinux at start-up and handed to the
@@ -408,6 +419,8 @@ pub struct KernelOffsets {
     pub unix_addr: u32,
     /// `unix_sock.peer`.
     pub unix_peer: u32,
+    /// `unix_sock.listener` (Linux 6.10+), [`NO_FIELD`] on older kernels.
+    pub unix_listener: u32,
     /// `unix_address.len`.
     pub unix_address_len: u32,
     /// `unix_address.name`.
@@ -470,10 +483,10 @@ pub const MAX_FILTER_UIDS: u32 = 64;
 pub const MAX_FILTER_PORTS: u32 = 256;
 
 const _: () = assert!(size_of::<EventHeader>() == 64);
-const _: () = assert!(size_of::<SockEvent>() == 136);
+const _: () = assert!(size_of::<SockEvent>() == 144);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
 const _: () = assert!(size_of::<PassedFile>() == 16);
-const _: () = assert!(size_of::<KernelOffsets>() == 128);
+const _: () = assert!(size_of::<KernelOffsets>() == 132);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 
 #[cfg(feature = "user")]

@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use sockspy_common::{
     Call, EventHeader, EventKind, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT,
-    FILTER_UID, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile, ProcEvent, SockEvent,
-    Stat,
+    FILTER_UID, FLAG_PEER_PENDING, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile,
+    ProcEvent, SockEvent, Stat,
 };
 
 use crate::{
@@ -247,6 +247,7 @@ impl Record {
         ev.peer_sock = 0;
         ev.sk = 0;
         ev.peer_sk = 0;
+        ev.peer_listener = 0;
         ev.ret = 0;
         ev.fd = -1;
         ev.fd2 = -1;
@@ -293,6 +294,35 @@ impl Record {
             let ev = self.ev();
             ev.peer_sk = peer;
             ev.peer_sock = ino;
+            if ino == 0 {
+                self.embryo_peer(peer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A Unix peer without an inode is an embryo in a listener's accept
+    /// queue (connected, not accepted yet) or a socket already released
+    /// (closed). For an embryo: the flag, its listener's inode where the
+    /// kernel keeps the link, and the name it carries (the listener's), so
+    /// that userspace can name who will accept it before anyone has.
+    #[inline(always)]
+    fn embryo_peer(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
+        let state: u8 = kernel::read(peer, global!(OFFSETS.sock_state))?;
+        if u32::from(state) != kernel::TCP_ESTABLISHED {
+            return Ok(());
+        }
+        let listener = kernel::unix_listener(peer)?;
+        let listener_ino = if listener == 0 {
+            0
+        } else {
+            kernel::sock_ino(listener)?
+        };
+        let ev = self.ev();
+        ev.flags |= FLAG_PEER_PENDING;
+        ev.peer_listener = listener_ino;
+        if let Some((name, len)) = kernel::unix_name(peer)? {
+            self.peer_addr_kernel(name, len);
         }
         Ok(())
     }
@@ -346,9 +376,13 @@ impl Record {
         self.ev().peer_addr_len = copied;
     }
 
-    /// Copies the peer address from user memory (a `sockaddr` a call was given).
+    /// Copies the peer address from user memory (a `sockaddr` a call was
+    /// given); no address (a null pointer) leaves the record's as it is.
     #[inline(always)]
     pub fn peer_addr_user(&mut self, src: u64, len: u32) {
+        if src == 0 {
+            return;
+        }
         let at = u32::from(self.ev().addr_len);
         let copied = self.copy_addr(at, src, len, true);
         self.ev().peer_addr_len = copied;

@@ -7,7 +7,7 @@
 //! rather than a rejected program.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, COMM_LEN};
+use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, COMM_LEN, NO_FIELD};
 
 use crate::global;
 
@@ -20,6 +20,9 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, ReadFailed> {
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(|_| ReadFailed)
 }
+
+/// `TCP_ESTABLISHED`: also the state of a connected Unix socket.
+pub const TCP_ESTABLISHED: u32 = 1;
 
 /// `S_IFMT` and `S_IFSOCK` from `stat.h`.
 const S_IFMT: u16 = 0o170000;
@@ -146,6 +149,17 @@ pub fn task_ids(task: u64) -> Result<(u32, u32), ReadFailed> {
 #[inline(always)]
 pub fn unix_peer(sk: u64) -> Result<u64, ReadFailed> {
     read(sk, global!(OFFSETS.unix_peer))
+}
+
+/// Unix sockets: the listener in whose accept queue the embryo `sk` waits
+/// (Linux 6.10+; 0 on older kernels, or once accepted).
+#[inline(always)]
+pub fn unix_listener(sk: u64) -> Result<u64, ReadFailed> {
+    let offset = global!(OFFSETS.unix_listener);
+    if offset == NO_FIELD {
+        return Ok(0);
+    }
+    read(sk, offset)
 }
 
 /// Unix sockets: where the bound name (`struct unix_address`) is, and its length.

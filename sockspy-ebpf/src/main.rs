@@ -52,6 +52,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sock_socket: 0,
     unix_addr: 0,
     unix_peer: 0,
+    unix_listener: 0,
     unix_address_len: 0,
     unix_address_name: 0,
     sock_rcv_saddr: 0,

@@ -164,6 +164,17 @@ impl fmt::Display for UnixName {
     }
 }
 
+/// Nanoseconds on `clock` now (`CLOCK_MONOTONIC` is the records' own clock).
+pub fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
 /// Decodes a raw `sockaddr_un`; `None` for an unnamed socket or another family.
 pub fn unix_name(addr: &[u8]) -> Option<UnixName> {
     if addr.len() <= 2 || u16::from_ne_bytes([addr[0], addr[1]]) != AF_UNIX {

@@ -1,8 +1,9 @@
 //! sockspy: live socket tracing with peer resolution.
 //!
 //! Data flows one way: `loader` attaches the kernel programs, `trace` reads
-//! their ring buffer, `events` decodes records, `resolve` names who is who
-//! (seeded by `procfs`), and `output` prints or `record` writes a pcapng
+//! their ring buffer, `events` decodes records, `hold` keeps a record back
+//! until the record that names its peer has come, `resolve` names who is
+//! who (seeded by `procfs`), and `output` prints or `record` writes a pcapng
 //! recording (blocks from `pcapng`), which `replay` prints back later.
 //! `cli` validates arguments first; `check` reports what the kernel offers.
 
@@ -12,6 +13,7 @@ mod cli;
 mod diag;
 mod events;
 mod filter;
+mod hold;
 mod idmap;
 mod loader;
 mod offsets;

@@ -4,7 +4,7 @@
 //! kernel's BTF, so a kernel that moved a field still works and one that
 //! lacks it fails with an error naming the struct and field.
 
-use sockspy_common::KernelOffsets;
+use sockspy_common::{KernelOffsets, NO_FIELD};
 
 use crate::btf::{Btf, BtfError};
 
@@ -35,6 +35,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sock_socket: at("sock", "sk_socket")?,
         unix_addr: at("unix_sock", "addr")?,
         unix_peer: at("unix_sock", "peer")?,
+        // Older kernels do not say which listener an embryo belongs to;
+        // userspace then finds it by the name the embryo carries.
+        unix_listener: at("unix_sock", "listener").unwrap_or(NO_FIELD),
         unix_address_len: at("unix_address", "len")?,
         unix_address_name: at("unix_address", "name")?,
         sock_rcv_saddr: at("sock", "__sk_common.skc_rcv_saddr")?,

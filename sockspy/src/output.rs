@@ -13,8 +13,11 @@ use serde::Serialize;
 use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 
 use crate::{
-    events::{UnixName, comm_text, family_name, kind_name, proto_name, tcp_state_name, type_name},
-    resolve::{Event, Peer},
+    events::{
+        UnixName, clock_ns, comm_text, family_name, kind_name, proto_name, tcp_state_name,
+        type_name,
+    },
+    resolve::{Event, Peer, PeerHolder},
     side::BySocket,
 };
 
@@ -28,17 +31,8 @@ pub struct Clock {
 impl Clock {
     /// Measures the offset now.
     pub fn now() -> Self {
-        let read = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: a valid timespec to fill.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-        };
         Self {
-            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
         }
     }
 
@@ -451,6 +445,14 @@ fn looks_like_text(data: &[u8]) -> bool {
     !data.is_empty() && printable * 10 >= data.len() * 9
 }
 
+/// `comm[pid]`.
+fn process_text(line: &mut String, comm: &str, pid: u32) {
+    line.push_str(comm);
+    line.push('[');
+    push_decimal(line, pid.into(), 1);
+    line.push(']');
+}
+
 fn peer_text(line: &mut String, peer: &Peer) {
     use std::fmt::Write as _;
     let start = line.len();
@@ -459,13 +461,23 @@ fn peer_text(line: &mut String, peer: &Peer) {
             line.push(' ');
         }
     };
-    if let Some(pid) = peer.pid {
-        if let Some(comm) = &peer.comm {
-            line.push_str(comm);
+    if peer.pending {
+        // Nobody holds the connection yet: who will accept it, and where.
+        for (i, holder) in peer.holders.iter().enumerate() {
+            if i > 0 {
+                line.push_str(", ");
+            }
+            process_text(line, &holder.comm, holder.pid);
         }
-        line.push('[');
-        push_decimal(line, pid.into(), 1);
-        line.push(']');
+        sep(line);
+        line.push_str("listener");
+        if let Some(fd) = peer.listen_fd {
+            line.push_str(" fd ");
+            push_signed(line, fd.into());
+        }
+        line.push_str(" (not yet accepted)");
+    } else if let Some(pid) = peer.pid {
+        process_text(line, peer.comm.as_deref().unwrap_or_default(), pid);
     }
     if let Some(fd) = peer.fd {
         sep(line);
@@ -726,6 +738,12 @@ struct JsonPeer<'a> {
     comm: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fd: Option<i32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_fd: Option<i32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    holders: &'a [PeerHolder],
     #[serde(flatten)]
     name: JsonPeerName,
 }
@@ -800,6 +818,9 @@ impl<'a> JsonEvent<'a> {
                 pid: peer.pid,
                 comm: peer.comm.as_deref(),
                 fd: peer.fd,
+                pending: peer.pending,
+                listen_fd: peer.listen_fd,
+                holders: &peer.holders,
                 name: JsonPeerName::new(peer.path.as_deref(), peer.addr),
             }),
         }
@@ -849,7 +870,9 @@ mod tests {
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
                 addr: None,
+                ..Peer::default()
             }),
+            unresolved: false,
         }
     }
 

@@ -49,7 +49,7 @@ use crate::{
     idmap::{IdMap, IdSet},
     output::Clock,
     pcapng::{self, Block, BlockReader, Packet, ParseError},
-    resolve::{Event, Passed, Peer},
+    resolve::{Event, Passed, Peer, PeerHolder},
     side::BySocket,
 };
 
@@ -201,6 +201,21 @@ struct PeerFacts<'a> {
     path: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     addr: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen_fd: Option<i32>,
+    #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
+    holders: Vec<HolderFacts<'a>>,
+}
+
+/// One holder of a pending peer's listener.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct HolderFacts<'a> {
+    pid: u32,
+    #[serde(borrow)]
+    comm: Cow<'a, str>,
+    fd: i32,
 }
 
 fn is_zero(value: &u16) -> bool {
@@ -282,6 +297,17 @@ impl<'a> SocketFacts<'a> {
                 fd: peer.fd,
                 path: name_text(&peer.path),
                 addr: peer.addr,
+                pending: peer.pending,
+                listen_fd: peer.listen_fd,
+                holders: peer
+                    .holders
+                    .iter()
+                    .map(|h| HolderFacts {
+                        pid: h.pid,
+                        comm: Cow::Borrowed(&h.comm),
+                        fd: h.fd,
+                    })
+                    .collect(),
             }),
         }
     }
@@ -355,7 +381,19 @@ impl<'a> Facts<'a> {
                 fd: peer.fd,
                 path: name_from(peer.path),
                 addr: peer.addr,
+                pending: peer.pending,
+                listen_fd: peer.listen_fd,
+                holders: peer
+                    .holders
+                    .into_iter()
+                    .map(|h| PeerHolder {
+                        pid: h.pid,
+                        comm: h.comm.as_ref().into(),
+                        fd: h.fd,
+                    })
+                    .collect(),
             }),
+            unresolved: false,
         })
     }
 }
@@ -1303,7 +1341,9 @@ mod tests {
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
                 addr: Some("[::1]:443".parse().unwrap()),
+                ..Peer::default()
             }),
+            unresolved: false,
         }
     }
 

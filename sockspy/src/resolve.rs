@@ -20,15 +20,18 @@ use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
-    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use sockspy_common::{AF_UNIX, COMM_LEN, Call, EventKind, IPPROTO_TCP, IPPROTO_UDP, PassedFile};
+use sockspy_common::{
+    AF_UNIX, COMM_LEN, Call, EventKind, FLAG_PEER_PENDING, IPPROTO_TCP, IPPROTO_UDP, PassedFile,
+};
 
 use crate::{
     diag::{InetDiag, STATE_LISTEN, UnixDiag},
-    events::{ProcRecord, SockRecord, UnixName, comm_str, file_type, inet_addr, unix_name},
+    events::{
+        ProcRecord, SockRecord, UnixName, clock_ns, comm_str, file_type, inet_addr, unix_name,
+    },
     idmap::IdMap,
     procfs::{ProcessSockets, Procfs, Scan},
     side::ByInode,
@@ -55,6 +58,10 @@ struct Sock {
     /// An IP socket's ends (canonical), as entered in the address tables.
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
+    /// Found in /proc while tracing, before any record about it: who
+    /// holds it is known, not yet what only its records tell (an accepted
+    /// socket's name comes with its `accept`).
+    unseen: bool,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +83,23 @@ pub struct Peer {
     pub path: Option<Rc<UnixName>>,
     /// An IP peer's address and port.
     pub addr: Option<SocketAddr>,
+    /// The other end is a connection still in a listener's accept queue:
+    /// nobody holds it yet, and `pid` and `comm` name the listener's
+    /// (first) holder, who will accept it.
+    pub pending: bool,
+    /// A `pending` peer's listener: its descriptor in `pid`.
+    pub listen_fd: Option<i32>,
+    /// A `pending` peer's listener: every process that holds it (a prefork
+    /// server's workers, a listener inherited across `fork`).
+    pub holders: Vec<PeerHolder>,
+}
+
+/// One holder of a pending peer's listener (`peer.holders` in JSON).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PeerHolder {
+    pub pid: u32,
+    pub comm: Rc<str>,
+    pub fd: i32,
 }
 
 /// A descriptor passed with `SCM_RIGHTS`, identified.
@@ -131,6 +155,9 @@ pub struct Event {
     /// The first of those, identified.
     pub passed: Vec<Passed>,
     pub peer: Option<Peer>,
+    /// The other end is a socket on this machine (the kernel named it, or
+    /// it is at a local address), but no process holding it is known.
+    pub unresolved: bool,
 }
 
 /// The table.
@@ -150,8 +177,9 @@ pub struct Resolver {
     /// The last [`CLOSED_KEPT`] sockets to lose their last holder.
     closed: Closed,
     procfs: Procfs,
-    /// When /proc was last rescanned for a peer nobody was known to hold.
-    last_rescan: Option<Instant>,
+    /// When /proc was last rescanned for a peer nobody was known to hold
+    /// (`CLOCK_MONOTONIC` nanoseconds, the records' clock).
+    last_rescan: Option<i128>,
     /// Counts the changes to the table: what is kept in `recent` holds
     /// while it stays the same. Every change a [`repeatable`] event's
     /// resolution can make counts it up where it is made (and any other
@@ -173,6 +201,7 @@ struct Resolved {
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     peer: Option<Peer>,
+    unresolved: bool,
 }
 
 /// A [`repeatable`] event's resolution, with everything of the record it
@@ -218,39 +247,54 @@ type Conn = (SocketAddr, SocketAddr);
 /// in softirq after the close.
 #[derive(Debug, Default)]
 struct Closed {
-    /// Inode, last holder and TCP connection (local, remote) of each,
-    /// oldest first.
-    order: VecDeque<(u64, Holder, Option<Conn>)>,
+    /// Oldest first.
+    order: VecDeque<ClosedSock>,
     /// Their TCP connections -> inode: every IP event whose peer is not a
     /// live local socket (any remote peer) looks here, so by key, not by
     /// walking `order`.
     conns: HashMap<Conn, u64>,
 }
 
+/// What is remembered of a closed socket.
+#[derive(Debug)]
+struct ClosedSock {
+    ino: u64,
+    /// Its last holder.
+    holder: Holder,
+    /// A TCP connection's (local, remote).
+    conn: Option<Conn>,
+    /// A Unix socket's name.
+    name: Option<Rc<UnixName>>,
+}
+
 impl Closed {
     /// Remembers a socket, forgetting the oldest when [`CLOSED_KEPT`] are
     /// kept (and its connection, unless a newer socket has that key now).
-    fn remember(&mut self, ino: u64, holder: Holder, conn: Option<Conn>) {
+    fn remember(&mut self, closed: ClosedSock) {
         if self.order.len() == CLOSED_KEPT
-            && let Some((old, _, Some(key))) = self.order.pop_front()
+            && let Some(ClosedSock {
+                ino: old,
+                conn: Some(key),
+                ..
+            }) = self.order.pop_front()
             && self.conns.get(&key) == Some(&old)
         {
             self.conns.remove(&key);
         }
-        if let Some(key) = conn {
-            self.conns.insert(key, ino);
+        if let Some(key) = closed.conn {
+            self.conns.insert(key, closed.ino);
         }
-        self.order.push_back((ino, holder, conn));
+        self.order.push_back(closed);
+    }
+
+    /// What is remembered of `ino`, if anything.
+    fn find(&self, ino: u64) -> Option<&ClosedSock> {
+        self.order.iter().rev().find(|closed| closed.ino == ino)
     }
 
     /// The last holder of `ino`, if it is remembered.
     fn holder(&self, ino: u64) -> Option<Holder> {
-        let (_, holder, _) = self
-            .order
-            .iter()
-            .rev()
-            .find(|(closed, ..)| *closed == ino)?;
-        Some(*holder)
+        self.find(ino).map(|closed| closed.holder)
     }
 }
 
@@ -258,10 +302,35 @@ impl Closed {
 /// does not grow with the history (one burst of closes is enough).
 const CLOSED_KEPT: usize = 256;
 
-/// The shortest interval between two /proc rescans: one costs a few
-/// milliseconds on a busy machine, and most misses are answered by the
-/// first.
-const RESCAN_EVERY: Duration = Duration::from_millis(200);
+/// The shortest interval between two /proc rescans, in nanoseconds: one
+/// costs a few milliseconds on a busy machine, and most misses are
+/// answered by the first.
+const RESCAN_EVERY_NS: i128 = 200_000_000;
+
+/// What a record held back by [`crate::hold`] waits for: the record that
+/// shows who holds its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    /// A Unix socket the kernel named as the peer (accepted, by a call
+    /// whose record is still to come).
+    Sock(u64),
+    /// A TCP connection's other end, by its (local, remote) pair.
+    Conn(Conn),
+}
+
+impl Awaited {
+    /// Whether `rec` is about the awaited socket, from its holder's side.
+    pub fn revealed_by(&self, rec: &SockRecord) -> bool {
+        match *self {
+            Self::Sock(ino) => rec.ev.sock == ino,
+            Self::Conn(key) => {
+                rec.ev.protocol == IPPROTO_TCP
+                    && inet_addr(&rec.addr).map(canonical) == Some(key.0)
+                    && inet_addr(&rec.peer_addr).map(canonical) == Some(key.1)
+            }
+        }
+    }
+}
 
 /// An address as a table key: IPv4-mapped IPv6 as plain IPv4, so both
 /// ends of a dual-stack connection meet.
@@ -351,10 +420,11 @@ impl Resolver {
         }
     }
 
-    /// The local socket at the other end of an IP conversation, by address.
+    /// The local socket at the other end of an IP conversation, by address:
+    /// the connection's other end, or else (a TCP connection not accepted
+    /// yet, a datagram) the socket listening or bound at the remote address.
     fn inet_peer(
         &self,
-        kind: EventKind,
         protocol: u16,
         local: Option<SocketAddr>,
         remote: SocketAddr,
@@ -367,9 +437,6 @@ impl Resolver {
             if let Some(&ino) = self.conns.get(&key).or_else(|| self.closed.conns.get(&key)) {
                 return Some((ino, true));
             }
-        }
-        if protocol == IPPROTO_TCP && !matches!(kind, EventKind::Connect) {
-            return None;
         }
         let at = |addr| self.bound.get(&(protocol, addr)).copied();
         let v6_any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), remote.port());
@@ -384,7 +451,7 @@ impl Resolver {
     pub fn seed(&mut self, scan: Scan, unix: Vec<UnixDiag>) {
         self.version += 1;
         for process in scan.processes {
-            self.add_process(process);
+            self.add_process(process, false);
         }
         for socket in unix {
             let Some(name) = socket.name else { continue };
@@ -400,8 +467,8 @@ impl Resolver {
     }
 
     /// Takes in what /proc shows of one process: its name and the sockets
-    /// its descriptors hold.
-    fn add_process(&mut self, process: ProcessSockets) {
+    /// its descriptors hold (`tracing`: read while tracing, not at the start).
+    fn add_process(&mut self, process: ProcessSockets, tracing: bool) {
         let ProcessSockets { pid, comm, fds } = process;
         self.version += 1;
         let entry = self.procs.entry(pid).or_default();
@@ -422,7 +489,14 @@ impl Resolver {
             {
                 continue;
             }
+            let new = !self.socks.contains_key(&ino);
             self.hold(ino, Holder { pid, fd });
+            if new
+                && tracing
+                && let Some(sock) = self.socks.get_mut(&ino)
+            {
+                sock.unseen = true;
+            }
         }
     }
 
@@ -471,8 +545,12 @@ impl Resolver {
         }
         if sock.holders.is_empty() {
             let sock = entry.remove();
-            self.closed
-                .remember(ino, holder, sock.local.zip(sock.remote));
+            self.closed.remember(ClosedSock {
+                ino,
+                holder,
+                conn: sock.local.zip(sock.remote),
+                name: sock.name.clone(),
+            });
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
                 if let Some(remote) = sock.remote
@@ -606,7 +684,7 @@ impl Resolver {
         }
         process.scanned = true;
         let sockets = self.procfs.process_sockets(pid).ok()?;
-        self.add_process(sockets);
+        self.add_process(sockets, true);
         find(self.procs.get(&pid)?)
     }
 
@@ -619,6 +697,55 @@ impl Resolver {
         sock.last_user
             .filter(|h| sock.holders.contains(h))
             .or_else(|| sock.holders.first().copied())
+    }
+
+    /// What `rec` waits for before it can be resolved right: the record of
+    /// the other end that a call on another CPU may not have written yet
+    /// (an `accept` that the kernel finished before this send read its
+    /// peer, a client's `connect`). `None` for the usual event, whose
+    /// other end the table knows, or could not know from any record.
+    pub fn awaits(&self, rec: &SockRecord) -> Option<Awaited> {
+        let ev = &rec.ev;
+        if ev.ret < 0 || matches!(rec.kind, EventKind::Socketpair | EventKind::State) {
+            return None;
+        }
+        if ev.family == AF_UNIX {
+            let peer = ev.peer_sock;
+            let unknown = match self.socks.get(&peer) {
+                Some(sock) => sock.unseen,
+                None => self.closed.holder(peer).is_none(),
+            };
+            return (peer != 0 && unknown).then_some(Awaited::Sock(peer));
+        }
+        if ev.protocol != IPPROTO_TCP {
+            return None;
+        }
+        let local = canonical(inet_addr(&rec.addr)?);
+        let remote = canonical(inet_addr(&rec.peer_addr)?);
+        let key = (remote, local);
+        if remote.port() == 0
+            || self.conns.contains_key(&key)
+            || self.closed.conns.contains_key(&key)
+        {
+            return None;
+        }
+        // The other end is on this machine when something listens at the
+        // remote address (this is the client) or the client's address is
+        // this one's or loopback (this is the server).
+        let here = remote.ip().is_loopback()
+            || remote.ip() == local.ip()
+            || self.inet_peer(IPPROTO_TCP, None, remote).is_some();
+        here.then_some(Awaited::Conn(key))
+    }
+
+    /// Reads /proc again for a record written at `ts_ns` that waited in
+    /// vain for its peer's record, unless a read made since it was
+    /// written already said what /proc can.
+    pub fn rescan_since(&mut self, ts_ns: u64) {
+        if self.last_rescan.is_none_or(|last| last < i128::from(ts_ns)) {
+            self.last_rescan = None;
+            self.rescan();
+        }
     }
 
     /// Updates the table from a socket event and resolves its peer.
@@ -656,6 +783,7 @@ impl Resolver {
             passed_fds: ev.passed_fds,
             passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
             peer: resolved.peer,
+            unresolved: resolved.unresolved,
         }
     }
 
@@ -726,6 +854,7 @@ impl Resolver {
                 fd = self.fd_of(pid, ino);
             }
             if let Some(sock) = self.socks.get_mut(&ino) {
+                sock.unseen = false;
                 if ev.sk != 0 && sock.sk != ev.sk {
                     sock.sk = ev.sk;
                     self.sk_ino.insert(ev.sk, ino);
@@ -755,6 +884,7 @@ impl Resolver {
 
         let mut peer_ino = ev.peer_sock;
         let mut listener = None;
+        let pending = ev.flags & FLAG_PEER_PENDING != 0;
         if inet {
             let tcp = ev.protocol == IPPROTO_TCP;
             if !failed {
@@ -764,7 +894,7 @@ impl Resolver {
                 self.note_inet(ino, ev.protocol, local, connected, bound);
             }
             if let Some(remote) = remote
-                && let Some((found, is_socket)) = self.inet_peer(kind, ev.protocol, local, remote)
+                && let Some((found, is_socket)) = self.inet_peer(ev.protocol, local, remote)
                 && found != ino
             {
                 if is_socket {
@@ -773,6 +903,16 @@ impl Resolver {
                     listener = Some(found);
                 }
             }
+        } else if pending {
+            // An embryo: it has no inode, and its kernel address is not
+            // the accepted socket's identity yet. Its listener is.
+            listener = if ev.peer_listener != 0 {
+                Some(ev.peer_listener)
+            } else {
+                peer_name
+                    .as_ref()
+                    .and_then(|name| self.named.get(name).copied())
+            };
         } else {
             if peer_ino == 0 && ev.peer_sk != 0 {
                 peer_ino = self.sk_ino.get(&ev.peer_sk).copied().unwrap_or(0);
@@ -803,10 +943,17 @@ impl Resolver {
             }
         }
 
-        let mut peer = self.peer(kind, peer_ino, peer_name, ev.fd2, listener);
+        let mut peer = match listener {
+            // A TCP connection's other end at a listener is not accepted yet.
+            Some(listener) if pending || inet => Some(self.pending_peer(listener, peer_name)),
+            _ => self.peer(kind, peer_ino, peer_name, ev.fd2),
+        };
+        // The kernel named a peer, or the other end is a socket here.
+        let local_peer = ev.peer_sk != 0 || peer_ino != 0 || listener.is_some();
         if let Some(remote) = remote {
             peer.get_or_insert_with(Peer::default).addr = Some(remote);
         }
+        let unresolved = !failed && local_peer && peer.as_ref().is_none_or(|p| p.pid.is_none());
         let path = own_name.or_else(|| self.socks.get(&ino).and_then(|s| s.name.clone()));
         if kind == EventKind::Close
             && let Some(fd) = fd
@@ -822,6 +969,7 @@ impl Resolver {
             local,
             remote,
             peer,
+            unresolved,
         };
         // Kept only with the peer's holder and descriptor known: a peer
         // nobody is known to hold (named by its listener, if at all) sends
@@ -853,10 +1001,10 @@ impl Resolver {
     /// Reads every process's descriptors again, at most every
     /// [`RESCAN_EVERY`]; true when it did.
     fn rescan(&mut self) -> bool {
-        let now = Instant::now();
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
         if self
             .last_rescan
-            .is_some_and(|last| now.duration_since(last) < RESCAN_EVERY)
+            .is_some_and(|last| now - last < RESCAN_EVERY_NS)
         {
             return false;
         }
@@ -865,20 +1013,58 @@ impl Resolver {
             return false;
         };
         for process in scan.processes {
-            self.add_process(process);
+            self.add_process(process, true);
         }
         true
     }
 
+    /// A connection in `listener`'s accept queue: the listener's holders,
+    /// who may accept it, and its name.
+    fn pending_peer(&mut self, listener: u64, name: Option<Rc<UnixName>>) -> Peer {
+        if self.holders(listener).is_empty() {
+            self.rescan();
+        }
+        let holders: Vec<PeerHolder> = self
+            .holders(listener)
+            .iter()
+            .map(|h| PeerHolder {
+                pid: h.pid,
+                comm: self
+                    .procs
+                    .get(&h.pid)
+                    .map_or_else(|| "?".into(), |p| Rc::clone(&p.comm)),
+                fd: h.fd,
+            })
+            .collect();
+        let first = holders.first();
+        Peer {
+            pid: first.map(|h| h.pid),
+            comm: first.map(|h| Rc::clone(&h.comm)),
+            listen_fd: first.map(|h| h.fd),
+            path: name.or_else(|| self.socks.get(&listener).and_then(|s| s.name.clone())),
+            pending: true,
+            holders,
+            ..Peer::default()
+        }
+    }
+
+    /// Everyone holding `ino`, oldest first; for a socket closed lately,
+    /// its last holder.
+    fn holders(&self, ino: u64) -> Vec<Holder> {
+        match self.socks.get(&ino) {
+            Some(sock) => sock.holders.clone(),
+            None => self.closed.holder(ino).into_iter().collect(),
+        }
+    }
+
     /// Resolves the other end: by peer inode when the kernel knew it, else
-    /// (a `connect` not yet accepted, a datagram to a name) by the name.
+    /// (a datagram to a name) by the name.
     fn peer(
         &mut self,
         kind: EventKind,
         peer_ino: u64,
         peer_name: Option<Rc<UnixName>>,
         fd2: i32,
-        listener: Option<u64>,
     ) -> Option<Peer> {
         let mut peer = Peer {
             sock: (peer_ino != 0).then_some(peer_ino),
@@ -888,7 +1074,10 @@ impl Resolver {
         let mut holder = None;
         if peer_ino != 0 {
             if peer.path.is_none() {
-                peer.path = self.socks.get(&peer_ino).and_then(|s| s.name.clone());
+                peer.path = match self.socks.get(&peer_ino) {
+                    Some(sock) => sock.name.clone(),
+                    None => self.closed.find(peer_ino).and_then(|c| c.name.clone()),
+                };
             }
             holder = self.holder_of(peer_ino);
             // A process whose events the kernel filters left out (or that
@@ -901,14 +1090,13 @@ impl Resolver {
             }
         }
         if holder.is_none()
-            && let Some(listener) = listener.or_else(|| {
-                peer.path
-                    .as_ref()
-                    .and_then(|name| self.named.get(name).copied())
-            })
+            && let Some(bound) = peer
+                .path
+                .as_ref()
+                .and_then(|name| self.named.get(name).copied())
         {
-            // The process listening or bound there; its fd is not this connection's.
-            holder = self.holder_of(listener).map(|h| Holder { fd: -1, ..h });
+            // The process bound there (a datagram's receiver).
+            holder = self.holder_of(bound).map(|h| Holder { fd: -1, ..h });
         }
         if let Some(holder) = holder {
             peer.pid = Some(holder.pid);

@@ -89,12 +89,18 @@ fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
         fd,
         path,
         addr,
+        pending,
+        listen_fd,
+        holders,
     } = a;
     *sock == b.sock
         && *pid == b.pid
         && *fd == b.fd
         && *addr == b.addr
         && *path == b.path
+        && *pending == b.pending
+        && *listen_fd == b.listen_fd
+        && *holders == b.holders
         && match (comm, &b.comm) {
             (Some(x), Some(y)) => same_text(x, y),
             (x, y) => x.is_none() && y.is_none(),

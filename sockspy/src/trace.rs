@@ -27,8 +27,9 @@ use tokio::{
 use crate::{
     cli::TraceOptions,
     diag,
-    events::{self, Record},
+    events::{self, Record, clock_ns},
     filter::Filter,
+    hold::{Hold, Waits},
     loader::{self, KernelStats, Tracer},
     output::{Clock, PayloadStyle, Printer},
     procfs::Procfs,
@@ -70,10 +71,14 @@ struct Tally {
     records: u64,
     printed: u64,
     undecodable: u64,
+    /// Events printed whose peer is a socket here held by nobody known.
+    unresolved: u64,
 }
 
 struct Session {
     resolver: Resolver,
+    /// Records waiting for the record that names their peer.
+    hold: Hold,
     sink: Sink,
     tally: Tally,
     count: Option<u64>,
@@ -92,6 +97,7 @@ impl Session {
     fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> ControlFlow<Stop, bool> {
         for _ in 0..limit {
             let Some(item) = ring.next() else {
+                self.release(Waits::Until(monotonic_ns()))?;
                 return ControlFlow::Continue(true);
             };
             self.tally.records += 1;
@@ -108,24 +114,50 @@ impl Session {
                     if rec.kind == EventKind::Fork {
                         self.filter.forked(rec.ev.header.pid, rec.ev.child_pid);
                     }
-                    self.resolver.apply_proc(&rec);
+                    if let Some(rec) = self.hold.admit_proc(rec) {
+                        self.resolver.apply_proc(&rec);
+                    }
                 }
                 Record::Sock(rec) => {
-                    let event = self.resolver.apply(&rec);
-                    if !self.filter.keeps(&event) {
-                        continue;
-                    }
-                    if let Some(stop) = self.emit(&event) {
-                        return ControlFlow::Break(stop);
-                    }
-                    self.tally.printed += 1;
-                    if self.count.is_some_and(|count| self.tally.printed >= count) {
-                        return ControlFlow::Break(Stop::Count);
+                    if let Some(rec) = self.hold.admit(rec, &self.resolver) {
+                        let event = self.resolver.apply(&rec);
+                        self.deliver(&event)?;
+                    } else {
+                        self.release(Waits::Read)?;
                     }
                 }
             }
         }
         ControlFlow::Continue(false)
+    }
+
+    /// Hands on the held events that can be resolved now.
+    fn release(&mut self, waits: Waits) -> ControlFlow<Stop> {
+        if self.hold.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        while let Some(event) = self.hold.next(&mut self.resolver, waits) {
+            self.deliver(&event)?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Filters, prints or records, and counts one event.
+    fn deliver(&mut self, event: &Event) -> ControlFlow<Stop> {
+        if !self.filter.keeps(event) {
+            return ControlFlow::Continue(());
+        }
+        if let Some(stop) = self.emit(event) {
+            return ControlFlow::Break(stop);
+        }
+        self.tally.printed += 1;
+        if event.unresolved {
+            self.tally.unresolved += 1;
+        }
+        if self.count.is_some_and(|count| self.tally.printed >= count) {
+            return ControlFlow::Break(Stop::Count);
+        }
+        ControlFlow::Continue(())
     }
 
     fn emit(&mut self, event: &Event) -> Option<Stop> {
@@ -228,6 +260,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
+        hold: Hold::default(),
         sink,
         tally: Tally::default(),
         count: options.count,
@@ -319,8 +352,8 @@ async fn pump(
                     if options.stats {
                         let table = session.resolver.size();
                         eprintln!(
-                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures; table: {} sockets, {} processes, {} keys",
-                            stats.emitted, stats.lost, stats.read_failed,
+                            "sockspy: stats: {} records, {} lost (ring buffer full), {} read failures, {} peers unresolved; table: {} sockets, {} processes, {} keys",
+                            stats.emitted, stats.lost, stats.read_failed, session.tally.unresolved,
                             table.sockets, table.processes, table.keys
                         );
                     }
@@ -349,6 +382,10 @@ async fn pump(
         let queued = loader::ring_size(options.buffer_bytes) as usize / smallest;
         let _ = session.drain(ring.get_mut(), queued);
     }
+    // Records still waiting for their peer's go out with what is known.
+    if matches!(stop, Stop::Signal | Stop::Duration) {
+        let _ = session.release(Waits::End);
+    }
     // A failure to write here is in `session.failure`, which the caller reports.
     if stop != Stop::WriteFailed {
         let _ = session.flush();
@@ -357,6 +394,11 @@ async fn pump(
         eprintln!();
     }
     Ok(())
+}
+
+/// Now on the records' clock (`CLOCK_MONOTONIC`), in nanoseconds.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 /// What the family bits ask for, for the readiness line: `unix, tcp, udp`.
@@ -402,6 +444,9 @@ fn summary(session: &Session, stats: &KernelStats) {
             ", {} calls not followed (their thread's slot was taken)",
             stats.call_slot_taken
         ));
+    }
+    if tally.unresolved > 0 {
+        line.push_str(&format!(", {} peers unresolved", tally.unresolved));
     }
     if tally.undecodable > 0 {
         line.push_str(&format!(", {} undecodable records", tally.undecodable));

@@ -13,12 +13,10 @@ use sockspy_common::{Call, EventKind, IPPROTO_TCP, Stat};
 
 use crate::{
     emit::{self, Record, SLOT_STATE},
-    kernel::{self, ReadFailed},
+    kernel::{self, ReadFailed, TCP_ESTABLISHED},
     probes::syscalls::{inet_remote, own_name, traced},
 };
 
-/// `TCP_ESTABLISHED`.
-const TCP_ESTABLISHED: u32 = 1;
 /// `TCP_CLOSE`.
 const TCP_CLOSE: u32 = 7;
 

@@ -380,14 +380,18 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
             0
         };
         rec.set_peer(peer)?;
-        if addr != 0 {
-            rec.peer_addr_user(addr, addr_len);
-        } else if kernel::is_inet(info.family) {
-            inet_remote(&mut rec, &info)?;
-        } else if peer != 0
-            && let Some((name, len)) = kernel::unix_name(peer)?
-        {
-            rec.peer_addr_kernel(name, len);
+        // An embryo's name (`set_peer`) is the listener's as the kernel has
+        // it: right whatever name (a symlink, another mount) the caller used.
+        if rec.ev().peer_addr_len == 0 {
+            if addr != 0 {
+                rec.peer_addr_user(addr, addr_len);
+            } else if kernel::is_inet(info.family) {
+                inet_remote(&mut rec, &info)?;
+            } else if peer != 0
+                && let Some((name, len)) = kernel::unix_name(peer)?
+            {
+                rec.peer_addr_kernel(name, len);
+            }
         }
     }
     rec.submit();

@@ -16,7 +16,7 @@ use crate::{
     cli::Cli,
     events::{UnixName, kind_name, proto_name, tcp_state_name, type_name},
     output::{Clock, Format, PayloadStyle, Printer, errno_name},
-    resolve::{Event, Peer},
+    resolve::{Event, Peer, PeerHolder},
 };
 
 /// The repository's root: this crate's directory is one level below it.
@@ -296,6 +296,7 @@ fn event_of_line(line: &str) -> Event {
         passed_fds: 0,
         passed: Vec::new(),
         peer: None,
+        unresolved: false,
     };
     let peer_text = match ip {
         Some(protocol) => {
@@ -340,14 +341,41 @@ fn event_of_line(line: &str) -> Event {
 }
 
 /// The PEER column worked back: `comm[pid]`, `fd N`, `sock M` and a name
-/// (a Unix path, or the address of an IP peer no process is known for).
+/// (a Unix path, or the address of an IP peer no process is known for);
+/// a connection not accepted yet: `comm[pid], ... listener fd N (not yet
+/// accepted)` and the name.
 fn peer_of(text: &str, event: &Event) -> Peer {
     let mut peer = Peer::default();
     let mut words = text.split(' ').peekable();
-    if let Some(who) = words.next_if(|w| w.ends_with(']')) {
-        let (comm, pid) = who.trim_end_matches(']').split_once('[').unwrap();
-        peer.pid = pid.parse().ok();
-        peer.comm = (!comm.is_empty()).then(|| comm.into());
+    let mut holders = Vec::new();
+    while let Some(who) = words.next_if(|w| w.trim_end_matches(',').ends_with(']')) {
+        let (comm, pid) = who
+            .trim_end_matches(',')
+            .trim_end_matches(']')
+            .split_once('[')
+            .unwrap();
+        holders.push((comm.to_owned(), pid.parse().unwrap()));
+    }
+    if let Some((comm, pid)) = holders.first() {
+        peer.pid = Some(*pid);
+        peer.comm = (!comm.is_empty()).then(|| comm.as_str().into());
+    }
+    if words.next_if_eq(&"listener").is_some() {
+        peer.pending = true;
+        if words.next_if_eq(&"fd").is_some() {
+            peer.listen_fd = words.next().and_then(|w| w.parse().ok());
+        }
+        for word in ["(not", "yet", "accepted)"] {
+            assert_eq!(words.next(), Some(word), "a pending peer: {text}");
+        }
+        peer.holders = holders
+            .into_iter()
+            .map(|(comm, pid)| PeerHolder {
+                pid,
+                comm: comm.into(),
+                fd: peer.listen_fd.unwrap_or(-1),
+            })
+            .collect();
     }
     if words.next_if_eq(&"fd").is_some() {
         peer.fd = words.next().and_then(|w| w.parse().ok());

@@ -2,8 +2,19 @@
 //!
 //! clap reports usage errors itself (one message, exit code 2); what clap
 //! cannot check is checked in [`TraceArgs::options`].
+//!
+//! These definitions are also the source of `sockspy -h` (first paragraph
+//! of each doc comment), `--help` (all of it, then the examples), the man
+//! pages in docs/man and the shell completions.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use sockspy_common::{
@@ -18,24 +29,158 @@ use crate::{
     record::{Framing, RecordOptions},
 };
 
-/// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets, and what flows.
+/// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets.
+///
+/// eBPF programs follow every socket call on the machine; sockspy names the
+/// process, descriptor and socket at both ends of each event. `trace` and
+/// `check` need root (or CAP_BPF and CAP_PERFMON); `read`, `pairs` and
+/// `completions` do not. Exit status: 0 ok, 1 a failure while working, 2 a
+/// usage error or a machine where tracing cannot work.
 #[derive(Debug, Parser)]
-#[command(name = "sockspy", version, about, propagate_version = true)]
+#[command(
+    name = "sockspy",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_long_help = EXAMPLES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  Every Unix socket event, live:
+    sockspy trace --unix
+  Both ends of one socket, with the first bytes of each call:
+    sockspy trace --path '*rrdcached*' --data
+  Record, stop with Ctrl-C, print the recording:
+    sockspy trace --data -w cap.pcapng
+    sockspy read cap.pcapng
+  Who holds both ends of each of collectd's connections now:
+    sockspy pairs --comm collectd
+
+The reference is docs/ in sockspy's repository; each subcommand has its own
+--help and man page (man sockspy-trace).";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace socket events live (needs root).
+    ///
+    /// One line per event (a header row first), or one JSON object per event
+    /// with --json, or a pcapng recording with -w. Without a family flag
+    /// every family is traced. Filters of one kind are ORed, kinds are ANDed;
+    /// the kernel drops what it can before it reaches sockspy. Ctrl-C,
+    /// SIGTERM, --count and --duration end the trace with a summary on
+    /// stderr that counts every lost event.
+    #[command(after_long_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
-    /// Print a recording made with `trace -w` as the live view printed it.
+    /// Print a recording made with `trace -w`.
+    ///
+    /// It prints what the live view printed, on any machine. Several files are read in order (a rotated set), `-` is stdin. The
+    /// selection flags narrow what was recorded; `--pid-tree` matches only
+    /// the listed processes, since a recording holds no fork events.
+    #[command(after_long_help = READ_EXAMPLES)]
     Read(ReadArgs),
-    /// Report what this kernel offers for tracing; exits non-zero when tracing cannot work.
+    /// Report what this kernel offers for tracing (needs root).
+    ///
+    /// One `ok`/`FAIL`/`skip`/`no` line per requirement and hook, one line per
+    /// backend, and last the backend `trace` would use. Exits 0 when `trace`
+    /// can run here, 2 when it cannot.
+    #[command(after_long_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
-    /// List every connected socket pair now (Unix, TCP, UDP), with the processes holding both ends (no root needed).
+    /// List every socket connection now, with both ends' holders.
+    ///
+    /// Unix, TCP and UDP connections, listeners and named unconnected
+    /// sockets, from the kernel's sock_diag lists and /proc/*/fd; no eBPF
+    /// and no root needed (root sees every holder). A line is kept when its
+    /// sockets pass the socket filters (family, --port, --path on either
+    /// end) and a holder of either end passes the process filters.
+    #[command(after_long_help = PAIRS_EXAMPLES)]
     Pairs(PairsArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// For bash, zsh and fish (also elvish and powershell). `cargo xtask
+    /// install` installs the first three; by hand, save the script where
+    /// the shell looks for completions.
+    #[command(after_long_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+}
+
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  The next 20 Unix socket events:
+    sockspy trace --unix -c 20
+  Two programs, with the first 80 bytes of each call:
+    sockspy trace --comm collectd --comm rrdcached --data=80
+  An HTTP API over a Unix socket:
+    sockspy trace --path /run/docker.sock --data=512
+  TCP and UDP of a process and every child it forks:
+    sockspy trace --inet --pid-tree 1234
+  Ten seconds of one port, as JSON Lines:
+    sockspy trace --tcp --port 5432 --duration 10 --json > pg.jsonl
+  Record into at most five files of 100 MB:
+    sockspy trace --data=16384 -w cap.pcapng -C 100 -W 5
+  Record and print in one pipe:
+    sockspy trace --data -w - | sockspy read -";
+
+const READ_EXAMPLES: &str = "\
+Examples:
+  Print a recording as the live view did, or as JSON Lines:
+    sockspy read cap.pcapng
+    sockspy read --json cap.pcapng
+  A rotated set, in order:
+    sockspy read cap.pcapng cap.pcapng1 cap.pcapng2
+  One program's events, payload as hex dumps:
+    sockspy read --comm curl --hex cap.pcapng";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  Every requirement, hook and backend:
+    sockspy check
+  Whether the kprobe backend can run here:
+    sockspy check --backend kprobe";
+
+const PAIRS_EXAMPLES: &str = "\
+Examples:
+  Every connection and listener:
+    sockspy pairs
+  One socket's connections:
+    sockspy pairs --unix --path '*docker*'
+  collectd's connections, and who holds their other ends:
+    sockspy pairs --comm collectd
+  TCP, as JSON Lines:
+    sockspy pairs --tcp --json";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  sockspy completions bash > /usr/share/bash-completion/completions/sockspy
+  sockspy completions zsh > /usr/local/share/zsh/site-functions/_sockspy
+  sockspy completions fish > ~/.config/fish/completions/sockspy.fish";
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+impl CompletionsArgs {
+    /// Prints the completion script, generated from these definitions; a
+    /// closed pipe ends it quietly.
+    pub fn run(&self) -> anyhow::Result<ExitCode> {
+        // The generators panic when a write fails, so they write to memory.
+        let mut script = Vec::new();
+        clap_complete::generate(self.shell, &mut Cli::command(), "sockspy", &mut script);
+        match io::stdout().write_all(&script) {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+            written => {
+                written.context("writing to stdout")?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -47,7 +192,10 @@ pub struct CheckArgs {
 /// `--backend`, of `trace` and `check`.
 #[derive(Debug, Args)]
 pub struct BackendArg {
-    /// Where sends and receives are traced from: `auto` takes the first of tracepoint, fentry, kprobe that this kernel allows.
+    /// Where sends and receives are traced from.
+    ///
+    /// `auto` takes the first of tracepoint, fentry, kprobe whose hooks all
+    /// attach on this kernel; the others name one backend, which must.
     #[arg(
         long,
         value_name = "BACKEND",
@@ -83,7 +231,7 @@ impl BackendArg {
 pub struct PairsArgs {
     #[command(flatten)]
     pub select: SelectionArgs,
-    /// Print JSON Lines (one object per connection or listener).
+    /// Print JSON Lines, one object per line.
     #[arg(long)]
     pub json: bool,
 }
@@ -91,7 +239,9 @@ pub struct PairsArgs {
 /// Which sockets `trace` and `read` show.
 #[derive(Debug, Args)]
 pub struct SelectionArgs {
-    /// Unix domain sockets. Without any family flag, Unix, TCP and UDP are shown.
+    /// Unix domain sockets.
+    ///
+    /// Without any family flag, Unix, TCP and UDP are shown.
     #[arg(long)]
     pub unix: bool,
     /// TCP over IPv4 and IPv6.
@@ -103,22 +253,38 @@ pub struct SelectionArgs {
     /// TCP and UDP (same as --tcp --udp).
     #[arg(long)]
     pub inet: bool,
-    /// Keep only events whose local or remote port is N (repeatable).
+    /// Keep only sockets with local or remote port N.
+    ///
+    /// Repeatable. Unix sockets have no port, so none is kept.
     #[arg(long, value_name = "N")]
     pub port: Vec<u16>,
-    /// Keep only events of process PID (repeatable).
+    /// Keep only process PID (not its children).
+    ///
+    /// Repeatable.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
-    /// Keep only events of process PID and its descendants, also ones forked later (repeatable).
+    /// Keep only process PID and its descendants.
+    ///
+    /// Repeatable. Children forked after sockspy started are kept too.
     #[arg(long, value_name = "PID")]
     pub pid_tree: Vec<u32>,
-    /// Keep only events of processes named NAME; `*` and `?` match as in the shell (repeatable).
+    /// Keep only processes named NAME (`*`, `?` match).
+    ///
+    /// Repeatable. NAME is the command as `ps` shows it; `*` and `?` match
+    /// as in the shell (`--comm 'collect*'`).
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
-    /// Keep only events whose socket or peer is named like GLOB (a path or `@abstract`), or is the same file (repeatable).
+    /// Keep only sockets (or peers) named like GLOB.
+    ///
+    /// Repeatable. GLOB is a path or `@name` for an abstract name; the peer
+    /// counts, so `--path '*rrdcached*'` keeps the client's unnamed end too.
+    /// A GLOB that is an existing file also matches that socket file reached
+    /// by another name (a symlink, a bind mount).
     #[arg(long, value_name = "GLOB")]
     pub path: Vec<String>,
-    /// Keep only events of processes of user UID (repeatable).
+    /// Keep only processes of user UID (the real user).
+    ///
+    /// Repeatable.
     #[arg(long, value_name = "UID")]
     pub uid: Vec<u32>,
 }
@@ -182,7 +348,7 @@ pub struct TraceArgs {
     pub select: SelectionArgs,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// Print JSON Lines (one object per event) instead of text.
+    /// Print JSON Lines (one object per event).
     #[arg(long)]
     pub json: bool,
     /// Stop after printing N events.
@@ -191,13 +357,23 @@ pub struct TraceArgs {
     /// Stop after SECONDS (fractions allowed).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
-    /// Print kernel-side counters (events, lost, read failures) to stderr every second.
+    /// Print counters to stderr every second.
+    ///
+    /// The kernel side's (records, lost, read failures) and the size of
+    /// sockspy's connection table (sockets, processes, lookup keys); also
+    /// which backend is in use.
     #[arg(long)]
     pub stats: bool,
-    /// Ring buffer size in KiB (rounded up to a power of two).
+    /// Ring buffer size in KiB.
+    ///
+    /// Rounded up to a power of two, at least 128 KiB.
     #[arg(short = 'B', long, value_name = "KIB", default_value_t = 8192)]
     pub buffer_size: u64,
-    /// Capture payload: up to BYTES per send/recv call (default 256, at most 16384).
+    /// Capture BYTES of payload per call (256).
+    ///
+    /// The first BYTES each send or recv moved, 1 to 16384. Off by
+    /// default: payloads can hold secrets. Text is printed under its event,
+    /// anything else as a hex dump.
     #[arg(
         long,
         value_name = "BYTES",
@@ -210,13 +386,16 @@ pub struct TraceArgs {
     /// Same as --data=BYTES (tcpdump's snap length).
     #[arg(short = 's', value_name = "BYTES", conflicts_with = "data", value_parser = parse_snaplen)]
     pub snaplen: Option<u32>,
-    /// Show captured payload as a hex and ASCII dump even when it looks like text.
+    /// Show payload as hex and ASCII, even text.
     #[arg(long)]
     pub hex: bool,
-    /// Record events to FILE (pcapng; `-` for stdout) instead of printing them.
+    /// Record to FILE (pcapng; `-` is stdout).
+    ///
+    /// The file is made with mode 0600 and never overwritten without
+    /// --force. Wireshark and tshark open it; `sockspy read` prints it.
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub write: Option<PathBuf>,
-    /// Read a recording instead of tracing live (same as `sockspy read FILE`).
+    /// Read recording FILE (as `sockspy read`).
     #[arg(
         short = 'r',
         value_name = "FILE",
@@ -226,16 +405,28 @@ pub struct TraceArgs {
     /// Overwrite an existing recording file.
     #[arg(long, requires = "write")]
     pub force: bool,
-    /// Start a new recording file when one grows past MEGABYTES (millions of bytes; fractions allowed).
+    /// With -w: a new file past MEGABYTES (10^6).
+    ///
+    /// Files are named FILE, FILE1, FILE2, ... as tcpdump names them;
+    /// fractions are allowed.
     #[arg(short = 'C', value_name = "MEGABYTES", requires = "write", value_parser = parse_megabytes)]
     pub file_size: Option<u64>,
-    /// Keep at most COUNT recording files, removing the oldest (with -C).
+    /// With -C: keep at most COUNT files.
+    ///
+    /// Opening a new file removes the oldest of this capture.
     #[arg(short = 'W', value_name = "COUNT", requires = "file_size", value_parser = clap::value_parser!(u32).range(1..))]
     pub file_count: Option<u32>,
-    /// How Unix stream payload is framed in the recording: `raw` bytes, or synthetic IPv4+TCP (TCP and UDP payloads always carry their real headers).
+    /// How Unix stream payload is recorded.
+    ///
+    /// `raw` bytes, or `tcp`: each send inside synthetic IPv4 and TCP
+    /// headers, so Wireshark's dissectors and Follow TCP Stream work. TCP
+    /// and UDP payloads always carry their real headers.
     #[arg(long, value_name = "FRAMING", value_enum, default_value_t = Framing::Raw, requires = "write")]
     pub pcap_framing: Framing,
-    /// With `--pcap-framing tcp`: the TCP port of a connection's server end (default 9000).
+    /// With --pcap-framing tcp: server port (9000).
+    ///
+    /// The TCP port given to the server end of each Unix connection, so
+    /// Wireshark picks its dissector (80 for HTTP, 6379 for Redis).
     #[arg(long, value_name = "PORT", requires = "write", value_parser = clap::value_parser!(u16).range(1..))]
     pub pcap_port: Option<u16>,
 }
@@ -247,13 +438,13 @@ pub struct ReadArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub select: SelectionArgs,
-    /// Print JSON Lines (one object per event) instead of text.
+    /// Print JSON Lines (one object per event).
     #[arg(long)]
     pub json: bool,
     /// Stop after printing N events.
     #[arg(short = 'c', long, value_name = "N")]
     pub count: Option<u64>,
-    /// Show captured payload as a hex and ASCII dump even when it looks like text.
+    /// Show payload as hex and ASCII, even text.
     #[arg(long)]
     pub hex: bool,
 }

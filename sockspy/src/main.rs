@@ -22,6 +22,8 @@ mod pairs;
 mod pcapng;
 mod procfs;
 mod record;
+#[cfg(test)]
+mod reference;
 mod replay;
 mod resolve;
 mod side;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Read(args) => replay::run(&args.options()),
         Command::Check(args) => Ok(check::run(args.backend.backend())),
         Command::Pairs(args) => pairs::run(&args.select.selection(), args.json),
+        Command::Completions(args) => args.run(),
     };
     result.unwrap_or_else(|err| {
         eprintln!("sockspy: {err:#}");

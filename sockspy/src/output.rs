@@ -1,7 +1,7 @@
 //! Printing resolved events: a text table for people, JSON Lines for scripts.
 //!
 //! Both printers write to a buffered writer that the caller flushes after
-//! each batch; the JSON field names are a published contract (README).
+//! each batch; the JSON field names are a published contract (docs/events.md).
 
 use std::{
     borrow::Cow,
@@ -646,7 +646,7 @@ pub fn errno_name(errno: i64) -> String {
     name.to_owned()
 }
 
-/// The JSON object of one event; field names are the README's schema.
+/// The JSON object of one event; field names are docs/events.md's schema.
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     ts: &'a str,

@@ -64,8 +64,8 @@ pub fn have_root(test: &str) -> bool {
 /// Whether the backend under test sees a receive that was already
 /// blocked when tracing started. The tracepoints fire after the call
 /// returns, so they do; fentry's trampoline and a kretprobe only catch
-/// returns of calls that entered through them, so they miss it (README,
-/// Kernel requirements). The backend is `SOCKSPY_BACKEND`'s, which sockspy
+/// returns of calls that entered through them, so they miss it
+/// (docs/kernels.md). The backend is `SOCKSPY_BACKEND`'s, which sockspy
 /// takes as its `--backend` default (`cargo xtask vm-test` sets it).
 pub fn sees_receives_in_flight() -> bool {
     !matches!(

@@ -4,6 +4,7 @@
 
 mod bench;
 mod exec;
+mod install;
 mod setup;
 mod vm;
 
@@ -52,6 +53,11 @@ enum Task {
     /// Boot Debian kernels (6.1, 6.12) under QEMU and run `sockspy check`
     /// and the root integration tests in each; writes target/vm-test.md
     VmTest(vm::Options),
+    /// Regenerate the man pages in docs/man from sockspy's CLI definitions
+    Man,
+    /// Build sockspy and install it with its man pages and bash, zsh and
+    /// fish completions under a prefix (/usr/local)
+    Install(install::Options),
 }
 
 fn main() {
@@ -96,6 +102,15 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             build(&root)?;
             vm::run(&root, &options)
+        }
+        Task::Man => {
+            setup::run()?;
+            install::man(&root, &mut cargo(&root))
+        }
+        Task::Install(options) => {
+            setup::run()?;
+            build(&root)?;
+            install::install(&root, &sockspy_bin(&root), &options)
         }
     }
 }

@@ -110,8 +110,10 @@ fn parse_events(lines: &[String]) -> Vec<Value> {
 pub struct Trace {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
-    stdout_reader: JoinHandle<()>,
-    stderr_reader: JoinHandle<String>,
+    /// Taken by [`Trace::finish`]; a trace dropped with them still there
+    /// (a test that panicked) kills its sockspy.
+    stdout_reader: Option<JoinHandle<()>>,
+    stderr_reader: Option<JoinHandle<String>>,
     /// The turn of this test binary; `None` for a second trace of a test
     /// that already holds it.
     _turn: Option<MutexGuard<'static, ()>>,
@@ -166,8 +168,8 @@ impl Trace {
         let mut trace = Trace {
             child,
             stdout,
-            stdout_reader,
-            stderr_reader,
+            stdout_reader: Some(stdout_reader),
+            stderr_reader: Some(stderr_reader),
             _turn: turn,
         };
         if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
@@ -225,14 +227,31 @@ impl Trace {
             }
             thread::sleep(Duration::from_millis(50));
         };
-        let _ = self.stdout_reader.join();
-        let stderr = self.stderr_reader.join().unwrap_or_default();
+        if let Some(reader) = self.stdout_reader.take() {
+            let _ = reader.join();
+        }
+        let stderr = self
+            .stderr_reader
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
         let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
         Ok(Finished {
             status,
             stdout,
             stderr,
         })
+    }
+}
+
+/// A trace left running by a test that failed would go on tracing the
+/// whole machine, slowing every later test and bench.
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if self.stderr_reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

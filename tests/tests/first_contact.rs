@@ -114,6 +114,16 @@ while True:
         pass
 "#;
 
+/// The load process, stopped when dropped, also by a test that failed.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One kind of listener and how its events name it.
 #[derive(Clone, Copy)]
 struct Scenario {
@@ -219,11 +229,13 @@ fn round(scenario: &Scenario, busy: bool) -> (Vec<Value>, String, Server, BTreeS
     // Only this round's events are printed (the load's and the rest of
     // the machine's are not), so that the summary's count is this round's.
     let selection = [if scenario.unix() { "--path" } else { "--port" }, &address];
-    let mut load = busy.then(|| {
-        Command::new(python3())
-            .args(["-c", LOAD])
-            .spawn()
-            .expect("starting the load")
+    let load = busy.then(|| {
+        Load(
+            Command::new(python3())
+                .args(["-c", LOAD])
+                .spawn()
+                .expect("starting the load"),
+        )
     });
     let trace = Trace::start(&[family, "--json", selection[0], selection[1]]).unwrap();
     let server = start_server(scenario, &address);
@@ -254,10 +266,7 @@ fn round(scenario: &Scenario, busy: bool) -> (Vec<Value>, String, Server, BTreeS
         }
     }
     let finished = trace.stop().unwrap();
-    if let Some(load) = &mut load {
-        signal(load.id(), libc::SIGKILL);
-        let _ = load.wait();
-    }
+    drop(load);
     (finished.events(), finished.stderr, server, pids)
 }
 

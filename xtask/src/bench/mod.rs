@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: what tracing costs, as ratios of a workload's
 //! throughput traced to its throughput untraced (the ping-pong pinned and
-//! unpinned), beside the costs idle CPUs do not distort: the workload's
-//! own CPU time and the kernel's time per program run. Plus what sockspy itself
-//! spends (CPU per event, memory) under sustained load and with many
+//! unpinned), beside two costs idle CPUs do not distort: the workload's
+//! own CPU time and the kernel's time per program run. Plus what sockspy
+//! itself spends (CPU per event, memory) under sustained load and with many
 //! connections, and how `sockspy pairs` compares with `ss -xp`. Every
 //! comparison is made within one invocation, the modes taking turns round
 //! by round, because these machines are shared and noisy: only numbers
@@ -229,15 +229,15 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
         rows.extend(connections::pairs(&programs, layout, plan.rounds)?);
     }
 
-    let programs = report::programs_table(&rows);
+    let kernel = report::programs_table(&rows);
     let text = format!(
         "{}\n\n{}\n{}{}",
         caption(&plan),
         report::table(&rows),
-        if programs.is_empty() {
+        if kernel.is_empty() {
             String::new()
         } else {
-            format!("{programs}\n")
+            format!("{kernel}\n")
         },
         footer(started.elapsed(), &load, &tracers)
     );
@@ -257,10 +257,11 @@ fn caption(plan: &Plan) -> String {
          round trip). Workload CPU is the ping-pong's own user + system time per round \
          trip, median of the rounds; the second table is the kernel's time per run of \
          each sockspy program over the traced runs (bpf_stats, on during the throughput \
-         runs, adds two clock reads to every run it times). events and lost are sockspy's summary line, summed over a mode's runs; \
-         CPU per M events is sockspy's user + system time once tracing (start-up \
-         left out; shown from 100,000 events on); peak RSS is its VmHWM. sockspy traces the whole \
-         machine: run it on a quiet one. Goals are printed, not asserted.",
+         runs, adds two clock reads to every run it times). events and lost are \
+         sockspy's summary line, summed over a mode's runs; CPU per M events is \
+         sockspy's user + system time once tracing (start-up left out; shown from \
+         100,000 events on); peak RSS is its VmHWM. sockspy traces the whole machine: \
+         run it on a quiet one. Goals are printed, not asserted.",
         plan.run_for.as_secs_f64(),
         plan.rounds,
         if plan.rounds == 1 { "" } else { "s" }

@@ -96,6 +96,13 @@ pub fn capture(cmd: &mut Command) -> Result<Output> {
         .with_context(|| format!("cannot start `{}`", describe(cmd)))
 }
 
+/// Whether `cmd` starts and succeeds, its output thrown away: whether a
+/// tool works here (`perf --version`; Debian's perf is a wrapper that
+/// fails without the running kernel's own perf).
+pub fn works(cmd: &mut Command) -> bool {
+    capture(cmd).is_ok_and(|output| output.status.success())
+}
+
 fn check(cmd: &Command, status: ExitStatus) -> Result<()> {
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));

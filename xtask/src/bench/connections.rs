@@ -52,7 +52,7 @@ pub fn memory(programs: &Programs, layout: Layout) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
 
     eprintln!("xtask bench: {scenario}: no connections");
-    let tracer = Tracer::start(&programs.sockspy, &trace)?;
+    let tracer = Tracer::start(&programs.sockspy, &trace, None)?;
     std::thread::sleep(SETTLE);
     let (at_stop, _) = tracer.memory()?;
     rows.push(memory_row(
@@ -94,11 +94,11 @@ fn with_connections(
     let hold = || HoldProcess::start(&programs.xtask, layout.pairs, layout.processes);
     let (tracer, holders) = if made_before {
         let mut holders = hold()?;
-        let tracer = Tracer::start(&programs.sockspy, &trace)?;
+        let tracer = Tracer::start(&programs.sockspy, &trace, None)?;
         holders.poke()?;
         (tracer, holders)
     } else {
-        let tracer = Tracer::start(&programs.sockspy, &trace)?;
+        let tracer = Tracer::start(&programs.sockspy, &trace, None)?;
         (tracer, hold()?)
     };
     std::thread::sleep(SETTLE);

@@ -5,15 +5,11 @@
 //! every process through the slow path), so a traced ratio can be read
 //! against it.
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 
-use super::process::Beside;
+use super::process::{Beside, placed};
 use crate::exec;
 
 /// How long perf may take to open its counters.
@@ -22,12 +18,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The tracepoints `sockspy trace` attaches without `--data`, as `sockspy
 /// check` lists them; `None`, said on stderr, when perf cannot count here.
 pub fn tracepoints(sockspy: &Path) -> Result<Option<Vec<String>>> {
-    let perf = Command::new("perf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !perf.is_ok_and(|status| status.success()) {
+    if !exec::works(Command::new("perf").arg("--version")) {
         eprintln!(
             "xtask bench: perf is not installed (cargo xtask setup installs it): no floor rows"
         );
@@ -64,12 +55,14 @@ fn attached(check: &str) -> Vec<String> {
 pub struct Counter(Beside);
 
 impl Counter {
-    /// Starts counting and returns once perf's counters run: its first
-    /// interval's counts, stamped 0.25 s, say so.
-    pub fn start(tracepoints: &[String]) -> Result<Self> {
+    /// Starts counting, on `cpu` alone when given, and returns once
+    /// perf's counters run: its first interval's counts, stamped 0.25 s,
+    /// say so.
+    pub fn start(tracepoints: &[String], cpu: Option<usize>) -> Result<Self> {
         let mut perf = Command::new("perf");
         perf.args(["stat", "-a", "-x", ",", "-I", "250", "-e"])
             .arg(tracepoints.join(","));
+        placed(&mut perf, cpu);
         Ok(Self(Beside::start(&mut perf, "0.", START_TIMEOUT)?))
     }
 

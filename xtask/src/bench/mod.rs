@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: what tracing costs, as ratios of a workload's
-//! throughput traced to its throughput untraced, plus what sockspy itself
-//! spends (CPU per event, memory) under sustained load and with many
+//! throughput traced to its throughput untraced (the ping-pong pinned and
+//! unpinned), beside two costs idle CPUs do not distort: the workload's
+//! own CPU time and the kernel's time per program run. Plus what sockspy
+//! itself spends (CPU per event, memory) under sustained load and with many
 //! connections, and how `sockspy pairs` compares with `ss -xp`. Every
 //! comparison is made within one invocation, the modes taking turns round
 //! by round, because these machines are shared and noisy: only numbers
@@ -10,6 +12,7 @@
 //! It is not a test, but `cargo xtask test` runs it with `--quick` so
 //! that it keeps working.
 
+mod bpf_stats;
 mod connections;
 mod floor;
 mod process;
@@ -29,9 +32,9 @@ use anyhow::{Context, Result, ensure};
 /// What `cargo xtask bench` measures, and for how long.
 #[derive(clap::Args, Default)]
 pub struct Options {
-    /// Run every scenario briefly (runs of 0.3 s, one round, 2 s of
-    /// sustained load, 1,000 connections over 20 processes): proof that
-    /// the harness works, not a measurement
+    /// Run every scenario briefly (runs of 0.3 s, one round, the ping-pong
+    /// with 64 B only, 2 s of sustained load, 1,000 connections over 20
+    /// processes): proof that the harness works, not a measurement
     #[arg(long)]
     quick: bool,
     /// Run only this scenario (repeatable); every one when not given
@@ -44,7 +47,8 @@ pub struct Options {
     /// shows medians [default: 3]
     #[arg(long)]
     rounds: Option<usize>,
-    /// Message size of the ping-pong, bytes (repeatable) [default: 64 and 4096]
+    /// Message size of the ping-pong, bytes (repeatable) [default: 64 and
+    /// 4096; 64 with --quick]
     #[arg(long = "size", value_name = "BYTES")]
     sizes: Vec<usize>,
     /// Seconds of each sustained-load run [default: 30]
@@ -62,12 +66,12 @@ pub struct Options {
 /// The scenarios, by the names `--scenario` takes.
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum Scenario {
-    /// Unix stream ping-pong: `trace --unix`, `--data=256`, `--json`, strace
+    /// Unix stream ping-pong, pinned and unpinned: `trace --unix`,
+    /// `--data=256`, `--json`, strace, and the floors (`trace --unix --pid
+    /// 1`, which leaves it out, and perf)
     PingPong,
     /// `dd bs=1`, no sockets, under `trace`
     Dd,
-    /// A ping-pong left out by `trace --unix --pid 1`
-    Excluded,
     /// Small writes on every core, traced to /dev/null and to a file
     Sustained,
     /// sockspy's memory with 10,000 connections
@@ -98,7 +102,6 @@ impl Plan {
                 vec![
                     Scenario::PingPong,
                     Scenario::Dd,
-                    Scenario::Excluded,
                     Scenario::Sustained,
                     Scenario::Memory,
                     Scenario::Pairs,
@@ -108,10 +111,12 @@ impl Plan {
             },
             run_for: pick(options.seconds, 2.0, 0.3)?,
             rounds: options.rounds.unwrap_or(if quick { 1 } else { 3 }),
-            sizes: if options.sizes.is_empty() {
-                vec![64, 4096]
-            } else {
+            sizes: if !options.sizes.is_empty() {
                 options.sizes.clone()
+            } else if quick {
+                vec![64]
+            } else {
+                vec![64, 4096]
             },
             sustained: pick(options.sustained_seconds, 30.0, 2.0)?,
             layout: (
@@ -187,19 +192,31 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
     let floor = floor.as_deref();
     let mut throughput = Vec::new();
     if plan.runs(Scenario::PingPong) {
-        throughput.extend(
-            plan.sizes
-                .iter()
-                .map(|&size| throughput::ping_pong(size, floor)),
-        );
+        for placement in throughput::Placement::available() {
+            throughput.extend(
+                plan.sizes
+                    .iter()
+                    .map(|&size| throughput::ping_pong(size, placement, floor)),
+            );
+        }
     }
     if plan.runs(Scenario::Dd) {
         throughput.push(throughput::dd(floor));
     }
-    if plan.runs(Scenario::Excluded) {
-        throughput.push(throughput::excluded());
-    }
-    let mut rows = throughput::run(&programs, &throughput, plan.rounds, plan.run_for)?;
+    let mut rows = if throughput.is_empty() {
+        Vec::new()
+    } else {
+        // On only while the throughput runs: the sustained load and the
+        // memory scenarios measure sockspy without the kernel's timing.
+        let stats = bpf_stats::Enabled::start()?;
+        throughput::run(
+            &programs,
+            &throughput,
+            plan.rounds,
+            plan.run_for,
+            stats.as_ref(),
+        )?
+    };
     if plan.runs(Scenario::Sustained) {
         rows.extend(sustained::run(&programs, plan.sustained)?);
     }
@@ -212,10 +229,16 @@ pub fn run(sockspy: &Path, target: &Path, options: &Options) -> Result<()> {
         rows.extend(connections::pairs(&programs, layout, plan.rounds)?);
     }
 
+    let kernel = report::programs_table(&rows);
     let text = format!(
-        "{}\n\n{}\n{}",
+        "{}\n\n{}\n{}{}",
         caption(&plan),
         report::table(&rows),
+        if kernel.is_empty() {
+            String::new()
+        } else {
+            format!("{kernel}\n")
+        },
         footer(started.elapsed(), &load, &tracers)
     );
     print!("{text}");
@@ -229,10 +252,16 @@ fn caption(plan: &Plan) -> String {
         "Throughput runs of {} s, {} round{}, each round an untraced run then every mode; \
          a ratio is a run's throughput over the untraced run of its round (for the \
          listing, sockspy's time over ss's), median and range in brackets. \
-         events and lost are sockspy's summary line, summed over a mode's runs; \
-         CPU per M events is sockspy's user + system time once tracing (start-up \
-         left out; shown from 100,000 events on); peak RSS is its VmHWM. sockspy traces the whole \
-         machine: run it on a quiet one. Goals are printed, not asserted.",
+         Pinned, both ping-pong processes run on CPU 0 and the tracer on CPU 1; \
+         unpinned, the scheduler places them (an idle CPU's wake-up then dominates a \
+         round trip). Workload CPU is the ping-pong's own user + system time per round \
+         trip, median of the rounds; the second table is the kernel's time per run of \
+         each sockspy program over the traced runs (bpf_stats, on during the throughput \
+         runs, adds two clock reads to every run it times). events and lost are \
+         sockspy's summary line, summed over a mode's runs; CPU per M events is \
+         sockspy's user + system time once tracing (start-up left out; shown from \
+         100,000 events on); peak RSS is its VmHWM. sockspy traces the whole machine: \
+         run it on a quiet one. Goals are printed, not asserted.",
         plan.run_for.as_secs_f64(),
         plan.rounds,
         if plan.rounds == 1 { "" } else { "s" }
@@ -297,7 +326,8 @@ mod tests {
         assert_eq!(quick.rounds, 1);
         assert_eq!(quick.sustained, Duration::from_secs(2));
         assert_eq!(quick.layout, (500, 20));
-        assert_eq!(quick.scenarios.len(), 6);
+        assert_eq!(quick.scenarios.len(), 5);
+        assert_eq!(quick.sizes, [64]);
 
         let full = Plan::new(&Options {
             scenarios: vec![Scenario::Memory],

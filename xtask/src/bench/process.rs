@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    os::unix::process::ExitStatusExt,
+    os::unix::process::{CommandExt, ExitStatusExt},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
@@ -44,16 +44,55 @@ pub fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Waits for a forked child and fails unless it exited with status 0.
-pub fn reap(pid: libc::pid_t, what: &str) -> Result<()> {
+/// Waits for a forked child and fails unless it exited with status 0;
+/// gives back the CPU time it used, user and system.
+pub fn reap(pid: libc::pid_t, what: &str) -> Result<Duration> {
     let mut status = 0;
-    // SAFETY: waits for this process's own child, into a local.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } == -1 {
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for this process's own child, into locals.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } == -1 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("waiting for {what}"));
     }
     let status = ExitStatus::from_raw(status);
     ensure!(status.success(), "{what} failed ({status})");
+    Ok(cpu(&usage))
+}
+
+/// The CPU time this process has used so far, user and system.
+pub fn own_cpu() -> Duration {
+    // SAFETY: rusage is plain data that getrusage fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: fills in a local; RUSAGE_SELF cannot be refused.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    cpu(&usage)
+}
+
+/// Binds the calling process (and what it forks from now on) to one CPU.
+/// Async-signal-safe (one system call), so a `pre_exec` hook may call it.
+pub fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET sets one bit of it, and
+    // the CPUs pinned to here (0 and 1) are far below its 1024.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    };
+    // SAFETY: reads the set from a local.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
+}
+
+/// `cmd`, set to run on `cpu` only, when given.
+pub fn placed(cmd: &mut Command, cpu: Option<usize>) -> &mut Command {
+    if let Some(cpu) = cpu {
+        // SAFETY: pin is async-signal-safe, as a hook between fork and
+        // exec must be.
+        unsafe { cmd.pre_exec(move || pin(cpu)) };
+    }
+    cmd
 }
 
 /// Sends `signal` to process `pid`.
@@ -133,9 +172,14 @@ impl Running {
         self.reaped = true;
         Ok(Ended {
             status: ExitStatus::from_raw(status),
-            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+            cpu: cpu(&usage),
         })
     }
+}
+
+/// User and system time of `usage`.
+fn cpu(usage: &libc::rusage) -> Duration {
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
 }
 
 fn timeval(time: libc::timeval) -> Duration {

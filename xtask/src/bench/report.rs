@@ -1,10 +1,12 @@
-//! The bench's one table: a row per scenario and mode, with the ratio to
-//! the scenario's baseline, what sockspy counted and cost, and the goal
-//! the row is held to. Goals are printed, met or missed, never asserted.
+//! The bench's tables: a row per scenario and mode, with the ratio to
+//! the scenario's baseline, the workload's own CPU time, what sockspy
+//! counted and cost, and the goal the row is held to; then, for the modes
+//! that ran sockspy with bpf_stats on, the kernel's time per run of each
+//! of its programs. Goals are printed, met or missed, never asserted.
 
 use std::fmt;
 
-use super::tracer::Usage;
+use super::{bpf_stats::ProgramRuns, tracer::Usage};
 
 /// One row of the table.
 #[derive(Debug, Default)]
@@ -20,6 +22,10 @@ pub struct Row {
     pub baseline: bool,
     /// What sockspy counted and used, where it ran.
     pub usage: Option<Usage>,
+    /// The workload's own CPU seconds per round trip, where it measures them.
+    pub workload_cpu: Option<f64>,
+    /// What sockspy's programs ran, with bpf_stats on.
+    pub programs: Option<ProgramRuns>,
     pub goals: Vec<Check>,
     /// Where there is a goal-like note rather than a goal (`for comparison`).
     pub note: &'static str,
@@ -77,8 +83,11 @@ impl fmt::Display for Check {
     }
 }
 
-const HEADER: &str = "| scenario | mode | result | ratio | events | lost | sockspy CPU s per M events | sockspy peak RSS | goal |\n\
-                      |---|---|---|---:|---:|---:|---:|---:|---|\n";
+const HEADER: &str = "| scenario | mode | result | ratio | workload CPU µs per round trip | events | lost | sockspy CPU s per M events | sockspy peak RSS | goal |\n\
+                      |---|---|---|---:|---:|---:|---:|---:|---:|---|\n";
+
+const PROGRAMS_HEADER: &str = "| scenario | mode | kernel ns per program run (bpf_stats), runs |\n\
+                               |---|---|---|\n";
 
 /// The markdown table of `rows`, in their order.
 pub fn table(rows: &[Row]) -> String {
@@ -92,6 +101,9 @@ pub fn table(rows: &[Row]) -> String {
             ratio_cell(&row.ratios)
         };
         let usage = row.usage.as_ref();
+        let workload_cpu = row
+            .workload_cpu
+            .map_or_else(|| "-".to_owned(), |cpu| format!("{:.2}", cpu * 1e6));
         let count = |count: Option<u64>| count.map_or_else(|| "-".to_owned(), thousands);
         let cpu = usage
             .and_then(Usage::cpu_per_million)
@@ -107,13 +119,32 @@ pub fn table(rows: &[Row]) -> String {
                 .join("; ")
         };
         text.push_str(&format!(
-            "| {} | {} | {} | {ratio} | {} | {} | {cpu} | {peak} | {goal} |\n",
+            "| {} | {} | {} | {ratio} | {workload_cpu} | {} | {} | {cpu} | {peak} | {goal} |\n",
             row.scenario,
             row.mode,
             row.result,
             count(usage.map(|usage| usage.events)),
             count(usage.map(|usage| usage.lost)),
         ));
+    }
+    text
+}
+
+/// The table of the kernel's time per program run, a row per mode that
+/// read it; empty when none did.
+pub fn programs_table(rows: &[Row]) -> String {
+    let mut text = String::new();
+    for row in rows {
+        if let Some(programs) = &row.programs {
+            if text.is_empty() {
+                text.push_str(PROGRAMS_HEADER);
+            }
+            let described = programs.describe();
+            text.push_str(&format!(
+                "| {} | {} | {described} |\n",
+                row.scenario, row.mode
+            ));
+        }
     }
     text
 }
@@ -220,6 +251,7 @@ mod tests {
                 mode: "untraced".into(),
                 result: "90,000 round trips/s".into(),
                 baseline: true,
+                workload_cpu: Some(10.5e-6),
                 ..Row::default()
             },
             Row {
@@ -233,6 +265,8 @@ mod tests {
                     cpu: Duration::from_millis(500),
                     peak_rss: 20 << 20,
                 }),
+                workload_cpu: Some(14.25e-6),
+                programs: Some(ProgramRuns::default()),
                 goals: vec![Check::at_least(0.6, 0.95)],
                 ..Row::default()
             },
@@ -249,10 +283,15 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "| ping-pong | untraced | 90,000 round trips/s | baseline | - | - | - | - |  |",
-                "| ping-pong | trace --unix | 53,000 round trips/s | 0.60x (0.50-0.70) | 2,000,000 | 1 | 0.25 | 20.0 MiB | ≥ 0.95 ✗ missed by 0.35 |",
-                "| ping-pong | strace -f | 9,000 round trips/s | 0.10x | - | - | - | - | for comparison |",
+                "| ping-pong | untraced | 90,000 round trips/s | baseline | 10.50 | - | - | - | - |  |",
+                "| ping-pong | trace --unix | 53,000 round trips/s | 0.60x (0.50-0.70) | 14.25 | 2,000,000 | 1 | 0.25 | 20.0 MiB | ≥ 0.95 ✗ missed by 0.35 |",
+                "| ping-pong | strace -f | 9,000 round trips/s | 0.10x | - | - | - | - | - | for comparison |",
             ]
         );
+        assert_eq!(
+            programs_table(&rows).lines().skip(2).collect::<Vec<_>>(),
+            ["| ping-pong | trace --unix | none ran |"]
+        );
+        assert_eq!(programs_table(&rows[..1]), "");
     }
 }

@@ -77,7 +77,7 @@ pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
         eprintln!("xtask bench: {scenario}: {mode}");
         let mut args = vec!["trace".to_owned(), "--unix".to_owned()];
         args.extend(extra);
-        let tracer = Tracer::start(&programs.sockspy, &args)?;
+        let tracer = Tracer::start(&programs.sockspy, &args, None)?;
         let sent = flood(programs)?;
         let usage = tracer.stop()?;
         ensure!(
@@ -155,6 +155,7 @@ mod tests {
         Counted {
             count,
             seconds: 2.0,
+            cpu: None,
         }
     }
 

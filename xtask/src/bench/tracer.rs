@@ -6,7 +6,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 
-use super::process::{Beside, Stopped};
+use super::process::{Beside, Stopped, placed};
 
 /// How long sockspy may take to load its programs and snapshot /proc.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,16 +55,21 @@ impl Usage {
 }
 
 impl Tracer {
-    /// Starts `sockspy ARGS` and returns once it says it is tracing.
-    pub fn start(sockspy: &Path, args: &[String]) -> Result<Self> {
+    /// Starts `sockspy ARGS`, on `cpu` alone when given, and returns once
+    /// it says it is tracing.
+    pub fn start(sockspy: &Path, args: &[String], cpu: Option<usize>) -> Result<Self> {
         let mut cmd = Command::new(sockspy);
-        cmd.args(args);
+        placed(cmd.args(args), cpu);
         let mut tracer = Self {
             process: Beside::start(&mut cmd, "sockspy: tracing", START_TIMEOUT)?,
             start_up: Duration::ZERO,
         };
         tracer.start_up = tracer.cpu()?;
         Ok(tracer)
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.process.pid()
     }
 
     /// sockspy's CPU time so far, user and system, all threads.

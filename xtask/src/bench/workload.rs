@@ -2,7 +2,8 @@
 //! program of its own: so that `strace -f` attaches to a workload as it
 //! would to any program, and so that a workload forks from a process with
 //! one thread. Throughput workloads time themselves (start-up is not
-//! measured) and print one line, `COUNT SECONDS`. The bench's side of
+//! measured) and print one line, `COUNT SECONDS`, the ping-pong `COUNT
+//! SECONDS CPU_SECONDS`. The bench's side of
 //! them is here too: the command that starts one, reading its result,
 //! and driving the holders of many connections.
 
@@ -20,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::{
     positive_seconds,
-    process::{Fork, Lines, Running, exit, fork, reap, signal},
+    process::{Fork, Lines, Running, exit, fork, own_cpu, pin, reap, signal},
 };
 use crate::exec;
 
@@ -28,12 +29,15 @@ use crate::exec;
 #[derive(clap::Subcommand)]
 pub enum Workload {
     /// Round trips of SIZE-byte messages over a Unix stream socket pair,
-    /// between this process and a forked echo process, for SECONDS
+    /// between this process and a forked echo process, for SECONDS; both
+    /// on CPU alone when given
     PingPong {
         #[arg(long)]
         size: usize,
         #[arg(long)]
         seconds: f64,
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// SENDERS processes writing SIZE-byte messages to Unix stream
     /// sockets as fast as they can for SECONDS, each drained by a reader
@@ -61,7 +65,10 @@ pub enum Workload {
 /// Runs a workload in this process.
 pub fn run(workload: Workload) -> Result<()> {
     match workload {
-        Workload::PingPong { size, seconds } => {
+        Workload::PingPong { size, seconds, cpu } => {
+            if let Some(cpu) = cpu {
+                pin(cpu).with_context(|| format!("ping-pong: cannot run on CPU {cpu} alone"))?;
+            }
             println!("{}", ping_pong(size, positive_seconds(seconds)?)?);
             Ok(())
         }
@@ -82,17 +89,29 @@ pub fn run(workload: Workload) -> Result<()> {
 pub struct Counted {
     pub count: u64,
     pub seconds: f64,
+    /// CPU time, user and system, the workload's processes spent doing
+    /// it, where the workload measures it (the ping-pong does).
+    pub cpu: Option<Duration>,
 }
 
 impl Counted {
     pub fn per_second(&self) -> f64 {
         self.count as f64 / self.seconds
     }
+
+    /// CPU seconds per thing done, where measured.
+    pub fn cpu_each(&self) -> Option<f64> {
+        Some(self.cpu?.as_secs_f64() / self.count as f64)
+    }
 }
 
 impl fmt::Display for Counted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:.6}", self.count, self.seconds)
+        write!(f, "{} {:.6}", self.count, self.seconds)?;
+        match self.cpu {
+            Some(cpu) => write!(f, " {:.6}", cpu.as_secs_f64()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -100,15 +119,22 @@ impl FromStr for Counted {
     type Err = anyhow::Error;
 
     fn from_str(line: &str) -> Result<Self> {
-        let parsed = line.split_once(' ').and_then(|(count, seconds)| {
-            Some(Self {
-                count: count.parse().ok()?,
-                seconds: seconds.parse().ok()?,
-            })
-        });
+        let mut fields = line.split(' ');
+        let mut next = || fields.next().filter(|field| !field.is_empty());
+        let parsed = (|| {
+            let counted = Self {
+                count: next()?.parse().ok()?,
+                seconds: next()?.parse().ok()?,
+                cpu: match next() {
+                    Some(cpu) => Some(Duration::try_from_secs_f64(cpu.parse().ok()?).ok()?),
+                    None => None,
+                },
+            };
+            next().is_none().then_some(counted)
+        })();
         match parsed {
             Some(counted) if counted.seconds > 0.0 => Ok(counted),
-            _ => bail!("`{line}` is not `COUNT SECONDS`"),
+            _ => bail!("`{line}` is not `COUNT SECONDS [CPU_SECONDS]`"),
         }
     }
 }
@@ -148,6 +174,8 @@ pub fn counted(cmd: &mut Command) -> Result<Counted> {
 /// Round trips of `size`-byte messages between this process and a forked
 /// echo process: two processes, as real peers are (two threads would
 /// share an address space and switch more cheaply than real peers do).
+/// Their CPU time is the echo's whole life and this process's exchange:
+/// time the CPUs sat idle waiting to wake up is in the seconds, not here.
 pub fn ping_pong(size: usize, run_for: Duration) -> Result<Counted> {
     let (mut socket, theirs) = UnixStream::pair().context("ping-pong: socketpair")?;
     let mut buf = vec![0x5a; size];
@@ -159,6 +187,7 @@ pub fn ping_pong(size: usize, run_for: Duration) -> Result<Counted> {
         Fork::Parent(pid) => pid,
     };
     drop(theirs);
+    let cpu_before = own_cpu();
     let started = Instant::now();
     let mut round_trips = 0u64;
     let exchanged = loop {
@@ -174,13 +203,15 @@ pub fn ping_pong(size: usize, run_for: Duration) -> Result<Counted> {
         round_trips += 1;
     };
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = own_cpu().saturating_sub(cpu_before);
     // Closing our end ends the echo process, whether the exchange worked or not.
     drop(socket);
-    reap(echo, "the ping-pong's echo process")?;
+    let echo_cpu = reap(echo, "the ping-pong's echo process")?;
     exchanged?;
     Ok(Counted {
         count: round_trips,
         seconds,
+        cpu: Some(cpu + echo_cpu),
     })
 }
 
@@ -230,6 +261,7 @@ pub fn flood(senders: usize, size: usize, run_for: Duration) -> Result<Counted> 
     let mut total = Counted {
         count: 0,
         seconds: 0.0,
+        cpu: None,
     };
     let mut record = [0u8; 16];
     let mut received = Ok(());
@@ -564,14 +596,26 @@ mod tests {
             counted,
             Counted {
                 count: 1200,
-                seconds: 2.0
+                seconds: 2.0,
+                cpu: None,
             }
         );
         assert_eq!(counted.per_second(), 600.0);
+        assert_eq!(counted.cpu_each(), None);
         assert_eq!(counted.to_string().parse::<Counted>().ok(), Some(counted));
-        assert!("1200".parse::<Counted>().is_err());
-        assert!("1200 0".parse::<Counted>().is_err());
-        assert!("many 2.0".parse::<Counted>().is_err());
+        let timed: Counted = "1200 2.000000 0.024000".parse().expect("with CPU time");
+        assert_eq!(timed.cpu, Some(Duration::from_millis(24)));
+        assert_eq!(timed.cpu_each(), Some(0.000_02));
+        assert_eq!(timed.to_string(), "1200 2.000000 0.024000");
+        for wrong in [
+            "1200",
+            "1200 0",
+            "many 2.0",
+            "1200 2.0 -1",
+            "1200 2.0 0.1 7",
+        ] {
+            assert!(wrong.parse::<Counted>().is_err(), "{wrong}");
+        }
     }
 
     #[test]
@@ -593,6 +637,11 @@ mod tests {
     fn the_ping_pong_moves_data() {
         let counted = ping_pong(256, Duration::from_millis(50)).expect("the ping-pong runs");
         assert!(counted.count > 0, "{counted}");
+        let cpu = counted.cpu.expect("the ping-pong times its CPU");
+        assert!(
+            cpu > Duration::ZERO && cpu.as_secs_f64() < 2.0 * counted.seconds,
+            "{counted}"
+        );
     }
 
     #[test]

@@ -360,6 +360,35 @@ pub(crate) mod tests {
         bytes
     }
 
+    /// A Unix stream record of process `pid` on socket `sock` through
+    /// `fd`, connected to `peer_sock`, with own address `addr`; `more`
+    /// fills in the rest.
+    pub fn unix_stream(
+        kind: EventKind,
+        (pid, fd, sock, peer_sock): (u32, i32, u64, u64),
+        more: impl FnOnce(&mut SockEvent),
+        addr: &[u8],
+    ) -> SockRecord {
+        let bytes = sock_bytes(
+            kind,
+            |ev| {
+                ev.header.pid = pid;
+                ev.header.tid = pid;
+                ev.fd = fd;
+                ev.sock = sock;
+                ev.peer_sock = peer_sock;
+                ev.family = AF_UNIX;
+                ev.sock_type = 1;
+                more(ev);
+            },
+            [addr, b"", b""],
+        );
+        let Ok(Record::Sock(rec)) = decode(&bytes) else {
+            panic!("not a socket record")
+        };
+        rec
+    }
+
     /// A raw `sockaddr_un` for `path` (abstract when it starts with a NUL).
     pub fn sockaddr_un(path: &[u8]) -> Vec<u8> {
         let mut addr = AF_UNIX.to_ne_bytes().to_vec();

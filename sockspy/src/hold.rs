@@ -218,14 +218,11 @@ fn makes(rec: &ProcRecord, pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sockspy_common::{AF_UNIX, FLAG_PEER_PENDING, ProcEvent, SockEvent};
+    use sockspy_common::{FLAG_PEER_PENDING, ProcEvent, SockEvent};
 
     use super::*;
     use crate::{
-        events::{
-            Record, decode,
-            tests::{sock_bytes, sockaddr_un},
-        },
+        events::tests::{sockaddr_un, unix_stream},
         procfs::Procfs,
     };
 
@@ -245,29 +242,17 @@ mod tests {
         more: impl FnOnce(&mut SockEvent),
         addr: &[u8],
     ) -> SockRecord {
-        let bytes = sock_bytes(
+        let name: &[u8] = if pid == CLIENT { b"client" } else { b"server" };
+        unix_stream(
             kind,
+            (pid, fd, sock, 0),
             |ev| {
-                ev.header.pid = pid;
-                ev.header.tid = pid;
                 ev.header.ts_ns = ts_ns;
-                ev.header.comm[..6].copy_from_slice(if pid == CLIENT {
-                    b"client"
-                } else {
-                    b"server"
-                });
-                ev.fd = fd;
-                ev.sock = sock;
-                ev.family = AF_UNIX;
-                ev.sock_type = 1;
+                ev.header.comm[..6].copy_from_slice(name);
                 more(ev);
             },
-            [addr, b"", b""],
-        );
-        let Ok(Record::Sock(rec)) = decode(&bytes) else {
-            panic!("not a socket record")
-        };
-        rec
+            addr,
+        )
     }
 
     fn fork(parent: u32, child: u32) -> ProcRecord {

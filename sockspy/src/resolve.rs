@@ -1190,7 +1190,7 @@ mod tests {
     use super::*;
     use crate::events::{
         Record, decode,
-        tests::{sock_bytes, sockaddr_in, sockaddr_in6, sockaddr_un},
+        tests::{sock_bytes, sockaddr_in, sockaddr_in6, sockaddr_un, unix_stream},
     };
 
     /// A server (pid 100, fd 5, inode 1001, IPv6 dual-stack) and a client
@@ -1295,18 +1295,26 @@ mod tests {
         resolver.apply(&rec)
     }
 
+    /// A /proc of its own for test `name`: process `pid`, named `comm`,
+    /// holding socket `ino` at descriptor `fd`.
+    fn fake_proc(name: &str, pid: u32, comm: &str, fd: i32, ino: u64) -> std::path::PathBuf {
+        let proc = std::env::temp_dir().join(format!("sockspy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&proc);
+        let process = proc.join(pid.to_string());
+        std::fs::create_dir_all(process.join("fd")).unwrap();
+        std::fs::write(process.join("comm"), format!("{comm}\n")).unwrap();
+        let link = process.join("fd").join(fd.to_string());
+        std::os::unix::fs::symlink(format!("socket:[{ino}]"), link).unwrap();
+        proc
+    }
+
     /// The trace runs behind the processes: by the time a socket's events
     /// are read, its descriptor may hold another socket. Looking for an
     /// unknown peer rescans /proc, which shows that; the table must keep the
     /// socket its events are about, with its path, until its close.
     #[test]
     fn a_rescan_while_resolving_keeps_the_events_own_socket() {
-        let proc = std::env::temp_dir().join(format!("sockspy-rescan-{}", std::process::id()));
-        let fds = proc.join("254").join("fd");
-        std::fs::create_dir_all(&fds).unwrap();
-        std::fs::write(proc.join("254").join("comm"), "python3\n").unwrap();
-        let _ = std::fs::remove_file(fds.join("5"));
-        std::os::unix::fs::symlink("socket:[999]", fds.join("5")).unwrap();
+        let proc = fake_proc("rescan", 254, "python3", 5, 999);
         let mut resolver = Resolver::new(Procfs::at(&proc));
         let name = crate::events::tests::sockaddr_un(b"/run/app.sock\0");
         let mut unix = |kind, own: &[u8]| {
@@ -1340,35 +1348,16 @@ mod tests {
     /// record would otherwise have told.
     #[test]
     fn a_peer_found_in_proc_is_named_from_proc_net_unix() {
-        let proc = std::env::temp_dir().join(format!("sockspy-names-{}", std::process::id()));
-        let fds = proc.join("300").join("fd");
-        std::fs::create_dir_all(&fds).unwrap();
+        let proc = fake_proc("names", 300, "dockerd", 4, 7001);
         std::fs::create_dir_all(proc.join("net")).unwrap();
-        std::fs::write(proc.join("300").join("comm"), "dockerd\n").unwrap();
         std::fs::write(
             proc.join("net").join("unix"),
             "Num       RefCount Protocol Flags    Type St Inode Path\n\
              0000000000000001: 00000003 00000000 00000000 0001 03  7001 /run/docker.sock\n",
         )
         .unwrap();
-        let _ = std::fs::remove_file(fds.join("4"));
-        std::os::unix::fs::symlink("socket:[7001]", fds.join("4")).unwrap();
         let mut resolver = Resolver::new(Procfs::at(&proc));
-        let send = sock_bytes(
-            EventKind::Send,
-            |ev| {
-                ev.header.pid = 200;
-                ev.fd = 3;
-                ev.sock = 7000;
-                ev.peer_sock = 7001;
-                ev.family = sockspy_common::AF_UNIX;
-                ev.sock_type = 1;
-            },
-            [b"", b"", b""],
-        );
-        let Ok(Record::Sock(rec)) = decode(&send) else {
-            panic!("not a socket record")
-        };
+        let rec = unix_stream(EventKind::Send, (200, 3, 7000, 7001), |_| {}, b"");
         let event = resolver.apply(&rec);
         std::fs::remove_dir_all(&proc).unwrap();
         let peer = event.peer.expect("a peer");

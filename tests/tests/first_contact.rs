@@ -494,6 +494,26 @@ fn a_prefork_servers_clients_name_every_worker_then_the_acceptor() {
     });
 }
 
+/// Starts a Python server `script` at `path` that runs until its stdin
+/// closes; returns it and the pid it printed first.
+fn daemon(script: &str, path: &str) -> (Child, u64) {
+    let mut server = Command::new(python3())
+        .args(["-c", script, path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the server");
+    let pid = first_line(&mut server)[0];
+    (server, pid)
+}
+
+/// Runs a Python client `script` against `path` to its end; returns the
+/// pid it printed.
+fn client(script: &str, path: &str) -> u64 {
+    let out = sockspy_tests::python(script, &[path]).unwrap();
+    out.trim().parse().unwrap()
+}
+
 /// The lonely test's server: listens, says so, and exits when its stdin closes.
 const LONELY_SERVER: &str = r#"
 import os, socket, sys
@@ -528,16 +548,9 @@ fn a_peer_gone_before_anything_showed_it_is_counted_unresolved() {
     let dir = socket_dir("first-contact-lonely");
     let path = dir.path().to_owned();
     let trace = Trace::start(&["--unix", "--json", "--comm", "fc-lonely"]).unwrap();
-    let mut server = Command::new(python3())
-        .args(["-c", LONELY_SERVER, &path])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the server");
-    first_line(&mut server);
+    let (mut server, _) = daemon(LONELY_SERVER, &path);
     signal(trace.pid(), libc::SIGSTOP);
-    let client = sockspy_tests::python(LONELY_CLIENT, &[&path]).unwrap();
-    let client: u64 = client.trim().parse().unwrap();
+    let client = client(LONELY_CLIENT, &path);
     drop(server.stdin.take());
     assert!(server.wait().unwrap().success());
     signal(trace.pid(), libc::SIGCONT);
@@ -597,15 +610,8 @@ fn a_server_the_kernel_filters_out_is_still_named() {
     let dir = socket_dir("first-contact-filtered");
     let path = dir.path().to_owned();
     let trace = Trace::start(&["--unix", "--json", "--comm", "fc-filtered"]).unwrap();
-    let mut server = Command::new(python3())
-        .args(["-c", QUICK_SERVER, &path])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the server");
-    let server_pid = first_line(&mut server)[0];
-    let client = sockspy_tests::python(FILTERED_CLIENT, &[&path]).unwrap();
-    let client: u64 = client.trim().parse().unwrap();
+    let (mut server, server_pid) = daemon(QUICK_SERVER, &path);
+    let client = client(FILTERED_CLIENT, &path);
     let finished = trace.stop().unwrap();
     drop(server.stdin.take());
     assert!(server.wait().unwrap().success());
@@ -644,16 +650,9 @@ fn a_client_through_a_symlink_names_the_listener() {
     let real = format!("{}/real.sock", dir.display());
     let link = format!("{}/link.sock", dir.display());
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
-    let mut server = Command::new(python3())
-        .args(["-c", LONELY_SERVER, &real])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the server");
-    let server_pid = first_line(&mut server)[0];
+    let (mut server, server_pid) = daemon(LONELY_SERVER, &real);
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let client = sockspy_tests::python(LONELY_CLIENT, &[&link]).unwrap();
-    let client: u64 = client.trim().parse().unwrap();
+    let client = client(LONELY_CLIENT, &link);
     let events = trace.stop().unwrap().events();
     drop(server.stdin.take());
     assert!(server.wait().unwrap().success());

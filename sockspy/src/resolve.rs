@@ -1040,7 +1040,7 @@ impl Resolver {
     }
 
     /// Reads every process's descriptors again, at most every
-    /// [`RESCAN_EVERY`]; true when it did.
+    /// [`RESCAN_EVERY_NS`]; true when it did.
     fn rescan(&mut self) -> bool {
         let now = clock_ns(libc::CLOCK_MONOTONIC);
         if self
@@ -1086,7 +1086,7 @@ impl Resolver {
             pid: first.map(|h| h.pid),
             comm: first.map(|h| Rc::clone(&h.comm)),
             listen_fd: first.map(|h| h.fd),
-            path: name.or_else(|| self.socks.get(&listener).and_then(|s| s.name.clone())),
+            path: name.or_else(|| self.name_of(listener)),
             pending: true,
             holders,
             ..Peer::default()
@@ -1108,10 +1108,7 @@ impl Resolver {
             return;
         };
         if peer.path.is_none() {
-            peer.path = match self.socks.get(&listener) {
-                Some(sock) => sock.name.clone(),
-                None => self.closed.find(listener).and_then(|c| c.name.clone()),
-            };
+            peer.path = self.name_of(listener);
         }
         let holders = self.holders(listener);
         if let Some(first) = holders.first()
@@ -1119,6 +1116,14 @@ impl Resolver {
         {
             peer.pid = Some(first.pid);
             peer.comm = self.procs.get(&first.pid).map(|p| Rc::clone(&p.comm));
+        }
+    }
+
+    /// The name of socket `ino`, also of one closed lately.
+    fn name_of(&self, ino: u64) -> Option<Rc<UnixName>> {
+        match self.socks.get(&ino) {
+            Some(sock) => sock.name.clone(),
+            None => self.closed.find(ino).and_then(|c| c.name.clone()),
         }
     }
 
@@ -1154,10 +1159,7 @@ impl Resolver {
                 holder = self.holder_of(peer_ino);
             }
             if peer.path.is_none() {
-                peer.path = match self.socks.get(&peer_ino) {
-                    Some(sock) => sock.name.clone(),
-                    None => self.closed.find(peer_ino).and_then(|c| c.name.clone()),
-                };
+                peer.path = self.name_of(peer_ino);
             }
             if kind == EventKind::Socketpair && fd2 >= 0 {
                 holder = holder.map(|h| Holder { fd: fd2, ..h });

@@ -1005,6 +1005,44 @@ mod tests {
         assert!(lines[1].contains(" 97 "));
     }
 
+    /// A connection not accepted yet: who holds the listener, its fd, the
+    /// name; in JSON `pending`, `listen_fd` and every holder.
+    #[test]
+    fn a_pending_peer_names_the_listeners_holders() {
+        let mut event = send_event();
+        let peer = event.peer.as_mut().unwrap();
+        (peer.pending, peer.listen_fd, peer.fd, peer.sock) = (true, Some(4), None, None);
+        peer.holders = [20, 21]
+            .map(|pid| PeerHolder {
+                pid,
+                comm: "rrdcached".into(),
+                fd: 4,
+            })
+            .to_vec();
+        let print = |format| {
+            let mut printer = Printer::new(format, Clock::now(), PayloadStyle::default());
+            let mut out = Vec::new();
+            printer.event(&mut out, &event).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let text = print(Format::Text);
+        assert!(
+            text.trim_end().ends_with(
+                "rrdcached[20], rrdcached[21] listener fd 4 (not yet accepted) /run/rrdcached.sock"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&print(Format::Json)).unwrap();
+        let peer = &json["peer"];
+        assert_eq!(peer["pending"], true);
+        assert_eq!(peer["listen_fd"], 4);
+        assert_eq!(peer["pid"], 20);
+        assert!(peer["fd"].is_null() && peer["sock"].is_null(), "{peer}");
+        assert_eq!(peer["holders"][1]["pid"], 21);
+        assert_eq!(peer["holders"][1]["fd"], 4);
+        assert_eq!(peer["path"], "/run/rrdcached.sock");
+    }
+
     fn captured(data: &[u8], moved: i64, style: PayloadStyle, format: Format) -> String {
         let mut event = send_event();
         event.data = Bytes::copy_from_slice(data);

@@ -1402,7 +1402,7 @@ mod tests {
             event.passed_fds = 0;
             event
         };
-        let changes: [fn(&mut Event); 10] = [
+        let changes: [fn(&mut Event); 11] = [
             |e| e.kind = EventKind::Recv,
             |e| e.ret = -11,
             |e| e.tid = 12,
@@ -1413,6 +1413,17 @@ mod tests {
             |e| e.path = Some(Rc::new(UnixName::Path("/run/a.sock".into()))),
             |e| e.remote = None,
             |e| e.peer.as_mut().unwrap().pid = Some(21),
+            |e| {
+                let peer = e.peer.as_mut().unwrap();
+                (peer.pending, peer.listen_fd, peer.fd, peer.sock) = (true, Some(4), None, None);
+                peer.holders = [20, 22]
+                    .map(|pid| PeerHolder {
+                        pid,
+                        comm: "rrdcached".into(),
+                        fd: 4,
+                    })
+                    .to_vec();
+            },
         ];
         let mut events = vec![plain(), plain()];
         for change in changes {

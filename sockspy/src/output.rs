@@ -835,6 +835,7 @@ mod tests {
     use sockspy_common::Call;
 
     use super::*;
+    use crate::resolve::tests::make_pending;
 
     fn send_event() -> Event {
         let mut thread = [0u8; 16];
@@ -1010,15 +1011,7 @@ mod tests {
     #[test]
     fn a_pending_peer_names_the_listeners_holders() {
         let mut event = send_event();
-        let peer = event.peer.as_mut().unwrap();
-        (peer.pending, peer.listen_fd, peer.fd, peer.sock) = (true, Some(4), None, None);
-        peer.holders = [20, 21]
-            .map(|pid| PeerHolder {
-                pid,
-                comm: "rrdcached".into(),
-                fd: 4,
-            })
-            .to_vec();
+        make_pending(event.peer.as_mut().unwrap(), &[20, 21]);
         let print = |format| {
             let mut printer = Printer::new(format, Clock::now(), PayloadStyle::default());
             let mut out = Vec::new();

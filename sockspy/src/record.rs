@@ -1292,6 +1292,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use crate::resolve::tests::make_pending;
 
     fn event(kind: EventKind, data: &[u8], ret: i64) -> Event {
         let mut thread = [0u8; 16];
@@ -1413,17 +1414,7 @@ mod tests {
             |e| e.path = Some(Rc::new(UnixName::Path("/run/a.sock".into()))),
             |e| e.remote = None,
             |e| e.peer.as_mut().unwrap().pid = Some(21),
-            |e| {
-                let peer = e.peer.as_mut().unwrap();
-                (peer.pending, peer.listen_fd, peer.fd, peer.sock) = (true, Some(4), None, None);
-                peer.holders = [20, 22]
-                    .map(|pid| PeerHolder {
-                        pid,
-                        comm: "rrdcached".into(),
-                        fd: 4,
-                    })
-                    .to_vec();
-            },
+            |e| make_pending(e.peer.as_mut().unwrap(), &[20, 22]),
         ];
         let mut events = vec![plain(), plain()];
         for change in changes {

@@ -738,11 +738,14 @@ impl Resolver {
         }
         if ev.family == AF_UNIX {
             let peer = ev.peer_sock;
+            if peer == 0 {
+                return None;
+            }
             let unknown = match self.socks.get(&peer) {
                 Some(sock) => sock.unseen,
                 None => self.closed.holder(peer).is_none(),
             };
-            return (peer != 0 && unknown).then_some(Awaited::Sock(peer));
+            return unknown.then_some(Awaited::Sock(peer));
         }
         if ev.protocol != IPPROTO_TCP {
             return None;
@@ -1184,7 +1187,7 @@ impl Resolver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use sockspy_common::{AF_INET, AF_INET6, ProcEvent};
@@ -1295,6 +1298,20 @@ mod tests {
             panic!("not a socket record")
         };
         resolver.apply(&rec)
+    }
+
+    /// Makes `peer` a connection waiting in the accept queue of a
+    /// listener that `rrdcached` processes `pids` hold at fd 4.
+    pub fn make_pending(peer: &mut Peer, pids: &[u32]) {
+        (peer.pending, peer.listen_fd, peer.fd, peer.sock) = (true, Some(4), None, None);
+        peer.holders = pids
+            .iter()
+            .map(|&pid| PeerHolder {
+                pid,
+                comm: "rrdcached".into(),
+                fd: 4,
+            })
+            .collect();
     }
 
     /// A /proc of its own for test `name`: process `pid`, named `comm`,

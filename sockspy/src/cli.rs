@@ -23,10 +23,10 @@ use sockspy_common::{
 };
 
 use crate::{
+    capture::loader::Backend,
     filter::Selection,
-    loader::Backend,
-    output::Format,
-    record::{Framing, RecordOptions},
+    output::print::Format,
+    output::record::{Framing, RecordOptions},
 };
 
 /// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets.

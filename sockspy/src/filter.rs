@@ -20,7 +20,7 @@ use sockspy_common::{
     wanted,
 };
 
-use crate::{events::UnixName, loader::KernelFilter, resolve::Event};
+use crate::{capture::events::UnixName, capture::loader::KernelFilter, table::resolve::Event};
 
 /// The filters as given on the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

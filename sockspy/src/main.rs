@@ -1,41 +1,35 @@
 //! sockspy: live socket tracing with peer resolution.
 //!
-//! Data flows one way: `loader` attaches the kernel programs, `trace` reads
-//! their ring buffer, `events` decodes records, `hold` keeps a record back
-//! until the record that names its peer has come, `resolve` names who is
-//! who (seeded by `procfs`), and `output` prints or `record` writes a pcapng
-//! recording (blocks from `pcapng`), which `replay` prints back later.
-//! `cli` validates arguments first; `check` reports what the kernel offers.
+//! Data flows one way, and the folders follow it:
+//! - [`capture`]: the kernel programs, loaded and attached; their ring
+//!   buffer's records, decoded;
+//! - [`table`]: the socket table, seeded from /proc and sock_diag and kept
+//!   current from the records, which it turns into resolved events (both
+//!   ends named);
+//! - [`output`]: resolved events printed (text, JSON) or recorded (pcapng),
+//!   and read back;
+//! - [`command`]: one file per subcommand, each wiring the stages above.
+//!
+//! `cli` validates arguments first; `filter` applies what the user asked
+//! to see; `idmap` holds the maps keyed by kernel ids that every stage uses.
 
-mod btf;
-mod check;
+mod capture;
 mod cli;
-mod diag;
-mod events;
+mod command;
 mod filter;
-mod hold;
 mod idmap;
-mod loader;
-mod offsets;
 mod output;
-mod pairs;
-mod pcapng;
-mod procfs;
-mod record;
 #[cfg(test)]
 mod reference;
-mod replay;
-mod resolve;
-mod side;
-mod trace;
+mod table;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use crate::{
+    capture::loader::Unfit,
     cli::{Cli, Command},
-    loader::Unfit,
 };
 
 fn main() -> ExitCode {
@@ -46,13 +40,13 @@ fn main() -> ExitCode {
                 err.exit();
             }
             match args.read_options() {
-                Some(read) => replay::run(&read),
-                None => trace::run(&args.options()),
+                Some(read) => command::read::run(&read),
+                None => command::trace::run(&args.options()),
             }
         }
-        Command::Read(args) => replay::run(&args.options()),
-        Command::Check(args) => Ok(check::run(args.backend.backend())),
-        Command::Pairs(args) => pairs::run(&args.select.selection(), args.json),
+        Command::Read(args) => command::read::run(&args.options()),
+        Command::Check(args) => Ok(command::check::run(args.backend.backend())),
+        Command::Pairs(args) => command::pairs::run(&args.select.selection(), args.json),
         Command::Completions(args) => args.run(),
     };
     result.unwrap_or_else(|err| {
@@ -60,7 +54,7 @@ fn main() -> ExitCode {
         // An environment that cannot trace, or an output file that cannot be
         // created, is a usage problem, not a crash.
         if err.downcast_ref::<Unfit>().is_some()
-            || err.downcast_ref::<record::OutputError>().is_some()
+            || err.downcast_ref::<output::record::OutputError>().is_some()
         {
             ExitCode::from(2)
         } else {

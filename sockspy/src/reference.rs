@@ -13,10 +13,10 @@ use clap::CommandFactory;
 use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, Call, EventKind, IPPROTO_UDP};
 
 use crate::{
+    capture::events::{UnixName, kind_name, proto_name, tcp_state_name, type_name},
     cli::Cli,
-    events::{UnixName, kind_name, proto_name, tcp_state_name, type_name},
-    output::{Clock, Format, PayloadStyle, Printer, errno_name},
-    resolve::{Event, Peer, PeerHolder},
+    output::print::{Clock, Format, PayloadStyle, Printer, errno_name},
+    table::resolve::{Event, Peer, PeerHolder},
 };
 
 /// The repository's root: this crate's directory is one level below it.

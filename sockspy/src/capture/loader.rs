@@ -18,7 +18,7 @@ use sockspy_common::{
     SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
 };
 
-use crate::{btf::Btf, offsets};
+use crate::{capture::btf::Btf, capture::offsets};
 
 /// The compiled kernel programs (built by build.rs).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockspy"));

@@ -9,7 +9,7 @@
 
 use std::{fs, io, path::PathBuf};
 
-use crate::events::UnixName;
+use crate::capture::events::UnixName;
 
 /// Root of the proc filesystem (tests may point elsewhere).
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@
 
 use sockspy_common::{KernelOffsets, NO_FIELD};
 
-use crate::btf::{Btf, BtfError};
+use crate::capture::btf::{Btf, BtfError};
 
 /// Resolves every offset the kernel programs need.
 pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn running_kernel_has_every_field() {
-        let Some(btf) = crate::btf::running_kernel() else {
+        let Some(btf) = crate::capture::btf::running_kernel() else {
             return;
         };
         let offsets = resolve(&btf).expect("resolve offsets");

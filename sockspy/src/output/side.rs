@@ -10,8 +10,8 @@
 use std::{net::SocketAddr, rc::Rc};
 
 use crate::{
-    events::UnixName,
-    resolve::{Event, Peer},
+    capture::events::UnixName,
+    table::resolve::{Event, Peer},
 };
 
 /// Everything of an event's socket side, as a key: what was rendered from

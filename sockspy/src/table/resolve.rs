@@ -28,13 +28,13 @@ use sockspy_common::{
 };
 
 use crate::{
-    diag::{InetDiag, STATE_LISTEN, UnixDiag},
-    events::{
+    capture::events::{
         ProcRecord, SockRecord, UnixName, clock_ns, comm_str, file_type, inet_addr, unix_name,
     },
     idmap::IdMap,
-    procfs::{ProcessSockets, Procfs, Scan},
-    side::ByInode,
+    output::side::ByInode,
+    table::diag::{InetDiag, STATE_LISTEN, UnixDiag},
+    table::procfs::{ProcessSockets, Procfs, Scan},
 };
 
 /// One descriptor of one process.
@@ -310,7 +310,7 @@ const CLOSED_KEPT: usize = 256;
 /// answered by the first.
 const RESCAN_EVERY_NS: i128 = 200_000_000;
 
-/// What a record held back by [`crate::hold`] waits for: the record that
+/// What a record held back by [`crate::table::hold`] waits for: the record that
 /// shows who holds its peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Awaited {
@@ -1193,7 +1193,7 @@ pub(crate) mod tests {
     use sockspy_common::{AF_INET, AF_INET6, ProcEvent};
 
     use super::*;
-    use crate::events::{
+    use crate::capture::events::{
         Record, decode,
         tests::{sock_bytes, sockaddr_in, sockaddr_in6, sockaddr_un, unix_stream},
     };
@@ -1335,7 +1335,7 @@ pub(crate) mod tests {
     fn a_rescan_while_resolving_keeps_the_events_own_socket() {
         let proc = fake_proc("rescan", 254, "python3", 5, 999);
         let mut resolver = Resolver::new(Procfs::at(&proc));
-        let name = crate::events::tests::sockaddr_un(b"/run/app.sock\0");
+        let name = crate::capture::events::tests::sockaddr_un(b"/run/app.sock\0");
         let mut unix = |kind, own: &[u8]| {
             let bytes = sock_bytes(
                 kind,

@@ -24,8 +24,8 @@ use std::collections::VecDeque;
 use sockspy_common::EventKind;
 
 use crate::{
-    events::{ProcRecord, SockRecord},
-    resolve::{Awaited, Event, Resolver},
+    capture::events::{ProcRecord, SockRecord},
+    table::resolve::{Awaited, Event, Resolver},
 };
 
 /// How long a record may wait for its peer's record, in nanoseconds after
@@ -222,8 +222,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        events::tests::{sockaddr_un, unix_stream},
-        procfs::Procfs,
+        capture::events::tests::{sockaddr_un, unix_stream},
+        table::procfs::Procfs,
     };
 
     const SERVER: u32 = 100;

@@ -2,7 +2,7 @@
 //! with the processes holding both ends; the answer `ss -xp`, `lsof +E`
 //! and gdb on /proc/kcore give piecemeal.
 //!
-//! No eBPF: the kernel's socket lists come from sock_diag ([`crate::diag`]),
+//! No eBPF: the kernel's socket lists come from sock_diag ([`crate::table::diag`]),
 //! the holders from one pass over /proc/*/fd. It runs as any user; what it
 //! could not see (other users' descriptors) it says. The filters are
 //! `trace`'s: a line is kept when its sockets pass the socket filters
@@ -21,11 +21,11 @@ use serde::Serialize;
 use sockspy_common::{AF_INET, AF_UNIX, FAMILY_UNIX, IPPROTO_TCP, IPPROTO_UDP, wanted};
 
 use crate::{
-    diag::{self, InetDiag, STATE_CLOSE, STATE_CONNECTED, STATE_LISTEN, UnixDiag},
-    events::{UnixName, family_name, proto_name, tcp_state_name, type_name},
+    capture::events::{UnixName, family_name, proto_name, tcp_state_name, type_name},
     filter::{Filter, Selection},
-    output::{JsonEnds, JsonPeerName},
-    procfs::{Procfs, Scan},
+    output::print::{JsonEnds, JsonPeerName},
+    table::diag::{self, InetDiag, STATE_CLOSE, STATE_CONNECTED, STATE_LISTEN, UnixDiag},
+    table::procfs::{Procfs, Scan},
 };
 
 /// A process holding a socket through a descriptor.
@@ -537,7 +537,7 @@ fn json_line(out: &mut impl Write, snapshot: &Snapshot, line: &Line) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::ProcessSockets;
+    use crate::table::procfs::ProcessSockets;
     use sockspy_common::{AF_INET6, FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP};
 
     fn sock(ino: u64, state: u8, peer: Option<u64>, name: Option<&str>) -> UnixDiag {

@@ -27,16 +27,16 @@ use tokio::{
 };
 
 use crate::{
+    capture::events::{self, Record, clock_ns},
+    capture::loader::{self, KernelStats, Tracer},
     cli::TraceOptions,
-    diag,
-    events::{self, Record, clock_ns},
     filter::Filter,
-    hold::{Hold, Waits},
-    loader::{self, KernelStats, Tracer},
-    output::{Clock, PayloadStyle, Printer},
-    procfs::Procfs,
-    record::Recorder,
-    resolve::{Event, Resolver},
+    output::print::{Clock, PayloadStyle, Printer},
+    output::record::Recorder,
+    table::diag,
+    table::hold::{Hold, Waits},
+    table::procfs::Procfs,
+    table::resolve::{Event, Resolver},
 };
 
 /// How long the reader may sleep with records queued below the wake-up mark.

@@ -15,8 +15,8 @@ use std::{
 use crate::{
     cli::ReadOptions,
     filter::Filter,
-    output::{Clock, PayloadStyle, Printer},
-    record::{Item, Reader},
+    output::print::{Clock, PayloadStyle, Printer},
+    output::record::{Item, Reader},
 };
 
 /// Reads the files in order; stops at the first damaged one.

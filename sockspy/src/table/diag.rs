@@ -11,7 +11,7 @@ use std::{
 
 use sockspy_common::{AF_INET, AF_INET6};
 
-use crate::events::{UnixName, unix_name_bytes};
+use crate::capture::events::{UnixName, unix_name_bytes};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

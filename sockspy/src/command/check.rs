@@ -6,7 +6,7 @@
 
 use std::{io::Write, process::ExitCode};
 
-use crate::loader::{self, Backend, HOOKS, Kind};
+use crate::capture::loader::{self, Backend, HOOKS, Kind};
 
 /// `println!` that does not panic when stdout is a closed pipe
 /// (`sockspy check | head`): the report just stops.

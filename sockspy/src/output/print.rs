@@ -13,12 +13,12 @@ use serde::Serialize;
 use sockspy_common::{EventKind, FLAG_CREDENTIALS};
 
 use crate::{
-    events::{
+    capture::events::{
         UnixName, clock_ns, comm_text, family_name, kind_name, proto_name, tcp_state_name,
         type_name,
     },
-    resolve::{Event, Peer, PeerHolder},
-    side::BySocket,
+    output::side::BySocket,
+    table::resolve::{Event, Peer, PeerHolder},
 };
 
 /// Converts kernel `CLOCK_MONOTONIC` stamps to wall-clock time.
@@ -835,7 +835,7 @@ mod tests {
     use sockspy_common::Call;
 
     use super::*;
-    use crate::resolve::tests::make_pending;
+    use crate::table::resolve::tests::make_pending;
 
     fn send_event() -> Event {
         let mut thread = [0u8; 16];

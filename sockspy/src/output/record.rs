@@ -45,12 +45,12 @@ use serde::{Deserialize, Serialize};
 use sockspy_common::{AF_INET, AF_INET6, Call, EventKind, FLAG_PEEK, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    events::{UnixName, comm_text, kind_name},
+    capture::events::{UnixName, comm_text, kind_name},
     idmap::{IdMap, IdSet},
-    output::Clock,
-    pcapng::{self, Block, BlockReader, Packet, ParseError},
-    resolve::{Event, Passed, Peer, PeerHolder},
-    side::BySocket,
+    output::pcapng::{self, Block, BlockReader, Packet, ParseError},
+    output::print::Clock,
+    output::side::BySocket,
+    table::resolve::{Event, Passed, Peer, PeerHolder},
 };
 
 /// Link type of the plain interface: raw payload, no framing (`LINKTYPE_USER0`).
@@ -152,7 +152,7 @@ struct CallFacts<'a> {
 }
 
 /// What stays the same while a socket's holder and peer do: written once
-/// per socket and copied after that (see [`crate::side`]).
+/// per socket and copied after that (see [`crate::output::side`]).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct SocketFacts<'a> {
     pid: u32,
@@ -1292,7 +1292,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::resolve::tests::make_pending;
+    use crate::table::resolve::tests::make_pending;
 
     fn event(kind: EventKind, data: &[u8], ret: i64) -> Event {
         let mut thread = [0u8; 16];
@@ -1447,7 +1447,7 @@ mod tests {
 
     #[test]
     fn a_recording_prints_as_the_live_view_did() {
-        use crate::output::{Format, PayloadStyle, Printer};
+        use crate::output::print::{Format, PayloadStyle, Printer};
         let mut live = event(EventKind::Send, b"update x 1:2\n", 13);
         live.ts_ns = 5_000_123; // monotonic, as the kernel stamps it
         let clock = Clock::now();

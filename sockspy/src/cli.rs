@@ -24,6 +24,7 @@ use sockspy_common::{
 
 use crate::{
     capture::loader::Backend,
+    conversation::Wanted,
     filter::Selection,
     output::print::Format,
     output::record::{Framing, RecordOptions},
@@ -342,10 +343,49 @@ impl SelectionArgs {
     }
 }
 
+/// Exchanges and connection summaries instead of (or beside) calls.
+#[derive(Debug, Args)]
+pub struct ConversationArgs {
+    /// One line per exchange (a request and its response) instead of one per call.
+    ///
+    /// Both ends, bytes and messages each way, and where the time went:
+    /// `wait` (what the client felt) = `queue` (unread in the socket) +
+    /// `read` + `server` (the server's own work) + `return`.
+    #[arg(long, conflicts_with = "write")]
+    pub exchanges: bool,
+    /// Only exchanges at least DURATION slow (10ms, 1.5s, 250us).
+    ///
+    /// Compares the client's wait, or with the client on another machine,
+    /// the server's time. Implies --exchanges.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "write")]
+    pub slower_than: Option<Duration>,
+    /// A summary of each connection when it ends.
+    ///
+    /// Bytes and messages each way, exchanges, wait percentiles, who
+    /// closed first, errors; connections still open when the trace stops
+    /// are summarised then, marked open.
+    #[arg(long, conflicts_with = "write")]
+    pub summaries: bool,
+}
+
+impl ConversationArgs {
+    /// What to follow; `None` when every call is printed as it is.
+    pub fn wanted(&self) -> Option<Wanted> {
+        let exchanges = self.exchanges || self.slower_than.is_some();
+        (exchanges || self.summaries).then(|| Wanted {
+            exchanges,
+            summaries: self.summaries,
+            slower_than_us: self.slower_than.map(|d| d.as_micros() as u64),
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub select: SelectionArgs,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
     #[command(flatten)]
     pub backend: BackendArg,
     /// Print JSON Lines (one object per event).
@@ -438,6 +478,8 @@ pub struct ReadArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub select: SelectionArgs,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
     /// Print JSON Lines (one object per event).
     #[arg(long)]
     pub json: bool,
@@ -454,6 +496,8 @@ pub struct ReadArgs {
 pub struct ReadOptions {
     pub files: Vec<PathBuf>,
     pub select: Selection,
+    /// `--exchanges`, `--summaries`, `--slower-than`.
+    pub conversation: Option<Wanted>,
     pub format: Format,
     pub count: Option<u64>,
     pub hex: bool,
@@ -464,6 +508,7 @@ impl ReadArgs {
         ReadOptions {
             files: self.files.clone(),
             select: self.select.selection(),
+            conversation: self.conversation.wanted(),
             format: format(self.json),
             count: self.count,
             hex: self.hex,
@@ -479,6 +524,8 @@ fn format(json: bool) -> Format {
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
     pub select: Selection,
+    /// `--exchanges`, `--summaries`, `--slower-than`.
+    pub conversation: Option<Wanted>,
     pub format: Format,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -522,6 +569,7 @@ impl TraceArgs {
         Some(ReadOptions {
             files: vec![self.read.clone()?],
             select: self.select.selection(),
+            conversation: self.conversation.wanted(),
             format: format(self.json),
             count: self.count,
             hex: self.hex,
@@ -532,6 +580,7 @@ impl TraceArgs {
         let capture_bytes = self.data.or(self.snaplen).unwrap_or(0);
         TraceOptions {
             select: self.select.selection(),
+            conversation: self.conversation.wanted(),
             format: format(self.json),
             count: self.count,
             duration: self.duration,
@@ -551,6 +600,28 @@ impl TraceArgs {
             backend: self.backend.backend(),
         }
     }
+}
+
+/// A duration with its unit: `250us`, `10ms`, `1.5s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` needs a unit: us, ms or s"))?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => {
+            return Err(format!(
+                "`{unit}` in `{text}` is not a unit: use us, ms or s"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{text}` is out of range"))
 }
 
 /// A file size for `-C`, in millions of bytes as tcpdump counts them.

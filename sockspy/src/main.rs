@@ -16,6 +16,7 @@
 mod capture;
 mod cli;
 mod command;
+mod conversation;
 mod filter;
 mod idmap;
 mod output;

@@ -297,6 +297,7 @@ fn event_of_line(line: &str) -> Event {
         passed: Vec::new(),
         peer: None,
         unresolved: false,
+        released: false,
     };
     let peer_text = match ip {
         Some(protocol) => {

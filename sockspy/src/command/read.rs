@@ -14,16 +14,56 @@ use std::{
 
 use crate::{
     cli::ReadOptions,
+    conversation::Conversation,
     filter::Filter,
-    output::print::{Clock, PayloadStyle, Printer},
-    output::record::{Item, Reader},
+    output::{
+        conversation::Output,
+        print::{Clock, PayloadStyle, Printer},
+        record::{Item, Reader},
+    },
 };
+
+/// The printer and what it printed.
+struct Shown {
+    printer: Option<Printer>,
+    printed: u64,
+    count: Option<u64>,
+}
+
+impl Shown {
+    /// Prints one thing; breaks when the reader went away or `-c` is reached.
+    fn show(&mut self, out: &mut impl Write, output: Output<'_>) -> Result<(), ()> {
+        let Some(printer) = self.printer.as_mut() else {
+            return Ok(());
+        };
+        self.printed += 1;
+        output.print(printer, out).map_err(|_| ())?;
+        if self.count.is_some_and(|count| self.printed >= count) {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// Prints what the conversations found.
+    fn found(&mut self, out: &mut impl Write, conversation: &mut Conversation) -> Result<(), ()> {
+        let found = conversation.take();
+        let shown = found
+            .iter()
+            .try_for_each(|finding| self.show(out, Output::Finding(finding)));
+        conversation.give_back(found);
+        shown
+    }
+}
 
 /// Reads the files in order; stops at the first damaged one.
 pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout());
-    let mut printer: Option<Printer> = None;
-    let mut printed = 0u64;
+    let mut shown = Shown {
+        printer: None,
+        printed: 0,
+        count: options.count,
+    };
+    let mut conversation = options.conversation.map(Conversation::new);
     let mut filter = Filter::new(options.select.clone());
     for file in &options.files {
         let name = file.display();
@@ -38,23 +78,38 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
         for item in Reader::new(input) {
             let written = match item {
                 Ok(Item::Section(section)) => {
-                    let first = printer.is_none();
+                    let first = shown.printer.is_none();
                     let style = PayloadStyle {
                         captured: section.capture_bytes > 0,
                         hex: options.hex,
                     };
-                    let next = printer.insert(Printer::new(options.format, Clock::epoch(), style));
-                    if first { next.header(&mut out) } else { Ok(()) }
+                    let next =
+                        shown
+                            .printer
+                            .insert(Printer::new(options.format, Clock::epoch(), style));
+                    let header = match &conversation {
+                        _ if !first => Ok(()),
+                        Some(c) if !c.calls_too() => next.exchange_header(&mut out),
+                        _ => next.header(&mut out),
+                    };
+                    header.map_err(|_| ())
                 }
                 Ok(Item::Event(event)) => {
                     if !filter.keeps(&event) {
                         continue;
                     }
-                    let Some(printer) = printer.as_mut() else {
-                        continue;
-                    };
-                    printed += 1;
-                    printer.event(&mut out, &event)
+                    match &mut conversation {
+                        Some(conversation) => {
+                            conversation.event(&event);
+                            if conversation.calls_too() {
+                                shown.show(&mut out, Output::Event(&event))
+                            } else {
+                                Ok(())
+                            }
+                            .and_then(|()| shown.found(&mut out, conversation))
+                        }
+                        None => shown.show(&mut out, Output::Event(&event)),
+                    }
                 }
                 Err(err) => {
                     if out.flush().is_err() {
@@ -71,15 +126,19 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            // A closed pipe (`sockspy read f | head`) ends the reading quietly.
+            // A closed pipe (`sockspy read f | head`) or `-c` ends the
+            // reading quietly.
             if written.is_err() {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if options.count.is_some_and(|count| printed >= count) {
                 let _ = out.flush();
                 return Ok(ExitCode::SUCCESS);
             }
         }
+    }
+    // What the conversations still hold: open exchanges, and a summary of
+    // each connection open when the recording ended.
+    if let Some(conversation) = &mut conversation {
+        conversation.finish();
+        let _ = shown.found(&mut out, conversation);
     }
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)

@@ -30,9 +30,13 @@ use crate::{
     capture::events::{self, Record, clock_ns},
     capture::loader::{self, KernelStats, Tracer},
     cli::TraceOptions,
+    conversation::Conversation,
     filter::Filter,
-    output::print::{Clock, PayloadStyle, Printer},
     output::record::Recorder,
+    output::{
+        conversation::Output,
+        print::{Clock, PayloadStyle, Printer},
+    },
     table::diag,
     table::hold::{Hold, Waits},
     table::procfs::Procfs,
@@ -79,6 +83,9 @@ struct Tally {
 
 struct Session {
     resolver: Resolver,
+    /// `--exchanges`, `--summaries`: what the conversations are, and
+    /// whether calls are printed as well.
+    conversation: Option<Conversation>,
     /// Records waiting for the record that names their peer.
     hold: Hold,
     sink: Sink,
@@ -149,29 +156,59 @@ impl Session {
         if !self.filter.keeps(event) {
             return ControlFlow::Continue(());
         }
-        if let Some(stop) = self.emit(event) {
-            return ControlFlow::Break(stop);
-        }
-        self.tally.printed += 1;
         if event.unresolved {
             self.tally.unresolved += 1;
         }
+        if let Some(conversation) = &mut self.conversation {
+            conversation.event(event);
+            if conversation.calls_too() {
+                self.emit(Output::Event(event))?;
+            }
+            return self.emit_found();
+        }
+        self.emit(Output::Event(event))
+    }
+
+    /// Prints what the conversations found.
+    fn emit_found(&mut self) -> ControlFlow<Stop> {
+        let Some(conversation) = &mut self.conversation else {
+            return ControlFlow::Continue(());
+        };
+        let found = conversation.take();
+        let mut flow = ControlFlow::Continue(());
+        for finding in &found {
+            flow = self.emit(Output::Finding(finding));
+            if flow.is_break() {
+                break;
+            }
+        }
+        if let Some(conversation) = &mut self.conversation {
+            conversation.give_back(found);
+        }
+        flow
+    }
+
+    /// Prints or records one thing, and counts it.
+    fn emit(&mut self, output: Output<'_>) -> ControlFlow<Stop> {
+        let failed = match (&mut self.sink, output) {
+            (Sink::Print { printer, out }, output) => {
+                if output.print(printer, out).is_err() {
+                    return ControlFlow::Break(Stop::ClosedPipe);
+                }
+                None
+            }
+            (Sink::Record(recorder), Output::Event(event)) => recorder.record(event).err(),
+            // Conversations are not recorded: `read` finds them again.
+            (Sink::Record(_), Output::Finding(_)) => None,
+        };
+        if let Some(err) = failed {
+            return ControlFlow::Break(self.write_failed(err));
+        }
+        self.tally.printed += 1;
         if self.count.is_some_and(|count| self.tally.printed >= count) {
             return ControlFlow::Break(Stop::Count);
         }
         ControlFlow::Continue(())
-    }
-
-    fn emit(&mut self, event: &Event) -> Option<Stop> {
-        match &mut self.sink {
-            Sink::Print { printer, out } => {
-                printer.event(out, event).err().map(|_| Stop::ClosedPipe)
-            }
-            Sink::Record(recorder) => {
-                let err = recorder.record(event).err()?;
-                Some(self.write_failed(err))
-            }
-        }
     }
 
     /// Flushes output; a failure to print means the reader of our output is gone.
@@ -262,6 +299,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
+        conversation: options.conversation.map(Conversation::new),
         hold: Hold::new(kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID) != 0),
         sink,
         tally: Tally::default(),
@@ -270,9 +308,18 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         filter: Filter::new(options.select.clone()),
     };
     let families = family_names(options.select.families);
+    let exchanges = session
+        .conversation
+        .as_ref()
+        .is_some_and(|c| !c.calls_too());
     match &mut session.sink {
         Sink::Print { printer, out } => {
-            if printer.header(out).is_err() || session.flush().is_some() {
+            let header = if exchanges {
+                printer.exchange_header(out)
+            } else {
+                printer.header(out)
+            };
+            if header.is_err() || session.flush().is_some() {
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("sockspy: tracing {families} sockets (Ctrl-C to stop)");
@@ -387,6 +434,12 @@ async fn pump(
     // Records still waiting for their peer's go out with what is known.
     if matches!(stop, Stop::Signal | Stop::Duration) {
         let _ = session.release(Waits::End);
+        // Then what the conversations still hold: open exchanges, and a
+        // summary of each connection still open.
+        if let Some(conversation) = &mut session.conversation {
+            conversation.finish();
+            let _ = session.emit_found();
+        }
     }
     // A failure to write here is in `session.failure`, which the caller reports.
     if stop != Stop::WriteFailed {

@@ -5,6 +5,7 @@
 //! `pcapng`) that reads back into the same events. Both keep what they
 //! rendered of a busy socket's side (`side`).
 
+pub mod conversation;
 pub mod pcapng;
 pub mod print;
 pub mod record;

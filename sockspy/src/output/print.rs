@@ -66,11 +66,11 @@ pub struct PayloadStyle {
 
 /// Writes events in one format.
 pub struct Printer {
-    format: Format,
-    clock: Clock,
-    payload: PayloadStyle,
-    line: String,
-    memo: LineMemo,
+    pub(super) format: Format,
+    pub(super) clock: Clock,
+    pub(super) payload: PayloadStyle,
+    pub(super) line: String,
+    pub(super) memo: LineMemo,
 }
 
 impl Printer {
@@ -232,8 +232,8 @@ fn socket_columns(line: &mut String, event: &Event) {
 /// What the text printer remembers between events: the time of day of the
 /// last second, and each busy socket's last line.
 #[derive(Debug, Default)]
-struct LineMemo {
-    time: TimeOfDay,
+pub(super) struct LineMemo {
+    pub(super) time: TimeOfDay,
     repeats: BySocket<Repeat>,
 }
 
@@ -312,7 +312,7 @@ fn column(line: &mut String, width: usize, fill: impl FnOnce(&mut String)) {
 /// Appends `value` in decimal, with leading zeros to `width` digits: what
 /// `{value:0width$}` writes, without the formatting machinery, which took
 /// a tenth of sockspy's time printing a busy trace.
-fn push_decimal(line: &mut String, value: u64, width: usize) {
+pub(super) fn push_decimal(line: &mut String, value: u64, width: usize) {
     line.push_str(Decimal::new(value, width).as_str());
 }
 
@@ -370,7 +370,7 @@ fn push_fields<const N: usize>(line: &mut String, fields: [(u64, usize, char); N
 }
 
 /// Appends `value` in decimal, with its sign.
-fn push_signed(line: &mut String, value: i64) {
+pub(super) fn push_signed(line: &mut String, value: i64) {
     if value < 0 {
         line.push('-');
     }
@@ -386,7 +386,7 @@ const INDENT: &str = "    ";
 
 /// Renders payload under its event line: text as text (`tcpdump -A` style,
 /// control bytes escaped), anything else as a hex and ASCII dump (`-X` style).
-fn payload_text(line: &mut String, data: &[u8], moved: i64, hex: bool) {
+pub(super) fn payload_text(line: &mut String, data: &[u8], moved: i64, hex: bool) {
     use std::fmt::Write as _;
     if hex || !looks_like_text(data) {
         for (row, chunk) in data.chunks(16).enumerate() {
@@ -446,7 +446,7 @@ fn looks_like_text(data: &[u8]) -> bool {
 }
 
 /// `comm[pid]`.
-fn process_text(line: &mut String, comm: &str, pid: u32) {
+pub(super) fn process_text(line: &mut String, comm: &str, pid: u32) {
     line.push_str(comm);
     line.push('[');
     push_decimal(line, pid.into(), 1);
@@ -506,7 +506,7 @@ fn peer_text(line: &mut String, peer: &Peer) {
 /// (`HH:MM:SS.`): events come many to a second, and `localtime_r` (or
 /// even a 128-bit division) is not free.
 #[derive(Debug, Default)]
-struct TimeOfDay {
+pub(super) struct TimeOfDay {
     /// Where that second starts, wall-clock nanoseconds.
     start: Option<i128>,
     text: String,
@@ -514,7 +514,7 @@ struct TimeOfDay {
 
 impl TimeOfDay {
     /// The time of day of `wall_ns` to the second, and the microseconds past it.
-    fn of(&mut self, wall_ns: i128) -> (&str, u64) {
+    pub(super) fn of(&mut self, wall_ns: i128) -> (&str, u64) {
         let start = match self.start {
             Some(start) if (0..1_000_000_000).contains(&(wall_ns - start)) => start,
             _ => {
@@ -565,7 +565,7 @@ fn seconds_and_micros(wall_ns: i128) -> (i64, i128) {
 }
 
 /// Appends RFC 3339 UTC with microseconds, e.g. `2026-11-23T07:41:02.114823Z`.
-fn rfc3339(out: &mut String, wall_ns: i128) {
+pub(super) fn rfc3339(out: &mut String, wall_ns: i128) {
     let (secs, micros) = seconds_and_micros(wall_ns);
     let days = secs.div_euclid(86_400);
     let day_secs = secs.rem_euclid(86_400);
@@ -874,6 +874,7 @@ mod tests {
                 ..Peer::default()
             }),
             unresolved: false,
+            released: false,
         }
     }
 

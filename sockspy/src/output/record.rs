@@ -147,6 +147,9 @@ struct CallFacts<'a> {
     flags: u16,
     #[serde(default, skip_serializing_if = "is_zero")]
     passed_fds: u16,
+    /// `close`: the socket's last descriptor went (`Event::released`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
     #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
     passed_files: Vec<PassedFacts<'a>>,
 }
@@ -263,6 +266,7 @@ impl<'a> CallFacts<'a> {
             ret: event.ret,
             flags: event.flags,
             passed_fds: event.passed_fds,
+            released: event.released,
             passed_files: event
                 .passed
                 .iter()
@@ -394,6 +398,7 @@ impl<'a> Facts<'a> {
                     .collect(),
             }),
             unresolved: false,
+            released: call.released,
         })
     }
 }
@@ -1345,6 +1350,7 @@ mod tests {
                 ..Peer::default()
             }),
             unresolved: false,
+            released: false,
         }
     }
 

@@ -161,6 +161,9 @@ pub struct Event {
     /// The other end is a socket on this machine (the kernel named it, or
     /// it is at a local address), but no process holding it is known.
     pub unresolved: bool,
+    /// `close`: no descriptor refers to the socket any more (the close of a
+    /// descriptor that another process still holds ends nothing).
+    pub released: bool,
 }
 
 /// The table.
@@ -205,6 +208,7 @@ struct Resolved {
     remote: Option<SocketAddr>,
     peer: Option<Peer>,
     unresolved: bool,
+    released: bool,
 }
 
 /// A [`repeatable`] event's resolution, with everything of the record it
@@ -814,6 +818,7 @@ impl Resolver {
             passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
             peer: resolved.peer,
             unresolved: resolved.unresolved,
+            released: resolved.released,
         }
     }
 
@@ -1004,6 +1009,11 @@ impl Resolver {
         {
             self.release(ino, Holder { pid, fd });
         }
+        let released = kind == EventKind::Close
+            && self
+                .socks
+                .get(&ino)
+                .is_none_or(|sock| sock.holders.is_empty());
         let resolved = Resolved {
             pid,
             comm,
@@ -1014,6 +1024,7 @@ impl Resolver {
             remote,
             peer,
             unresolved,
+            released,
         };
         // Kept only with the peer's holder and descriptor known: a peer
         // nobody is known to hold (named by its listener, if at all) sends

@@ -1,0 +1,707 @@
+//! Conversations: from resolved events to exchanges and connection summaries.
+//!
+//! Takes the resolved events the user asked to see, in order (live, or
+//! read back from a recording: the same events give the same answers);
+//! follows every connection's two ends and its turns (`turns`); hands on
+//! each finished exchange (a request and its response, with where the
+//! time went) and, when a connection ends, its summary (latency
+//! percentiles from fixed buckets: `histogram`). `top` reads the live
+//! connections as well.
+//!
+//! A connection is a pair of sockets: a connected stream's two ends
+//! (Unix stream or seqpacket, TCP), found through each event's peer; or
+//! a datagram socket and the one it sends to or receives from. An end
+//! on another machine is its address. Memory is bounded: a connection's
+//! state is small and fixed, ended connections are summarised and
+//! dropped, and past [`MAX_CONNECTIONS`] the least recently active are
+//! summarised as they stand.
+
+pub mod histogram;
+pub mod turns;
+
+use std::{collections::HashMap, net::SocketAddr, rc::Rc};
+
+use sockspy_common::{EventKind, FLAG_PEEK};
+
+use self::{
+    histogram::Histogram,
+    turns::{REQUEST, RESPONSE, Turn, Turns},
+};
+use crate::{
+    capture::events::UnixName,
+    idmap::IdMap,
+    table::resolve::{Event, Peer},
+};
+
+/// Connections followed at once; past this the least recently active
+/// eighth is summarised and dropped.
+pub const MAX_CONNECTIONS: usize = 65_536;
+
+const SOCK_DGRAM: u16 = libc::SOCK_DGRAM as u16;
+
+/// One end of a connection, as `trace --json` names a socket's holder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct End {
+    pub pid: Option<u32>,
+    pub comm: Option<Rc<str>>,
+    pub fd: Option<i32>,
+    pub sock: Option<u64>,
+    pub path: Option<Rc<UnixName>>,
+    pub addr: Option<SocketAddr>,
+    /// This end's own records were seen (not only its name, as a peer).
+    pub seen: bool,
+}
+
+impl End {
+    /// The end whose event this is.
+    fn of(event: &Event) -> Self {
+        Self {
+            pid: Some(event.pid),
+            comm: Some(Rc::clone(&event.comm)),
+            fd: event.fd,
+            sock: event.sock,
+            path: event.path.clone(),
+            addr: event.local,
+            seen: true,
+        }
+    }
+
+    /// The other end of `event`, as far as the event names it.
+    fn peer_of(event: &Event) -> Self {
+        let Some(peer) = &event.peer else {
+            return Self {
+                addr: event.remote,
+                ..Self::default()
+            };
+        };
+        let Peer {
+            sock,
+            pid,
+            comm,
+            fd,
+            path,
+            addr,
+            ..
+        } = peer;
+        Self {
+            pid: *pid,
+            comm: comm.clone(),
+            fd: *fd,
+            sock: *sock,
+            path: path.clone(),
+            addr: addr.or(event.remote),
+            seen: false,
+        }
+    }
+
+    /// Takes what `event` says of this end (its own record) if anything changed.
+    fn update_own(&mut self, event: &Event) {
+        if !self.seen
+            || self.pid != Some(event.pid)
+            || self.fd != event.fd
+            || (self.path.is_none() && event.path.is_some())
+        {
+            *self = Self::of(event);
+        }
+    }
+
+    /// Takes what `event`, from the other end, says of this one, unless
+    /// this end's own records were seen.
+    fn update_peer(&mut self, event: &Event) {
+        if self.seen {
+            return;
+        }
+        let named = Self::peer_of(event);
+        if named.pid.is_some() || self.pid.is_none() {
+            *self = Self {
+                sock: named.sock.or(self.sock),
+                ..named
+            };
+        }
+    }
+}
+
+/// Where an exchange's time went, in microseconds; each part is there
+/// when the records it needs were seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Times {
+    /// The request's first send until the server first read it.
+    pub queue_us: Option<u64>,
+    /// The server's first read of the request until its last.
+    pub read_us: Option<u64>,
+    /// The server's last read of the request until its first send of the response.
+    pub server_us: Option<u64>,
+    /// That send until the client first read it.
+    pub return_us: Option<u64>,
+    /// The client's first send until its first read of the response.
+    pub wait_us: Option<u64>,
+}
+
+impl Times {
+    fn of(turn: &Turn) -> Self {
+        // Differences of whole microseconds: the parts add up to the whole.
+        let us = |ns: Option<u64>| ns.map(|ns| ns / 1000);
+        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
+        let (request, response) = (&turn.request, &turn.response);
+        Self {
+            queue_us: between(request.first_send, request.first_read),
+            read_us: between(request.first_read, request.last_read),
+            server_us: between(request.last_read, response.first_send),
+            return_us: between(response.first_send, response.first_read),
+            wait_us: between(request.first_send, response.first_read),
+        }
+    }
+
+    /// What the client waited, or with the client on another machine, what
+    /// the server took: what `--slower-than` and the latency columns use.
+    pub fn seen_us(&self) -> Option<u64> {
+        self.wait_us.or(self.server_us)
+    }
+}
+
+/// What kind of socket a connection is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kind {
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+}
+
+/// A request and its response (`"event": "exchange"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// The connection's number in this trace.
+    pub connection: u64,
+    pub kind: Kind,
+    pub client: End,
+    pub server: End,
+    /// When it started: the request's first send (or first read).
+    pub start_ns: u64,
+    pub turn: Turn,
+    pub times: Times,
+}
+
+/// A connection, when it ended or when the trace did (`"event": "summary"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub connection: u64,
+    pub kind: Kind,
+    pub client: End,
+    pub server: End,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Bytes and messages each way, the client's view: [sent, received].
+    pub bytes: [u64; 2],
+    pub messages: [u64; 2],
+    pub exchanges: u64,
+    pub wait: Histogram,
+    /// `client` or `server`: whose end closed first.
+    pub closed_by: Option<&'static str>,
+    /// Failed calls and socket errors, by errno, in the order first seen.
+    pub errors: Vec<(i64, u64)>,
+    /// Still open when the trace stopped (or dropped for room).
+    pub open: bool,
+}
+
+/// What the tracker found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    Exchange(Box<Exchange>),
+    Summary(Box<Summary>),
+}
+
+/// What to hand on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub exchanges: bool,
+    pub summaries: bool,
+    /// Only exchanges whose [`Times::seen_us`] is at least this.
+    pub slower_than_us: Option<u64>,
+}
+
+/// The conversation stage of a trace or a reading: the tracker, what it
+/// found since last asked, and whether calls are printed as well.
+#[derive(Debug)]
+pub struct Conversation {
+    tracker: Tracker,
+    found: Vec<Finding>,
+    calls_too: bool,
+}
+
+impl Conversation {
+    pub fn new(wanted: Wanted) -> Self {
+        Self {
+            tracker: Tracker::new(wanted),
+            found: Vec::new(),
+            calls_too: !wanted.exchanges,
+        }
+    }
+
+    /// Calls are printed too (`--summaries` alone), not only exchanges.
+    pub fn calls_too(&self) -> bool {
+        self.calls_too
+    }
+
+    pub fn event(&mut self, event: &Event) {
+        let found = &mut self.found;
+        self.tracker
+            .event(event, &mut |finding| found.push(finding));
+    }
+
+    /// The trace ended: everything still open.
+    pub fn finish(&mut self) {
+        let found = &mut self.found;
+        self.tracker.finish(&mut |finding| found.push(finding));
+    }
+
+    /// What was found since last asked; hand the list back with
+    /// [`Self::give_back`] to keep its memory.
+    pub fn take(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.found)
+    }
+
+    pub fn give_back(&mut self, mut found: Vec<Finding>) {
+        found.clear();
+        if self.found.is_empty() {
+            self.found = found;
+        }
+    }
+}
+
+/// Where a datagram goes: a socket here, or an address.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Sock(u64),
+    Addr(SocketAddr),
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub kind: Kind,
+    ends: [End; 2],
+    /// Which of `ends` is the client, once known.
+    client: Option<usize>,
+    pub turns: Turns,
+    /// Messages each way (sends, or reads where no send was seen).
+    sent_messages: [u64; 2],
+    read_messages: [u64; 2],
+    pub wait: Histogram,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    closed: [bool; 2],
+    closed_by: Option<usize>,
+    pub errors: Vec<(i64, u64)>,
+    /// A datagram conversation's key.
+    datagram: Option<(Endpoint, Endpoint)>,
+}
+
+impl Connection {
+    fn new(id: u64, event: &Event, datagram: Option<(Endpoint, Endpoint)>) -> Self {
+        Self {
+            id,
+            kind: Kind {
+                family: event.family,
+                sock_type: event.sock_type,
+                protocol: event.protocol,
+            },
+            ends: [End::default(), End::default()],
+            client: None,
+            turns: Turns::new(datagram.is_some()),
+            sent_messages: [0; 2],
+            read_messages: [0; 2],
+            wait: Histogram::default(),
+            start_ns: event.ts_ns,
+            last_ns: event.ts_ns,
+            closed: [false; 2],
+            closed_by: None,
+            errors: Vec::new(),
+            datagram,
+        }
+    }
+
+    /// Which end `sock` is, making it one if there is room.
+    fn end_of(&mut self, sock: u64) -> usize {
+        if let Some(index) = self.ends.iter().position(|end| end.sock == Some(sock)) {
+            return index;
+        }
+        let index = usize::from(self.ends[0].sock.is_some() || self.ends[0].seen);
+        self.ends[index].sock = Some(sock);
+        index
+    }
+
+    /// The client's end and the server's, in that order (the first end is
+    /// the client while nobody has spoken).
+    pub fn client_server(&self) -> (&End, &End) {
+        let client = self.client.unwrap_or(0);
+        (&self.ends[client], &self.ends[1 - client])
+    }
+
+    /// Bytes each way, the client's view: [sent, received].
+    pub fn bytes(&self) -> [u64; 2] {
+        [self.turns.bytes(REQUEST), self.turns.bytes(RESPONSE)]
+    }
+
+    /// Messages each way, the client's view: [sent, received].
+    pub fn messages(&self) -> [u64; 2] {
+        [REQUEST, RESPONSE].map(|dir| {
+            if self.sent_messages[dir] > 0 {
+                self.sent_messages[dir]
+            } else {
+                self.read_messages[dir]
+            }
+        })
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, count)| count).sum()
+    }
+
+    fn error(&mut self, errno: i64) {
+        match self.errors.iter_mut().find(|(e, _)| *e == errno) {
+            Some((_, count)) => *count += 1,
+            None => self.errors.push((errno, 1)),
+        }
+    }
+
+    fn exchange(&mut self, turn: Turn) -> Exchange {
+        let times = Times::of(&turn);
+        if let Some(wait) = times.seen_us() {
+            self.wait.add(wait);
+        }
+        let (client, server) = self.client_server();
+        let start_ns = [
+            turn.request.first_send,
+            turn.request.first_read,
+            turn.response.first_send,
+            turn.response.first_read,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.last_ns);
+        Exchange {
+            connection: self.id,
+            kind: self.kind,
+            client: client.clone(),
+            server: server.clone(),
+            start_ns,
+            turn,
+            times,
+        }
+    }
+
+    fn summary(&self, open: bool) -> Summary {
+        let (client, server) = self.client_server();
+        let client_index = self.client.unwrap_or(0);
+        Summary {
+            connection: self.id,
+            kind: self.kind,
+            client: client.clone(),
+            server: server.clone(),
+            start_ns: self.start_ns,
+            end_ns: self.last_ns,
+            bytes: self.bytes(),
+            messages: self.messages(),
+            exchanges: self.turns.finished,
+            wait: self.wait.clone(),
+            closed_by: self.closed_by.map(|end| {
+                if end == client_index {
+                    "client"
+                } else {
+                    "server"
+                }
+            }),
+            errors: self.errors.clone(),
+            open,
+        }
+    }
+}
+
+/// Errors that are not failures: retry, would block, in progress.
+fn is_failure(errno: i64) -> bool {
+    !matches!(
+        errno as i32,
+        libc::EAGAIN | libc::EINTR | libc::EINPROGRESS | libc::EALREADY
+    )
+}
+
+/// Every connection of the trace.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    wanted: Wanted,
+    connections: IdMap<u64, Connection>,
+    /// A connected stream's socket -> its connection.
+    streams: IdMap<u64, u64>,
+    /// A datagram conversation (ends in order) -> its connection.
+    datagrams: HashMap<(Endpoint, Endpoint), u64>,
+    /// A datagram socket -> its conversations.
+    datagram_socks: IdMap<u64, Vec<u64>>,
+    next_id: u64,
+}
+
+impl Tracker {
+    pub fn new(wanted: Wanted) -> Self {
+        Self {
+            wanted,
+            ..Self::default()
+        }
+    }
+
+    /// Every live connection, in no order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.values()
+    }
+
+    /// Takes one event; hands what it finished to `found`.
+    pub fn event(&mut self, event: &Event, found: &mut impl FnMut(Finding)) {
+        let Some(sock) = event.sock else { return };
+        if event.kind == EventKind::Close && event.sock_type == SOCK_DGRAM {
+            // Every conversation of a datagram socket ends with it.
+            if event.released {
+                for id in self.datagram_socks.get(&sock).cloned().unwrap_or_default() {
+                    if let Some(conn) = self.connections.get_mut(&id) {
+                        conn.last_ns = conn.last_ns.max(event.ts_ns);
+                        let end = conn.end_of(sock);
+                        conn.closed_by.get_or_insert(end);
+                    }
+                    self.end(id, false, found);
+                }
+            }
+            return;
+        }
+        let failed = event.ret < 0;
+        let data = matches!(event.kind, EventKind::Send | EventKind::Recv);
+        let tracked = match event.kind {
+            EventKind::Send | EventKind::Recv => event.flags & FLAG_PEEK == 0,
+            EventKind::Connect | EventKind::Accept | EventKind::Close | EventKind::State => true,
+            _ => false,
+        };
+        if !tracked || (data && event.ret == 0 && event.kind == EventKind::Send) {
+            return;
+        }
+        // Only a record that moved bytes, made a connection or failed one
+        // starts following one; closing or a state change of an unknown
+        // one does not.
+        let starts = (data && event.ret > 0)
+            || (event.kind == EventKind::Connect && (!failed || is_failure(-event.ret)))
+            || (event.kind == EventKind::Accept && !failed);
+        let Some(id) = self.connection_of(sock, event, starts) else {
+            return;
+        };
+        let conn = self.connections.get_mut(&id).expect("indexed");
+        conn.last_ns = conn.last_ns.max(event.ts_ns);
+        let end = conn.end_of(sock);
+        conn.ends[end].update_own(event);
+        conn.ends[1 - end].update_peer(event);
+        if failed && is_failure(-event.ret) {
+            conn.error(-event.ret);
+        }
+        match event.kind {
+            EventKind::Connect if !failed || !is_failure(-event.ret) => {
+                conn.client.get_or_insert(end);
+            }
+            EventKind::Accept => {
+                conn.client.get_or_insert(1 - end);
+            }
+            EventKind::Send | EventKind::Recv if event.ret > 0 => {
+                let read = event.kind == EventKind::Recv;
+                // The first to send is the client, unless a connect or an
+                // accept said; a send to a connection not yet accepted is
+                // from its client.
+                let pending = event.peer.as_ref().is_some_and(|peer| peer.pending);
+                let client =
+                    *conn
+                        .client
+                        .get_or_insert(if read && !pending { 1 - end } else { end });
+                let dir = if (end == client) != read {
+                    REQUEST
+                } else {
+                    RESPONSE
+                };
+                if read {
+                    conn.read_messages[dir] += 1;
+                } else {
+                    conn.sent_messages[dir] += 1;
+                }
+                conn.turns
+                    .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
+                while let Some(turn) = conn.turns.next_finished() {
+                    let exchange = conn.exchange(turn);
+                    Self::hand_on(self.wanted, exchange, found);
+                }
+            }
+            EventKind::Recv if event.ret == 0 && conn.datagram.is_none() => {
+                // End of stream: the other end closed (or shut down) first.
+                conn.closed_by.get_or_insert(1 - end);
+            }
+            // A descriptor closed that others still hold (a forking
+            // server's parent, say) ends nothing.
+            EventKind::Close if event.released => {
+                conn.closed_by.get_or_insert(end);
+                conn.closed[end] = true;
+                if (0..2).all(|i| conn.closed[i] || !conn.ends[i].seen) {
+                    self.end(id, false, found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn hand_on(wanted: Wanted, exchange: Exchange, found: &mut impl FnMut(Finding)) {
+        if !wanted.exchanges {
+            return;
+        }
+        if let Some(threshold) = wanted.slower_than_us
+            && exchange.times.seen_us().is_none_or(|us| us < threshold)
+        {
+            return;
+        }
+        found(Finding::Exchange(Box::new(exchange)));
+    }
+
+    /// The connection `event` (on `sock`) belongs to; a new one if
+    /// `starts` and there is none.
+    fn connection_of(&mut self, sock: u64, event: &Event, starts: bool) -> Option<u64> {
+        if event.sock_type == SOCK_DGRAM {
+            return self.datagram_of(sock, event, starts);
+        }
+        let peer = event.peer.as_ref().and_then(|peer| peer.sock);
+        if let Some(&id) = self.streams.get(&sock) {
+            if let Some(peer) = peer
+                && !self.streams.contains_key(&peer)
+                && let Some(conn) = self.connections.get_mut(&id)
+            {
+                let end = conn.end_of(sock);
+                conn.ends[1 - end].sock = Some(peer);
+                self.streams.insert(peer, id);
+            }
+            return Some(id);
+        }
+        if let Some(peer) = peer
+            && let Some(&id) = self.streams.get(&peer)
+        {
+            self.streams.insert(sock, id);
+            return Some(id);
+        }
+        if !starts {
+            return None;
+        }
+        let id = self.open(event, None);
+        self.streams.insert(sock, id);
+        if let Some(peer) = peer {
+            self.streams.insert(peer, id);
+        }
+        Some(id)
+    }
+
+    fn datagram_of(&mut self, sock: u64, event: &Event, starts: bool) -> Option<u64> {
+        let other = match event.peer.as_ref().and_then(|peer| peer.sock) {
+            Some(peer) => Endpoint::Sock(peer),
+            None => Endpoint::Addr(
+                event
+                    .peer
+                    .as_ref()
+                    .and_then(|peer| peer.addr)
+                    .or(event.remote)?,
+            ),
+        };
+        let this = Endpoint::Sock(sock);
+        let key = if this <= other {
+            (this, other)
+        } else {
+            (other, this)
+        };
+        if let Some(&id) = self.datagrams.get(&key) {
+            return Some(id);
+        }
+        if !starts {
+            return None;
+        }
+        let id = self.open(event, Some(key));
+        self.datagrams.insert(key, id);
+        for end in [key.0, key.1] {
+            if let Endpoint::Sock(ino) = end {
+                self.datagram_socks.entry(ino).or_default().push(id);
+            }
+        }
+        Some(id)
+    }
+
+    fn open(&mut self, event: &Event, datagram: Option<(Endpoint, Endpoint)>) -> u64 {
+        if self.connections.len() >= MAX_CONNECTIONS {
+            self.make_room();
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.connections
+            .insert(id, Connection::new(id, event, datagram));
+        id
+    }
+
+    /// Summarises and drops the least recently active eighth (their
+    /// summaries are not handed on: they are still open, and would be
+    /// summarised again if they went on).
+    fn make_room(&mut self) {
+        let mut by_age: Vec<(u64, u64)> = self
+            .connections
+            .values()
+            .map(|conn| (conn.last_ns, conn.id))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(MAX_CONNECTIONS / 8) {
+            self.forget(id);
+        }
+    }
+
+    /// Hands on what is left of connection `id` and its summary; drops it.
+    fn end(&mut self, id: u64, open: bool, found: &mut impl FnMut(Finding)) {
+        let Some(mut conn) = self.forget(id) else {
+            return;
+        };
+        let turns: Vec<Turn> = conn.turns.drain().collect();
+        for turn in turns {
+            let exchange = conn.exchange(turn);
+            Self::hand_on(self.wanted, exchange, found);
+        }
+        if self.wanted.summaries {
+            found(Finding::Summary(Box::new(conn.summary(open))));
+        }
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Connection> {
+        let conn = self.connections.remove(&id)?;
+        for end in &conn.ends {
+            if let Some(sock) = end.sock
+                && self.streams.get(&sock) == Some(&id)
+            {
+                self.streams.remove(&sock);
+            }
+        }
+        if let Some(key) = conn.datagram {
+            self.datagrams.remove(&key);
+            for end in [key.0, key.1] {
+                if let Endpoint::Sock(ino) = end
+                    && let Some(ids) = self.datagram_socks.get_mut(&ino)
+                {
+                    ids.retain(|other| *other != id);
+                    if ids.is_empty() {
+                        self.datagram_socks.remove(&ino);
+                    }
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    /// The trace ended: what every connection still has, and its summary
+    /// marked open, oldest connection first.
+    pub fn finish(&mut self, found: &mut impl FnMut(Finding)) {
+        let mut ids: Vec<u64> = self.connections.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.end(id, true, found);
+        }
+    }
+}

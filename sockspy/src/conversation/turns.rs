@@ -1,0 +1,445 @@
+//! Turns: where one side's request ends and the other side's response
+//! begins, from the calls of both ends of one connection.
+//!
+//! The one place that decides exchange boundaries (a protocol decoder
+//! refines them by calling [`Turns::boundary`]).
+//!
+//! Each direction is a stream of bytes. A send of n bytes covers the next
+//! n bytes its direction has seen sent, a read the next n bytes it has
+//! seen read; so a read belongs to the turn whose bytes it takes, whatever
+//! order the records of two CPUs arrived in. A turn is a byte range of one
+//! direction, open at its end until the other direction starts a turn of
+//! its own. When the records show bytes read that no send has shown yet
+//! (the sender's record is late), the read opens the turn the send will
+//! join.
+//!
+//! Pipelining: several requests sent before the first response are one
+//! request turn (`request_messages` counts their sends), and everything
+//! the server sends until the client sends again is one response turn.
+//! Datagrams are different: every datagram the client sends starts an
+//! exchange of its own, and the replies until the next one are its
+//! response.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// Bytes from the client to the server.
+pub const REQUEST: usize = 0;
+/// Bytes from the server to the client.
+pub const RESPONSE: usize = 1;
+
+/// Exchanges kept open on one connection: past this, the oldest is handed
+/// on as it stands (its reader never read all of it).
+const OPEN_KEPT: usize = 8;
+
+/// One turn: the bytes one side sent before the other answered, and when
+/// each end touched them (`CLOCK_MONOTONIC` or wall-clock nanoseconds,
+/// whichever the events carry).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Byte range in its direction: `[start, end)`, open while the turn lasts.
+    start: u64,
+    end: Option<u64>,
+    /// The turn has begun (a response that never came has not).
+    begun: bool,
+    pub sent_bytes: u64,
+    pub sent_messages: u64,
+    pub read_bytes: u64,
+    pub read_messages: u64,
+    pub first_send: Option<u64>,
+    pub first_read: Option<u64>,
+    pub last_read: Option<u64>,
+    /// The first bytes captured of the turn: from its first send, or from
+    /// its first read when no send of it was seen.
+    pub data: Option<Bytes>,
+    data_from_send: bool,
+}
+
+impl Span {
+    fn contains(&self, offset: u64) -> bool {
+        self.begun && offset >= self.start && self.end.is_none_or(|end| offset < end)
+    }
+
+    /// Bytes of the turn: as sent, or as read when the sender is not seen.
+    pub fn bytes(&self) -> u64 {
+        self.sent_bytes.max(self.read_bytes)
+    }
+
+    /// Messages (calls) of the turn: sends, or reads when no send was seen.
+    pub fn messages(&self) -> u64 {
+        if self.sent_messages > 0 {
+            self.sent_messages
+        } else {
+            self.read_messages
+        }
+    }
+
+    fn begin(&mut self, start: u64) {
+        self.start = start;
+        self.begun = true;
+    }
+
+    fn close(&mut self, at: u64) {
+        if self.end.is_none() {
+            if !self.begun {
+                self.begin(at);
+            }
+            self.end = Some(at.max(self.start));
+        }
+    }
+
+    fn note(&mut self, read: bool, len: u64, ts: u64, data: &Bytes) {
+        let first = |slot: &mut Option<u64>| *slot = Some(slot.map_or(ts, |t| t.min(ts)));
+        if read {
+            self.read_bytes += len;
+            self.read_messages += 1;
+            first(&mut self.first_read);
+            self.last_read = Some(self.last_read.map_or(ts, |t| t.max(ts)));
+        } else {
+            self.sent_bytes += len;
+            self.sent_messages += 1;
+            first(&mut self.first_send);
+        }
+        let better = !read && !self.data_from_send;
+        if !data.is_empty() && (self.data.is_none() || better) {
+            self.data = Some(data.clone());
+            self.data_from_send = !read;
+        }
+    }
+}
+
+/// One request and its response, as their turns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Turn {
+    pub request: Span,
+    pub response: Span,
+}
+
+impl Turn {
+    fn get(&self, dir: usize) -> &Span {
+        if dir == REQUEST {
+            &self.request
+        } else {
+            &self.response
+        }
+    }
+
+    fn span(&mut self, dir: usize) -> &mut Span {
+        if dir == REQUEST {
+            &mut self.request
+        } else {
+            &mut self.response
+        }
+    }
+}
+
+/// The turns of one connection.
+#[derive(Debug, Default)]
+pub struct Turns {
+    /// Bytes seen sent and read, per direction.
+    sent: [u64; 2],
+    read: [u64; 2],
+    /// Whether any send ([0]) or read ([1]) of each direction was seen:
+    /// only the ends whose records were are waited for before a turn is
+    /// handed on.
+    seen: [[bool; 2]; 2],
+    /// Every datagram of the client starts a turn.
+    datagram: bool,
+    /// Where the last closed turn of each direction ended: the next one
+    /// starts there.
+    ends: [Option<u64>; 2],
+    open: VecDeque<Turn>,
+    /// Turns handed on so far.
+    pub finished: u64,
+}
+
+impl Turns {
+    pub fn new(datagram: bool) -> Self {
+        Self {
+            datagram,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes moved each way so far, as [`Span::bytes`] counts them.
+    pub fn bytes(&self, dir: usize) -> u64 {
+        self.sent[dir].max(self.read[dir])
+    }
+
+    /// Notes `len` bytes sent (or `read`) in direction `dir` at `ts`.
+    pub fn data(&mut self, dir: usize, read: bool, len: u64, ts: u64, data: &Bytes) {
+        let offset = if read { self.read[dir] } else { self.sent[dir] };
+        self.seen[dir][usize::from(read)] = true;
+        let new_datagram = self.datagram && dir == REQUEST && !read;
+        let found = if new_datagram {
+            None
+        } else {
+            self.open
+                .iter()
+                .rposition(|turn| turn.get(dir).contains(offset))
+        };
+        let index = match found {
+            Some(index) => Some(index),
+            // Older than every turn still open: its turn was handed on.
+            None if self.open.front().is_some_and(|turn| {
+                let span = turn.get(dir);
+                span.begun && offset < span.start
+            }) =>
+            {
+                None
+            }
+            None => {
+                self.boundary(dir);
+                Some(self.open.len() - 1)
+            }
+        };
+        if read {
+            self.read[dir] += len;
+        } else {
+            self.sent[dir] += len;
+        }
+        let Some(index) = index else { return };
+        self.open[index].span(dir).note(read, len, ts, data);
+        // A read that took the end of one turn and the start of the next.
+        if read && len > 0 {
+            let last = offset + len - 1;
+            for turn in self.open.iter_mut().skip(index + 1) {
+                let span = turn.span(dir);
+                if span.contains(last) && span.first_read.is_none() {
+                    span.first_read = Some(ts);
+                    span.last_read = Some(ts);
+                }
+            }
+        }
+    }
+
+    /// Where a turn in direction `dir` ends or the next one starts: past
+    /// every byte seen sent or read that way.
+    fn edge(&self, dir: usize) -> u64 {
+        self.sent[dir].max(self.read[dir])
+    }
+
+    /// Closes `span` at the edge of its direction.
+    fn close(span: &mut Span, at: u64, edges: &mut [Option<u64>; 2], dir: usize) {
+        span.close(at);
+        if span.begun {
+            edges[dir] = span.end;
+        }
+    }
+
+    /// Starts a turn in direction `dir` where the bytes seen so far end:
+    /// the other direction's turn ends there.
+    pub fn boundary(&mut self, dir: usize) {
+        let request_at = self.edge(REQUEST);
+        let response_at = self.edge(RESPONSE);
+        let mut ends = self.ends;
+        let answered = self.open.back().is_none_or(|turn| turn.response.begun);
+        if let Some(last) = self.open.back_mut() {
+            if dir == REQUEST || answered {
+                Self::close(&mut last.response, response_at, &mut ends, RESPONSE);
+            }
+            Self::close(&mut last.request, request_at, &mut ends, REQUEST);
+        }
+        if dir == REQUEST || answered {
+            // A new request; or the server speaks first (a greeting), or
+            // again after a decoder ended its turn: a turn with no request.
+            let mut turn = Turn::default();
+            if dir == REQUEST {
+                turn.request.begin(ends[REQUEST].unwrap_or(request_at));
+            } else {
+                Self::close(&mut turn.request, request_at, &mut ends, REQUEST);
+                turn.response.begin(ends[RESPONSE].unwrap_or(response_at));
+            }
+            self.open.push_back(turn);
+        } else {
+            let start = ends[RESPONSE].unwrap_or(response_at);
+            self.open
+                .back_mut()
+                .expect("answered is false")
+                .response
+                .begin(start);
+        }
+        self.ends = ends;
+    }
+
+    /// The oldest turn, once no record still to come can change it: the
+    /// other side has answered, and every byte of it that a seen sender
+    /// sent or a seen reader read has been accounted for. Past
+    /// [`OPEN_KEPT`] open turns the oldest goes as it stands.
+    pub fn next_finished(&mut self) -> Option<Turn> {
+        if self.open.len() < 2 {
+            return None;
+        }
+        let turn = self.open.front()?;
+        // An end whose records were seen sends one way and reads the
+        // other: both are waited for.
+        let client = self.seen[REQUEST][0] || self.seen[RESPONSE][1];
+        let server = self.seen[RESPONSE][0] || self.seen[REQUEST][1];
+        let settled = [(REQUEST, &turn.request), (RESPONSE, &turn.response)]
+            .iter()
+            .all(|(dir, span)| {
+                let end = span.end.unwrap_or(u64::MAX);
+                let (sender, reader) = if *dir == REQUEST {
+                    (client, server)
+                } else {
+                    (server, client)
+                };
+                (!sender || self.sent[*dir] >= end) && (!reader || self.read[*dir] >= end)
+            });
+        if !settled && self.open.len() <= OPEN_KEPT {
+            return None;
+        }
+        self.finished += 1;
+        self.open.pop_front()
+    }
+
+    /// Every turn still open, oldest first (the connection ended, or the
+    /// trace did); a turn with nothing in it is dropped.
+    pub fn drain(&mut self) -> impl Iterator<Item = Turn> + '_ {
+        let finished = &mut self.finished;
+        self.open
+            .drain(..)
+            .filter(|turn| turn.request.messages() + turn.response.messages() > 0)
+            .inspect(move |_| *finished += 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Bytes = Bytes::new();
+
+    fn finished(turns: &mut Turns) -> Vec<Turn> {
+        std::iter::from_fn(|| turns.next_finished()).collect()
+    }
+
+    #[test]
+    fn request_and_response_in_order() {
+        let mut turns = Turns::new(false);
+        turns.data(REQUEST, false, 10, 100, &NONE);
+        turns.data(REQUEST, true, 10, 150, &NONE);
+        turns.data(RESPONSE, false, 4, 400, &NONE);
+        turns.data(RESPONSE, true, 4, 420, &NONE);
+        assert!(finished(&mut turns).is_empty(), "not answered yet");
+        turns.data(REQUEST, false, 10, 1000, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1);
+        let turn = &done[0];
+        assert_eq!((turn.request.bytes(), turn.request.messages()), (10, 1));
+        assert_eq!(turn.request.first_send, Some(100));
+        assert_eq!(turn.request.first_read, Some(150));
+        assert_eq!(turn.request.last_read, Some(150));
+        assert_eq!(turn.response.first_send, Some(400));
+        assert_eq!(turn.response.first_read, Some(420));
+    }
+
+    #[test]
+    fn records_in_any_order_land_in_their_turns() {
+        // The client read the response before the server's send record
+        // came, and sent its next request before that record too.
+        let mut turns = Turns::new(false);
+        turns.data(REQUEST, false, 10, 100, &NONE);
+        turns.data(RESPONSE, true, 4, 420, &NONE);
+        turns.data(REQUEST, true, 10, 150, &NONE);
+        turns.data(REQUEST, false, 7, 1000, &NONE);
+        assert!(
+            finished(&mut turns).is_empty(),
+            "the server's send is still to come"
+        );
+        turns.data(RESPONSE, false, 4, 400, &NONE);
+        turns.data(REQUEST, true, 7, 1010, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1);
+        let turn = &done[0];
+        assert_eq!(turn.request.bytes(), 10);
+        assert_eq!(turn.request.first_read, Some(150));
+        assert_eq!(turn.response.bytes(), 4);
+        assert_eq!(turn.response.first_send, Some(400));
+        assert_eq!(turn.response.first_read, Some(420));
+        let rest: Vec<Turn> = turns.drain().collect();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].request.bytes(), 7);
+        assert_eq!(rest[0].request.first_read, Some(1010));
+        assert_eq!(turns.finished, 2);
+    }
+
+    #[test]
+    fn pipelined_requests_are_one_turn_each_way() {
+        let mut turns = Turns::new(false);
+        for ts in [100, 110, 120] {
+            turns.data(REQUEST, false, 5, ts, &NONE);
+        }
+        turns.data(REQUEST, true, 15, 130, &NONE);
+        for ts in [200, 210, 220] {
+            turns.data(RESPONSE, false, 3, ts, &NONE);
+        }
+        turns.data(RESPONSE, true, 9, 230, &NONE);
+        turns.data(REQUEST, false, 5, 300, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].request.messages(), done[0].response.messages()),
+            (3, 3)
+        );
+        assert_eq!((done[0].request.bytes(), done[0].response.bytes()), (15, 9));
+    }
+
+    #[test]
+    fn one_side_seen_is_enough() {
+        // A remote client: only the server's reads and sends.
+        let mut turns = Turns::new(false);
+        turns.data(REQUEST, true, 8, 100, &NONE);
+        turns.data(RESPONSE, false, 20, 300, &NONE);
+        turns.data(REQUEST, true, 8, 900, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request.last_read, Some(100));
+        assert_eq!(done[0].response.first_send, Some(300));
+        assert_eq!(done[0].request.first_send, None);
+    }
+
+    #[test]
+    fn a_greeting_is_a_turn_without_a_request() {
+        let mut turns = Turns::new(false);
+        turns.data(RESPONSE, false, 12, 100, &NONE);
+        turns.data(REQUEST, false, 5, 200, &NONE);
+        assert!(finished(&mut turns).is_empty(), "the client has not read it");
+        turns.data(RESPONSE, true, 12, 150, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request.messages(), 0);
+        assert_eq!(done[0].response.bytes(), 12);
+    }
+
+    #[test]
+    fn every_datagram_starts_an_exchange() {
+        let mut turns = Turns::new(true);
+        turns.data(REQUEST, false, 30, 100, &NONE);
+        turns.data(REQUEST, false, 30, 110, &NONE);
+        turns.data(REQUEST, true, 30, 120, &NONE);
+        turns.data(RESPONSE, false, 50, 130, &NONE);
+        turns.data(REQUEST, true, 30, 140, &NONE);
+        turns.data(RESPONSE, true, 50, 150, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1, "the first datagram had no reply");
+        assert_eq!(done[0].response.messages(), 0);
+        assert_eq!(done[0].request.first_read, Some(120));
+        let rest: Vec<Turn> = turns.drain().collect();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].request.first_read, Some(140));
+        assert_eq!(rest[0].response.first_read, Some(150));
+    }
+
+    #[test]
+    fn the_first_send_gives_the_data() {
+        let mut turns = Turns::new(false);
+        turns.data(REQUEST, true, 3, 100, &Bytes::from_static(b"abc"));
+        turns.data(REQUEST, false, 3, 90, &Bytes::from_static(b"ABC"));
+        turns.data(REQUEST, false, 3, 95, &Bytes::from_static(b"DEF"));
+        let rest: Vec<Turn> = turns.drain().collect();
+        assert_eq!(rest[0].request.data.as_deref(), Some(&b"ABC"[..]));
+        assert_eq!(rest[0].request.first_send, Some(90));
+    }
+}

@@ -1,0 +1,410 @@
+//! Printing what `conversation` found: one line (or JSON object) per
+//! exchange and per connection summary, with the names `trace --json`
+//! gives a socket's holder.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{self, Write},
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::print::{
+    Format, Printer, errno_name, payload_text, process_text, push_decimal, push_signed, rfc3339,
+};
+use crate::{
+    capture::events::{UnixName, family_name, proto_name, type_name},
+    conversation::{End, Exchange, Finding, Kind, Summary, Times, turns::Span},
+    table::resolve::Event,
+};
+
+/// One thing to print: a call, or what the conversations found.
+#[derive(Clone, Copy)]
+pub enum Output<'a> {
+    Event(&'a Event),
+    Finding(&'a Finding),
+}
+
+impl Output<'_> {
+    pub fn print(self, printer: &mut Printer, out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Self::Event(event) => printer.event(out, event),
+            Self::Finding(Finding::Exchange(exchange)) => printer.exchange(out, exchange),
+            Self::Finding(Finding::Summary(summary)) => printer.summary(out, summary),
+        }
+    }
+}
+
+/// `1.23ms`, `250us`, `2.50s`: three significant digits from milliseconds on.
+pub fn duration_text(line: &mut String, us: u64) {
+    match us {
+        0..1_000 => {
+            push_decimal(line, us, 1);
+            line.push_str("us");
+        }
+        1_000..1_000_000 => {
+            let _ = write!(line, "{:.2}ms", us as f64 / 1e3);
+        }
+        _ => {
+            let _ = write!(line, "{:.2}s", us as f64 / 1e6);
+        }
+    }
+}
+
+/// `comm[pid] fd N`, the socket's name or address; what is known of one end.
+pub fn end_text(line: &mut String, end: &End, with_name: bool) {
+    let start = line.len();
+    let sep = |line: &mut String| {
+        if line.len() > start {
+            line.push(' ');
+        }
+    };
+    if let Some(pid) = end.pid {
+        process_text(line, end.comm.as_deref().unwrap_or("?"), pid);
+    }
+    if let Some(fd) = end.fd {
+        sep(line);
+        line.push_str("fd ");
+        push_signed(line, fd.into());
+    }
+    if with_name {
+        if let Some(path) = &end.path {
+            sep(line);
+            let _ = write!(line, "{path}");
+        } else if let Some(addr) = end.addr {
+            sep(line);
+            let _ = write!(line, "{addr}");
+        }
+    }
+    if line.len() == start {
+        match end.sock {
+            Some(sock) => {
+                line.push_str("sock ");
+                push_decimal(line, sock, 1);
+            }
+            None => line.push('?'),
+        }
+    }
+}
+
+/// `89 B` or `89 B/3` (bytes, and the calls they took when more than one).
+fn turn_text(line: &mut String, bytes: u64, messages: u64) {
+    push_decimal(line, bytes, 1);
+    line.push_str(" B");
+    if messages > 1 {
+        line.push('/');
+        push_decimal(line, messages, 1);
+    }
+}
+
+fn times_text(line: &mut String, times: &Times) {
+    let parts = [
+        ("queue", times.queue_us),
+        ("read", times.read_us),
+        ("server", times.server_us),
+        ("return", times.return_us),
+    ];
+    match times.wait_us {
+        Some(wait) => {
+            line.push_str("wait ");
+            duration_text(line, wait);
+        }
+        None => line.push_str("wait ?"),
+    }
+    let mut first = true;
+    for (name, value) in parts {
+        let Some(value) = value else { continue };
+        line.push_str(if first { " = " } else { " + " });
+        first = false;
+        line.push_str(name);
+        line.push(' ');
+        duration_text(line, value);
+    }
+}
+
+/// The one-line text of an exchange, without its time.
+fn exchange_line(line: &mut String, exchange: &Exchange) {
+    end_text(line, &exchange.client, true);
+    line.push_str(" -> ");
+    end_text(line, &exchange.server, true);
+    line.push_str("  ");
+    let (request, response) = (&exchange.turn.request, &exchange.turn.response);
+    turn_text(line, request.bytes(), request.messages());
+    line.push_str(" -> ");
+    turn_text(line, response.bytes(), response.messages());
+    line.push_str("  ");
+    times_text(line, &exchange.times);
+    line.push('\n');
+}
+
+fn summary_line(line: &mut String, summary: &Summary) {
+    line.push_str("summary ");
+    end_text(line, &summary.client, true);
+    line.push_str(" -> ");
+    end_text(line, &summary.server, true);
+    line.push_str("  ");
+    duration_text(line, summary.duration_us());
+    line.push_str("  ");
+    push_decimal(line, summary.exchanges, 1);
+    line.push_str(" exchanges  ");
+    turn_text(line, summary.bytes[0], summary.messages[0]);
+    line.push_str(" -> ");
+    turn_text(line, summary.bytes[1], summary.messages[1]);
+    if summary.wait.count() > 0 {
+        for (name, percent) in [("p50", 50), ("p90", 90), ("p99", 99)] {
+            let _ = write!(line, "  {name} ");
+            duration_text(line, summary.wait.percentile(percent).unwrap_or_default());
+        }
+        line.push_str("  max ");
+        duration_text(line, summary.wait.max().unwrap_or_default());
+    }
+    if let Some(by) = summary.closed_by {
+        let _ = write!(line, "  closed by {by}");
+    }
+    for (errno, count) in &summary.errors {
+        let _ = write!(line, "  {} x{count}", errno_name(*errno));
+    }
+    if summary.open {
+        line.push_str("  (open)");
+    }
+    line.push('\n');
+}
+
+/// One end, as the `client` and `server` objects of the JSON.
+#[derive(Serialize)]
+pub struct JsonEnd<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sock: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+impl<'a> JsonEnd<'a> {
+    pub fn new(end: &'a End) -> Self {
+        Self {
+            pid: end.pid,
+            comm: end.comm.as_deref(),
+            fd: end.fd,
+            sock: end.sock,
+            path: end.path.as_deref().map(UnixName::text),
+            addr: end.addr.map(|a| a.ip().to_string()),
+            port: end.addr.map(|a| a.port()),
+        }
+    }
+}
+
+/// The socket kind fields every object has, as `trace --json` names them.
+#[derive(Serialize)]
+pub struct JsonKind {
+    family: &'static str,
+    #[serde(rename = "type")]
+    sock_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proto: Option<&'static str>,
+}
+
+impl JsonKind {
+    pub fn new(kind: &Kind) -> Self {
+        Self {
+            family: family_name(kind.family),
+            sock_type: type_name(kind.sock_type),
+            proto: proto_name(kind.family, kind.protocol),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonExchange<'a> {
+    ts: &'a str,
+    event: &'static str,
+    connection: u64,
+    #[serde(flatten)]
+    kind: JsonKind,
+    client: JsonEnd<'a>,
+    server: JsonEnd<'a>,
+    start: &'a str,
+    request_bytes: u64,
+    request_messages: u64,
+    response_bytes: u64,
+    response_messages: u64,
+    queue_us: Option<u64>,
+    read_us: Option<u64>,
+    server_us: Option<u64>,
+    return_us: Option<u64>,
+    wait_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_data: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonSummary<'a> {
+    ts: &'a str,
+    event: &'static str,
+    connection: u64,
+    #[serde(flatten)]
+    kind: JsonKind,
+    client: JsonEnd<'a>,
+    server: JsonEnd<'a>,
+    start: &'a str,
+    duration_us: u64,
+    sent_bytes: u64,
+    sent_messages: u64,
+    received_bytes: u64,
+    received_messages: u64,
+    exchanges: u64,
+    wait_p50_us: Option<u64>,
+    wait_p90_us: Option<u64>,
+    wait_p99_us: Option<u64>,
+    wait_max_us: Option<u64>,
+    closed_by: Option<&'static str>,
+    errors: u64,
+    error_names: BTreeMap<String, u64>,
+    open: bool,
+}
+
+fn base64(data: Option<&Bytes>) -> Option<String> {
+    data.map(|data| base64::engine::general_purpose::STANDARD.encode(data))
+}
+
+impl Summary {
+    pub fn duration_us(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns) / 1000
+    }
+}
+
+impl Printer {
+    /// Writes the header row of `--exchanges` (text only).
+    pub fn exchange_header(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.format == Format::Text {
+            writeln!(
+                out,
+                "{:<15} CLIENT -> SERVER  REQUEST -> RESPONSE  WAIT = QUEUE + READ + SERVER + RETURN",
+                "START"
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The time column, or the JSON `ts` text, of a record at `ns`.
+    fn stamp(&mut self, ns: u64) {
+        self.line.clear();
+        match self.format {
+            Format::Text => {
+                let (time, micros) = self.memo.time.of(self.clock.wall_ns(ns));
+                self.line.push_str(time);
+                push_decimal(&mut self.line, micros, 6);
+                self.line.push(' ');
+            }
+            Format::Json => rfc3339(&mut self.line, self.clock.wall_ns(ns)),
+        }
+    }
+
+    pub fn exchange(&mut self, out: &mut impl Write, exchange: &Exchange) -> io::Result<()> {
+        self.stamp(exchange.start_ns);
+        let (request, response) = (&exchange.turn.request, &exchange.turn.response);
+        match self.format {
+            Format::Text => {
+                exchange_line(&mut self.line, exchange);
+                if self.payload.captured {
+                    for span in [request, response] {
+                        if let Some(data) = &span.data {
+                            payload_text(&mut self.line, data, data.len() as i64, self.payload.hex);
+                        }
+                    }
+                }
+                out.write_all(self.line.as_bytes())
+            }
+            Format::Json => {
+                let captured = |span: &'_ Span| {
+                    self.payload
+                        .captured
+                        .then(|| base64(span.data.as_ref()))
+                        .flatten()
+                };
+                let json = JsonExchange {
+                    ts: &self.line,
+                    event: "exchange",
+                    connection: exchange.connection,
+                    kind: JsonKind::new(&exchange.kind),
+                    client: JsonEnd::new(&exchange.client),
+                    server: JsonEnd::new(&exchange.server),
+                    start: &self.line,
+                    request_bytes: request.bytes(),
+                    request_messages: request.messages(),
+                    response_bytes: response.bytes(),
+                    response_messages: response.messages(),
+                    queue_us: exchange.times.queue_us,
+                    read_us: exchange.times.read_us,
+                    server_us: exchange.times.server_us,
+                    return_us: exchange.times.return_us,
+                    wait_us: exchange.times.wait_us,
+                    request_data: captured(request),
+                    response_data: captured(response),
+                };
+                serde_json::to_writer(&mut *out, &json)?;
+                out.write_all(b"\n")
+            }
+        }
+    }
+
+    pub fn summary(&mut self, out: &mut impl Write, summary: &Summary) -> io::Result<()> {
+        match self.format {
+            Format::Text => {
+                self.stamp(summary.end_ns);
+                summary_line(&mut self.line, summary);
+                out.write_all(self.line.as_bytes())
+            }
+            Format::Json => {
+                self.stamp(summary.start_ns);
+                let start = std::mem::take(&mut self.line);
+                self.stamp(summary.end_ns);
+                let wait = &summary.wait;
+                let json = JsonSummary {
+                    ts: &self.line,
+                    event: "summary",
+                    connection: summary.connection,
+                    kind: JsonKind::new(&summary.kind),
+                    client: JsonEnd::new(&summary.client),
+                    server: JsonEnd::new(&summary.server),
+                    start: &start,
+                    duration_us: summary.duration_us(),
+                    sent_bytes: summary.bytes[0],
+                    sent_messages: summary.messages[0],
+                    received_bytes: summary.bytes[1],
+                    received_messages: summary.messages[1],
+                    exchanges: summary.exchanges,
+                    wait_p50_us: wait.percentile(50),
+                    wait_p90_us: wait.percentile(90),
+                    wait_p99_us: wait.percentile(99),
+                    wait_max_us: wait.max(),
+                    closed_by: summary.closed_by,
+                    errors: summary.errors.iter().map(|(_, count)| count).sum(),
+                    error_names: summary
+                        .errors
+                        .iter()
+                        .map(|(errno, count)| (errno_name(*errno), *count))
+                        .collect(),
+                    open: summary.open,
+                };
+                serde_json::to_writer(&mut *out, &json)?;
+                out.write_all(b"\n")
+            }
+        }
+    }
+}

@@ -138,11 +138,18 @@ pub struct Times {
 }
 
 impl Times {
-    fn of(turn: &Turn) -> Self {
-        // Differences of whole microseconds: the parts add up to the whole.
-        let us = |ns: Option<u64>| ns.map(|ns| ns / 1000);
-        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
+    pub fn of(turn: &Turn) -> Self {
         let (request, response) = (&turn.request, &turn.response);
+        // Differences of whole microseconds since the first of the times:
+        // the parts add up to the whole, and a recording (whose clock is
+        // the wall clock) gives the same numbers as the live trace.
+        let base = [request.first_send, request.first_read, response.first_send]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_default();
+        let us = |ns: Option<u64>| ns.map(|ns| ns.saturating_sub(base) / 1000);
+        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
         Self {
             queue_us: between(request.first_send, request.first_read),
             read_us: between(request.first_read, request.last_read),
@@ -354,10 +361,6 @@ impl Connection {
         })
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.errors.iter().map(|(_, count)| count).sum()
-    }
-
     fn error(&mut self, errno: i64) {
         match self.errors.iter_mut().find(|(e, _)| *e == errno) {
             Some((_, count)) => *count += 1,
@@ -447,11 +450,6 @@ impl Tracker {
             wanted,
             ..Self::default()
         }
-    }
-
-    /// Every live connection, in no order.
-    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.connections.values()
     }
 
     /// Takes one event; hands what it finished to `found`.

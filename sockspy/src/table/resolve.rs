@@ -1441,6 +1441,42 @@ pub(crate) mod tests {
         assert_eq!((peer.pid, peer.fd), (Some(200), Some(3)));
     }
 
+    /// A close ends the socket only with its last descriptor: a forking
+    /// server's parent that closes its copy of a connection does not.
+    #[test]
+    fn a_close_releases_the_socket_with_its_last_descriptor() {
+        let proc = fake_proc("released", 300, "server", 4, 3003);
+        let mut resolver = Resolver::new(Procfs::at(&proc));
+        let mut unix = |resolver: &mut Resolver, kind, pid: u32| {
+            let bytes = sock_bytes(
+                kind,
+                |ev| {
+                    ev.header.pid = pid;
+                    ev.header.tid = pid;
+                    ev.fd = 4;
+                    ev.sock = 3003;
+                    ev.peer_sock = 3004;
+                    ev.family = AF_UNIX;
+                    ev.sock_type = 1;
+                },
+                [b"", b"", b""],
+            );
+            applied(resolver, &bytes)
+        };
+        assert!(!unix(&mut resolver, EventKind::Send, 300).released);
+        // SAFETY: ProcEvent is plain integers; all-zero is a valid value.
+        let mut fork: ProcEvent = unsafe { std::mem::zeroed() };
+        fork.header.pid = 300;
+        fork.child_pid = 301;
+        resolver.apply_proc(&ProcRecord {
+            kind: EventKind::Fork,
+            ev: fork,
+        });
+        assert!(!unix(&mut resolver, EventKind::Close, 300).released);
+        assert!(unix(&mut resolver, EventKind::Close, 301).released);
+        std::fs::remove_dir_all(&proc).unwrap();
+    }
+
     /// Plain Unix sends and receives reuse their socket's last resolution
     /// while the table stays the same: every event must still resolve as
     /// it does with nothing kept, through forks, renames, exits, closes and

@@ -1447,7 +1447,7 @@ pub(crate) mod tests {
     fn a_close_releases_the_socket_with_its_last_descriptor() {
         let proc = fake_proc("released", 300, "server", 4, 3003);
         let mut resolver = Resolver::new(Procfs::at(&proc));
-        let mut unix = |resolver: &mut Resolver, kind, pid: u32| {
+        let unix = |resolver: &mut Resolver, kind, pid: u32| {
             let bytes = sock_bytes(
                 kind,
                 |ev| {

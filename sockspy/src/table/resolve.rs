@@ -874,9 +874,17 @@ impl Resolver {
         };
         let own_name = unix_name(&rec.addr).map(Rc::new);
         let peer_name = unix_name(&rec.peer_addr).map(Rc::new);
-        let local = inet_addr(&rec.addr);
+        let mut local = inet_addr(&rec.addr);
         let remote = inet_addr(&rec.peer_addr);
         let inet = local.is_some() || remote.is_some() || ev.protocol != 0;
+        // A TCP socket that left its port (closed: the kernel unhashed it)
+        // reads port 0; it is still the connection it was.
+        if ev.protocol == IPPROTO_TCP
+            && local.is_some_and(|l| l.port() == 0)
+            && let Some(known) = self.socks.get(&ino).and_then(|sock| sock.local)
+        {
+            local = Some(known);
+        }
 
         let failed = ev.ret < 0;
         if ino != 0 && kind != EventKind::State {

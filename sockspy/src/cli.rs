@@ -24,7 +24,7 @@ use sockspy_common::{
 
 use crate::{
     capture::loader::Backend,
-    conversation::Wanted,
+    conversation::{Wanted, decode::Rule},
     filter::Selection,
     output::print::Format,
     output::record::{Framing, RecordOptions},
@@ -366,16 +366,33 @@ pub struct ConversationArgs {
     /// are summarised then, marked open.
     #[arg(long, conflicts_with = "write")]
     pub summaries: bool,
+    /// Decode the protocols of each connection (rrdcached, ...).
+    ///
+    /// Each message's summary under the call that carried it, or on its
+    /// exchange's line; pipelined requests become exchanges of their own.
+    /// Captures the first 1024 bytes of each call for the decoders, shown
+    /// only with --data.
+    #[arg(long, conflicts_with = "write")]
+    pub decode: bool,
+    /// Decode connections to a server at GLOB_OR_PORT as NAME.
+    ///
+    /// A socket path glob or a port; NAME is a protocol, or `none` to
+    /// leave them undecoded. Repeatable; implies --decode.
+    #[arg(long, value_name = "GLOB_OR_PORT=NAME", conflicts_with = "write")]
+    pub decode_as: Vec<Rule>,
 }
 
 impl ConversationArgs {
     /// What to follow; `None` when every call is printed as it is.
     pub fn wanted(&self) -> Option<Wanted> {
         let exchanges = self.exchanges || self.slower_than.is_some();
-        (exchanges || self.summaries).then(|| Wanted {
+        let decode = self.decode || !self.decode_as.is_empty();
+        (exchanges || self.summaries || decode).then(|| Wanted {
             exchanges,
             summaries: self.summaries,
             slower_than_us: self.slower_than.map(|d| d.as_micros() as u64),
+            decode,
+            decode_as: self.decode_as.clone(),
         })
     }
 }
@@ -533,6 +550,9 @@ pub struct TraceOptions {
     pub buffer_bytes: u64,
     /// Payload bytes to capture per call; 0 when capture is off.
     pub capture_bytes: u32,
+    /// `--data`: payload is shown (with only `--decode` it is captured for
+    /// the decoders alone).
+    pub show_data: bool,
     pub hex: bool,
     /// `-w`: record instead of printing.
     pub record: Option<RecordOptions>,
@@ -577,7 +597,13 @@ impl TraceArgs {
     }
 
     pub fn options(&self) -> TraceOptions {
-        let capture_bytes = self.data.or(self.snaplen).unwrap_or(0);
+        let shown = self.data.or(self.snaplen).unwrap_or(0);
+        let decode = self.conversation.wanted().is_some_and(|w| w.decode);
+        let capture_bytes = if decode {
+            shown.max(DECODE_CAPTURE)
+        } else {
+            shown
+        };
         TraceOptions {
             select: self.select.selection(),
             conversation: self.conversation.wanted(),
@@ -587,6 +613,7 @@ impl TraceArgs {
             stats: self.stats,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
             capture_bytes,
+            show_data: shown > 0,
             hex: self.hex,
             record: self.write.clone().map(|path| RecordOptions {
                 path,
@@ -601,6 +628,10 @@ impl TraceArgs {
         }
     }
 }
+
+/// Bytes of each call captured for the decoders (`--decode`): the start
+/// of every message they follow.
+pub const DECODE_CAPTURE: u32 = 1024;
 
 /// A duration with its unit: `250us`, `10ms`, `1.5s`.
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -63,7 +63,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
         printed: 0,
         count: options.count,
     };
-    let mut conversation = options.conversation.map(Conversation::new);
+    let mut conversation = options.conversation.clone().map(Conversation::new);
     let mut filter = Filter::new(options.select.clone());
     for file in &options.files {
         let name = file.display();

@@ -253,7 +253,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
                 options.format,
                 clock,
                 PayloadStyle {
-                    captured: options.capture_bytes > 0,
+                    captured: options.show_data,
                     hex: options.hex,
                 },
             ),
@@ -299,7 +299,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
-        conversation: options.conversation.map(Conversation::new),
+        conversation: options.conversation.clone().map(Conversation::new),
         hold: Hold::new(kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID) != 0),
         sink,
         tally: Tally::default(),

@@ -16,6 +16,7 @@
 //! dropped, and past [`MAX_CONNECTIONS`] the least recently active are
 //! summarised as they stand.
 
+pub mod decode;
 pub mod histogram;
 pub mod turns;
 
@@ -24,6 +25,7 @@ use std::{collections::HashMap, net::SocketAddr, rc::Rc};
 use sockspy_common::{EventKind, FLAG_PEEK};
 
 use self::{
+    decode::{Change, Decoding},
     histogram::Histogram,
     turns::{REQUEST, RESPONSE, Turn, Turns},
 };
@@ -193,6 +195,10 @@ pub struct Exchange {
     pub start_ns: u64,
     pub turn: Turn,
     pub times: Times,
+    /// The protocol decoded (`--decode`).
+    pub app: Option<&'static str>,
+    /// Why this connection is no longer decoded, said once.
+    pub undecoded: Option<String>,
 }
 
 /// A connection, when it ended or when the trace did (`"event": "summary"`).
@@ -217,20 +223,35 @@ pub struct Summary {
     pub open: bool,
 }
 
+/// A message decoded from a call's bytes (`--decode` without `--exchanges`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The time of the call that completed it.
+    pub ts_ns: u64,
+    pub connection: u64,
+    pub app: &'static str,
+    pub message: decode::Message,
+}
+
 /// What the tracker found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
     Exchange(Box<Exchange>),
     Summary(Box<Summary>),
+    Message(Box<Decoded>),
 }
 
 /// What to hand on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
     pub exchanges: bool,
     pub summaries: bool,
     /// Only exchanges whose [`Times::seen_us`] is at least this.
     pub slower_than_us: Option<u64>,
+    /// `--decode`: protocols decoded, exchanges split at their messages.
+    pub decode: bool,
+    /// `--decode-as`: the protocol of a server's connections, by its path or port.
+    pub decode_as: Vec<decode::Rule>,
 }
 
 /// The conversation stage of a trace or a reading: the tracker, what it
@@ -245,9 +266,9 @@ pub struct Conversation {
 impl Conversation {
     pub fn new(wanted: Wanted) -> Self {
         Self {
-            tracker: Tracker::new(wanted),
-            found: Vec::new(),
             calls_too: !wanted.exchanges,
+            found: Vec::new(),
+            tracker: Tracker::new(wanted),
         }
     }
 
@@ -298,6 +319,9 @@ pub struct Connection {
     /// Which of `ends` is the client, once known.
     client: Option<usize>,
     pub turns: Turns,
+    pub decoding: Decoding,
+    /// The protocol its messages were decoded as.
+    app: Option<&'static str>,
     /// Messages each way (sends, or reads where no send was seen).
     sent_messages: [u64; 2],
     read_messages: [u64; 2],
@@ -327,6 +351,8 @@ impl Connection {
             ends: [End::default(), End::default()],
             client: None,
             turns: Turns::new(datagram.is_some()),
+            decoding: Decoding::default(),
+            app: None,
             sent_messages: [0; 2],
             read_messages: [0; 2],
             wait: Histogram::default(),
@@ -384,6 +410,18 @@ impl Connection {
     /// Counts a failed call, or a socket error (`state`) of `end`; the
     /// call that then fails with that socket's error (a reset, a refused
     /// connect) is the same error, counted once.
+    /// What a `--decode-as` rule says of this connection's server: its
+    /// protocol, or `Some(None)` to leave it undecoded.
+    fn forced_protocol(&self, rules: &[decode::Rule]) -> Option<Option<&'static str>> {
+        let (_, server) = self.client_server();
+        let path = server.path.as_deref().map(UnixName::text);
+        let port = server.addr.map(|addr| addr.port());
+        rules
+            .iter()
+            .find(|rule| rule.applies(path.as_deref(), port))
+            .map(|rule| rule.protocol)
+    }
+
     fn error(&mut self, end: usize, errno: i64, socket_error: bool) {
         if socket_error {
             self.socket_error[end] = Some(errno);
@@ -412,6 +450,12 @@ impl Connection {
         .flatten()
         .min()
         .unwrap_or(self.last_ns);
+        let app = turn
+            .request
+            .message
+            .as_ref()
+            .or(turn.response.message.as_ref())
+            .and(self.app);
         Exchange {
             connection: self.id,
             kind: self.kind,
@@ -420,6 +464,8 @@ impl Connection {
             start_ns,
             turn,
             times,
+            app,
+            undecoded: self.decoding.take_reason(),
         }
     }
 
@@ -552,11 +598,39 @@ impl Tracker {
                 } else {
                     conn.sent_messages[dir] += 1;
                 }
+                if self.wanted.decode {
+                    let offset = conn.turns.offset(dir, read);
+                    let mut messages = Vec::new();
+                    let len = event.ret as u64;
+                    let forced = conn.forced_protocol(&self.wanted.decode_as);
+                    let change =
+                        conn.decoding
+                            .feed(forced, dir, offset, &event.data, len, &mut messages);
+                    match change {
+                        Change::Started => {
+                            conn.app = conn.decoding.app();
+                            conn.turns.by_message();
+                        }
+                        Change::Stopped => conn.turns.by_direction(),
+                        Change::None => {}
+                    }
+                    for message in messages {
+                        if !self.wanted.exchanges {
+                            found(Finding::Message(Box::new(Decoded {
+                                ts_ns: event.ts_ns,
+                                connection: conn.id,
+                                app: conn.app.unwrap_or_default(),
+                                message: message.clone(),
+                            })));
+                        }
+                        conn.turns.end_message(message.dir, message.end, message);
+                    }
+                }
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
                 while let Some(turn) = conn.turns.next_finished() {
                     let exchange = conn.exchange(turn);
-                    Self::hand_on(self.wanted, exchange, found);
+                    Self::hand_on(&self.wanted, exchange, found);
                 }
             }
             EventKind::Recv if event.ret == 0 && conn.datagram.is_none() => {
@@ -580,7 +654,7 @@ impl Tracker {
         }
     }
 
-    fn hand_on(wanted: Wanted, exchange: Exchange, found: &mut impl FnMut(Finding)) {
+    fn hand_on(wanted: &Wanted, exchange: Exchange, found: &mut impl FnMut(Finding)) {
         if !wanted.exchanges {
             return;
         }
@@ -694,7 +768,7 @@ impl Tracker {
         let turns: Vec<Turn> = conn.turns.drain().collect();
         for turn in turns {
             let exchange = conn.exchange(turn);
-            Self::hand_on(self.wanted, exchange, found);
+            Self::hand_on(&self.wanted, exchange, found);
         }
         if self.wanted.summaries {
             found(Finding::Summary(Box::new(conn.summary(open))));

@@ -24,6 +24,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::decode::Message;
+
 /// Bytes from the client to the server.
 pub const REQUEST: usize = 0;
 /// Bytes from the server to the client.
@@ -54,6 +56,8 @@ pub struct Span {
     /// its first read when no send of it was seen.
     pub data: Option<Bytes>,
     data_from_send: bool,
+    /// What a decoder made of the turn's message.
+    pub message: Option<Message>,
 }
 
 impl Span {
@@ -146,6 +150,9 @@ pub struct Turns {
     seen: [[bool; 2]; 2],
     /// Every datagram of the client starts a turn.
     datagram: bool,
+    /// Decoded: the message ends of each direction not applied yet (a
+    /// turn ends at each); `None` for plain turns, by direction.
+    bounds: Option<[VecDeque<(u64, Message)>; 2]>,
     /// Where the last closed turn of each direction ended: the next one
     /// starts there.
     ends: [Option<u64>; 2],
@@ -167,50 +174,144 @@ impl Turns {
         self.sent[dir].max(self.read[dir])
     }
 
-    /// Notes `len` bytes sent (or `read`) in direction `dir` at `ts`.
+    /// Notes `len` bytes sent (or `read`) in direction `dir` at `ts`; a
+    /// call whose bytes cross the end of a turn (a read that took the
+    /// end of one response and the start of the next) counts in each.
     pub fn data(&mut self, dir: usize, read: bool, len: u64, ts: u64, data: &Bytes) {
-        let offset = if read { self.read[dir] } else { self.sent[dir] };
         self.seen[dir][usize::from(read)] = true;
-        let new_datagram = self.datagram && dir == REQUEST && !read;
-        let found = if new_datagram {
-            None
-        } else {
-            self.open
-                .iter()
-                .rposition(|turn| turn.get(dir).contains(offset))
-        };
-        let index = match found {
-            Some(index) => Some(index),
-            // Older than every turn still open: its turn was handed on.
-            None if self.open.front().is_some_and(|turn| {
-                let span = turn.get(dir);
-                span.begun && offset < span.start
-            }) =>
-            {
+        let mut offset = self.counter(dir, read);
+        let mut left = len;
+        let mut captured = data.clone();
+        // Every datagram of the client is a turn of its own.
+        let mut new_datagram = self.datagram && dir == REQUEST && !read && self.bounds.is_none();
+        loop {
+            self.apply_bounds(dir);
+            let found = if new_datagram {
                 None
-            }
-            None => {
-                self.boundary(dir);
-                Some(self.open.len() - 1)
-            }
-        };
-        if read {
-            self.read[dir] += len;
-        } else {
-            self.sent[dir] += len;
-        }
-        let Some(index) = index else { return };
-        self.open[index].span(dir).note(read, len, ts, data);
-        // A read that took the end of one turn and the start of the next.
-        if read && len > 0 {
-            let last = offset + len - 1;
-            for turn in self.open.iter_mut().skip(index + 1) {
-                let span = turn.span(dir);
-                if span.contains(last) && span.first_read.is_none() {
-                    span.first_read = Some(ts);
-                    span.last_read = Some(ts);
+            } else {
+                self.open
+                    .iter()
+                    .rposition(|turn| turn.get(dir).contains(offset))
+            };
+            let index = match found {
+                Some(index) => Some(index),
+                // Older than every turn still open: its turn was handed on.
+                None if self.open.front().is_some_and(|turn| {
+                    let span = turn.get(dir);
+                    span.begun && offset < span.start
+                }) =>
+                {
+                    None
                 }
+                None => {
+                    new_datagram = false;
+                    let index = self.open_span(dir, offset);
+                    self.apply_bounds(dir);
+                    if !self.open[index].get(dir).contains(offset) {
+                        // A message ended before these bytes: the next one.
+                        continue;
+                    }
+                    Some(index)
+                }
+            };
+            let end = index.and_then(|index| self.open[index].get(dir).end);
+            let take = end.map_or(left, |end| left.min(end - offset));
+            *self.counter_mut(dir, read) += take;
+            if let Some(index) = index {
+                let piece = captured.split_to((take as usize).min(captured.len()));
+                self.open[index].span(dir).note(read, take, ts, &piece);
             }
+            offset += take;
+            left -= take;
+            if left == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Where the next send (or `read`) of direction `dir` starts in its stream.
+    pub fn offset(&self, dir: usize, read: bool) -> u64 {
+        self.counter(dir, read)
+    }
+
+    fn counter(&self, dir: usize, read: bool) -> u64 {
+        if read { self.read[dir] } else { self.sent[dir] }
+    }
+
+    fn counter_mut(&mut self, dir: usize, read: bool) -> &mut u64 {
+        if read {
+            &mut self.read[dir]
+        } else {
+            &mut self.sent[dir]
+        }
+    }
+
+    /// Begins the turn in direction `dir` that bytes at `offset` start:
+    /// at a direction change (plain turns), or after the last message
+    /// of that direction (decoded).
+    fn open_span(&mut self, dir: usize, offset: u64) -> usize {
+        if self.bounds.is_none() {
+            self.boundary(dir);
+            return self.open.len() - 1;
+        }
+        let start = self.ends[dir].unwrap_or(offset);
+        if let Some(index) = self.open.iter().position(|turn| !turn.get(dir).begun) {
+            self.open[index].span(dir).begin(start);
+            return index;
+        }
+        let mut turn = Turn::default();
+        if dir == RESPONSE {
+            // A message that answers nothing sent (a greeting).
+            let at = self.edge(REQUEST);
+            turn.request.begin(self.ends[REQUEST].unwrap_or(at));
+            turn.request.close(self.ends[REQUEST].unwrap_or(at));
+        }
+        turn.span(dir).begin(start);
+        self.open.push_back(turn);
+        self.open.len() - 1
+    }
+
+    /// Decoded messages follow: turns end where messages do, not where
+    /// the direction changes.
+    pub fn by_message(&mut self) {
+        self.bounds.get_or_insert_with(Default::default);
+    }
+
+    /// The decoder could not follow: plain turns from here on.
+    pub fn by_direction(&mut self) {
+        self.bounds = None;
+    }
+
+    /// A message of direction `dir` ends at offset `end` in its stream.
+    pub fn end_message(&mut self, dir: usize, end: u64, message: Message) {
+        if let Some(bounds) = &mut self.bounds {
+            bounds[dir].push_back((end, message));
+            self.apply_bounds(dir);
+        }
+    }
+
+    /// Ends the open turn of `dir` at the first message end past its start.
+    fn apply_bounds(&mut self, dir: usize) {
+        let Some(bounds) = &mut self.bounds else {
+            return;
+        };
+        while let Some((end, _)) = bounds[dir].front() {
+            let end = *end;
+            let Some(turn) = self
+                .open
+                .iter_mut()
+                .find(|turn| turn.get(dir).begun && turn.get(dir).end.is_none())
+            else {
+                return;
+            };
+            let (_, message) = bounds[dir].pop_front().expect("looked at");
+            let span = turn.span(dir);
+            if end <= span.start {
+                continue;
+            }
+            span.close(end);
+            span.message = Some(message);
+            self.ends[dir] = Some(end);
         }
     }
 
@@ -268,10 +369,16 @@ impl Turns {
     /// sent or a seen reader read has been accounted for. Past
     /// [`OPEN_KEPT`] open turns the oldest goes as it stands.
     pub fn next_finished(&mut self) -> Option<Turn> {
-        if self.open.len() < 2 {
+        let turn = self.open.front()?;
+        // Answered: by a later turn (plain), or by its response's end (decoded).
+        let answered = if self.bounds.is_some() {
+            turn.request.end.is_some() && turn.response.end.is_some()
+        } else {
+            self.open.len() >= 2
+        };
+        if !answered && self.open.len() <= OPEN_KEPT {
             return None;
         }
-        let turn = self.open.front()?;
         // An end whose records were seen sends one way and reads the
         // other: both are waited for.
         let client = self.seen[REQUEST][0] || self.seen[RESPONSE][1];
@@ -433,6 +540,44 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].request.first_read, Some(140));
         assert_eq!(rest[0].response.first_read, Some(150));
+    }
+
+    fn message(dir: usize, text: &str) -> Message {
+        Message {
+            dir,
+            end: 0,
+            text: text.to_owned(),
+            fields: serde_json::Map::new(),
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn decoded_messages_split_pipelined_calls() {
+        let mut turns = Turns::new(false);
+        turns.by_message();
+        // The decoder is fed each call's bytes before they are noted (as
+        // the tracker does): two requests in one send, two answers in one.
+        turns.end_message(REQUEST, 2, message(REQUEST, "a"));
+        turns.end_message(REQUEST, 4, message(REQUEST, "b"));
+        turns.data(REQUEST, false, 4, 100, &Bytes::from_static(b"a\nb\n"));
+        turns.data(REQUEST, true, 4, 110, &NONE);
+        turns.end_message(RESPONSE, 2, message(RESPONSE, "1"));
+        turns.end_message(RESPONSE, 4, message(RESPONSE, "2"));
+        turns.data(RESPONSE, false, 4, 200, &NONE);
+        turns.data(RESPONSE, true, 4, 210, &NONE);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 2);
+        for (turn, (asked, answered)) in done.iter().zip([("a", "1"), ("b", "2")]) {
+            assert_eq!(turn.request.message.as_ref().unwrap().text, asked);
+            assert_eq!(turn.response.message.as_ref().unwrap().text, answered);
+            assert_eq!((turn.request.bytes(), turn.response.bytes()), (2, 2));
+            assert_eq!(turn.request.first_send, Some(100));
+            assert_eq!(turn.request.first_read, Some(110));
+            assert_eq!(turn.response.first_send, Some(200));
+            assert_eq!(turn.response.first_read, Some(210));
+        }
+        assert_eq!(done[1].request.data.as_deref(), Some(&b"b\n"[..]));
     }
 
     #[test]

@@ -18,7 +18,11 @@ use super::print::{
 };
 use crate::{
     capture::events::{family_name, proto_name, type_name},
-    conversation::{End, Exchange, Finding, Kind, Summary, Times, turns::Span},
+    conversation::{
+        Decoded, End, Exchange, Finding, Kind, Summary, Times,
+        decode::Message,
+        turns::{REQUEST, Span},
+    },
     table::resolve::Event,
 };
 
@@ -35,6 +39,7 @@ impl Output<'_> {
             Self::Event(event) => printer.event(out, event),
             Self::Finding(Finding::Exchange(exchange)) => printer.exchange(out, exchange),
             Self::Finding(Finding::Summary(summary)) => printer.summary(out, summary),
+            Self::Finding(Finding::Message(decoded)) => printer.message(out, decoded),
         }
     }
 }
@@ -138,7 +143,30 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     turn_text(line, response.bytes(), response.messages());
     line.push_str("  ");
     times_text(line, &exchange.times);
+    if let Some(app) = exchange.app {
+        let _ = write!(line, "  {app}: ");
+        let text = |m: Option<&Message>| m.map_or("?", |m| m.text.as_str()).to_owned();
+        line.push_str(&text(request.message.as_ref()));
+        line.push_str(" -> ");
+        line.push_str(&text(response.message.as_ref()));
+        if failed(exchange) {
+            line.push_str(" (failed)");
+        }
+    }
     line.push('\n');
+    if let Some(reason) = &exchange.undecoded {
+        let _ = writeln!(line, "    ({reason}; plain turns from here)");
+    }
+}
+
+/// The response says the request failed.
+fn failed(exchange: &Exchange) -> bool {
+    exchange
+        .turn
+        .response
+        .message
+        .as_ref()
+        .is_some_and(|m| m.failed)
 }
 
 fn summary_line(line: &mut String, summary: &Summary) {
@@ -273,6 +301,29 @@ struct JsonExchange<'a> {
     request_data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undecoded: Option<&'a str>,
+}
+
+/// A message decoded from a call (`--decode` without `--exchanges`).
+#[derive(Serialize)]
+struct JsonMessage<'a> {
+    ts: &'a str,
+    event: &'static str,
+    connection: u64,
+    app: &'static str,
+    direction: &'static str,
+    text: &'a str,
+    failed: bool,
+    fields: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -375,6 +426,48 @@ impl Printer {
                     wait_us: exchange.times.wait_us,
                     request_data: captured(request),
                     response_data: captured(response),
+                    app: exchange.app,
+                    failed: exchange.app.map(|_| failed(exchange)),
+                    request: request.message.as_ref().map(|m| &m.fields),
+                    response: response.message.as_ref().map(|m| &m.fields),
+                    undecoded: exchange.undecoded.as_deref(),
+                };
+                serde_json::to_writer(&mut *out, &json)?;
+                out.write_all(b"\n")
+            }
+        }
+    }
+
+    /// A message decoded from the call printed last: under it, indented.
+    pub fn message(&mut self, out: &mut impl Write, decoded: &Decoded) -> io::Result<()> {
+        let message = &decoded.message;
+        match self.format {
+            Format::Text => {
+                self.line.clear();
+                let _ = writeln!(
+                    self.line,
+                    "    = {}: {}{}",
+                    decoded.app,
+                    message.text,
+                    if message.failed { " (failed)" } else { "" }
+                );
+                out.write_all(self.line.as_bytes())
+            }
+            Format::Json => {
+                self.stamp(decoded.ts_ns);
+                let json = JsonMessage {
+                    ts: &self.line,
+                    event: "message",
+                    connection: decoded.connection,
+                    app: decoded.app,
+                    direction: if message.dir == REQUEST {
+                        "request"
+                    } else {
+                        "response"
+                    },
+                    text: &message.text,
+                    failed: message.failed,
+                    fields: &message.fields,
                 };
                 serde_json::to_writer(&mut *out, &json)?;
                 out.write_all(b"\n")

@@ -1,0 +1,236 @@
+//! Protocol decoding: what was asked and what was answered.
+//!
+//! Takes each direction of a connection as a stream of bytes (what the
+//! calls captured, and how many bytes each moved beyond that); hands on
+//! messages: where each ends in its stream, a one-line summary, its fields
+//! for JSON, and whether a response says its request failed. The turns of
+//! `super::turns` follow those ends instead of direction changes, so
+//! pipelined requests become exchanges of their own.
+//!
+//! Each protocol is a module behind [`Decoder`]. A decoder that meets
+//! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
+//! back to plain turns.
+
+pub mod rrdcached;
+pub mod stream;
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// One message, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// [`super::turns::REQUEST`] or [`super::turns::RESPONSE`].
+    pub dir: usize,
+    /// One past its last byte, as an offset in its direction's stream.
+    pub end: u64,
+    /// One line for people: `update load.rrd`, `0 errors, enqueued 1 value(s)`.
+    pub text: String,
+    /// Its fields, the JSON `request` or `response` object.
+    pub fields: Map<String, Value>,
+    /// A response that says its request failed.
+    pub failed: bool,
+}
+
+/// The bytes stopped matching the protocol: why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch(pub String);
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One protocol's decoder of one connection.
+pub trait Decoder: fmt::Debug {
+    /// The protocol's name (`"app"` in JSON).
+    fn name(&self) -> &'static str;
+
+    /// Takes the next `len` bytes of direction `dir`, of which `data` (a
+    /// prefix) was captured; pushes the messages they complete.
+    fn feed(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        len: u64,
+        found: &mut Vec<Message>,
+    ) -> Result<(), Mismatch>;
+}
+
+/// The decoder for a connection whose client's first bytes are `first`,
+/// if a protocol recognises them.
+pub fn detect(first: &[u8]) -> Option<Box<dyn Decoder>> {
+    rrdcached::Rrdcached::detect(first).map(|d| Box::new(d) as Box<dyn Decoder>)
+}
+
+/// A connection's decoding.
+#[derive(Debug, Default)]
+pub enum Decoding {
+    /// No bytes seen yet.
+    #[default]
+    Undecided,
+    Decoding {
+        decoder: Box<dyn Decoder>,
+        /// How far each direction's stream was fed: its sends and its
+        /// reads carry the same bytes, and whichever comes first feeds.
+        fed: [u64; 2],
+    },
+    /// Not decoded, and why (said once, in the first exchange after).
+    Plain(Option<String>),
+}
+
+/// What feeding changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// A protocol was recognised: turns follow its messages from here.
+    Started,
+    /// The bytes stopped matching: plain turns from here.
+    Stopped,
+}
+
+impl Decoding {
+    /// The protocol's name, while decoding.
+    pub fn app(&self) -> Option<&'static str> {
+        match self {
+            Self::Decoding { decoder, .. } => Some(decoder.name()),
+            _ => None,
+        }
+    }
+
+    /// Why the connection went back to plain turns, once.
+    pub fn take_reason(&mut self) -> Option<String> {
+        match self {
+            Self::Plain(reason) => reason.take(),
+            _ => None,
+        }
+    }
+
+    /// Bytes `[offset, offset + len)` of direction `dir`, `data` of them
+    /// captured: feeds what the decoder has not had yet. `forced`: what a
+    /// `--decode-as` rule says of this connection (`Some(None)`: not to
+    /// decode it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed(
+        &mut self,
+        forced: Option<Option<&'static str>>,
+        dir: usize,
+        offset: u64,
+        data: &[u8],
+        len: u64,
+        found: &mut Vec<Message>,
+    ) -> Change {
+        let mut change = Change::None;
+        if let Self::Undecided = self {
+            // The start of a connection: its client's first bytes say
+            // which protocol it speaks, unless a rule said.
+            let decoder = match forced {
+                Some(protocol) => protocol.and_then(by_name),
+                None => (dir == super::turns::REQUEST && offset == 0)
+                    .then(|| detect(data))
+                    .flatten(),
+            };
+            *self = match decoder {
+                Some(decoder) => {
+                    change = Change::Started;
+                    Self::Decoding {
+                        decoder,
+                        fed: [0; 2],
+                    }
+                }
+                None => Self::Plain(None),
+            };
+        }
+        let Self::Decoding { decoder, fed } = self else {
+            return change;
+        };
+        let end = offset + len;
+        if end <= fed[dir] {
+            return change;
+        }
+        let missed = offset.saturating_sub(fed[dir]);
+        let skip = fed[dir].saturating_sub(offset);
+        let data = data.get(skip as usize..).unwrap_or_default();
+        let result = decoder
+            .feed(dir, &[], missed, found)
+            .and_then(|()| decoder.feed(dir, data, len - skip, found));
+        fed[dir] = end;
+        if let Err(mismatch) = result {
+            let name = decoder.name();
+            *self = Self::Plain(Some(format!("not {name} any more: {mismatch}")));
+            return Change::Stopped;
+        }
+        change
+    }
+}
+
+/// The protocols there are decoders for, by the names `--decode-as` and
+/// the JSON's `"app"` use.
+pub const PROTOCOLS: [&str; 1] = ["rrdcached"];
+
+/// A decoder for protocol `name` (one of [`PROTOCOLS`]).
+pub fn by_name(name: &str) -> Option<Box<dyn Decoder>> {
+    match name {
+        "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),
+        _ => None,
+    }
+}
+
+/// Where a `--decode-as` rule applies: a server's port, or its socket's
+/// path (a glob).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Port(u16),
+    Path(String),
+}
+
+/// `--decode-as TARGET=NAME`: the protocol of connections to a server
+/// there, `None` for `none` (left undecoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub target: Target,
+    pub protocol: Option<&'static str>,
+}
+
+impl std::str::FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (target, name) = text
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{text}` is not GLOB_OR_PORT=NAME"))?;
+        let protocol = match name {
+            "none" => None,
+            _ => Some(
+                *PROTOCOLS
+                    .iter()
+                    .find(|known| **known == name)
+                    .ok_or_else(|| {
+                        format!(
+                            "`{name}` is not a protocol sockspy decodes ({}, or none)",
+                            PROTOCOLS.join(", ")
+                        )
+                    })?,
+            ),
+        };
+        let target = match target.parse::<u16>() {
+            Ok(0) => return Err("port 0 is no port".to_owned()),
+            Ok(port) => Target::Port(port),
+            Err(_) if target.is_empty() => return Err(format!("`{text}` names no path or port")),
+            Err(_) => Target::Path(target.to_owned()),
+        };
+        Ok(Self { target, protocol })
+    }
+}
+
+impl Rule {
+    /// Whether the rule is for a server at `path` or `port`.
+    pub fn applies(&self, path: Option<&str>, port: Option<u16>) -> bool {
+        match &self.target {
+            Target::Port(wanted) => port == Some(*wanted),
+            Target::Path(glob) => path.is_some_and(|path| crate::filter::glob(glob, path)),
+        }
+    }
+}

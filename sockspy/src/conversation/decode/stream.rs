@@ -1,0 +1,100 @@
+//! One direction's bytes as a decoder consumes them: the unfinished line
+//! or header kept until its end comes, and the bytes to pass over (a body
+//! whose length a header gave), captured or not.
+
+use super::Mismatch;
+
+/// The most a decoder keeps of a line or header not finished yet: a
+/// per-connection bound.
+pub const MAX_BUFFERED: usize = 16 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// Bytes consumed so far: the offset of `buf`'s first byte.
+    pos: u64,
+    buf: Vec<u8>,
+    /// Bytes still to pass over, beyond what `buf` holds.
+    skip: u64,
+}
+
+impl Stream {
+    /// Offset of the next byte not consumed.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Adds captured bytes (those still to pass over go at once).
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), Mismatch> {
+        let passed = self.skip.min(data.len() as u64);
+        self.skip -= passed;
+        self.pos += passed;
+        data = &data[passed as usize..];
+        if self.buf.len() + data.len() > MAX_BUFFERED {
+            return Err(Mismatch(format!(
+                "no message end within {MAX_BUFFERED} bytes"
+            )));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// `len` bytes that were not captured: all must be passed over.
+    pub fn gap(&mut self, len: u64) -> Result<(), Mismatch> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.buf.is_empty() || self.skip < len {
+            return Err(Mismatch(
+                "bytes of a message's start were not captured".to_owned(),
+            ));
+        }
+        self.skip -= len;
+        self.pos += len;
+        Ok(())
+    }
+
+    /// The next whole line (with its `\n`), and the offset past it.
+    pub fn line(&mut self) -> Option<(Vec<u8>, u64)> {
+        let end = self.buf.iter().position(|&b| b == b'\n')? + 1;
+        let line: Vec<u8> = self.buf.drain(..end).collect();
+        self.pos += end as u64;
+        Some((line, self.pos))
+    }
+
+    /// Passes over the next `len` bytes, buffered or still to come.
+    pub fn skip(&mut self, len: u64) {
+        let now = (len.min(self.buf.len() as u64)) as usize;
+        self.buf.drain(..now);
+        self.pos += now as u64;
+        self.skip += len - now as u64;
+    }
+
+    /// Bytes still to pass over.
+    pub fn skipping(&self) -> u64 {
+        self.skip
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_across_calls_and_skipped_bodies() {
+        let mut stream = Stream::default();
+        stream.push(b"HEAD").unwrap();
+        assert_eq!(stream.line(), None);
+        stream.push(b"ER\nbo").unwrap();
+        assert_eq!(stream.line(), Some((b"HEADER\n".to_vec(), 7)));
+        stream.skip(10);
+        assert_eq!((stream.pos(), stream.skipping()), (9, 8));
+        // The rest of the body was not captured: it is passed over.
+        stream.gap(8).unwrap();
+        assert_eq!((stream.pos(), stream.skipping()), (17, 0));
+        stream.push(b"next\n").unwrap();
+        assert_eq!(stream.line(), Some((b"next\n".to_vec(), 22)));
+        // A line's start not captured cannot be followed.
+        stream.push(b"par").unwrap();
+        assert!(stream.gap(3).is_err());
+    }
+}

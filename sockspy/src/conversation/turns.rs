@@ -306,6 +306,11 @@ impl Turns {
             };
             let (_, message) = bounds[dir].pop_front().expect("looked at");
             let span = turn.span(dir);
+            if end == u64::MAX {
+                // It lasts as long as the connection: the turn stays open.
+                span.message = Some(message);
+                continue;
+            }
             if end <= span.start {
                 continue;
             }

@@ -565,6 +565,8 @@ mod tests {
             start_ns: turn.request.first_send.unwrap(),
             times: Times::of(&turn),
             turn,
+            app: None,
+            undecoded: None,
         }
     }
 

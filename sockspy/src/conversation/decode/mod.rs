@@ -11,6 +11,8 @@
 //! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
 //! back to plain turns.
 
+pub mod http;
+pub mod redis;
 pub mod rrdcached;
 pub mod stream;
 
@@ -23,7 +25,8 @@ use serde_json::{Map, Value};
 pub struct Message {
     /// [`super::turns::REQUEST`] or [`super::turns::RESPONSE`].
     pub dir: usize,
-    /// One past its last byte, as an offset in its direction's stream.
+    /// One past its last byte, as an offset in its direction's stream;
+    /// `u64::MAX` for one that lasts until the connection ends.
     pub end: u64,
     /// One line for people: `update load.rrd`, `0 errors, enqueued 1 value(s)`.
     pub text: String,
@@ -62,6 +65,12 @@ pub trait Decoder: fmt::Debug {
 /// The decoder for a connection whose client's first bytes are `first`,
 /// if a protocol recognises them.
 pub fn detect(first: &[u8]) -> Option<Box<dyn Decoder>> {
+    if let Some(decoder) = http::Http::detect(first) {
+        return Some(Box::new(decoder));
+    }
+    if let Some(decoder) = redis::Redis::detect(first) {
+        return Some(Box::new(decoder));
+    }
     rrdcached::Rrdcached::detect(first).map(|d| Box::new(d) as Box<dyn Decoder>)
 }
 
@@ -150,6 +159,7 @@ impl Decoding {
         if end <= fed[dir] {
             return change;
         }
+        let data = &data[..data.len().min(len as usize)];
         let missed = offset.saturating_sub(fed[dir]);
         let skip = fed[dir].saturating_sub(offset);
         let data = data.get(skip as usize..).unwrap_or_default();
@@ -168,11 +178,13 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 1] = ["rrdcached"];
+pub const PROTOCOLS: [&str; 3] = ["http", "redis", "rrdcached"];
 
 /// A decoder for protocol `name` (one of [`PROTOCOLS`]).
 pub fn by_name(name: &str) -> Option<Box<dyn Decoder>> {
     match name {
+        "http" => Some(Box::new(http::Http::default())),
+        "redis" => Some(Box::new(redis::Redis::default())),
         "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),
         _ => None,
     }

@@ -61,6 +61,21 @@ impl Stream {
         Some((line, self.pos))
     }
 
+    /// The next `len` bytes, once they are all here, and the offset past them.
+    pub fn take(&mut self, len: usize) -> Option<(Vec<u8>, u64)> {
+        if self.buf.len() < len {
+            return None;
+        }
+        let bytes: Vec<u8> = self.buf.drain(..len).collect();
+        self.pos += len as u64;
+        Some((bytes, self.pos))
+    }
+
+    /// Bytes buffered and not consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Passes over the next `len` bytes, buffered or still to come.
     pub fn skip(&mut self, len: u64) {
         let now = (len.min(self.buf.len() as u64)) as usize;

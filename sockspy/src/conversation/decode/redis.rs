@@ -1,0 +1,333 @@
+//! Redis's RESP, versions 2 and 3 (redis, valkey, on a Unix socket or
+//! 6379): a request is an array of bulk strings (or an inline command
+//! line); a reply one value, nested as deep as it goes. Each element
+//! starts with a type byte and a line; bulk values are passed over by
+//! their lengths, so only the start of each message need be captured.
+
+use serde_json::{Map, Value};
+
+use super::{Decoder, Message, Mismatch, stream::Stream};
+use crate::conversation::turns::{REQUEST, RESPONSE};
+
+/// The longest value kept for a summary (a command, a key, a short reply).
+const KEPT: usize = 64;
+
+/// A bulk value's bytes (and their `\r\n`) are next.
+#[derive(Debug, Clone, Copy)]
+enum Bulk {
+    /// Kept (a command, a key, a short reply) once all `len` are here.
+    Keep(u64),
+    /// Passed over.
+    Skipping,
+}
+
+/// What an element's header line began.
+enum Began {
+    /// An aggregate with elements to come.
+    Aggregate,
+    Bulk(u64),
+    /// A value complete in its line.
+    Scalar,
+}
+
+/// What is being read in one direction.
+#[derive(Debug, Default)]
+struct Side {
+    stream: Stream,
+    /// Elements still to come at each level of the value being read.
+    pending: Vec<u64>,
+    bulk: Option<Bulk>,
+    /// The top-level value's type.
+    kind: Option<&'static str>,
+    /// A request's first values (command, key), a reply's first scalar.
+    values: Vec<String>,
+    /// A reply's error text.
+    error: Option<String>,
+    /// The value read is an attribute (RESP3 `|`): the reply follows it.
+    attribute: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Redis {
+    sides: [Side; 2],
+}
+
+fn type_name(byte: u8) -> Option<&'static str> {
+    Some(match byte {
+        b'+' => "simple",
+        b'-' => "error",
+        b':' => "integer",
+        b'$' => "bulk",
+        b'*' => "array",
+        b'_' => "null",
+        b'#' => "boolean",
+        b',' => "double",
+        b'(' => "bignum",
+        b'!' => "bulk_error",
+        b'=' => "verbatim",
+        b'%' => "map",
+        b'~' => "set",
+        b'>' => "push",
+        b'|' => "attribute",
+        _ => return None,
+    })
+}
+
+impl Side {
+    /// One element's header line.
+    fn element(&mut self, dir: usize, line: &[u8]) -> Result<Began, Mismatch> {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let Some(kind) = line.first().copied().and_then(type_name) else {
+            if dir == REQUEST && self.pending.is_empty() {
+                // An inline command: `PING`, `GET key`.
+                self.kind = Some("inline");
+                self.values = text.split_whitespace().take(2).map(str::to_owned).collect();
+                return Ok(Began::Scalar);
+            }
+            return Err(Mismatch(format!("`{text}` is no RESP element")));
+        };
+        if self.pending.is_empty() {
+            if kind == "attribute" {
+                self.attribute = true;
+            } else {
+                self.kind = Some(kind);
+            }
+        }
+        let arg = &text[1..];
+        let number = || {
+            arg.parse::<i64>()
+                .map_err(|_| Mismatch(format!("`{text}` has no length")))
+        };
+        let short = || arg.chars().take(KEPT).collect::<String>();
+        Ok(match kind {
+            "array" | "set" | "push" | "map" | "attribute" => {
+                let pairs = if matches!(kind, "map" | "attribute") {
+                    2
+                } else {
+                    1
+                };
+                match number()? * pairs {
+                    count if count > 0 => {
+                        self.pending.push(count as u64);
+                        Began::Aggregate
+                    }
+                    _ => Began::Scalar,
+                }
+            }
+            "bulk" | "bulk_error" | "verbatim" => match number()? {
+                len if len >= 0 => Began::Bulk(len as u64),
+                _ => Began::Scalar,
+            },
+            "error" => {
+                self.error.get_or_insert_with(short);
+                Began::Scalar
+            }
+            "null" => Began::Scalar,
+            _ => {
+                if !self.in_attribute() {
+                    self.values.push(short());
+                }
+                Began::Scalar
+            }
+        })
+    }
+
+    /// Reading an attribute, before the reply it annotates.
+    fn in_attribute(&self) -> bool {
+        self.attribute && self.kind.is_none()
+    }
+
+    /// An element ended: counts it at its level; true when the whole
+    /// message did.
+    fn ended(&mut self) -> bool {
+        while let Some(left) = self.pending.last_mut() {
+            *left -= 1;
+            if *left > 0 {
+                return false;
+            }
+            self.pending.pop();
+        }
+        // An attribute alone is not the reply: that comes next.
+        !self.in_attribute()
+    }
+}
+
+impl Redis {
+    /// A client whose first bytes are a RESP array of bulk strings.
+    pub fn detect(first: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(&first[..first.len().min(32)]).ok()?;
+        let rest = text.strip_prefix('*')?;
+        let (count, rest) = rest.split_once("\r\n")?;
+        let count: u32 = count.parse().ok()?;
+        (count > 0 && rest.starts_with('$')).then(Self::default)
+    }
+
+    fn finish(&mut self, dir: usize, end: u64, found: &mut Vec<Message>) {
+        let side = &mut self.sides[dir];
+        let kind = side.kind.take().unwrap_or("null");
+        let values = std::mem::take(&mut side.values);
+        let error = side.error.take();
+        side.attribute = false;
+        let mut fields = Map::new();
+        let text = if dir == REQUEST {
+            let command = values
+                .first()
+                .map(|c| c.to_ascii_uppercase())
+                .unwrap_or_default();
+            let key = values.get(1).cloned();
+            fields.insert("command".into(), command.clone().into());
+            fields.insert("key".into(), key.clone().into());
+            match key {
+                Some(key) => format!("{command} {key}"),
+                None => command,
+            }
+        } else {
+            let value = values.first().cloned();
+            fields.insert("type".into(), kind.into());
+            fields.insert("value".into(), value.clone().into());
+            fields.insert(
+                "error".into(),
+                error.clone().map_or(Value::Null, Value::from),
+            );
+            match (kind, &error, value) {
+                (_, Some(error), _) => format!("-{error}"),
+                ("simple", _, Some(v)) => format!("+{v}"),
+                ("integer", _, Some(v)) => format!(":{v}"),
+                (kind, _, Some(v)) => format!("{kind} {v}"),
+                (kind, _, None) => kind.to_owned(),
+            }
+        };
+        found.push(Message {
+            dir,
+            end,
+            text,
+            fields,
+            failed: dir == RESPONSE && error.is_some(),
+        });
+    }
+
+    fn run(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
+        loop {
+            let side = &mut self.sides[dir];
+            let end = match side.bulk {
+                Some(Bulk::Keep(len)) => {
+                    let Some((bytes, end)) = side.stream.take(len as usize + 2) else {
+                        return Ok(());
+                    };
+                    let value = String::from_utf8_lossy(&bytes[..len as usize]).into_owned();
+                    if side.kind.is_some_and(|k| k.ends_with("error")) {
+                        side.error.get_or_insert(value);
+                    } else if !side.in_attribute() {
+                        side.values.push(value);
+                    }
+                    side.bulk = None;
+                    end
+                }
+                Some(Bulk::Skipping) if side.stream.skipping() > 0 => return Ok(()),
+                Some(Bulk::Skipping) => {
+                    side.bulk = None;
+                    side.stream.pos()
+                }
+                None => {
+                    let Some((line, end)) = side.stream.line() else {
+                        return Ok(());
+                    };
+                    match side.element(dir, &line)? {
+                        Began::Aggregate => continue,
+                        Began::Bulk(len) => {
+                            side.bulk = Some(if side.values.len() < 2 && len as usize <= KEPT {
+                                Bulk::Keep(len)
+                            } else {
+                                side.stream.skip(len + 2);
+                                Bulk::Skipping
+                            });
+                            continue;
+                        }
+                        Began::Scalar => end,
+                    }
+                }
+            };
+            if self.sides[dir].ended() {
+                self.finish(dir, end, found);
+            }
+        }
+    }
+}
+
+impl Decoder for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn feed(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        len: u64,
+        found: &mut Vec<Message>,
+    ) -> Result<(), Mismatch> {
+        self.sides[dir].stream.push(data)?;
+        self.run(dir, found)?;
+        self.sides[dir].stream.gap(len - data.len() as u64)?;
+        self.run(dir, found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(redis: &mut Redis, dir: usize, data: &[u8]) -> Vec<Message> {
+        let mut found = Vec::new();
+        redis
+            .feed(dir, data, data.len() as u64, &mut found)
+            .unwrap();
+        found
+    }
+
+    #[test]
+    fn commands_and_replies_pipelined() {
+        let asked = b"*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n$5\r\nalice\r\n*2\r\n$3\r\nget\r\n$6\r\nuser:1\r\nPING\r\n";
+        let mut redis = Redis::detect(asked).unwrap();
+        let requests = feed(&mut redis, REQUEST, asked);
+        let texts: Vec<&str> = requests.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["SET user:1", "GET user:1", "PING"]);
+        assert_eq!(requests[1].fields["key"], "user:1");
+        assert_eq!(requests[2].end, asked.len() as u64);
+        let replies = feed(
+            &mut redis,
+            RESPONSE,
+            b"+OK\r\n$5\r\nalice\r\n-ERR unknown command\r\n*2\r\n:1\r\n*0\r\n%1\r\n+a\r\n:2\r\n|1\r\n+ttl\r\n:3\r\n_\r\n",
+        );
+        let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "+OK",
+                "bulk alice",
+                "-ERR unknown command",
+                "array 1",
+                "map a",
+                "null"
+            ]
+        );
+        assert!(replies[2].failed);
+        assert_eq!(replies[2].fields["error"], "ERR unknown command");
+        assert_eq!(replies[0].fields["type"], "simple");
+    }
+
+    #[test]
+    fn a_large_value_not_captured_is_passed_over() {
+        let mut redis = Redis::default();
+        let head = b"$100000\r\nxxxx";
+        let mut found = Vec::new();
+        redis
+            .feed(RESPONSE, head, 9 + 100_000 + 2, &mut found)
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].fields["type"], "bulk");
+        assert_eq!(found[0].end, 9 + 100_002);
+        assert!(Redis::detect(b"GET / HTTP/1.1\r\n").is_none());
+    }
+}

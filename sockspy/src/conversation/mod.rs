@@ -603,9 +603,16 @@ impl Tracker {
                     let mut messages = Vec::new();
                     let len = event.ret as u64;
                     let forced = conn.forced_protocol(&self.wanted.decode_as);
-                    let change =
-                        conn.decoding
-                            .feed(forced, dir, offset, &event.data, len, &mut messages);
+                    let datagram = conn.datagram.is_some();
+                    let change = conn.decoding.feed(
+                        forced,
+                        datagram,
+                        dir,
+                        offset,
+                        &event.data,
+                        len,
+                        &mut messages,
+                    );
                     match change {
                         Change::Started => {
                             conn.app = conn.decoding.app();

@@ -255,7 +255,23 @@ impl Turns {
             return self.open.len() - 1;
         }
         let start = self.ends[dir].unwrap_or(offset);
-        if let Some(index) = self.open.iter().position(|turn| !turn.get(dir).begun) {
+        // A response that names its request (a DNS id) answers that one;
+        // the others answer the oldest request not answered.
+        let key = self
+            .bounds
+            .as_ref()
+            .and_then(|bounds| bounds[dir].front())
+            .and_then(|(_, message)| message.key)
+            .filter(|_| dir == RESPONSE);
+        let keyed = key.and_then(|key| {
+            self.open.iter().position(|turn| {
+                !turn.response.begun
+                    && turn.request.message.as_ref().and_then(|m| m.key) == Some(key)
+            })
+        });
+        if let Some(index) =
+            keyed.or_else(|| self.open.iter().position(|turn| !turn.get(dir).begun))
+        {
             self.open[index].span(dir).begin(start);
             return index;
         }
@@ -554,6 +570,7 @@ mod tests {
             text: text.to_owned(),
             fields: serde_json::Map::new(),
             failed: false,
+            key: None,
         }
     }
 
@@ -583,6 +600,35 @@ mod tests {
             assert_eq!(turn.response.first_read, Some(210));
         }
         assert_eq!(done[1].request.data.as_deref(), Some(&b"b\n"[..]));
+    }
+
+    #[test]
+    fn keyed_answers_pair_with_their_requests_in_any_order() {
+        let mut turns = Turns::new(true);
+        turns.by_message();
+        let keyed = |dir, text, key| Message {
+            key: Some(key),
+            ..message(dir, text)
+        };
+        turns.end_message(REQUEST, 30, keyed(REQUEST, "A", 1));
+        turns.data(REQUEST, false, 30, 100, &NONE);
+        turns.end_message(REQUEST, 60, keyed(REQUEST, "AAAA", 2));
+        turns.data(REQUEST, false, 30, 101, &NONE);
+        turns.end_message(RESPONSE, 50, keyed(RESPONSE, "AAAA answer", 2));
+        turns.data(RESPONSE, false, 50, 200, &NONE);
+        turns.end_message(RESPONSE, 90, keyed(RESPONSE, "A answer", 1));
+        turns.data(RESPONSE, false, 40, 300, &NONE);
+        let done: Vec<Turn> = turns.drain().collect();
+        fn text(span: &Span) -> &str {
+            span.message.as_ref().unwrap().text.as_str()
+        }
+        let pairs: Vec<(&str, &str)> = done
+            .iter()
+            .map(|turn| (text(&turn.request), text(&turn.response)))
+            .collect();
+        assert_eq!(pairs, [("A", "A answer"), ("AAAA", "AAAA answer")]);
+        assert_eq!(done[0].response.first_send, Some(300));
+        assert_eq!(done[1].response.bytes(), 50);
     }
 
     #[test]

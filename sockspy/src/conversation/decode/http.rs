@@ -108,6 +108,7 @@ impl Http {
             text,
             fields,
             failed,
+            key: None,
         });
     }
 

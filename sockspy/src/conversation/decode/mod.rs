@@ -11,6 +11,7 @@
 //! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
 //! back to plain turns.
 
+pub mod dns;
 pub mod http;
 pub mod redis;
 pub mod rrdcached;
@@ -34,6 +35,9 @@ pub struct Message {
     pub fields: Map<String, Value>,
     /// A response that says its request failed.
     pub failed: bool,
+    /// What matches a response to its request when answers may come in
+    /// another order (a DNS id); `None` answers in order.
+    pub key: Option<u64>,
 }
 
 /// The bytes stopped matching the protocol: why.
@@ -62,9 +66,12 @@ pub trait Decoder: fmt::Debug {
     ) -> Result<(), Mismatch>;
 }
 
-/// The decoder for a connection whose client's first bytes are `first`,
-/// if a protocol recognises them.
-pub fn detect(first: &[u8]) -> Option<Box<dyn Decoder>> {
+/// The decoder for a connection whose client's first bytes are `first`
+/// (a datagram's, when `datagram`), if a protocol recognises them.
+pub fn detect(first: &[u8], datagram: bool) -> Option<Box<dyn Decoder>> {
+    if let Some(decoder) = dns::Dns::detect(first, datagram) {
+        return Some(Box::new(decoder));
+    }
     if let Some(decoder) = http::Http::detect(first) {
         return Some(Box::new(decoder));
     }
@@ -125,6 +132,7 @@ impl Decoding {
     pub fn feed(
         &mut self,
         forced: Option<Option<&'static str>>,
+        datagram: bool,
         dir: usize,
         offset: u64,
         data: &[u8],
@@ -136,9 +144,9 @@ impl Decoding {
             // The start of a connection: its client's first bytes say
             // which protocol it speaks, unless a rule said.
             let decoder = match forced {
-                Some(protocol) => protocol.and_then(by_name),
+                Some(protocol) => protocol.and_then(|name| by_name(name, datagram)),
                 None => (dir == super::turns::REQUEST && offset == 0)
-                    .then(|| detect(data))
+                    .then(|| detect(data, datagram))
                     .flatten(),
             };
             *self = match decoder {
@@ -178,11 +186,13 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 3] = ["http", "redis", "rrdcached"];
+pub const PROTOCOLS: [&str; 4] = ["dns", "http", "redis", "rrdcached"];
 
-/// A decoder for protocol `name` (one of [`PROTOCOLS`]).
-pub fn by_name(name: &str) -> Option<Box<dyn Decoder>> {
+/// A decoder for protocol `name` (one of [`PROTOCOLS`]) on a stream, or
+/// on datagrams.
+pub fn by_name(name: &str, datagram: bool) -> Option<Box<dyn Decoder>> {
     match name {
+        "dns" => Some(Box::new(dns::Dns::new(datagram))),
         "http" => Some(Box::new(http::Http::default())),
         "redis" => Some(Box::new(redis::Redis::default())),
         "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),

@@ -204,6 +204,7 @@ impl Redis {
             text,
             fields,
             failed: dir == RESPONSE && error.is_some(),
+            key: None,
         });
     }
 

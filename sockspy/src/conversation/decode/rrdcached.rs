@@ -77,6 +77,7 @@ impl Rrdcached {
                         ("commands", Value::from(count)),
                     ]),
                     failed: false,
+                    key: None,
                 });
             } else {
                 command(line).ok_or_else(|| Mismatch(format!("`{line}` in a batch")))?;
@@ -101,6 +102,7 @@ impl Rrdcached {
             text,
             fields: fields([("command", Value::from(word)), ("args", Value::from(args))]),
             failed: false,
+            key: None,
         });
         Ok(())
     }
@@ -129,6 +131,7 @@ impl Rrdcached {
                     ("message", Value::from(message)),
                 ]),
                 failed: status < 0,
+                key: None,
             });
         }
         Ok(())

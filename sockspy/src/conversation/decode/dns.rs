@@ -1,0 +1,255 @@
+//! DNS over UDP (one message per datagram) and TCP (each message after
+//! its two-byte length): a query's id, name and type; a response's
+//! rcode and answer count. Responses are matched to queries by id, so a
+//! resolver's A and AAAA queries answered in either order pair right.
+
+use serde_json::{Map, Value};
+
+use super::{Decoder, Message, Mismatch, stream::Stream};
+use crate::conversation::turns::REQUEST;
+
+/// The header's size.
+const HEADER: usize = 12;
+
+#[derive(Debug, Default)]
+pub struct Dns {
+    /// Datagrams: each call is one message.
+    datagram: bool,
+    /// Each direction's offset (datagrams) or its bytes (TCP).
+    offsets: [u64; 2],
+    streams: [Stream; 2],
+    /// TCP: the length of the message being read, once its prefix was.
+    lengths: [Option<u64>; 2],
+}
+
+/// A DNS header and question, parsed.
+struct Parsed {
+    id: u16,
+    response: bool,
+    rcode: u8,
+    answers: u16,
+    name: String,
+    qtype: u16,
+}
+
+fn parse(bytes: &[u8]) -> Option<Parsed> {
+    if bytes.len() < HEADER {
+        return None;
+    }
+    let word = |at: usize| u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+    let flags = word(2);
+    let opcode = (flags >> 11) & 0xf;
+    let questions = word(4);
+    if opcode > 5 || questions != 1 {
+        return None;
+    }
+    let mut at = HEADER;
+    let mut labels = Vec::new();
+    loop {
+        let len = *bytes.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // Compression has no place in a message's first name.
+        if len > 63 || labels.len() > 127 {
+            return None;
+        }
+        let label = bytes.get(at..at + len)?;
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]);
+    Some(Parsed {
+        id: word(0),
+        response: flags & 0x8000 != 0,
+        rcode: (flags & 0xf) as u8,
+        answers: word(6),
+        name: if labels.is_empty() {
+            ".".to_owned()
+        } else {
+            labels.join(".")
+        },
+        qtype,
+    })
+}
+
+fn type_name(qtype: u16) -> String {
+    match qtype {
+        1 => "A".into(),
+        2 => "NS".into(),
+        5 => "CNAME".into(),
+        6 => "SOA".into(),
+        12 => "PTR".into(),
+        15 => "MX".into(),
+        16 => "TXT".into(),
+        28 => "AAAA".into(),
+        33 => "SRV".into(),
+        65 => "HTTPS".into(),
+        255 => "ANY".into(),
+        other => format!("TYPE{other}"),
+    }
+}
+
+fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        other => format!("RCODE{other}"),
+    }
+}
+
+impl Dns {
+    pub fn new(datagram: bool) -> Self {
+        Self {
+            datagram,
+            ..Self::default()
+        }
+    }
+
+    /// A client whose first message is a DNS query.
+    pub fn detect(first: &[u8], datagram: bool) -> Option<Self> {
+        let message = if datagram { first } else { first.get(2..)? };
+        let parsed = parse(message)?;
+        (!parsed.response).then(|| Self::new(datagram))
+    }
+
+    fn message(dir: usize, end: u64, bytes: &[u8]) -> Result<Message, Mismatch> {
+        let parsed = parse(bytes).ok_or_else(|| Mismatch("not a DNS message".to_owned()))?;
+        if parsed.response == (dir == REQUEST) {
+            return Err(Mismatch("a DNS message the wrong way".to_owned()));
+        }
+        let qtype = type_name(parsed.qtype);
+        let mut fields = Map::new();
+        fields.insert("id".into(), parsed.id.into());
+        fields.insert("name".into(), parsed.name.clone().into());
+        fields.insert("type".into(), qtype.clone().into());
+        let text = if parsed.response {
+            let rcode = rcode_name(parsed.rcode);
+            fields.insert("rcode".into(), rcode.clone().into());
+            fields.insert("answers".into(), Value::from(parsed.answers));
+            format!("{rcode} {} answers", parsed.answers)
+        } else {
+            format!("{qtype} {}", parsed.name)
+        };
+        Ok(Message {
+            dir,
+            end,
+            text,
+            fields,
+            failed: parsed.response && parsed.rcode != 0,
+            key: Some(u64::from(parsed.id)),
+        })
+    }
+}
+
+impl Decoder for Dns {
+    fn name(&self) -> &'static str {
+        "dns"
+    }
+
+    fn feed(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        len: u64,
+        found: &mut Vec<Message>,
+    ) -> Result<(), Mismatch> {
+        if self.datagram {
+            self.offsets[dir] += len;
+            found.push(Self::message(dir, self.offsets[dir], data)?);
+            return Ok(());
+        }
+        let stream = &mut self.streams[dir];
+        stream.push(data)?;
+        loop {
+            let stream = &mut self.streams[dir];
+            match self.lengths[dir] {
+                None => {
+                    let Some((prefix, _)) = stream.take(2) else {
+                        break;
+                    };
+                    self.lengths[dir] = Some(u64::from(u16::from_be_bytes([prefix[0], prefix[1]])));
+                }
+                Some(length) => {
+                    // The header and question are enough; the rest is passed over.
+                    let wanted = (length as usize).min(512);
+                    if stream.buffered() < wanted {
+                        break;
+                    }
+                    let start = stream.pos();
+                    let (bytes, _) = stream.take(wanted).expect("buffered");
+                    stream.skip(length - wanted as u64);
+                    self.lengths[dir] = None;
+                    found.push(Self::message(dir, start + length, &bytes)?);
+                }
+            }
+        }
+        self.streams[dir].gap(len - data.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::turns::RESPONSE;
+
+    /// A query (or, with `rcode`, a response) for `name`.
+    fn message(id: u16, rcode: Option<u8>, name: &str, qtype: u16) -> Vec<u8> {
+        let flags: u16 = match rcode {
+            Some(rcode) => 0x8180 | u16::from(rcode),
+            None => 0x0100,
+        };
+        let mut bytes = Vec::new();
+        for word in [id, flags, 1, u16::from(rcode == Some(0)), 0, 0] {
+            bytes.extend_from_slice(&word.to_be_bytes());
+        }
+        for label in name.split('.') {
+            bytes.push(label.len() as u8);
+            bytes.extend_from_slice(label.as_bytes());
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(&qtype.to_be_bytes());
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn queries_and_answers_over_udp_and_tcp() {
+        let query = message(0x1234, None, "example.com", 28);
+        let mut udp = Dns::detect(&query, true).unwrap();
+        let mut found = Vec::new();
+        udp.feed(REQUEST, &query, query.len() as u64, &mut found)
+            .unwrap();
+        let nx = message(0x1234, Some(3), "example.com", 28);
+        udp.feed(RESPONSE, &nx, nx.len() as u64, &mut found)
+            .unwrap();
+        assert_eq!(found[0].text, "AAAA example.com");
+        assert_eq!(found[0].key, Some(0x1234));
+        assert_eq!(found[1].text, "NXDOMAIN 0 answers");
+        assert!(found[1].failed);
+        assert_eq!(found[1].end, nx.len() as u64);
+
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        let mut tcp = Dns::detect(&framed, false).unwrap();
+        let mut found = Vec::new();
+        tcp.feed(REQUEST, &framed[..5], 5, &mut found).unwrap();
+        assert!(found.is_empty());
+        tcp.feed(REQUEST, &framed[5..], framed.len() as u64 - 5, &mut found)
+            .unwrap();
+        assert_eq!(found[0].end, framed.len() as u64);
+        assert_eq!(found[0].fields["name"], "example.com");
+    }
+
+    #[test]
+    fn what_is_not_dns() {
+        assert!(Dns::detect(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true).is_none());
+        let answer = message(7, Some(0), "a.b", 1);
+        assert!(Dns::detect(&answer, true).is_none(), "a response first");
+    }
+}

@@ -207,11 +207,26 @@ impl Turns {
                     new_datagram = false;
                     let index = self.open_span(dir, offset);
                     self.apply_bounds(dir);
-                    if !self.open[index].get(dir).contains(offset) {
+                    let span = self.open[index].get(dir);
+                    if span.contains(offset) {
+                        Some(index)
+                    } else if span.begun && span.start > offset {
+                        // Bytes before every turn there is (their record
+                        // came after their turn was handed on): counted,
+                        // belonging to none.
+                        let take = left.min(span.start - offset);
+                        *self.counter_mut(dir, read) += take;
+                        offset += take;
+                        left -= take;
+                        let _ = captured.split_to((take as usize).min(captured.len()));
+                        if left == 0 {
+                            return;
+                        }
+                        continue;
+                    } else {
                         // A message ended before these bytes: the next one.
                         continue;
                     }
-                    Some(index)
                 }
             };
             let end = index.and_then(|index| self.open[index].get(dir).end);

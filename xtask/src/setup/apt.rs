@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "collectd-core",
     "rrdcached",
+    "redis-server",
     "tshark",
     "iproute2",
     "util-linux",

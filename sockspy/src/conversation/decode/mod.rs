@@ -171,9 +171,13 @@ impl Decoding {
         let missed = offset.saturating_sub(fed[dir]);
         let skip = fed[dir].saturating_sub(offset);
         let data = data.get(skip as usize..).unwrap_or_default();
-        let result = decoder
-            .feed(dir, &[], missed, found)
-            .and_then(|()| decoder.feed(dir, data, len - skip, found));
+        // Bytes no record showed (lost records) go first, as a gap.
+        let result = if missed > 0 {
+            decoder.feed(dir, &[], missed, found)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| decoder.feed(dir, data, len - skip, found));
         fed[dir] = end;
         if let Err(mismatch) = result {
             let name = decoder.name();

@@ -6,6 +6,7 @@
 //! socket lists once, without eBPF; `check` reports what the kernel offers.
 
 pub mod check;
+pub mod live;
 pub mod pairs;
 pub mod read;
 pub mod trace;

@@ -405,7 +405,10 @@ mod tests {
         let mut turns = Turns::new(false);
         turns.data(RESPONSE, false, 12, 100, &NONE);
         turns.data(REQUEST, false, 5, 200, &NONE);
-        assert!(finished(&mut turns).is_empty(), "the client has not read it");
+        assert!(
+            finished(&mut turns).is_empty(),
+            "the client has not read it"
+        );
         turns.data(RESPONSE, true, 12, 150, &NONE);
         let done = finished(&mut turns);
         assert_eq!(done.len(), 1);

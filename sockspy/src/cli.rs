@@ -28,6 +28,7 @@ use crate::{
     filter::Selection,
     output::print::Format,
     output::record::{Framing, RecordOptions},
+    output::top::Column,
 };
 
 /// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets.
@@ -84,6 +85,16 @@ pub enum Command {
     /// the listed processes, since a recording holds no fork events.
     #[command(after_long_help = READ_EXAMPLES)]
     Read(ReadArgs),
+    /// Live view of the busiest conversations, like top (needs root).
+    ///
+    /// One row per connection, or per server endpoint with `--by server`:
+    /// client, server, requests and bytes per second each way, the
+    /// client's wait (p50, p99, max) over the last interval, bytes queued
+    /// unread in the sockets, errors. `<` and `>` change the sort column,
+    /// `q` quits. `-b` prints plain text snapshots instead, `--json` JSON
+    /// Lines; `-r FILE` prints the table over a whole recording.
+    #[command(after_long_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Report what this kernel offers for tracing (needs root).
     ///
     /// One `ok`/`FAIL`/`skip`/`no` line per requirement and hook, one line per
@@ -135,6 +146,18 @@ Examples:
     sockspy read cap.pcapng cap.pcapng1 cap.pcapng2
   One program's events, payload as hex dumps:
     sockspy read --comm curl --hex cap.pcapng";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  Every connection, refreshed every second:
+    sockspy top
+  One row per Unix server, the slowest first:
+    sockspy top --unix --by server --sort p99
+  Five JSON snapshots, two seconds apart:
+    sockspy top -b --json -d 2 -n 5
+  The table over a recording:
+    sockspy trace -w cap.pcapng
+    sockspy top -r cap.pcapng";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -407,7 +430,7 @@ pub struct TraceArgs {
     /// Ring buffer size in KiB.
     ///
     /// Rounded up to a power of two, at least 128 KiB.
-    #[arg(short = 'B', long, value_name = "KIB", default_value_t = 8192)]
+    #[arg(short = 'B', long, value_name = "KIB", default_value_t = BUFFER_KIB)]
     pub buffer_size: u64,
     /// Capture BYTES of payload per call (256).
     ///
@@ -469,6 +492,98 @@ pub struct TraceArgs {
     /// Wireshark picks its dissector (80 for HTTP, 6379 for Redis).
     #[arg(long, value_name = "PORT", requires = "write", value_parser = clap::value_parser!(u16).range(1..))]
     pub pcap_port: Option<u16>,
+}
+
+/// The ring buffer's default size, in KiB.
+const BUFFER_KIB: u64 = 8192;
+
+/// What `top` makes a row of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RowsBy {
+    Connection,
+    Server,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub select: SelectionArgs,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// Seconds between refreshes (fractions allowed).
+    #[arg(short = 'd', long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub delay: Duration,
+    /// One row per `connection` (the default) or per `server` endpoint.
+    ///
+    /// A server endpoint is a listener's path, or its address and port
+    /// (an unnamed socket is its own), with the processes holding it; the
+    /// client column then counts client processes.
+    #[arg(long, value_name = "ROWS", value_enum, default_value_t = RowsBy::Connection)]
+    pub by: RowsBy,
+    /// Sort by COLUMN: largest first, names in order (requests).
+    #[arg(long, value_name = "COLUMN", value_enum, default_value_t = Column::Requests)]
+    pub sort: Column,
+    /// Print plain text snapshots instead of the live screen.
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// Stop after COUNT refreshes.
+    #[arg(short = 'n', long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Print JSON Lines: one object per row per refresh (implies -b).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in KiB.
+    ///
+    /// Rounded up to a power of two, at least 128 KiB.
+    #[arg(short = 'B', long, value_name = "KIB", default_value_t = BUFFER_KIB)]
+    pub buffer_size: u64,
+    /// Read recording FILE and print the table over all of it.
+    ///
+    /// Rates are over the time from its first event to its last.
+    #[arg(short = 'r', value_name = "FILE", conflicts_with_all = ["delay", "iterations", "batch", "buffer_size"])]
+    pub read: Option<PathBuf>,
+}
+
+/// Validated options for `top`.
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    pub select: Selection,
+    pub backend: Option<Backend>,
+    pub delay: Duration,
+    pub by_server: bool,
+    pub sort: Column,
+    pub batch: bool,
+    pub iterations: Option<u64>,
+    pub json: bool,
+    pub buffer_bytes: u64,
+    pub read: Option<PathBuf>,
+}
+
+impl TopArgs {
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        if self.by == RowsBy::Connection && self.sort == Column::Connections {
+            return Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                "--sort connections needs --by server (a connection's row is one connection)",
+            ));
+        }
+        self.select.validate()
+    }
+
+    pub fn options(&self) -> TopOptions {
+        TopOptions {
+            select: self.select.selection(),
+            backend: self.backend.backend(),
+            delay: self.delay,
+            by_server: self.by == RowsBy::Server,
+            sort: self.sort,
+            batch: self.batch,
+            iterations: self.iterations,
+            json: self.json,
+            buffer_bytes: self.buffer_size.saturating_mul(1024),
+            read: self.read.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

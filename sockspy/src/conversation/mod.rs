@@ -237,6 +237,11 @@ impl Conversation {
         }
     }
 
+    /// Every live connection, in no order (what `top` reads).
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.tracker.connections()
+    }
+
     /// Calls are printed too (`--summaries` alone), not only exchanges.
     pub fn calls_too(&self) -> bool {
         self.calls_too

@@ -1,0 +1,414 @@
+//! `top`'s rows: what each connection, or each server endpoint, did over
+//! the last interval.
+//!
+//! Takes resolved events and runs them through the conversation stage,
+//! which hands on each finished exchange and each ended connection's
+//! summary; at the end of every interval reads the live connections'
+//! byte and error counts, and hands on one [`Row`] per connection (or per
+//! server with [`by_server`]) for `table` to print and `screen` to show.
+//!
+//! What is kept per connection between intervals is fixed in size: the
+//! counts seen at the last refresh, and the interval's exchanges and
+//! `wait` histogram (fixed buckets, allocated with its first value and
+//! dropped at the refresh). Ended connections are shown in the interval
+//! they ended in, then forgotten.
+
+pub mod screen;
+pub mod table;
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::SocketAddr,
+    rc::Rc,
+};
+
+use clap::ValueEnum;
+use sockspy_common::{AF_UNIX, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::{
+    capture::events::UnixName,
+    conversation::{Conversation, End, Finding, Kind, Summary, Wanted, histogram::Histogram},
+    idmap::IdMap,
+    table::{diag, resolve::Event},
+};
+
+/// One line of the table: a connection, or a server endpoint and all its
+/// clients' connections.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub kind: Kind,
+    /// The client's end; with `--by server`, what every client has in
+    /// common (the process, when one process made every connection).
+    pub client: End,
+    pub server: End,
+    /// The connection's number (as in `exchange` records); none for a
+    /// server's row.
+    pub connection: Option<u64>,
+    pub connections: u64,
+    /// Client processes.
+    pub clients: u64,
+    /// Exchanges finished in the interval.
+    pub requests: u64,
+    /// Bytes each way in the interval, the client's view: [sent, received].
+    pub bytes: [u64; 2],
+    /// The client's wait (or with the client elsewhere, the server's
+    /// time) of each exchange finished in the interval.
+    pub wait: Histogram,
+    /// Failed calls and socket errors in the interval.
+    pub errors: u64,
+    /// Bytes unread in the connections' sockets at the refresh (sock_diag);
+    /// none when not known (a recording).
+    pub queued: Option<u64>,
+}
+
+/// The columns, in the order shown; `--sort` takes their names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Column {
+    Client,
+    Server,
+    Connections,
+    #[default]
+    Requests,
+    Sent,
+    Received,
+    P50,
+    P99,
+    Max,
+    Queued,
+    Errors,
+}
+
+impl Column {
+    /// The next column to sort by (`>`), or the one before (`<`).
+    pub fn step(self, forward: bool) -> Self {
+        let all = Self::value_variants();
+        let at = all.iter().position(|c| *c == self).unwrap_or(0);
+        let next = if forward {
+            (at + 1) % all.len()
+        } else {
+            (at + all.len() - 1) % all.len()
+        };
+        all[next]
+    }
+
+    /// The name `--sort` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Connections => "connections",
+            Self::Requests => "requests",
+            Self::Sent => "sent",
+            Self::Received => "received",
+            Self::P50 => "p50",
+            Self::P99 => "p99",
+            Self::Max => "max",
+            Self::Queued => "queued",
+            Self::Errors => "errors",
+        }
+    }
+}
+
+/// What `top` keeps of a connection between refreshes.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The connection's totals at the last refresh.
+    bytes: [u64; 2],
+    errors: u64,
+    /// Since the last refresh.
+    requests: u64,
+    wait: Histogram,
+    /// The refresh that last found it live.
+    refresh: u64,
+}
+
+/// The conversations of a trace or a recording, and what each did since
+/// the last refresh.
+#[derive(Debug)]
+pub struct Top {
+    conversation: Conversation,
+    seen: IdMap<u64, Seen>,
+    /// Connections that ended since the last refresh, as they ended.
+    ended: Vec<Row>,
+    refreshes: u64,
+}
+
+impl Default for Top {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Top {
+    pub fn new() -> Self {
+        Self {
+            conversation: Conversation::new(Wanted {
+                exchanges: true,
+                summaries: true,
+                slower_than_us: None,
+            }),
+            seen: IdMap::default(),
+            ended: Vec::new(),
+            refreshes: 0,
+        }
+    }
+
+    pub fn event(&mut self, event: &Event) {
+        self.conversation.event(event);
+        self.take_found();
+    }
+
+    /// The trace or the recording ended: every connection still open is
+    /// summarised now, and shown by the next [`Self::refresh`].
+    pub fn finish(&mut self) {
+        self.conversation.finish();
+        self.take_found();
+    }
+
+    fn take_found(&mut self) {
+        let found = self.conversation.take();
+        for finding in &found {
+            match finding {
+                Finding::Exchange(exchange) => {
+                    let seen = self.seen.entry(exchange.connection).or_default();
+                    seen.requests += 1;
+                    if let Some(us) = exchange.times.seen_us() {
+                        seen.wait.add(us);
+                    }
+                }
+                Finding::Summary(summary) => {
+                    let seen = self.seen.remove(&summary.connection).unwrap_or_default();
+                    self.ended.push(ended_row(summary, seen));
+                }
+            }
+        }
+        self.conversation.give_back(found);
+    }
+
+    /// The rows of the interval that ends now: every connection live or
+    /// ended since the last refresh. The next interval starts empty.
+    pub fn refresh(&mut self, queues: Option<&Queues>) -> Vec<Row> {
+        self.refreshes += 1;
+        let refresh = self.refreshes;
+        let mut rows = std::mem::take(&mut self.ended);
+        for conn in self.conversation.connections() {
+            let seen = self.seen.entry(conn.id).or_default();
+            let (client, server) = conn.client_server();
+            let bytes = conn.bytes();
+            let errors = conn.error_count();
+            rows.push(Row {
+                kind: conn.kind,
+                client: client.clone(),
+                server: server.clone(),
+                connection: Some(conn.id),
+                connections: 1,
+                clients: 1,
+                requests: seen.requests,
+                bytes: [0, 1].map(|dir| bytes[dir].saturating_sub(seen.bytes[dir])),
+                wait: std::mem::take(&mut seen.wait),
+                errors: errors.saturating_sub(seen.errors),
+                queued: queues.map(|queues| queues.of(client, server)),
+            });
+            *seen = Seen {
+                bytes,
+                errors,
+                refresh,
+                ..Seen::default()
+            };
+        }
+        // Connections dropped for room go without a summary.
+        self.seen.retain(|_, seen| seen.refresh == refresh);
+        rows
+    }
+}
+
+/// The last row of a connection that ended.
+fn ended_row(summary: &Summary, seen: Seen) -> Row {
+    Row {
+        kind: summary.kind,
+        client: summary.client.clone(),
+        server: summary.server.clone(),
+        connection: Some(summary.connection),
+        connections: 1,
+        clients: 1,
+        requests: seen.requests,
+        bytes: [0, 1].map(|dir| summary.bytes[dir].saturating_sub(seen.bytes[dir])),
+        wait: seen.wait,
+        errors: summary
+            .errors
+            .iter()
+            .map(|(_, count)| count)
+            .sum::<u64>()
+            .saturating_sub(seen.errors),
+        queued: None,
+    }
+}
+
+/// Bytes waiting in sockets' queues, by inode, as sock_diag reports them
+/// (what `sockspy pairs` shows as `queued`).
+#[derive(Debug, Default)]
+pub struct Queues {
+    /// Bytes unread, and bytes sent but not yet taken (or acknowledged).
+    by_sock: IdMap<u64, (u32, u32)>,
+}
+
+impl Queues {
+    /// Reads the queues of the families in `families` (`FAMILY_*` bits);
+    /// a family the kernel cannot list is left out.
+    pub fn read(families: u32) -> Self {
+        use sockspy_common::{FAMILY_UNIX, PROTO_TCP, PROTO_UDP};
+        let mut by_sock = IdMap::default();
+        if families & FAMILY_UNIX != 0 {
+            for sock in diag::unix_sockets().unwrap_or_default() {
+                if sock.state != diag::STATE_LISTEN {
+                    by_sock.insert(sock.ino, (sock.rqueue, sock.wqueue));
+                }
+            }
+        }
+        for (bit, protocol) in [(PROTO_TCP, IPPROTO_TCP), (PROTO_UDP, IPPROTO_UDP)] {
+            if families & bit != 0 {
+                for sock in diag::inet_sockets(protocol).unwrap_or_default() {
+                    if sock.state != diag::STATE_LISTEN {
+                        by_sock.insert(sock.ino, (sock.rqueue, sock.wqueue));
+                    }
+                }
+            }
+        }
+        Self { by_sock }
+    }
+
+    /// A connection's queued bytes: what each end here has unread; and
+    /// with the other end not here, what this end has not yet sent or
+    /// had acknowledged.
+    pub fn of(&self, client: &End, server: &End) -> u64 {
+        let queue = |end: &End| end.sock.and_then(|sock| self.by_sock.get(&sock).copied());
+        let (client_queue, server_queue) = (queue(client), queue(server));
+        let one = |this: Option<(u32, u32)>, other: Option<(u32, u32)>| match (this, other) {
+            (Some((unread, _)), Some(_)) => u64::from(unread),
+            (Some((unread, unsent)), None) => u64::from(unread) + u64::from(unsent),
+            (None, _) => 0,
+        };
+        one(client_queue, server_queue) + one(server_queue, client_queue)
+    }
+}
+
+/// What identifies a server endpoint: its socket's name (a listener's
+/// path, or its address and port), or for an unnamed one, the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ServerKey {
+    Path(u16, Rc<UnixName>),
+    Addr(u16, SocketAddr),
+    Sock(u64),
+    Connection(u64),
+}
+
+impl ServerKey {
+    fn of(row: &Row) -> Self {
+        let server = &row.server;
+        if let Some(path) = &server.path {
+            return Self::Path(row.kind.sock_type, Rc::clone(path));
+        }
+        if row.kind.family != AF_UNIX
+            && let Some(addr) = server.addr
+        {
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+            return Self::Addr(row.kind.protocol, addr);
+        }
+        match server.sock {
+            Some(sock) => Self::Sock(sock),
+            None => Self::Connection(row.connection.unwrap_or_default()),
+        }
+    }
+}
+
+/// Keeps of `end` only what `other` has too.
+fn common(end: &mut End, other: &End) {
+    fn keep<T: PartialEq>(field: &mut Option<T>, other: &Option<T>) {
+        if field != other {
+            *field = None;
+        }
+    }
+    keep(&mut end.pid, &other.pid);
+    keep(&mut end.comm, &other.comm);
+    keep(&mut end.fd, &other.fd);
+    keep(&mut end.sock, &other.sock);
+    keep(&mut end.path, &other.path);
+    keep(&mut end.addr, &other.addr);
+}
+
+/// One row per server endpoint, adding up its connections' rows.
+pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
+    let mut servers: Vec<(Row, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<ServerKey, usize> = HashMap::new();
+    for row in rows {
+        let pid = row.client.pid.unwrap_or(0);
+        match index.entry(ServerKey::of(&row)) {
+            Entry::Vacant(slot) => {
+                slot.insert(servers.len());
+                servers.push((
+                    Row {
+                        connection: None,
+                        ..row
+                    },
+                    vec![pid],
+                ));
+            }
+            Entry::Occupied(slot) => {
+                let (server, pids) = &mut servers[*slot.get()];
+                common(&mut server.client, &row.client);
+                common(&mut server.server, &row.server);
+                server.connections += row.connections;
+                server.requests += row.requests;
+                server.bytes[0] += row.bytes[0];
+                server.bytes[1] += row.bytes[1];
+                server.wait.merge(&row.wait);
+                server.errors += row.errors;
+                server.queued = match (server.queued, row.queued) {
+                    (None, None) => None,
+                    (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+                };
+                pids.push(pid);
+            }
+        }
+    }
+    servers
+        .into_iter()
+        .map(|(mut row, mut pids)| {
+            pids.sort_unstable();
+            pids.dedup();
+            row.clients = pids.len() as u64;
+            row
+        })
+        .collect()
+}
+
+/// Sorts `rows` by `column`: the largest numbers first, names in order;
+/// ties by bytes moved, then as they were (a steady order keeps rows from
+/// jumping between refreshes).
+pub fn sort(rows: &mut [Row], column: Column) {
+    let number = |row: &Row| -> Option<u64> {
+        match column {
+            Column::Client | Column::Server => None,
+            Column::Connections => Some(row.connections),
+            Column::Requests => Some(row.requests),
+            Column::Sent => Some(row.bytes[0]),
+            Column::Received => Some(row.bytes[1]),
+            Column::P50 => row.wait.percentile(50),
+            Column::P99 => row.wait.percentile(99),
+            Column::Max => row.wait.max(),
+            Column::Queued => row.queued,
+            Column::Errors => Some(row.errors),
+        }
+    };
+    rows.sort_by(|a, b| {
+        let by_column = match column {
+            Column::Client => table::client_text(a).cmp(&table::client_text(b)),
+            Column::Server => table::server_text(a).cmp(&table::server_text(b)),
+            _ => number(b).cmp(&number(a)),
+        };
+        by_column
+            .then_with(|| (b.bytes[0] + b.bytes[1]).cmp(&(a.bytes[0] + a.bytes[1])))
+            .then_with(|| a.connection.cmp(&b.connection))
+            .then_with(|| table::server_text(a).cmp(&table::server_text(b)))
+    });
+}

@@ -412,3 +412,212 @@ pub fn sort(rows: &mut [Row], column: Column) {
             .then_with(|| table::server_text(a).cmp(&table::server_text(b)))
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use sockspy_common::EventKind;
+
+    use super::*;
+    use crate::{output::print::tests::send_event, table::resolve::Peer};
+
+    /// A call of collectd (`client`) or rrdcached on their connection,
+    /// moving `bytes` at `ms` milliseconds; `client_pid` tells collectds
+    /// apart, each on a connection of its own.
+    fn call(client_pid: u32, client: bool, kind: EventKind, bytes: i64, ms: u64) -> Event {
+        let mut event = send_event();
+        let (client_sock, server_sock) = (u64::from(client_pid) * 2, u64::from(client_pid) * 2 + 1);
+        event.kind = kind;
+        event.ret = bytes;
+        event.ts_ns = ms * 1_000_000;
+        event.pid = client_pid;
+        event.sock = Some(client_sock);
+        if let Some(peer) = &mut event.peer {
+            peer.sock = Some(server_sock);
+        }
+        if !client {
+            let path = event.peer.as_ref().and_then(|peer| peer.path.clone());
+            event.peer = Some(Peer {
+                sock: Some(client_sock),
+                pid: Some(client_pid),
+                comm: Some("collectd".into()),
+                fd: Some(9),
+                ..Peer::default()
+            });
+            (event.pid, event.comm, event.fd) = (20, "rrdcached".into(), Some(12));
+            (event.sock, event.path) = (Some(server_sock), path);
+        }
+        event
+    }
+
+    /// One exchange on collectd `pid`'s connection starting at `ms`: a
+    /// 10-byte request, a 4-byte answer `wait_ms` later.
+    fn exchange(top: &mut Top, pid: u32, ms: u64, wait_ms: u64) {
+        top.event(&call(pid, true, EventKind::Send, 10, ms));
+        top.event(&call(pid, false, EventKind::Recv, 10, ms));
+        top.event(&call(pid, false, EventKind::Send, 4, ms + wait_ms));
+        top.event(&call(pid, true, EventKind::Recv, 4, ms + wait_ms));
+    }
+
+    fn close(top: &mut Top, pid: u32, ms: u64) {
+        for client in [true, false] {
+            let mut event = call(pid, client, EventKind::Close, 0, ms);
+            event.released = true;
+            top.event(&event);
+        }
+    }
+
+    #[test]
+    fn each_refresh_counts_its_own_interval() {
+        let mut top = Top::new();
+        for (at, wait) in [(0, 5), (100, 80), (200, 5)] {
+            exchange(&mut top, 10, at, wait);
+        }
+        let rows = top.refresh(None);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.connection, Some(1));
+        assert_eq!(row.client.pid, Some(10));
+        assert_eq!(row.server.pid, Some(20));
+        assert_eq!(
+            row.server.path.as_deref().map(|p| p.to_string()).as_deref(),
+            Some("/run/rrdcached.sock")
+        );
+        // The third exchange is not finished until the next request.
+        assert_eq!(row.requests, 2);
+        assert_eq!(row.bytes, [30, 12]);
+        assert_eq!(row.wait.percentile(50), Some(5_000));
+        assert_eq!(row.wait.max(), Some(80_000));
+        assert_eq!(row.queued, None);
+
+        exchange(&mut top, 10, 300, 20);
+        let rows = top.refresh(None);
+        assert_eq!((rows[0].requests, rows[0].bytes), (1, [10, 4]));
+        assert_eq!(rows[0].wait.max(), Some(5_000), "only this interval's");
+
+        let rows = top.refresh(None);
+        assert_eq!((rows[0].requests, rows[0].bytes), (0, [0, 0]));
+        assert_eq!(rows[0].wait.count(), 0);
+    }
+
+    #[test]
+    fn an_ended_connection_shows_once_with_what_it_did_last() {
+        let mut top = Top::new();
+        exchange(&mut top, 10, 0, 5);
+        assert_eq!(top.refresh(None)[0].requests, 0);
+        exchange(&mut top, 10, 100, 7);
+        close(&mut top, 10, 200);
+        let rows = top.refresh(None);
+        assert_eq!(rows.len(), 1);
+        // Both exchanges finish now: the first at the second request, the
+        // second when the connection closed.
+        assert_eq!((rows[0].requests, rows[0].bytes), (2, [10, 4]));
+        assert_eq!(rows[0].wait.percentile(99), Some(7_000));
+        assert!(top.refresh(None).is_empty());
+        assert!(top.seen.is_empty(), "nothing kept of an ended connection");
+    }
+
+    #[test]
+    fn a_recording_ends_with_every_connection_summarised() {
+        let mut top = Top::new();
+        exchange(&mut top, 10, 0, 5);
+        exchange(&mut top, 10, 100, 9);
+        top.finish();
+        let rows = top.refresh(None);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].requests, rows[0].bytes), (2, [20, 8]));
+        assert_eq!(rows[0].wait.percentile(50), Some(5_000));
+    }
+
+    #[test]
+    fn server_rows_add_up_their_clients() {
+        let mut top = Top::new();
+        exchange(&mut top, 10, 0, 5);
+        exchange(&mut top, 10, 50, 5);
+        exchange(&mut top, 11, 0, 40);
+        exchange(&mut top, 11, 50, 40);
+        let mut queues = Queues::default();
+        queues.by_sock.insert(21, (100, 0));
+        queues.by_sock.insert(22, (0, 0));
+        queues.by_sock.insert(23, (7, 0));
+        let rows = by_server(top.refresh(Some(&queues)));
+        assert_eq!(rows.len(), 1, "one server: {rows:?}");
+        let row = &rows[0];
+        assert_eq!((row.connections, row.clients, row.connection), (2, 2, None));
+        assert_eq!(row.requests, 2);
+        assert_eq!(row.bytes, [40, 16]);
+        assert_eq!(row.wait.count(), 2);
+        assert_eq!(row.wait.max(), Some(40_000));
+        // pid 10's ends are socks 20 and 21, pid 11's 22 and 23.
+        assert_eq!(row.queued, Some(107));
+        // What the clients share: their name, not a process.
+        assert_eq!(
+            (row.client.pid, row.client.comm.as_deref()),
+            (None, Some("collectd"))
+        );
+        assert_eq!(row.server.pid, Some(20));
+        assert_eq!(table::client_text(row), "2 clients");
+        assert_eq!(table::server_text(row), "rrdcached[20] /run/rrdcached.sock");
+    }
+
+    #[test]
+    fn queued_bytes_count_both_ends_or_the_unsent_of_a_lone_one() {
+        let mut queues = Queues::default();
+        queues.by_sock.insert(1, (10, 99));
+        queues.by_sock.insert(2, (5, 99));
+        queues.by_sock.insert(3, (7, 3));
+        let end = |sock| End {
+            sock: Some(sock),
+            ..End::default()
+        };
+        assert_eq!(queues.of(&end(1), &end(2)), 15);
+        // The server is elsewhere: what the client has not sent counts.
+        assert_eq!(queues.of(&end(3), &End::default()), 10);
+        assert_eq!(queues.of(&End::default(), &end(4)), 0);
+    }
+
+    #[test]
+    fn sorting_puts_the_largest_first_and_names_in_order() {
+        let row = |pid: u32, requests: u64, wait: u64| {
+            let mut row = Row {
+                client: End {
+                    pid: Some(pid),
+                    comm: Some("c".into()),
+                    ..End::default()
+                },
+                connection: Some(u64::from(pid)),
+                requests,
+                ..Row::default()
+            };
+            row.wait.add(wait);
+            row
+        };
+        let mut rows = vec![row(3, 5, 10), row(1, 9, 1000), row(2, 1, 50_000)];
+        let pids = |rows: &[Row]| {
+            rows.iter()
+                .map(|r| r.client.pid.unwrap())
+                .collect::<Vec<_>>()
+        };
+        sort(&mut rows, Column::Requests);
+        assert_eq!(pids(&rows), [1, 3, 2]);
+        sort(&mut rows, Column::P99);
+        assert_eq!(pids(&rows), [2, 1, 3]);
+        sort(&mut rows, Column::Client);
+        assert_eq!(pids(&rows), [1, 2, 3]);
+        // Ties keep a steady order: by connection.
+        sort(&mut rows, Column::Errors);
+        assert_eq!(pids(&rows), [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_sort_key_steps_through_every_column() {
+        let mut column = Column::Requests;
+        let mut seen = Vec::new();
+        for _ in 0..Column::value_variants().len() {
+            column = column.step(true);
+            seen.push(column);
+        }
+        assert_eq!(column, Column::Requests);
+        assert_eq!(seen.len(), 11);
+        assert_eq!(Column::Client.step(false), Column::Errors);
+    }
+}

@@ -161,9 +161,14 @@ pub fn cell(row: &Row, column: Column, secs: f64) -> String {
         Column::P50 => micros(row.wait.percentile(50)),
         Column::P99 => micros(row.wait.percentile(99)),
         Column::Max => micros(row.wait.max()),
-        Column::Queued => row
-            .queued
-            .map_or_else(|| "-".to_owned(), |bytes| rate_text(bytes as f64)),
+        // A count, not a rate: whole below a thousand.
+        Column::Queued => row.queued.map_or_else(
+            || "-".to_owned(),
+            |bytes| match bytes {
+                0..1000 => bytes.to_string(),
+                _ => rate_text(bytes as f64),
+            },
+        ),
         Column::Errors => row.errors.to_string(),
     }
 }
@@ -326,4 +331,153 @@ pub fn write_json(out: &mut impl Write, rows: &[Row], interval: &Interval) -> io
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::capture::events::UnixName;
+
+    #[test]
+    fn numbers_keep_three_digits_in_six_characters() {
+        let rates = [
+            (0.0, "0"),
+            (0.5, "0.50"),
+            (12.46, "12.5"),
+            (125.0, "125"),
+            (999.4, "999"),
+            (999.6, "1.00k"),
+            (12_345.0, "12.3k"),
+            (123_456_789.0, "123M"),
+        ];
+        for (value, text) in rates {
+            assert_eq!(rate_text(value), text, "{value}");
+        }
+        let durations = [
+            (0, "0us"),
+            (999, "999us"),
+            (1_234, "1.23ms"),
+            (9_996, "10.0ms"),
+            (12_345, "12.3ms"),
+            (123_456, "123ms"),
+            (999_600, "1.00s"),
+            (12_345_678, "12.3s"),
+            (123_456_789, "123s"),
+        ];
+        for (us, text) in durations {
+            assert_eq!(micros_text(us), text, "{us}");
+        }
+        for value in [0.001, 9.994, 99.94, 999.4, 5e5, 9.99e8, 1e12] {
+            assert!(rate_text(value).len() <= 6, "{value}: {}", rate_text(value));
+        }
+        for us in [9_994, 99_949, 999_499, 9_994_999, 99_949_999] {
+            assert!(micros_text(us).len() <= 6, "{us}: {}", micros_text(us));
+        }
+    }
+
+    #[test]
+    fn fitting_cuts_the_middle() {
+        assert_eq!(fit("python3[7493] /tmp/pp.sock", 16), "python3…/pp.sock");
+        assert_eq!(fit("short", 16), "short");
+        assert_eq!(fit("abc", 1), "a");
+        assert_eq!(fit("abcdef", 5).chars().count(), 5);
+    }
+
+    fn row() -> Row {
+        let mut row = Row {
+            client: End {
+                pid: Some(10),
+                comm: Some("collectd".into()),
+                fd: Some(9),
+                sock: Some(100),
+                ..End::default()
+            },
+            server: End {
+                pid: Some(20),
+                comm: Some("rrdcached".into()),
+                fd: Some(12),
+                sock: Some(101),
+                path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
+                ..End::default()
+            },
+            kind: crate::conversation::Kind {
+                family: 1,
+                sock_type: 1,
+                protocol: 0,
+            },
+            connection: Some(7),
+            connections: 1,
+            clients: 1,
+            requests: 30,
+            bytes: [3000, 600],
+            errors: 1,
+            queued: Some(42),
+            ..Row::default()
+        };
+        for us in [1_000, 2_000, 50_000] {
+            row.wait.add(us);
+        }
+        row
+    }
+
+    #[test]
+    fn a_text_snapshot_lines_up_its_columns() {
+        let interval = Interval {
+            secs: 2.0,
+            wall_ns: 1_700_000_000_000_000_000,
+        };
+        let mut out = Vec::new();
+        write_text(&mut out, &[row()], &interval, false, Column::P99).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "sockspy top 2023-11-14T22:13:20.000000Z  1 connections  over 2.00s  sorted by p99"
+        );
+        assert_eq!(
+            lines[1],
+            "CLIENT       SERVER                             REQ/S SENT/S RECV/S    P50    P99    MAX QUEUED  ERR"
+        );
+        assert_eq!(
+            lines[2],
+            "collectd[10] rrdcached[20] /run/rrdcached.sock   15.0  1.50k    300 1.98ms 50.0ms 50.0ms     42    1"
+        );
+        assert_eq!(lines[3..], [""], "an empty line after each snapshot");
+    }
+
+    #[test]
+    fn json_rows_use_the_contract_names() {
+        let interval = Interval {
+            secs: 2.0,
+            wall_ns: 1_700_000_000_000_000_000,
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &[row()], &interval).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let expect = serde_json::json!({
+            "ts": "2023-11-14T22:13:20.000000Z",
+            "interval_s": 2.0,
+            "connection": 7,
+            "family": "unix",
+            "type": "stream",
+            "client": {"pid": 10, "comm": "collectd", "fd": 9, "sock": 100},
+            "server": {"pid": 20, "comm": "rrdcached", "fd": 12, "sock": 101, "path": "/run/rrdcached.sock"},
+            "connections": 1,
+            "clients": 1,
+            "requests": 30,
+            "requests_per_s": 15.0,
+            "sent_bytes": 3000,
+            "sent_bytes_per_s": 1500.0,
+            "received_bytes": 600,
+            "received_bytes_per_s": 300.0,
+            "wait_p50_us": 1984,
+            "wait_p99_us": 50000,
+            "wait_max_us": 50000,
+            "queued_bytes": 42,
+            "errors": 1,
+        });
+        assert_eq!(json, expect);
+    }
 }

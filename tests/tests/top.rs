@@ -86,6 +86,33 @@ for i in range(count):
 conn.close()
 "#;
 
+/// Listens at argv[1], prints its pid, accepts one connection and reads
+/// nothing from it for argv[2] ms; then reads argv[3] bytes and closes.
+const LATE_READER: &str = r#"
+import os, socket, sys, time
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1])
+srv.listen(1)
+print(os.getpid(), flush=True)
+conn, _ = srv.accept()
+time.sleep(int(sys.argv[2]) / 1000)
+got = 0
+while got < int(sys.argv[3]):
+    got += len(conn.recv(65536))
+conn.close()
+"#;
+
+/// Connects to argv[1], prints its pid, sends argv[2] bytes and waits
+/// for the server to close.
+const SENDER: &str = r#"
+import os, socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect(sys.argv[1])
+print(os.getpid(), flush=True)
+conn.sendall(b'x' * int(sys.argv[2]))
+conn.recv(1)
+"#;
+
 /// `script`, run under the process name `name`.
 fn named(name: &str, script: &str) -> String {
     format!("NAME = '{name}'{NAMED}{script}")
@@ -219,6 +246,37 @@ fn batch_json_rows_count_every_request_and_byte() {
         .filter_map(|row| row["wait_max_us"].as_u64())
         .max();
     assert!(slowest >= Some(80_000), "an 80 ms answer: {rows:#?}");
+}
+
+#[test]
+fn bytes_left_unread_are_queued() {
+    if !have_root("bytes_left_unread_are_queued") {
+        return;
+    }
+    let dir = socket_dir("top-queued");
+    let server = spawn_python(
+        &named(SERVER_NAME, LATE_READER),
+        &[dir.path(), "2500", "6000"],
+    );
+    let mut server = Running(server);
+    first_line(&mut server.0);
+    let top = Trace::top(&[&["-b", "--json", "-d", "0.5"][..], &SELECT].concat()).unwrap();
+    let mut sender = spawn_python(&named(CLIENT_NAME, SENDER), &[dir.path(), "6000"]);
+    let client_pid = first_line(&mut sender)[0];
+    wait_ok(&mut sender);
+    wait_ok(&mut server.0);
+    thread::sleep(Duration::from_millis(800));
+    let rows = top.stop().unwrap().events();
+    let rows = rows_of(&rows, client_pid);
+    let queued: Vec<Option<u64>> = rows
+        .iter()
+        .map(|row| row["queued_bytes"].as_u64())
+        .collect();
+    // Unread while the server slept; nothing once it read (or the
+    // connection ended, when there is no queue to read).
+    assert!(queued.contains(&Some(6000)), "{rows:#?}");
+    assert!(matches!(queued.last(), Some(None | Some(0))), "{rows:#?}");
+    assert_eq!(sum(&rows, "sent_bytes"), 6000);
 }
 
 #[test]

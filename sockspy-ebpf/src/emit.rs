@@ -169,8 +169,10 @@ pub fn skip_task(me: Current) -> bool {
 /// Whether `--port` leaves out the traffic of socket `info`: an IP socket
 /// connected to a remote end, neither of whose ports is wanted. A socket
 /// that is not connected (UDP's `sendto`/`recvfrom`) is left to userspace,
-/// which sees each datagram's address; other families have no ports, and
-/// the loader does not ask for them under `--port`.
+/// which sees each datagram's address, and so is one whose local port is
+/// gone (a closed TCP socket is unhashed; userspace knows what it was);
+/// other families have no ports, and the loader does not ask for them
+/// under `--port`.
 #[inline(always)]
 pub fn port_excluded(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed> {
     if global!(CONFIG.filters) & FILTER_PORT == 0 || !kernel::is_inet(info.family) {
@@ -178,6 +180,7 @@ pub fn port_excluded(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed
     }
     let (local, remote) = kernel::inet_ports(info.sk)?;
     Ok(remote != 0
+        && local != 0
         && FILTER_PORTS.get_ptr(local).is_none()
         && FILTER_PORTS.get_ptr(remote).is_none())
 }

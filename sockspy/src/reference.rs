@@ -211,7 +211,11 @@ fn readme_trace_examples(readme: &str) -> Vec<Vec<&str>> {
         let Some(command) = line.strip_prefix("    $ ") else {
             continue;
         };
-        if !command.contains("sockspy trace") || command.contains(" -w ") {
+        // Calls only: exchanges have their own printer's test.
+        if !command.contains("sockspy trace")
+            || command.contains(" -w ")
+            || command.contains("--exchanges")
+        {
             continue;
         }
         let mut block = Vec::new();

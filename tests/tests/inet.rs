@@ -504,3 +504,75 @@ fn connection_between_network_namespaces() {
     let accept = find(&events, server_pid, "accept");
     assert_eq!(accept["raddr"], client_ip, "{accept}");
 }
+
+/// A client that half-closes (as `nc` does at the end of its input), and
+/// a server that answers and closes before its client reads: both
+/// sockets reach CLOSE (the client's through TIME_WAIT) while their
+/// descriptors are open, unhashed, reading local port 0 in the kernel; yet every
+/// event of both ends stays that connection's, with its ports and the
+/// process at the other end, and `--port` keeps them all (the server's
+/// close included).
+#[test]
+fn a_connection_after_its_close_is_still_itself() {
+    if !have_root("a_connection_after_its_close_is_still_itself") {
+        return;
+    }
+    const EARLY_CLOSE: &str = "
+srv = socket.socket(FAMILY, socket.SOCK_STREAM)
+srv.bind((sys.argv[1], int(sys.argv[3])))
+srv.listen(1)
+pid = os.fork()
+if pid == 0:
+    c = socket.socket(FAMILY, socket.SOCK_STREAM)
+    c.connect((sys.argv[1], int(sys.argv[3])))
+    c.send(b'GET')
+    c.shutdown(socket.SHUT_WR)
+    time.sleep(0.2)
+    while c.recv(100):
+        pass
+    c.close()
+    os._exit(0)
+conn, _ = srv.accept()
+while conn.recv(100):
+    pass
+conn.sendall(b'answer')
+conn.close()
+os.waitpid(pid, 0)
+print(os.getpid(), pid, flush=True)
+";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let trace = Trace::start(&["--tcp", "--json", "--port", &port]).unwrap();
+    let script = format!("{RENAME}import time\n{EARLY_CLOSE}");
+    let mut child = spawn_python(&script, &["127.0.0.1", "closer", &port]);
+    let pids = first_line(&mut child);
+    wait_ok(&mut child);
+    let events = trace.stop().unwrap().events();
+    let (server, client) = (pids[0], pids[1]);
+    let close = |pid| {
+        events
+            .iter()
+            .find(|e| e["event"] == "close" && e["pid"] == pid && e["lport"].is_u64())
+            .unwrap_or_else(|| panic!("no close of {pid} in {events:#?}"))
+    };
+    let server_close = close(server);
+    let client_close = close(client);
+    assert_eq!(server_close["lport"].to_string(), port);
+    assert_eq!(client_close["rport"].to_string(), port);
+    let client_port = &client_close["lport"];
+    assert_ne!(client_port, 0);
+    let late: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["pid"] == client && ["recv", "close"].contains(&e["event"].as_str().unwrap()))
+        .collect();
+    assert!(late.len() >= 3, "{events:#?}");
+    for event in late {
+        assert_eq!(&event["lport"], client_port, "{event}");
+        assert_eq!(event["peer"]["pid"], server, "{event}");
+        assert!(event["peer"]["pending"].is_null(), "{event}");
+    }
+}

@@ -65,22 +65,6 @@ impl Histogram {
         self.count += 1;
     }
 
-    /// Adds every value of `other` (one `top` row of many connections).
-    pub fn merge(&mut self, other: &Self) {
-        let Some(theirs) = &other.counts else { return };
-        let ours = self.counts.get_or_insert_with(|| Box::new([0; BUCKETS]));
-        for (ours, theirs) in ours.iter_mut().zip(theirs.iter()) {
-            *ours = ours.saturating_add(*theirs);
-        }
-        self.min = if self.count == 0 {
-            other.min
-        } else {
-            self.min.min(other.min)
-        };
-        self.max = self.max.max(other.max);
-        self.count += other.count;
-    }
-
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -109,15 +93,6 @@ impl Histogram {
             }
         }
         Some(self.max)
-    }
-
-    pub fn clear(&mut self) {
-        if let Some(counts) = &mut self.counts {
-            counts.fill(0);
-        }
-        self.count = 0;
-        self.min = 0;
-        self.max = 0;
     }
 }
 
@@ -177,21 +152,14 @@ mod tests {
     }
 
     #[test]
-    fn small_values_are_exact_and_merging_adds() {
+    fn small_values_are_exact() {
         let mut a = Histogram::default();
-        let mut b = Histogram::default();
-        assert_eq!(a.percentile(50), None);
-        for value in [1, 2, 3] {
+        assert_eq!((a.percentile(50), a.max()), (None, None));
+        for value in [1, 2, 3, 7, 9] {
             a.add(value);
         }
-        for value in [7, 9] {
-            b.add(value);
-        }
-        a.merge(&b);
         assert_eq!(a.count(), 5);
         assert_eq!(a.percentile(50), Some(3));
         assert_eq!(a.percentile(90), Some(9));
-        a.clear();
-        assert_eq!((a.count(), a.max()), (0, None));
     }
 }

@@ -106,17 +106,24 @@ impl End {
     }
 
     /// Takes what `event`, from the other end, says of this one, unless
-    /// this end's own records were seen.
+    /// this end's own records were seen: a holder named replaces what was
+    /// known; otherwise what the event names fills what was not.
     fn update_peer(&mut self, event: &Event) {
         if self.seen {
             return;
         }
         let named = Self::peer_of(event);
-        if named.pid.is_some() || self.pid.is_none() {
+        if named.pid.is_some() {
             *self = Self {
                 sock: named.sock.or(self.sock),
                 ..named
             };
+            return;
+        }
+        self.sock = self.sock.or(named.sock);
+        self.addr = self.addr.or(named.addr);
+        if self.path.is_none() {
+            self.path = named.path;
         }
     }
 }
@@ -138,11 +145,18 @@ pub struct Times {
 }
 
 impl Times {
-    fn of(turn: &Turn) -> Self {
-        // Differences of whole microseconds: the parts add up to the whole.
-        let us = |ns: Option<u64>| ns.map(|ns| ns / 1000);
-        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
+    pub fn of(turn: &Turn) -> Self {
         let (request, response) = (&turn.request, &turn.response);
+        // Differences of whole microseconds since the first of the times:
+        // the parts add up to the whole, and a recording (whose clock is
+        // the wall clock) gives the same numbers as the live trace.
+        let base = [request.first_send, request.first_read, response.first_send]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_default();
+        let us = |ns: Option<u64>| ns.map(|ns| ns.saturating_sub(base) / 1000);
+        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
         Self {
             queue_us: between(request.first_send, request.first_read),
             read_us: between(request.first_read, request.last_read),
@@ -296,6 +310,10 @@ pub struct Connection {
     pub start_ns: u64,
     pub last_ns: u64,
     closed: [bool; 2],
+    /// Each end read the end of the stream.
+    eof: [bool; 2],
+    /// The socket error each end's `state` record reported last.
+    socket_error: [Option<i64>; 2],
     closed_by: Option<usize>,
     pub errors: Vec<(i64, u64)>,
     /// A datagram conversation's key.
@@ -320,6 +338,8 @@ impl Connection {
             start_ns: event.ts_ns,
             last_ns: event.ts_ns,
             closed: [false; 2],
+            eof: [false; 2],
+            socket_error: [None; 2],
             closed_by: None,
             errors: Vec::new(),
             datagram,
@@ -359,11 +379,22 @@ impl Connection {
         })
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.errors.iter().map(|(_, count)| count).sum()
+    /// Every end whose records were seen is done with the connection: it
+    /// closed it, or read its end after the other end closed (a process
+    /// that then exits closes nothing the trace sees).
+    fn done(&self) -> bool {
+        (0..2).all(|i| !self.ends[i].seen || self.closed[i] || (self.eof[i] && self.closed[1 - i]))
     }
 
-    fn error(&mut self, errno: i64) {
+    /// Counts a failed call, or a socket error (`state`) of `end`; the
+    /// call that then fails with that socket's error (a reset, a refused
+    /// connect) is the same error, counted once.
+    fn error(&mut self, end: usize, errno: i64, socket_error: bool) {
+        if socket_error {
+            self.socket_error[end] = Some(errno);
+        } else if self.socket_error[end].take() == Some(errno) {
+            return;
+        }
         match self.errors.iter_mut().find(|(e, _)| *e == errno) {
             Some((_, count)) => *count += 1,
             None => self.errors.push((errno, 1)),
@@ -454,11 +485,6 @@ impl Tracker {
         }
     }
 
-    /// Every live connection, in no order.
-    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.connections.values()
-    }
-
     /// Takes one event; hands what it finished to `found`.
     pub fn event(&mut self, event: &Event, found: &mut impl FnMut(Finding)) {
         let Some(sock) = event.sock else { return };
@@ -491,6 +517,7 @@ impl Tracker {
         // one does not.
         let starts = (data && event.ret > 0)
             || (event.kind == EventKind::Connect && (!failed || is_failure(-event.ret)))
+            || (event.kind == EventKind::State && failed)
             || (event.kind == EventKind::Accept && !failed);
         let Some(id) = self.connection_of(sock, event, starts) else {
             return;
@@ -501,7 +528,7 @@ impl Tracker {
         conn.ends[end].update_own(event);
         conn.ends[1 - end].update_peer(event);
         if failed && is_failure(-event.ret) {
-            conn.error(-event.ret);
+            conn.error(end, -event.ret, event.kind == EventKind::State);
         }
         match event.kind {
             EventKind::Connect if !failed || !is_failure(-event.ret) => {
@@ -540,13 +567,17 @@ impl Tracker {
             EventKind::Recv if event.ret == 0 && conn.datagram.is_none() => {
                 // End of stream: the other end closed (or shut down) first.
                 conn.closed_by.get_or_insert(1 - end);
+                conn.eof[end] = true;
+                if conn.done() {
+                    self.end(id, false, found);
+                }
             }
             // A descriptor closed that others still hold (a forking
             // server's parent, say) ends nothing.
             EventKind::Close if event.released => {
                 conn.closed_by.get_or_insert(end);
                 conn.closed[end] = true;
-                if (0..2).all(|i| conn.closed[i] || !conn.ends[i].seen) {
+                if conn.done() {
                     self.end(id, false, found);
                 }
             }

@@ -3,7 +3,6 @@
 //! gives a socket's holder.
 
 use std::{
-    borrow::Cow,
     collections::BTreeMap,
     fmt::Write as _,
     io::{self, Write},
@@ -14,10 +13,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::print::{
-    Format, Printer, errno_name, payload_text, process_text, push_decimal, push_signed, rfc3339,
+    Format, JsonPeerName, Printer, errno_name, payload_text, process_text, push_decimal,
+    push_signed, rfc3339,
 };
 use crate::{
-    capture::events::{UnixName, family_name, proto_name, type_name},
+    capture::events::{family_name, proto_name, type_name},
     conversation::{End, Exchange, Finding, Kind, Summary, Times, turns::Span},
     table::resolve::Event,
 };
@@ -185,12 +185,8 @@ pub struct JsonEnd<'a> {
     fd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sock: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
+    #[serde(flatten)]
+    name: JsonPeerName,
 }
 
 impl<'a> JsonEnd<'a> {
@@ -200,9 +196,7 @@ impl<'a> JsonEnd<'a> {
             comm: end.comm.as_deref(),
             fd: end.fd,
             sock: end.sock,
-            path: end.path.as_deref().map(UnixName::text),
-            addr: end.addr.map(|a| a.ip().to_string()),
-            port: end.addr.map(|a| a.port()),
+            name: JsonPeerName::new(end.path.as_deref(), end.addr),
         }
     }
 }
@@ -227,8 +221,9 @@ impl JsonKind {
     }
 }
 
+/// What exchange and summary records begin with.
 #[derive(Serialize)]
-struct JsonExchange<'a> {
+struct JsonHead<'a> {
     ts: &'a str,
     event: &'static str,
     connection: u64,
@@ -237,6 +232,34 @@ struct JsonExchange<'a> {
     client: JsonEnd<'a>,
     server: JsonEnd<'a>,
     start: &'a str,
+}
+
+impl<'a> JsonHead<'a> {
+    fn new(
+        ts: &'a str,
+        event: &'static str,
+        connection: u64,
+        kind: &Kind,
+        client: &'a End,
+        server: &'a End,
+        start: &'a str,
+    ) -> Self {
+        Self {
+            ts,
+            event,
+            connection,
+            kind: JsonKind::new(kind),
+            client: JsonEnd::new(client),
+            server: JsonEnd::new(server),
+            start,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonExchange<'a> {
+    #[serde(flatten)]
+    head: JsonHead<'a>,
     request_bytes: u64,
     request_messages: u64,
     response_bytes: u64,
@@ -254,14 +277,8 @@ struct JsonExchange<'a> {
 
 #[derive(Serialize)]
 struct JsonSummary<'a> {
-    ts: &'a str,
-    event: &'static str,
-    connection: u64,
     #[serde(flatten)]
-    kind: JsonKind,
-    client: JsonEnd<'a>,
-    server: JsonEnd<'a>,
-    start: &'a str,
+    head: JsonHead<'a>,
     duration_us: u64,
     sent_bytes: u64,
     sent_messages: u64,
@@ -338,13 +355,15 @@ impl Printer {
                         .flatten()
                 };
                 let json = JsonExchange {
-                    ts: &self.line,
-                    event: "exchange",
-                    connection: exchange.connection,
-                    kind: JsonKind::new(&exchange.kind),
-                    client: JsonEnd::new(&exchange.client),
-                    server: JsonEnd::new(&exchange.server),
-                    start: &self.line,
+                    head: JsonHead::new(
+                        &self.line,
+                        "exchange",
+                        exchange.connection,
+                        &exchange.kind,
+                        &exchange.client,
+                        &exchange.server,
+                        &self.line,
+                    ),
                     request_bytes: request.bytes(),
                     request_messages: request.messages(),
                     response_bytes: response.bytes(),
@@ -376,13 +395,15 @@ impl Printer {
                 self.stamp(summary.end_ns);
                 let wait = &summary.wait;
                 let json = JsonSummary {
-                    ts: &self.line,
-                    event: "summary",
-                    connection: summary.connection,
-                    kind: JsonKind::new(&summary.kind),
-                    client: JsonEnd::new(&summary.client),
-                    server: JsonEnd::new(&summary.server),
-                    start: &start,
+                    head: JsonHead::new(
+                        &self.line,
+                        "summary",
+                        summary.connection,
+                        &summary.kind,
+                        &summary.client,
+                        &summary.server,
+                        &start,
+                    ),
                     duration_us: summary.duration_us(),
                     sent_bytes: summary.bytes[0],
                     sent_messages: summary.messages[0],
@@ -406,5 +427,102 @@ impl Printer {
                 out.write_all(b"\n")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::{
+        capture::events::UnixName,
+        conversation::turns::{REQUEST, RESPONSE, Turns},
+        output::print::{Clock, PayloadStyle},
+    };
+
+    /// collectd's update to rrdcached, as the README shows it.
+    fn update() -> Exchange {
+        let mut turns = Turns::new(false);
+        let ms = 1_000_000;
+        turns.data(REQUEST, false, 81, 100 * ms, &Bytes::new());
+        turns.data(REQUEST, true, 81, 100 * ms + 30_000, &Bytes::new());
+        turns.data(RESPONSE, false, 31, 100 * ms + 98_000, &Bytes::new());
+        turns.data(RESPONSE, true, 31, 100 * ms + 104_000, &Bytes::new());
+        turns.boundary(REQUEST);
+        let turn = turns.next_finished().unwrap();
+        let end = |pid, comm: &str, fd, path: Option<&str>| End {
+            pid: Some(pid),
+            comm: Some(Rc::from(comm)),
+            fd: Some(fd),
+            sock: Some(u64::from(pid)),
+            path: path.map(|p| Rc::new(UnixName::Path(p.into()))),
+            addr: None,
+            seen: true,
+        };
+        Exchange {
+            connection: 1,
+            kind: Kind {
+                family: libc::AF_UNIX as u16,
+                sock_type: libc::SOCK_STREAM as u16,
+                protocol: 0,
+            },
+            client: end(24861, "collectd", 3, None),
+            server: end(24853, "rrdcached", 5, Some("/run/rrdcached.sock")),
+            start_ns: turn.request.first_send.unwrap(),
+            times: Times::of(&turn),
+            turn,
+        }
+    }
+
+    fn printed(format: Format, exchange: &Exchange) -> String {
+        let mut printer = Printer::new(format, Clock::epoch(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.exchange(&mut out, exchange).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_exchange_in_text_and_json() {
+        let exchange = update();
+        let text = printed(Format::Text, &exchange);
+        assert!(
+            text.ends_with(
+                "collectd[24861] fd 3 -> rrdcached[24853] fd 5 /run/rrdcached.sock  \
+                 81 B -> 31 B  wait 104us = queue 30us + read 0us + server 68us + return 6us\n"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&printed(Format::Json, &exchange)).unwrap();
+        assert_eq!(json["event"], "exchange");
+        assert_eq!(json["client"]["comm"], "collectd");
+        assert_eq!(json["server"]["path"], "/run/rrdcached.sock");
+        assert_eq!(json["family"], "unix");
+        for (field, value) in [
+            ("request_bytes", 81),
+            ("response_bytes", 31),
+            ("request_messages", 1),
+            ("queue_us", 30),
+            ("read_us", 0),
+            ("server_us", 68),
+            ("return_us", 6),
+            ("wait_us", 104),
+        ] {
+            assert_eq!(json[field], value, "{field}");
+        }
+        assert!(json.get("request_data").is_none());
+    }
+
+    #[test]
+    fn durations_keep_three_digits() {
+        let text = |us| {
+            let mut line = String::new();
+            duration_text(&mut line, us);
+            line
+        };
+        assert_eq!(text(7), "7us");
+        assert_eq!(text(1_234), "1.23ms");
+        assert_eq!(text(2_500_000), "2.50s");
     }
 }

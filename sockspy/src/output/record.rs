@@ -1389,10 +1389,15 @@ mod tests {
         bare.fd = None;
         // Characters JSON escapes: the comment's text is no longer borrowable.
         bare.path = Some(Rc::new(UnixName::Path("/tmp/\"s\"\\\n".into())));
+        // The close of a socket's last descriptor says so (conversations
+        // end on it, read back as live).
+        let mut last_close = event(EventKind::Close, b"", 0);
+        last_close.released = true;
         let events = [
             event(EventKind::Send, b"update x 1:2\n", 13),
             event(EventKind::Recv, &[0, 1, 2, 255], 4000),
             bare,
+            last_close,
         ];
         for framing in [Framing::Raw, Framing::Tcp] {
             assert_eq!(decode(&encode(framing, &events)), events, "{framing:?}");

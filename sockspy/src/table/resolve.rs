@@ -874,9 +874,17 @@ impl Resolver {
         };
         let own_name = unix_name(&rec.addr).map(Rc::new);
         let peer_name = unix_name(&rec.peer_addr).map(Rc::new);
-        let local = inet_addr(&rec.addr);
+        let mut local = inet_addr(&rec.addr);
         let remote = inet_addr(&rec.peer_addr);
         let inet = local.is_some() || remote.is_some() || ev.protocol != 0;
+        // A TCP socket that left its port (closed: the kernel unhashed it)
+        // reads port 0; it is still the connection it was.
+        if ev.protocol == IPPROTO_TCP
+            && local.is_some_and(|l| l.port() == 0)
+            && let Some(known) = self.socks.get(&ino).and_then(|sock| sock.local)
+        {
+            local = Some(known);
+        }
 
         let failed = ev.ret < 0;
         if ino != 0 && kind != EventKind::State {
@@ -1439,6 +1447,42 @@ pub(crate) mod tests {
         resolver.apply_proc(&exec);
         let peer = server_sends(&mut resolver).peer.expect("a peer");
         assert_eq!((peer.pid, peer.fd), (Some(200), Some(3)));
+    }
+
+    /// A close ends the socket only with its last descriptor: a forking
+    /// server's parent that closes its copy of a connection does not.
+    #[test]
+    fn a_close_releases_the_socket_with_its_last_descriptor() {
+        let proc = fake_proc("released", 300, "server", 4, 3003);
+        let mut resolver = Resolver::new(Procfs::at(&proc));
+        let unix = |resolver: &mut Resolver, kind, pid: u32| {
+            let bytes = sock_bytes(
+                kind,
+                |ev| {
+                    ev.header.pid = pid;
+                    ev.header.tid = pid;
+                    ev.fd = 4;
+                    ev.sock = 3003;
+                    ev.peer_sock = 3004;
+                    ev.family = AF_UNIX;
+                    ev.sock_type = 1;
+                },
+                [b"", b"", b""],
+            );
+            applied(resolver, &bytes)
+        };
+        assert!(!unix(&mut resolver, EventKind::Send, 300).released);
+        // SAFETY: ProcEvent is plain integers; all-zero is a valid value.
+        let mut fork: ProcEvent = unsafe { std::mem::zeroed() };
+        fork.header.pid = 300;
+        fork.child_pid = 301;
+        resolver.apply_proc(&ProcRecord {
+            kind: EventKind::Fork,
+            ev: fork,
+        });
+        assert!(!unix(&mut resolver, EventKind::Close, 300).released);
+        assert!(unix(&mut resolver, EventKind::Close, 301).released);
+        std::fs::remove_dir_all(&proc).unwrap();
     }
 
     /// Plain Unix sends and receives reuse their socket's last resolution

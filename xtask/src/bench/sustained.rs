@@ -24,6 +24,10 @@ const RATE_GOAL: f64 = 500_000.0;
 /// The CPU seconds sockspy should spend per million events.
 const CPU_GOAL: f64 = 0.3;
 
+/// The CPU seconds per million events that following conversations
+/// (`--summaries`: every call goes through the tracker) may add.
+const TRACKING_GOAL: f64 = 0.1;
+
 /// The generator, untraced, then traced to /dev/null and to a file.
 pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
     // At least two, so that both cores of a small machine send.
@@ -61,6 +65,12 @@ pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
     let recording = scratch.0.join("sustained.pcapng");
     let sinks = [
         ("trace --unix > /dev/null", vec![]),
+        // The same output, every call also followed by the conversation
+        // tracker: the difference is what tracking costs.
+        (
+            "trace --unix --summaries > /dev/null",
+            vec!["--summaries".to_owned()],
+        ),
         (
             "trace --unix -w FILE",
             vec![
@@ -84,9 +94,33 @@ pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
             usage.events + usage.lost > 0,
             "`sockspy {mode}` saw none of the generator's sends"
         );
-        rows.push(sustained_row(&scenario, mode, &untraced, &sent, usage));
+        let mut row = sustained_row(&scenario, mode, &untraced, &sent, usage);
+        if mode.contains("--summaries")
+            && let Some(added) = tracking_cost(&rows, &row)
+        {
+            row.result
+                .push_str(&format!(", tracking +{added:.2} CPU s per M events"));
+            row.goals.push(Check::at_most(
+                added,
+                TRACKING_GOAL,
+                "CPU s per M events added by tracking",
+            ));
+        }
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// What `row` (with the tracker) cost per million events beyond the plain
+/// `/dev/null` row before it.
+fn tracking_cost(rows: &[Row], row: &Row) -> Option<f64> {
+    let plain = rows
+        .iter()
+        .find(|r| r.mode == "trace --unix > /dev/null")?
+        .usage
+        .as_ref()?
+        .cpu_per_million()?;
+    Some((row.usage.as_ref()?.cpu_per_million()? - plain).max(0.0))
 }
 
 fn sustained_row(

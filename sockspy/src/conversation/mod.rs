@@ -379,6 +379,11 @@ impl Connection {
         })
     }
 
+    /// Failed calls and socket errors so far.
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, count)| count).sum()
+    }
+
     /// Every end whose records were seen is done with the connection: it
     /// closed it, or read its end after the other end closed (a process
     /// that then exits closes nothing the trace sees).
@@ -483,6 +488,11 @@ impl Tracker {
             wanted,
             ..Self::default()
         }
+    }
+
+    /// Every live connection, in no order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.values()
     }
 
     /// Takes one event; hands what it finished to `found`.

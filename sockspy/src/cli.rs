@@ -942,6 +942,48 @@ mod tests {
     }
 
     #[test]
+    fn top_flags() {
+        let top = |args: &[&str]| {
+            let args = ["sockspy", "top"].iter().chain(args);
+            let Command::Top(top) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not top")
+            };
+            top
+        };
+        let options = top(&[]).options();
+        assert_eq!(options.delay, Duration::from_secs(1));
+        assert_eq!(options.sort, Column::Requests);
+        assert!(!options.by_server && !options.batch && !options.json);
+        assert_eq!((options.iterations, options.read), (None, None));
+        assert_eq!(options.buffer_bytes, 8192 * 1024);
+        let args = top(&[
+            "--unix", "-b", "-n", "3", "-d", "0.5", "--by", "server", "--sort", "p99", "--json",
+        ]);
+        args.validate().unwrap();
+        let options = args.options();
+        assert_eq!(options.delay, Duration::from_millis(500));
+        assert_eq!((options.iterations, options.sort), (Some(3), Column::P99));
+        assert!(options.by_server && options.batch && options.json);
+        assert_eq!(options.select.families, FAMILY_UNIX);
+        let read = top(&["-r", "cap", "--sort", "connections", "--by", "server"]);
+        read.validate().unwrap();
+        assert_eq!(read.options().read, Some(PathBuf::from("cap")));
+        let err = top(&["--sort", "connections"]).validate().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        for bad in [
+            &["sockspy", "top", "-d", "0"][..],
+            &["sockspy", "top", "-n", "0"],
+            &["sockspy", "top", "--sort", "speed"],
+            &["sockspy", "top", "--by", "client"],
+            &["sockspy", "top", "-r", "cap", "-b"],
+            &["sockspy", "top", "-r", "cap", "-n", "2"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn data_flag_forms() {
         let capture = |args: &[&str]| {
             let Command::Trace(trace) = Cli::try_parse_from(args).unwrap().command else {

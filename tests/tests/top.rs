@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Trace, first_line, have_program, have_root, one_trace_at_a_time, python3, run_sockspy, signal,
-    socket_dir, sockspy_bin, spawn_python, wait_ok,
+    SocketDir, Trace, first_line, have_program, have_root, one_trace_at_a_time, python3,
+    run_sockspy, signal, socket_dir, sockspy_bin, spawn_python, wait_ok,
 };
 
 /// Names the process `NAME`: the tests trace only these two names, which
@@ -148,6 +148,15 @@ fn server(path: &str, delays: &str) -> (Running, u64) {
     (Running(child), pid)
 }
 
+/// A directory of test `name`, the server answering at its socket after
+/// `delays`, its pid, and `sockspy top -b ARGS` tracing the two programs.
+fn server_and_top(name: &str, delays: &str, args: &[&str]) -> (SocketDir, Running, u64, Trace) {
+    let dir = socket_dir(name);
+    let (server, pid) = server(dir.path(), delays);
+    let top = Trace::top(&[&["-b"][..], args, &SELECT].concat()).unwrap();
+    (dir, server, pid, top)
+}
+
 /// Starts a client of `count` requests; returns it and its pid.
 fn client(path: &str, count: u64, pause_ms: u64) -> (Child, u64) {
     let script = named(CLIENT_NAME, CLIENT);
@@ -191,9 +200,8 @@ fn batch_json_rows_count_every_request_and_byte() {
     if !have_root("batch_json_rows_count_every_request_and_byte") {
         return;
     }
-    let dir = socket_dir("top-json");
-    let (_server, server_pid) = server(dir.path(), "5,80");
-    let top = Trace::top(&[&["-b", "--json", "-d", "0.5"][..], &SELECT].concat()).unwrap();
+    let (dir, _server, server_pid, top) =
+        server_and_top("top-json", "5,80", &["--json", "-d", "0.5"]);
     let count = 24;
     let (mut client, client_pid) = client(dir.path(), count, 10);
     wait_ok(&mut client);
@@ -284,9 +292,8 @@ fn batch_text_shows_the_pair_and_stops_after_n_refreshes() {
     if !have_root("batch_text_shows_the_pair_and_stops_after_n_refreshes") {
         return;
     }
-    let dir = socket_dir("top-text");
-    let (_server, server_pid) = server(dir.path(), "5,80");
-    let top = Trace::top(&[&["-b", "-d", "1", "-n", "3"][..], &SELECT].concat()).unwrap();
+    let (dir, _server, server_pid, top) =
+        server_and_top("top-text", "5,80", &["-d", "1", "-n", "3"]);
     let (mut client, client_pid) = client(dir.path(), 40, 10);
     let finished = top.finish().unwrap();
     wait_ok(&mut client);
@@ -551,6 +558,14 @@ impl Tmux {
         }
     }
 
+    /// Waits until a line of the screen satisfies `done`; returns the
+    /// screen and that line.
+    fn wait_for_line(&self, what: &str, done: impl Fn(&str) -> bool) -> (String, String) {
+        let screen = self.wait_for(what, |screen| screen.lines().any(&done));
+        let line = screen.lines().find(|line| done(line)).unwrap().to_owned();
+        (screen, line)
+    }
+
     /// The pid of the program the shell runs now.
     fn program_pid(&self) -> u32 {
         let shell = self.show("#{pane_pid}");
@@ -584,13 +599,7 @@ impl Tmux {
             "Enter",
         ]);
         // The line the shell printed, not the command typed.
-        let screen = self.wait_for("stty's modes", |screen| {
-            screen.lines().any(|line| line.starts_with("modes:"))
-        });
-        let modes = screen
-            .lines()
-            .find(|line| line.starts_with("modes:"))
-            .unwrap();
+        let (_, modes) = self.wait_for_line("stty's modes", |line| line.starts_with("modes:"));
         assert_eq!(
             modes.trim(),
             "modes: icanon echo",
@@ -637,9 +646,8 @@ fn the_live_screen_shows_the_pair_and_gives_the_terminal_back() {
     tmux.wait_for("sockspy top's header", |screen| screen.contains("QUEUED"));
     let (mut busy, client_pid) = client(dir.path(), 200, 10);
     // In 80 columns the ends are cut short; the numbers are whole.
-    let screen = tmux.wait_for("the pair with its latencies", |screen| {
-        screen.lines().any(|line| line.contains("ms"))
-    });
+    let (screen, line) =
+        tmux.wait_for_line("the pair with its latencies", |line| line.contains("ms"));
     let header = screen
         .lines()
         .find(|line| line.starts_with("CLIENT"))
@@ -647,7 +655,6 @@ fn the_live_screen_shows_the_pair_and_gives_the_terminal_back() {
     let words: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(words, titles, "every column in 80 columns:\n{screen}");
     assert!(screen.lines().all(|line| line.chars().count() <= 80));
-    let line = screen.lines().find(|line| line.contains("ms")).unwrap();
     let numbers: Vec<&str> = line.split_whitespace().rev().take(8).collect();
     assert!(
         numbers[7].parse::<f64>().is_ok_and(|rate| rate > 0.0),

@@ -342,38 +342,33 @@ mod tests {
 
     #[test]
     fn numbers_keep_three_digits_in_six_characters() {
-        let rates = [
-            (0.0, "0"),
-            (0.5, "0.50"),
-            (12.46, "12.5"),
-            (125.0, "125"),
-            (999.4, "999"),
-            (999.6, "1.00k"),
-            (12_345.0, "12.3k"),
-            (123_456_789.0, "123M"),
+        let cases = [
+            (rate_text(0.0), "0"),
+            (rate_text(0.5), "0.50"),
+            (rate_text(12.46), "12.5"),
+            (rate_text(125.0), "125"),
+            (rate_text(999.4), "999"),
+            (rate_text(999.6), "1.00k"),
+            (rate_text(12_345.0), "12.3k"),
+            (rate_text(123_456_789.0), "123M"),
+            (micros_text(0), "0us"),
+            (micros_text(999), "999us"),
+            (micros_text(1_234), "1.23ms"),
+            (micros_text(9_996), "10.0ms"),
+            (micros_text(12_345), "12.3ms"),
+            (micros_text(123_456), "123ms"),
+            (micros_text(999_600), "1.00s"),
+            (micros_text(12_345_678), "12.3s"),
+            (micros_text(123_456_789), "123s"),
         ];
-        for (value, text) in rates {
-            assert_eq!(rate_text(value), text, "{value}");
+        for (got, want) in cases {
+            assert_eq!(got, want);
         }
-        let durations = [
-            (0, "0us"),
-            (999, "999us"),
-            (1_234, "1.23ms"),
-            (9_996, "10.0ms"),
-            (12_345, "12.3ms"),
-            (123_456, "123ms"),
-            (999_600, "1.00s"),
-            (12_345_678, "12.3s"),
-            (123_456_789, "123s"),
-        ];
-        for (us, text) in durations {
-            assert_eq!(micros_text(us), text, "{us}");
-        }
-        for value in [0.001, 9.994, 99.94, 999.4, 5e5, 9.99e8, 1e12] {
-            assert!(rate_text(value).len() <= 6, "{value}: {}", rate_text(value));
-        }
-        for us in [9_994, 99_949, 999_499, 9_994_999, 99_949_999] {
-            assert!(micros_text(us).len() <= 6, "{us}: {}", micros_text(us));
+        // Just below each step up, where rounding would make a seventh.
+        let edges = [0.001, 9.994, 99.94, 999.4, 5e5, 9.99e8, 1e12].map(rate_text);
+        let us_edges = [9_994, 99_949, 999_499, 9_994_999, 99_949_999].map(micros_text);
+        for text in edges.iter().chain(&us_edges) {
+            assert!(text.len() <= 6, "{text}");
         }
     }
 
@@ -422,14 +417,16 @@ mod tests {
         row
     }
 
+    /// Two seconds, ending at 2023-11-14T22:13:20Z.
+    const INTERVAL: Interval = Interval {
+        secs: 2.0,
+        wall_ns: 1_700_000_000_000_000_000,
+    };
+
     #[test]
     fn a_text_snapshot_lines_up_its_columns() {
-        let interval = Interval {
-            secs: 2.0,
-            wall_ns: 1_700_000_000_000_000_000,
-        };
         let mut out = Vec::new();
-        write_text(&mut out, &[row()], &interval, false, Column::P99).unwrap();
+        write_text(&mut out, &[row()], &INTERVAL, false, Column::P99).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -449,12 +446,8 @@ mod tests {
 
     #[test]
     fn json_rows_use_the_contract_names() {
-        let interval = Interval {
-            secs: 2.0,
-            wall_ns: 1_700_000_000_000_000_000,
-        };
         let mut out = Vec::new();
-        write_json(&mut out, &[row()], &interval).unwrap();
+        write_json(&mut out, &[row()], &INTERVAL).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let expect = serde_json::json!({
             "ts": "2023-11-14T22:13:20.000000Z",

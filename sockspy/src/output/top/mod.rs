@@ -7,11 +7,11 @@
 //! byte and error counts, and hands on one [`Row`] per connection (or per
 //! server with [`by_server`]) for `table` to print and `screen` to show.
 //!
-//! What is kept per connection between intervals is fixed in size: the
-//! counts seen at the last refresh, and the interval's exchanges and
-//! `wait` histogram (fixed buckets, allocated with its first value and
-//! dropped at the refresh). Ended connections are shown in the interval
-//! they ended in, then forgotten.
+//! What is kept per connection between intervals is bounded: the counts
+//! seen at the last refresh, and the interval's exchanges and their waits
+//! ([`Waits`]: the values themselves while there are few, then a
+//! fixed-bucket histogram; dropped at the refresh). Ended connections are
+//! shown in the interval they ended in, then forgotten.
 
 pub mod screen;
 pub mod table;
@@ -31,6 +31,65 @@ use crate::{
     idmap::IdMap,
     table::{diag, resolve::Event},
 };
+
+/// Waits kept as they are before they go into a histogram's buckets.
+const EXACT: usize = 32;
+
+/// The waits of one interval: the values themselves while there are at
+/// most [`EXACT`] (exact percentiles in at most a quarter kilobyte: most
+/// connections finish a few exchanges a second), then a fixed-bucket
+/// histogram (a kilobyte, percentiles within 1/16).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// In order, while at most [`EXACT`].
+    few: Vec<u64>,
+    /// Every value, once there were more.
+    many: Histogram,
+}
+
+impl Waits {
+    pub fn add(&mut self, us: u64) {
+        if self.many.count() == 0 && self.few.len() < EXACT {
+            let at = self.few.partition_point(|value| *value <= us);
+            self.few.insert(at, us);
+            return;
+        }
+        for value in std::mem::take(&mut self.few) {
+            self.many.add(value);
+        }
+        self.many.add(us);
+    }
+
+    /// Adds every value of `other` (a server's row of many connections).
+    pub fn merge(&mut self, other: &Self) {
+        for value in &other.few {
+            self.add(*value);
+        }
+        if other.many.count() > 0 {
+            for value in std::mem::take(&mut self.few) {
+                self.many.add(value);
+            }
+            self.many.merge(&other.many);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.many.count() + self.few.len() as u64
+    }
+
+    pub fn max(&self) -> Option<u64> {
+        self.few.last().copied().or(self.many.max())
+    }
+
+    /// The nearest-rank `percent`ile, none when empty.
+    pub fn percentile(&self, percent: u32) -> Option<u64> {
+        if self.few.is_empty() {
+            return self.many.percentile(percent);
+        }
+        let rank = (self.few.len() * percent as usize).div_ceil(100).max(1);
+        self.few.get(rank - 1).copied()
+    }
+}
 
 /// One line of the table: a connection, or a server endpoint and all its
 /// clients' connections.
@@ -53,7 +112,7 @@ pub struct Row {
     pub bytes: [u64; 2],
     /// The client's wait (or with the client elsewhere, the server's
     /// time) of each exchange finished in the interval.
-    pub wait: Histogram,
+    pub wait: Waits,
     /// Failed calls and socket errors in the interval.
     pub errors: u64,
     /// Bytes unread in the connections' sockets at the refresh (sock_diag);
@@ -117,7 +176,7 @@ struct Seen {
     errors: u64,
     /// Since the last refresh.
     requests: u64,
-    wait: Histogram,
+    wait: Waits,
     /// The refresh that last found it live.
     refresh: u64,
 }
@@ -606,6 +665,39 @@ mod tests {
         // Ties keep a steady order: by connection.
         sort(&mut rows, Column::Errors);
         assert_eq!(pids(&rows), [1, 2, 3]);
+    }
+
+    #[test]
+    fn waits_are_exact_while_few_then_bucketed() {
+        let mut few = Waits::default();
+        for us in [900, 100, 500] {
+            few.add(us);
+        }
+        assert_eq!(
+            (few.percentile(1), few.percentile(50), few.max()),
+            (Some(100), Some(500), Some(900))
+        );
+        let mut many = Waits::default();
+        for us in 0..100 {
+            many.add(1_000 + us * 10);
+        }
+        assert!(many.few.is_empty(), "past {EXACT} values they are bucketed");
+        assert_eq!((many.count(), many.max()), (100, Some(1_990)));
+        let p50 = many.percentile(50).unwrap();
+        assert!(p50.abs_diff(1_490) <= 1_490 / 16, "{p50}");
+        // Few and many merge either way, into buckets past EXACT.
+        let mut merged = few.clone();
+        merged.merge(&many);
+        assert_eq!((merged.count(), merged.max()), (103, Some(1_990)));
+        assert!(merged.few.is_empty());
+        let mut merged = many.clone();
+        merged.merge(&few);
+        // The smallest is kept exactly.
+        assert_eq!((merged.count(), merged.percentile(0)), (103, Some(100)));
+        let mut both = few.clone();
+        both.merge(&few);
+        assert_eq!((both.count(), both.percentile(50)), (6, Some(500)));
+        assert_eq!(Waits::default().percentile(50), None);
     }
 
     #[test]

@@ -225,32 +225,24 @@ pub fn write_text(
     sort: Column,
 ) -> io::Result<()> {
     let columns = columns(by_server);
-    let cells: Vec<Vec<String>> = rows
+    // The numbers have widths of their own; the ends are measured first,
+    // so that a table of many rows is written a line at a time.
+    let mut widths: Vec<usize> = columns
         .iter()
-        .map(|row| {
-            columns
-                .iter()
-                .map(|column| cell(row, *column, interval.secs))
-                .collect()
-        })
+        .map(|column| title(*column).len().max(width(*column).unwrap_or(0)))
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(at, column)| {
-            let widest = cells.iter().map(|line| line[at].len()).max().unwrap_or(0);
-            widest
-                .max(title(*column).len())
-                .max(width(*column).unwrap_or(0))
-        })
-        .collect();
-    let mut text = format!(
-        "sockspy top {}  {}  sorted by {}\n",
-        time_text(interval, false),
-        status_line(rows, interval, by_server),
-        sort.name()
-    );
-    let line_of = |line: &mut String, words: &mut dyn Iterator<Item = &str>| {
+    for row in rows {
+        for (at, column) in columns.iter().enumerate() {
+            let text = match column {
+                Column::Client => client_text(row),
+                Column::Server => server_text(row),
+                _ => continue,
+            };
+            widths[at] = widths[at].max(text.chars().count());
+        }
+    }
+    let line_of = |line: &mut String, words: &mut dyn Iterator<Item = String>| {
+        line.clear();
         for (at, word) in words.enumerate() {
             if at > 0 {
                 line.push(' ');
@@ -265,12 +257,23 @@ pub fn write_text(
         line.truncate(line.trim_end().len());
         line.push('\n');
     };
-    line_of(&mut text, &mut columns.iter().map(|column| title(*column)));
-    for line in &cells {
-        line_of(&mut text, &mut line.iter().map(String::as_str));
+    let mut line = format!(
+        "sockspy top {}  {}  sorted by {}\n",
+        time_text(interval, false),
+        status_line(rows, interval, by_server),
+        sort.name()
+    );
+    out.write_all(line.as_bytes())?;
+    line_of(&mut line, &mut columns.iter().map(|c| title(*c).to_owned()));
+    out.write_all(line.as_bytes())?;
+    for row in rows {
+        line_of(
+            &mut line,
+            &mut columns.iter().map(|c| cell(row, *c, interval.secs)),
+        );
+        out.write_all(line.as_bytes())?;
     }
-    text.push('\n');
-    out.write_all(text.as_bytes())
+    out.write_all(b"\n")
 }
 
 /// One row of `top --json`.
@@ -439,7 +442,7 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "collectd[10] rrdcached[20] /run/rrdcached.sock   15.0  1.50k    300 1.98ms 50.0ms 50.0ms     42    1"
+            "collectd[10] rrdcached[20] /run/rrdcached.sock   15.0  1.50k    300 2.00ms 50.0ms 50.0ms     42    1"
         );
         assert_eq!(lines[3..], [""], "an empty line after each snapshot");
     }
@@ -465,7 +468,7 @@ mod tests {
             "sent_bytes_per_s": 1500.0,
             "received_bytes": 600,
             "received_bytes_per_s": 300.0,
-            "wait_p50_us": 1984,
+            "wait_p50_us": 2000,
             "wait_p99_us": 50000,
             "wait_max_us": 50000,
             "queued_bytes": 42,

@@ -73,6 +73,8 @@ impl Waits {
         }
     }
 
+    /// How many (the tests' view: the table shows percentiles only).
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.many.count() + self.few.len() as u64
     }

@@ -176,9 +176,11 @@ pub fn cell(row: &Row, column: Column, secs: f64) -> String {
 /// What a refresh covered: `12 connections, 3 servers  over 1.00s`.
 pub fn status_line(rows: &[Row], interval: &Interval, by_server: bool) -> String {
     let connections: u64 = rows.iter().map(|row| row.connections).sum();
-    let mut line = format!("{connections} connections");
+    let plural =
+        |count: u64, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+    let mut line = plural(connections, "connection");
     if by_server {
-        let _ = write!(line, ", {} servers", rows.len());
+        let _ = write!(line, ", {}", plural(rows.len() as u64, "server"));
     }
     let _ = write!(line, "  over {:.2}s", interval.secs);
     line
@@ -434,7 +436,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "sockspy top 2023-11-14T22:13:20.000000Z  1 connections  over 2.00s  sorted by p99"
+            "sockspy top 2023-11-14T22:13:20.000000Z  1 connection  over 2.00s  sorted by p99"
         );
         assert_eq!(
             lines[1],

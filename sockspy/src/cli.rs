@@ -398,6 +398,7 @@ impl ConversationArgs {
         (exchanges || self.summaries).then(|| Wanted {
             exchanges,
             summaries: self.summaries,
+            no_wait_percentiles: false,
             slower_than_us: self.slower_than.map(|d| d.as_micros() as u64),
         })
     }

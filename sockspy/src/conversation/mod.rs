@@ -229,6 +229,9 @@ pub enum Finding {
 pub struct Wanted {
     pub exchanges: bool,
     pub summaries: bool,
+    /// Summaries without `wait` percentiles: no connection keeps a
+    /// histogram (a kilobyte each). `top` keeps its own, per interval.
+    pub no_wait_percentiles: bool,
     /// Only exchanges whose [`Times::seen_us`] is at least this.
     pub slower_than_us: Option<u64>,
 }
@@ -406,9 +409,13 @@ impl Connection {
         }
     }
 
-    fn exchange(&mut self, turn: Turn) -> Exchange {
+    /// Makes `turn` an exchange; its wait goes into the connection's
+    /// histogram when `percentiles` are wanted.
+    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
         let times = Times::of(&turn);
-        if let Some(wait) = times.seen_us() {
+        if let Some(wait) = times.seen_us()
+            && percentiles
+        {
             self.wait.add(wait);
         }
         let (client, server) = self.client_server();
@@ -570,7 +577,7 @@ impl Tracker {
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
                 while let Some(turn) = conn.turns.next_finished() {
-                    let exchange = conn.exchange(turn);
+                    let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
                     Self::hand_on(self.wanted, exchange, found);
                 }
             }
@@ -708,7 +715,7 @@ impl Tracker {
         };
         let turns: Vec<Turn> = conn.turns.drain().collect();
         for turn in turns {
-            let exchange = conn.exchange(turn);
+            let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
             Self::hand_on(self.wanted, exchange, found);
         }
         if self.wanted.summaries {

@@ -205,7 +205,9 @@ impl Top {
         Self {
             conversation: Conversation::new(Wanted {
                 exchanges: true,
+                // For what ended connections moved since the last refresh.
                 summaries: true,
+                no_wait_percentiles: true,
                 slower_than_us: None,
             }),
             seen: IdMap::default(),

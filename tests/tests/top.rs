@@ -113,6 +113,42 @@ conn.sendall(b'x' * int(sys.argv[2]))
 conn.recv(1)
 "#;
 
+/// Raises its descriptor limit as far as it may, listens at argv[1], has
+/// a child make argv[2] connections to it and, until argv[3] seconds have
+/// passed, send 13 bytes on each in turn and read the 20-byte answer. The
+/// parent answers; the child prints its pid once connected.
+const MANY: &str = r#"
+import os, resource, selectors, socket, sys, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, count, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(4096)
+if os.fork() == 0:
+    conns = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+    for conn in conns:
+        conn.connect(path)
+    print(os.getpid(), flush=True)
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        for conn in conns:
+            conn.sendall(b'request 0000\n')
+            conn.recv(20)
+    os._exit(0)
+sel = selectors.DefaultSelector()
+sel.register(srv, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is srv:
+            sel.register(srv.accept()[0], selectors.EVENT_READ)
+        elif key.fileobj.recv(13):
+            key.fileobj.sendall(b'answer 0000000000000')
+        else:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+"#;
+
 /// `script`, run under the process name `name`.
 fn named(name: &str, script: &str) -> String {
     format!("NAME = '{name}'{NAMED}{script}")
@@ -285,6 +321,51 @@ fn bytes_left_unread_are_queued() {
     assert!(queued.contains(&Some(6000)), "{rows:#?}");
     assert!(matches!(queued.last(), Some(None | Some(0))), "{rows:#?}");
     assert_eq!(sum(&rows, "sent_bytes"), 6000);
+}
+
+/// sockspy's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+#[test]
+fn ten_thousand_live_connections_fit_in_64_mib() {
+    if !have_root("ten_thousand_live_connections_fit_in_64_mib") {
+        return;
+    }
+    const CONNECTIONS: u64 = 10_000;
+    let dir = socket_dir("top-memory");
+    // One process (the server) and its child (the client), both named
+    // as the client. The connections exist before top starts; it follows
+    // each from its first exchange.
+    let mut load = spawn_python(&named(CLIENT_NAME, MANY), &[dir.path(), "10000", "20"]);
+    first_line(&mut load);
+    let load = Running(load);
+    let top = Trace::top(&[&["-b", "-d", "1"][..], &SELECT].concat()).unwrap();
+    thread::sleep(Duration::from_secs(8));
+    let peak = peak_kib(top.pid());
+    let finished = top.stop().unwrap();
+    drop(load);
+    let all = format!("{CONNECTIONS} connections");
+    assert!(
+        finished
+            .stdout
+            .iter()
+            .any(|line| line.starts_with("sockspy top ") && line.contains(&all)),
+        "no refresh saw {all}: {:?}",
+        finished
+            .stdout
+            .iter()
+            .filter(|line| line.starts_with("sockspy top "))
+            .collect::<Vec<_>>()
+    );
+    assert!(peak <= 64 * 1024, "top's peak RSS with {all}: {peak} KiB");
+    eprintln!("top with {all}: peak RSS {:.1} MiB", peak as f64 / 1024.0);
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub mod table;
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     rc::Rc,
 };
 
@@ -374,12 +374,35 @@ impl ServerKey {
         if row.kind.family != AF_UNIX
             && let Some(addr) = server.addr
         {
-            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-            return Self::Addr(row.kind.protocol, addr);
+            return Self::Addr(row.kind.protocol, canonical(addr));
         }
         match server.sock {
             Some(sock) => Self::Sock(sock),
             None => Self::Connection(row.connection.unwrap_or_default()),
+        }
+    }
+}
+
+/// An address with an IPv4-mapped IPv6 address as the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// What tells clients apart: their process; for one on another machine,
+/// its address; else its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ClientKey {
+    Process(u32),
+    Host(IpAddr),
+    Sock(Option<u64>),
+}
+
+impl ClientKey {
+    fn of(end: &End) -> Self {
+        match (end.pid, end.addr) {
+            (Some(pid), _) => Self::Process(pid),
+            (None, Some(addr)) => Self::Host(addr.ip().to_canonical()),
+            (None, None) => Self::Sock(end.sock),
         }
     }
 }
@@ -401,10 +424,12 @@ fn common(end: &mut End, other: &End) {
 
 /// One row per server endpoint, adding up its connections' rows.
 pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
-    let mut servers: Vec<(Row, Vec<u32>)> = Vec::new();
+    let mut servers: Vec<(Row, Vec<ClientKey>)> = Vec::new();
     let mut index: HashMap<ServerKey, usize> = HashMap::new();
-    for row in rows {
-        let pid = row.client.pid.unwrap_or(0);
+    for mut row in rows {
+        let client = ClientKey::of(&row.client);
+        // One listener, as its IPv4 and its IPv4-mapped IPv6 clients see it.
+        row.server.addr = row.server.addr.map(canonical);
         match index.entry(ServerKey::of(&row)) {
             Entry::Vacant(slot) => {
                 slot.insert(servers.len());
@@ -413,11 +438,11 @@ pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
                         connection: None,
                         ..row
                     },
-                    vec![pid],
+                    vec![client],
                 ));
             }
             Entry::Occupied(slot) => {
-                let (server, pids) = &mut servers[*slot.get()];
+                let (server, clients) = &mut servers[*slot.get()];
                 common(&mut server.client, &row.client);
                 common(&mut server.server, &row.server);
                 server.connections += row.connections;
@@ -430,16 +455,16 @@ pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
                     (None, None) => None,
                     (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
                 };
-                pids.push(pid);
+                clients.push(client);
             }
         }
     }
     servers
         .into_iter()
-        .map(|(mut row, mut pids)| {
-            pids.sort_unstable();
-            pids.dedup();
-            row.clients = pids.len() as u64;
+        .map(|(mut row, mut clients)| {
+            clients.sort_unstable();
+            clients.dedup();
+            row.clients = clients.len() as u64;
             row
         })
         .collect()
@@ -623,6 +648,51 @@ mod tests {
     }
 
     #[test]
+    fn remote_clients_count_by_host() {
+        let row = |client: &str, server_sock: u64| Row {
+            kind: Kind {
+                family: sockspy_common::AF_INET,
+                sock_type: 1,
+                protocol: IPPROTO_TCP,
+            },
+            client: End {
+                addr: Some(client.parse().unwrap()),
+                ..End::default()
+            },
+            server: End {
+                pid: Some(7),
+                comm: Some("nginx".into()),
+                sock: Some(server_sock),
+                // One listener, seen as IPv4 and as IPv4-mapped IPv6.
+                addr: Some(
+                    if server_sock == 1 {
+                        "10.0.0.9:80"
+                    } else {
+                        "[::ffff:10.0.0.9]:80"
+                    }
+                    .parse()
+                    .unwrap(),
+                ),
+                ..End::default()
+            },
+            connections: 1,
+            clients: 1,
+            ..Row::default()
+        };
+        let rows = by_server(vec![
+            row("10.0.0.1:5000", 1),
+            row("10.0.0.1:5001", 2),
+            row("10.0.0.2:5000", 3),
+        ]);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].connections, rows[0].clients), (3, 2));
+        assert_eq!(table::client_text(&rows[0]), "2 clients");
+        assert_eq!(table::server_text(&rows[0]), "nginx[7] 10.0.0.9:80");
+        let one_host = by_server(vec![row("10.0.0.1:5000", 1), row("10.0.0.1:5001", 1)]);
+        assert_eq!(table::client_text(&one_host[0]), "1 client");
+    }
+
+    #[test]
     fn queued_bytes_count_both_ends_or_the_unsent_of_a_lone_one() {
         let mut queues = Queues::default();
         queues.by_sock.insert(1, (10, 99));
@@ -715,5 +785,9 @@ mod tests {
         assert_eq!(column, Column::Requests);
         assert_eq!(seen.len(), 11);
         assert_eq!(Column::Client.step(false), Column::Errors);
+        for column in Column::value_variants() {
+            let value = column.to_possible_value().unwrap();
+            assert_eq!(value.get_name(), column.name(), "--sort's name");
+        }
     }
 }

@@ -92,8 +92,8 @@ fn name(line: &mut String, end: &End) {
 /// The client column: its process, or with several, how many.
 pub fn client_text(row: &Row) -> String {
     let mut line = String::new();
-    if row.clients > 1 && row.client.pid.is_none() {
-        let _ = write!(line, "{} clients", row.clients);
+    if row.client.pid.is_none() && row.connections > 1 {
+        let _ = write!(line, "{}", plural(row.clients, "client"));
     } else {
         process_or_name(&mut line, &row.client);
     }
@@ -171,6 +171,11 @@ pub fn cell(row: &Row, column: Column, secs: f64) -> String {
         ),
         Column::Errors => row.errors.to_string(),
     }
+}
+
+/// `1 connection`, `2 connections`.
+fn plural(count: u64, what: &str) -> String {
+    format!("{count} {what}{}", if count == 1 { "" } else { "s" })
 }
 
 /// What a refresh covered: `12 connections, 3 servers  over 1.00s`.

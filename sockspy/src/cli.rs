@@ -194,8 +194,8 @@ pub struct CheckArgs {
 pub struct BackendArg {
     /// Where sends and receives are traced from.
     ///
-    /// `auto` takes the first of tracepoint, fentry, kprobe whose hooks all
-    /// attach on this kernel; the others name one backend, which must.
+    /// `auto` takes the first of tp-btf, tracepoint, fentry, kprobe whose
+    /// hooks all attach on this kernel; the others name one backend, which must.
     #[arg(
         long,
         value_name = "BACKEND",
@@ -210,6 +210,7 @@ pub struct BackendArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     Auto,
+    TpBtf,
     Tracepoint,
     Fentry,
     Kprobe,
@@ -220,6 +221,7 @@ impl BackendArg {
     pub fn backend(&self) -> Option<Backend> {
         match self.backend {
             BackendChoice::Auto => None,
+            BackendChoice::TpBtf => Some(Backend::TpBtf),
             BackendChoice::Tracepoint => Some(Backend::Tracepoint),
             BackendChoice::Fentry => Some(Backend::Fentry),
             BackendChoice::Kprobe => Some(Backend::Kprobe),

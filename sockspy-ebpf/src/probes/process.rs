@@ -10,9 +10,8 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockspy_common::{EventKind, Stat};
 
 use crate::{
-    emit::{self, Current},
-    global,
-    kernel::{self, ReadFailed},
+    emit, global,
+    kernel::{self, Probe, ReadFailed, Reader},
 };
 
 /// Raw tracepoint `sched_process_fork`.
@@ -28,7 +27,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let child: u64 = ctx.arg(1);
     let (tgid, pid) = kernel::task_ids(child)?;
     if tgid == pid {
-        let me = Current::get();
+        let me = Probe::current();
         emit::follow_fork(tgid, me);
         emit::proc_event(EventKind::Fork, tgid, 0, me);
     }
@@ -38,7 +37,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
 /// Raw tracepoint `sched_process_exec`; the header carries the new command name.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    emit::proc_event(EventKind::Exec, 0, 0, Current::get());
+    emit::proc_event(EventKind::Exec, 0, 0, Probe::current());
     0
 }
 
@@ -52,7 +51,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
-    let me = Current::get();
+    let me = Probe::current();
     if !me.is_main_thread() {
         return Ok(());
     }

@@ -21,7 +21,7 @@ use sockspy_common::{
 
 pub use crate::kernel::Current;
 use crate::{
-    EVENTS, FILTER_COMMS, FILTER_PIDS, FILTER_PORTS, FILTER_UIDS, SCRATCH, STATS, global,
+    EVENTS, FILTER_COMMS, FILTER_PIDS, FILTER_PORTS, FILTER_UIDS, SCRATCH, STATS, diag, global,
     kernel::{self, Reader},
 };
 
@@ -83,7 +83,7 @@ fn header<R: Reader>(kind: EventKind, me: Current) -> EventHeader {
         match kernel::leader_comm::<R>(me) {
             Ok(comm) => comm,
             Err(kernel::ReadFailed) => {
-                count(Stat::ReadFailed);
+                diag::read_failed(diag::Site::Comm);
                 tcomm
             }
         }
@@ -170,13 +170,17 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Counts the outcome of one ring buffer write; a loss as `lost`.
+/// Counts the outcome of one ring buffer write of a record of `kind`,
+/// `len` bytes; a loss as `lost`.
 #[inline(always)]
-fn counted(result: Result<(), i32>, lost: Stat) {
-    count(match result {
-        Ok(()) => Stat::Emitted,
-        Err(_) => lost,
-    });
+fn counted(result: Result<(), i32>, lost: Stat, kind: u32, len: usize) {
+    match result {
+        Ok(()) => count(Stat::Emitted),
+        Err(_) => {
+            count(lost);
+            diag::sockspy_dropped(kind, len as u64, 1);
+        }
+    }
 }
 
 /// Sends a process event about the current thread `me`.
@@ -191,6 +195,8 @@ pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32, me: Current) 
     counted(
         EVENTS.output::<ProcEvent>(&ev, wakeup_flags()),
         Stat::RingFullProc,
+        kind as u32,
+        size_of::<ProcEvent>(),
     );
 }
 
@@ -397,7 +403,8 @@ impl Record {
             }
         };
         if ret < 0 {
-            count(Stat::ReadFailed);
+            diag::note_failure(src, ret);
+            diag::read_failed(diag::Site::Address);
             return 0;
         }
         len as u16
@@ -470,8 +477,10 @@ impl Record {
         // the write ends inside TAIL_LEN.
         let dst = unsafe { (*self.scratch).tail.as_mut_ptr().add(at) };
         // SAFETY: the helper checks `src` and fails rather than fault.
-        if unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) } < 0 {
-            count(Stat::ReadFailed);
+        let code = unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) };
+        if code < 0 {
+            diag::note_failure(src, code);
+            diag::read_failed(diag::Site::Payload);
             self.ev().flags |= sockspy_common::FLAG_DATA_FAULT;
             return 0;
         }
@@ -485,13 +494,20 @@ impl Record {
         let ev = self.ev_ref();
         let len = opaque(size_of::<SockEvent>() + Self::before_data(ev) + ev.data_len as usize);
         if len > size_of::<Scratch>() {
+            diag::sockspy_dropped(ev.header.kind, len as u64, 0);
             return;
         }
         // SAFETY: as for `ev`.
         unsafe { (*self.scratch).ev.header.size = len as u32 };
         // SAFETY: `len` is within the scratch value, checked above.
         let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
-        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()), Stat::RingFull);
+        let kind = self.ev_ref().header.kind;
+        counted(
+            EVENTS.output::<[u8]>(bytes, wakeup_flags()),
+            Stat::RingFull,
+            kind,
+            len,
+        );
     }
 
     #[inline(always)]

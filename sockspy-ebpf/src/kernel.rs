@@ -14,21 +14,38 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-    bpf_probe_read_kernel,
+    bpf_probe_read_kernel, bpf_probe_read_user,
     generated::{bpf_get_current_task_btf, bpf_skc_to_unix_sock},
 };
 use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, COMM_LEN, NO_FIELD};
 
 use crate::global;
 
-/// A failed kernel read; the caller counts it.
+/// A failed read; the caller counts it (`diag::read_failed`). Where and
+/// why are noted aside (`diag::note_failure`), not carried here: a Rust
+/// enum that carries data has no BTF the kernel accepts, and `Result`s of
+/// this one are in the signatures of subprograms.
 pub struct ReadFailed;
 
 /// Reads a `T` at `base + offset` in kernel memory with a helper call.
 #[inline(always)]
 pub fn read<T>(base: u64, offset: u32) -> Result<T, ReadFailed> {
+    let addr = base + u64::from(offset);
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(|_| ReadFailed)
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|code| {
+        crate::diag::note_failure(addr, code.into());
+        ReadFailed
+    })
+}
+
+/// Reads a `T` from user memory at `addr`.
+#[inline(always)]
+pub fn read_user<T>(addr: u64) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|code| {
+        crate::diag::note_failure(addr, code.into());
+        ReadFailed
+    })
 }
 
 /// How a hook reads the kernel's structs and learns who is running.

@@ -12,6 +12,7 @@
 #![no_main]
 
 mod arch;
+mod diag;
 mod emit;
 mod kernel;
 mod probes;

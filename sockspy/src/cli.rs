@@ -366,6 +366,15 @@ pub struct TraceArgs {
     /// which backend is in use.
     #[arg(long)]
     pub stats: bool,
+    /// Print the kernel programs' diagnostics to stderr.
+    ///
+    /// What the counters of --stats and the summary count, one line each
+    /// with why: a kernel or user memory read that failed (which, where,
+    /// the error), a record dropped because the ring buffer was full, a
+    /// call not followed because another thread took its slot. Off by
+    /// default, and then the programs carry none of it.
+    #[arg(long)]
+    pub kernel_log: bool,
     /// Ring buffer size in KiB.
     ///
     /// Rounded up to a power of two, at least 128 KiB.
@@ -485,6 +494,8 @@ pub struct TraceOptions {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub stats: bool,
+    /// `--kernel-log`: print the kernel programs' diagnostics.
+    pub kernel_log: bool,
     pub buffer_bytes: u64,
     /// Payload bytes to capture per call; 0 when capture is off.
     pub capture_bytes: u32,
@@ -538,6 +549,7 @@ impl TraceArgs {
             count: self.count,
             duration: self.duration,
             stats: self.stats,
+            kernel_log: self.kernel_log,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
             capture_bytes,
             hex: self.hex,

@@ -16,19 +16,19 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    helpers::generated::bpf_loop,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use sockspy_common::{
-    AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, MAX_PASSED_FILES, PassedFile, Stat,
+    AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, MAX_PASSED_FILES, PassedFile,
 };
 
 use crate::{
-    CALLS,
+    CALLS, diag,
     emit::{self, Current, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
     global,
-    kernel::{self, Btf, Probe, ReadFailed, Reader},
+    kernel::{self, Btf, Probe, ReadFailed, Reader, read_user},
     probes::syscalls::{CallState, inet_remote, own_name, traced},
     slots,
 };
@@ -111,7 +111,11 @@ pub const ANY_TYPE: u16 = 0;
 #[inline(always)]
 pub fn on_data<R: Reader>(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) {
     if data::<R>(sk, ret, flags, kind, skip_type).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(if kind == EventKind::Send {
+            diag::Site::Send
+        } else {
+            diag::Site::Recv
+        });
     }
 }
 
@@ -364,7 +368,7 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let Ok([base, len]) = read_user::<[u64; 2]>(walk.iov + index * 16) else {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Iovec);
         return 1;
     };
     let left = walk.want - have;
@@ -420,7 +424,7 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             break;
         }
         let Ok(fd) = read_user::<i32>(fds + i * 4) else {
-            emit::count(Stat::ReadFailed);
+            diag::read_failed(diag::Site::PassedFile);
             break;
         };
         let identity = kernel::fd_to_file(i64::from(fd)).and_then(|file| match file {
@@ -428,7 +432,7 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             None => Ok((0, 0)),
         });
         let Ok((ino, mode)) = identity else {
-            emit::count(Stat::ReadFailed);
+            diag::read_failed(diag::Site::PassedFile);
             break;
         };
         rec.passed_file(PassedFile {
@@ -438,11 +442,4 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             _pad: 0,
         });
     }
-}
-
-/// Reads a `T` from user memory.
-#[inline(always)]
-fn read_user<T>(addr: u64) -> Result<T, ReadFailed> {
-    // SAFETY: bpf_probe_read_user checks the address.
-    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ReadFailed)
 }

@@ -34,7 +34,7 @@ use aya_ebpf::{
 use sockspy_common::{EventKind, Stat};
 
 use crate::{
-    PROBED, emit,
+    PROBED, diag, emit,
     kernel::{self, Probe, ReadFailed, Reader},
     probes::data::{ANY_TYPE, on_data},
     slots,
@@ -50,7 +50,7 @@ fn socket_data(socket: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u1
     match kernel::socket_sock::<Probe>(socket) {
         Ok(Some(sk)) => on_data::<Probe>(sk, ret, flags, kind, skip_type),
         Ok(None) => {}
-        Err(ReadFailed) => emit::count(Stat::ReadFailed),
+        Err(ReadFailed) => diag::read_failed(diag::Site::Socket),
     }
 }
 

@@ -9,9 +9,10 @@
 //! reset or refused).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockspy_common::{Call, EventKind, IPPROTO_TCP, Stat};
+use sockspy_common::{Call, EventKind, IPPROTO_TCP};
 
 use crate::{
+    diag,
     emit::{self, Record, SLOT_STATE},
     kernel::{self, Probe, ReadFailed, Reader, TCP_ESTABLISHED},
     probes::syscalls::{inet_remote, own_name, traced},
@@ -24,7 +25,7 @@ const TCP_CLOSE: u32 = 7;
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if try_state(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::State);
     }
     0
 }

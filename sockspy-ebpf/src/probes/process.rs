@@ -7,10 +7,10 @@
 //! the holder, an exit drops them. Threads are not processes and are skipped.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockspy_common::{EventKind, Stat};
+use sockspy_common::EventKind;
 
 use crate::{
-    emit, global,
+    diag, emit, global,
     kernel::{self, Probe, ReadFailed, Reader},
 };
 
@@ -18,7 +18,7 @@ use crate::{
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if try_fork(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Fork);
     }
     0
 }
@@ -45,7 +45,7 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if try_exit(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Exit);
     }
     0
 }

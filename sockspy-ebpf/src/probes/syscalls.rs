@@ -13,14 +13,13 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_probe_read_user,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit, wanted};
+use sockspy_common::{AF_UNIX, Call, EventKind, family_bit, wanted};
 
 use crate::{
-    CALLS, arch,
+    CALLS, arch, diag,
     emit::{self, Current, Record, SLOT_SYSCALL},
     global,
     kernel::{self, Probe, ReadFailed, Reader},
@@ -96,7 +95,7 @@ fn traced_family(family: u16) -> bool {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if try_sys_enter(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::SysEnter);
     }
     0
 }
@@ -163,7 +162,7 @@ fn enter(call: Call, arg: [u64; 6], me: Current) -> Result<(), ReadFailed> {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if try_sys_exit(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::SysExit);
     }
     0
 }
@@ -274,7 +273,7 @@ fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
         }
     });
     if followed(call, me) && enter(call, args, me).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::call(call));
     }
     0
 }
@@ -282,7 +281,7 @@ fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, call: Call) -> u32 {
     if exit(call, record_word(ctx, 0) as i64, Probe::current()).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::call(call));
     }
     0
 }
@@ -428,9 +427,7 @@ pub fn inet_remote<R: Reader>(rec: &mut Record, info: &kernel::SockInfo) -> Resu
 
 /// Emits the two ends of a new socket pair as one event.
 fn socketpair(sv: u64, me: Current) -> Result<(), ReadFailed> {
-    // SAFETY: bpf_probe_read_user checks the address.
-    let fds: [i32; 2] =
-        unsafe { bpf_probe_read_user(sv as *const [i32; 2]) }.map_err(|_| ReadFailed)?;
+    let fds: [i32; 2] = kernel::read_user(sv)?;
     let (Some(sk0), Some(sk1)) = (
         kernel::fd_to_sock(i64::from(fds[0]))?,
         kernel::fd_to_sock(i64::from(fds[1]))?,

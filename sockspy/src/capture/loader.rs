@@ -18,6 +18,8 @@ use sockspy_common::{
     SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
 };
 
+use aya_log::{EbpfLogger, Level};
+
 use crate::{capture::btf::Btf, capture::offsets};
 
 /// The compiled kernel programs (built by build.rs).
@@ -327,6 +329,31 @@ pub fn data_hooks(backend: Backend, families: u32) -> impl Iterator<Item = &'sta
 /// Loaded and attached programs; dropping this detaches them.
 pub struct Tracer {
     ebpf: Ebpf,
+    /// The kernel programs' diagnostics, with `--kernel-log`.
+    kernel_log: Option<EbpfLogger<KernelLog>>,
+}
+
+/// Prints the kernel programs' diagnostics (aya-log records) to stderr,
+/// one line each.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = record.level().as_str().to_ascii_lowercase();
+        eprintln!("sockspy: kernel {level}: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// `AYA_LOG_LEVEL` of the kernel programs: which of their diagnostics
+/// they write; 0 removes every one as dead code at load.
+fn log_level(kernel_log: bool) -> u8 {
+    if kernel_log { Level::Trace as u8 } else { 0 }
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -413,8 +440,17 @@ impl Tracer {
         ring_bytes: u32,
         filter: &KernelFilter,
         backend: Option<Backend>,
+        kernel_log: bool,
     ) -> Result<(Self, Backend), Unfit> {
-        let mut ebpf = load(offsets, config, ring_bytes)?;
+        let mut ebpf = load(offsets, config, ring_bytes, log_level(kernel_log))?;
+        let kernel_log = if kernel_log {
+            Some(
+                EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                    .map_err(|err| Unfit(format!("cannot read the kernel's diagnostics: {err}")))?,
+            )
+        } else {
+            None
+        };
         fill_filters(&mut ebpf, filter)?;
         for hook in hooks(has_syscall_tracepoints(), config.capture_bytes > 0) {
             attach_hook(&mut ebpf, hook)?;
@@ -431,7 +467,15 @@ impl Tracer {
                 })?,
             None => auto(&mut ebpf, families)?,
         };
-        Ok((Self { ebpf }, chosen))
+        Ok((Self { ebpf, kernel_log }, chosen))
+    }
+
+    /// Prints what the kernel programs logged since the last call
+    /// (`--kernel-log`; nothing otherwise).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
     }
 
     /// Detaches every program, so that nothing more is queued; the maps,
@@ -600,7 +644,8 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<Probe, Unfit>
         self_pid: std::process::id(),
         filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
     };
-    let mut ebpf = load(offsets, &config, ring_size(0))?;
+    // Logging on, so that the verifier checks the diagnostics' code too.
+    let mut ebpf = load(offsets, &config, ring_size(0), log_level(true))?;
     let data = Backend::ALL
         .into_iter()
         .flat_map(|backend| data_hooks(backend, config.families));
@@ -614,10 +659,16 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<Probe, Unfit>
     })
 }
 
-fn load(offsets: &KernelOffsets, config: &TraceConfig, ring_bytes: u32) -> Result<Ebpf, Unfit> {
+fn load(
+    offsets: &KernelOffsets,
+    config: &TraceConfig,
+    ring_bytes: u32,
+    log_level: u8,
+) -> Result<Ebpf, Unfit> {
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", config, true)
+        .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries("EVENTS", ring_bytes)
         .map_max_entries("SCRATCH", SCRATCH_SLOTS * possible_cpus()?)
         .load(PROGRAMS)

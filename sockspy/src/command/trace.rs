@@ -239,6 +239,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         ring_bytes,
         &kernel_filter,
         options.backend,
+        options.kernel_log,
     )?;
     if options.stats {
         eprintln!(
@@ -348,7 +349,10 @@ async fn pump(
                     }
                 }
             }
-            _ = poll.tick() => session.drain(ring.get_mut(), BATCH).break_value(),
+            _ = poll.tick() => {
+                tracer.flush_kernel_log();
+                session.drain(ring.get_mut(), BATCH).break_value()
+            }
             _ = stats_tick.tick(), if options.stats || live_count => {
                 if let Ok(stats) = tracer.stats() {
                     if options.stats {
@@ -392,6 +396,7 @@ async fn pump(
     if stop != Stop::WriteFailed {
         let _ = session.flush();
     }
+    tracer.flush_kernel_log();
     if live_count {
         eprintln!();
     }

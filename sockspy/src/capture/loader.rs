@@ -707,9 +707,14 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
             program.attach(hook.system, hook.target).map(drop)
         }
         Some(Program::BtfTracePoint(program)) => {
-            program
-                .load(hook.target, function_btf()?)
-                .map_err(|err| refused(&err))?;
+            program.load(hook.target, function_btf()?).map_err(|err| {
+                // The kernel's BTF names each tracepoint it has.
+                if describe(&err).contains("unknown BTF type") {
+                    missing_tracepoint(hook)
+                } else {
+                    refused(&err)
+                }
+            })?;
             program.attach().map(drop)
         }
         Some(Program::FExit(program)) => {
@@ -732,10 +737,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
         if hook.probes_function() {
             function_error(hook, &err)
         } else if io_errno(&err) == Some(libc::ENOENT) {
-            Unfit(format!(
-                "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
-                hook.system, hook.target, hook.since
-            ))
+            missing_tracepoint(hook)
         } else {
             Unfit(format!(
                 "cannot attach to {}: {}",
@@ -744,6 +746,14 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
             ))
         }
     })
+}
+
+/// A hook whose tracepoint this kernel does not have.
+fn missing_tracepoint(hook: &Hook) -> Unfit {
+    Unfit(format!(
+        "this kernel has no tracepoint {}:{} (needs Linux {} or later)",
+        hook.system, hook.target, hook.since
+    ))
 }
 
 /// The kernel's "operation not supported" (not in the C library's errno

@@ -218,8 +218,8 @@ pub struct CheckArgs {
 pub struct BackendArg {
     /// Where sends and receives are traced from.
     ///
-    /// `auto` takes the first of tracepoint, fentry, kprobe whose hooks all
-    /// attach on this kernel; the others name one backend, which must.
+    /// `auto` takes the first of tp-btf, tracepoint, fentry, kprobe whose
+    /// hooks all attach on this kernel; the others name one backend, which must.
     #[arg(
         long,
         value_name = "BACKEND",
@@ -234,6 +234,7 @@ pub struct BackendArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     Auto,
+    TpBtf,
     Tracepoint,
     Fentry,
     Kprobe,
@@ -244,6 +245,7 @@ impl BackendArg {
     pub fn backend(&self) -> Option<Backend> {
         match self.backend {
             BackendChoice::Auto => None,
+            BackendChoice::TpBtf => Some(Backend::TpBtf),
             BackendChoice::Tracepoint => Some(Backend::Tracepoint),
             BackendChoice::Fentry => Some(Backend::Fentry),
             BackendChoice::Kprobe => Some(Backend::Kprobe),
@@ -428,6 +430,15 @@ pub struct TraceArgs {
     /// which backend is in use.
     #[arg(long)]
     pub stats: bool,
+    /// Print the kernel programs' diagnostics to stderr.
+    ///
+    /// What the counters of --stats and the summary count, one line each
+    /// with why: a kernel or user memory read that failed (which, where,
+    /// the error), a record dropped because the ring buffer was full, a
+    /// call not followed because another thread took its slot. Off by
+    /// default, and then the programs carry none of it.
+    #[arg(long)]
+    pub kernel_log: bool,
     /// Ring buffer size in KiB.
     ///
     /// Rounded up to a power of two, at least 128 KiB.
@@ -646,6 +657,8 @@ pub struct TraceOptions {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub stats: bool,
+    /// `--kernel-log`: print the kernel programs' diagnostics.
+    pub kernel_log: bool,
     pub buffer_bytes: u64,
     /// Payload bytes to capture per call; 0 when capture is off.
     pub capture_bytes: u32,
@@ -701,6 +714,7 @@ impl TraceArgs {
             count: self.count,
             duration: self.duration,
             stats: self.stats,
+            kernel_log: self.kernel_log,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
             capture_bytes,
             hex: self.hex,

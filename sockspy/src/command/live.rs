@@ -180,6 +180,8 @@ pub struct Request<'a> {
     pub capture_bytes: u32,
     /// `None` for the first backend that works.
     pub backend: Option<Backend>,
+    /// `--kernel-log`: the programs' diagnostics to stderr.
+    pub kernel_log: bool,
 }
 
 /// Attaches the programs, then takes the snapshot of existing sockets.
@@ -200,6 +202,7 @@ pub fn attach(request: &Request) -> anyhow::Result<Capture> {
         ring_bytes,
         &kernel_filter,
         request.backend,
+        request.kernel_log,
     )?;
     let ring = tracer.take_events()?;
 
@@ -316,7 +319,10 @@ async fn pump(
                     }
                 }
             }
-            _ = poll.tick() => pipeline.drain(ring.get_mut(), BATCH, consumer).break_value(),
+            _ = poll.tick() => {
+                tracer.flush_kernel_log();
+                pipeline.drain(ring.get_mut(), BATCH, consumer).break_value()
+            }
             _ = tick.tick(), if every.is_some() => consumer.tick(tracer, pipeline).break_value(),
         };
         if let Some(stop) = stop.or_else(|| consumer.flush()) {
@@ -336,6 +342,7 @@ async fn pump(
         // Records still waiting for their peer's go out with what is known.
         let _ = pipeline.release(Waits::End, consumer);
     }
+    tracer.flush_kernel_log();
     consumer.finish(stop);
     Ok(())
 }

@@ -151,6 +151,7 @@ pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
         buffer_bytes: options.buffer_bytes,
         capture_bytes: 0,
         backend: options.backend,
+        kernel_log: false,
     })?;
     let families = live::family_names(options.select.families);
     let view = if interactive {

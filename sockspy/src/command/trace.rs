@@ -213,6 +213,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
         buffer_bytes: options.buffer_bytes,
         capture_bytes: options.capture_bytes,
         backend: options.backend,
+        kernel_log: options.kernel_log,
     })?;
     if options.stats {
         eprintln!(

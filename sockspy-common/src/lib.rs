@@ -439,6 +439,12 @@ pub struct KernelOffsets {
     pub sock_v6_daddr: u32,
     /// `sock.sk_err` (pending socket error, positive errno).
     pub sock_err: u32,
+    /// `socket.file`.
+    pub socket_file: u32,
+    /// `task_struct.cred`.
+    pub task_cred: u32,
+    /// `cred.uid`.
+    pub cred_uid: u32,
 }
 
 /// Settings the loader gives the kernel programs before load (a read-only global).
@@ -486,7 +492,7 @@ const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 144);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
 const _: () = assert!(size_of::<PassedFile>() == 16);
-const _: () = assert!(size_of::<KernelOffsets>() == 132);
+const _: () = assert!(size_of::<KernelOffsets>() == 144);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 
 #[cfg(feature = "user")]

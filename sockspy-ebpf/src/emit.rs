@@ -9,7 +9,6 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
@@ -20,8 +19,10 @@ use sockspy_common::{
     ProcEvent, SockEvent, Stat,
 };
 
+pub use crate::kernel::Current;
 use crate::{
-    EVENTS, FILTER_COMMS, FILTER_PIDS, FILTER_PORTS, FILTER_UIDS, SCRATCH, STATS, global, kernel,
+    EVENTS, FILTER_COMMS, FILTER_PIDS, FILTER_PORTS, FILTER_UIDS, SCRATCH, STATS, diag, global,
+    kernel::{self, Reader},
 };
 
 /// Room for the two addresses and the passed files; a power of two so that
@@ -61,41 +62,6 @@ pub fn opaque<T: Copy>(value: T) -> T {
     unsafe { core::ptr::read_volatile(&value) }
 }
 
-/// The current thread's ids, asked of the kernel once per program run and
-/// handed down: each helper call costs tens of nanoseconds on the path
-/// every send and receive takes.
-#[derive(Clone, Copy)]
-pub struct Current {
-    pid_tgid: u64,
-}
-
-impl Current {
-    #[inline(always)]
-    pub fn get() -> Self {
-        Self {
-            pid_tgid: bpf_get_current_pid_tgid(),
-        }
-    }
-
-    /// The process id (the kernel's tgid).
-    #[inline(always)]
-    pub fn tgid(self) -> u32 {
-        (self.pid_tgid >> 32) as u32
-    }
-
-    /// The thread id (the kernel's pid).
-    #[inline(always)]
-    pub fn tid(self) -> u32 {
-        self.pid_tgid as u32
-    }
-
-    /// Whether this is the process's main thread, its group leader.
-    #[inline(always)]
-    pub fn is_main_thread(self) -> bool {
-        self.tgid() == self.tid()
-    }
-}
-
 /// Adds one to a kernel-side counter.
 #[inline(always)]
 pub fn count(stat: Stat) {
@@ -107,17 +73,17 @@ pub fn count(stat: Stat) {
 
 /// Header for an event caused by the current task.
 #[inline(always)]
-fn header(kind: EventKind, me: Current) -> EventHeader {
-    let tcomm = bpf_get_current_comm().unwrap_or([0; 16]);
+fn header<R: Reader>(kind: EventKind, me: Current) -> EventHeader {
+    let tcomm = R::thread_comm(me);
     // The main thread is its own group leader: no need to read the leader's
-    // name (two probe reads on every event of a single-threaded process).
+    // name (two reads on every event of a single-threaded process).
     let comm = if me.is_main_thread() {
         tcomm
     } else {
-        match kernel::leader_comm() {
+        match kernel::leader_comm::<R>(me) {
             Ok(comm) => comm,
             Err(kernel::ReadFailed) => {
-                count(Stat::ReadFailed);
+                diag::read_failed(diag::Site::Comm);
                 tcomm
             }
         }
@@ -129,7 +95,7 @@ fn header(kind: EventKind, me: Current) -> EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: me.tgid(),
         tid: me.tid(),
-        uid: bpf_get_current_uid_gid() as u32,
+        uid: R::uid(me),
         _pad: 0,
         comm,
         tcomm,
@@ -141,7 +107,7 @@ fn header(kind: EventKind, me: Current) -> EventHeader {
 /// `--pid`/`--uid`/`--comm` filters leave it out. Deciding here costs an
 /// unrelated process one or two map lookups instead of a whole event.
 #[inline(always)]
-pub fn skip_task(me: Current) -> bool {
+pub fn skip_task<R: Reader>(me: Current) -> bool {
     let tgid = me.tgid();
     if tgid == global!(CONFIG.self_pid) {
         return true;
@@ -150,15 +116,16 @@ pub fn skip_task(me: Current) -> bool {
     if filters & FILTER_PID != 0 && FILTER_PIDS.get_ptr(tgid).is_none() {
         return true;
     }
-    if filters & FILTER_UID != 0
-        && FILTER_UIDS
-            .get_ptr(bpf_get_current_uid_gid() as u32)
-            .is_none()
-    {
+    if filters & FILTER_UID != 0 && FILTER_UIDS.get_ptr(R::uid(me)).is_none() {
         return true;
     }
     if filters & FILTER_COMM != 0 {
-        let Ok(comm) = kernel::leader_comm() else {
+        let comm = if me.is_main_thread() {
+            Ok(R::thread_comm(me))
+        } else {
+            kernel::leader_comm::<R>(me)
+        };
+        let Ok(comm) = comm else {
             return false;
         };
         return FILTER_COMMS.get_ptr(comm).is_none();
@@ -174,11 +141,11 @@ pub fn skip_task(me: Current) -> bool {
 /// other families have no ports, and the loader does not ask for them
 /// under `--port`.
 #[inline(always)]
-pub fn port_excluded(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed> {
+pub fn port_excluded<R: Reader>(info: &kernel::SockInfo) -> Result<bool, kernel::ReadFailed> {
     if global!(CONFIG.filters) & FILTER_PORT == 0 || !kernel::is_inet(info.family) {
         return Ok(false);
     }
-    let (local, remote) = kernel::inet_ports(info.sk)?;
+    let (local, remote) = kernel::inet_ports::<R>(info.sk)?;
     Ok(remote != 0
         && local != 0
         && FILTER_PORTS.get_ptr(local).is_none()
@@ -206,20 +173,24 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Counts the outcome of one ring buffer write; a loss as `lost`.
+/// Counts the outcome of one ring buffer write of a record of `kind`,
+/// `len` bytes; a loss as `lost`.
 #[inline(always)]
-fn counted(result: Result<(), i32>, lost: Stat) {
-    count(match result {
-        Ok(()) => Stat::Emitted,
-        Err(_) => lost,
-    });
+fn counted(result: Result<(), i32>, lost: Stat, kind: u32, len: usize) {
+    match result {
+        Ok(()) => count(Stat::Emitted),
+        Err(_) => {
+            count(lost);
+            diag::sockspy_dropped(kind, len as u64, 1);
+        }
+    }
 }
 
 /// Sends a process event about the current thread `me`.
 #[inline(always)]
 pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32, me: Current) {
     let mut ev = ProcEvent {
-        header: header(kind, me),
+        header: header::<kernel::Probe>(kind, me),
         child_pid,
         exit_code,
     };
@@ -227,7 +198,18 @@ pub fn proc_event(kind: EventKind, child_pid: u32, exit_code: i32, me: Current) 
     counted(
         EVENTS.output::<ProcEvent>(&ev, wakeup_flags()),
         Stat::RingFullProc,
+        kind as u32,
+        size_of::<ProcEvent>(),
     );
+}
+
+/// Stores `field = value`, each with a volatile write, into a `SockEvent`.
+macro_rules! fill {
+    ($ev:expr, $($field:ident = $value:expr),* $(,)?) => {{
+        let ev: *mut SockEvent = $ev;
+        // SAFETY: fields of a valid record, exclusively ours.
+        $(unsafe { core::ptr::write_volatile(&raw mut (*ev).$field, $value) };)*
+    }};
 }
 
 /// A socket record being filled in a scratch slot.
@@ -239,32 +221,38 @@ impl Record {
     /// Starts a record of `kind` by the current thread `me` in `slot`, with
     /// every field at its "unknown" value.
     #[inline(always)]
-    pub fn begin(slot: u32, kind: EventKind, call: Call, me: Current) -> Option<Self> {
+    pub fn begin<R: Reader>(slot: u32, kind: EventKind, call: Call, me: Current) -> Option<Self> {
         // SAFETY: helper without preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         let scratch = SCRATCH.get_ptr_mut(cpu * SCRATCH_SLOTS + slot)?;
         // SAFETY: a valid per-CPU map value.
         let ev = unsafe { &mut (*scratch).ev };
-        ev.header = header(kind, me);
-        ev.sock = 0;
-        ev.peer_sock = 0;
-        ev.sk = 0;
-        ev.peer_sk = 0;
-        ev.peer_listener = 0;
-        ev.ret = 0;
-        ev.fd = -1;
-        ev.fd2 = -1;
-        ev.family = 0;
-        ev.sock_type = 0;
-        ev.protocol = 0;
-        ev.state = 0;
-        ev.call = call as u16;
-        ev.addr_len = 0;
-        ev.peer_addr_len = 0;
-        ev.flags = 0;
-        ev.data_len = 0;
-        ev.passed_fds = 0;
-        ev.passed_files = 0;
+        ev.header = header::<R>(kind, me);
+        // Volatile stores: LLVM turns a run of plain zero stores into a
+        // call to a memset that writes a byte per loop step, which made
+        // these 38 bytes cost as much as the rest of the record.
+        fill!(
+            ev,
+            sock = 0,
+            peer_sock = 0,
+            sk = 0,
+            peer_sk = 0,
+            peer_listener = 0,
+            ret = 0,
+            fd = -1,
+            fd2 = -1,
+            family = 0,
+            sock_type = 0,
+            protocol = 0,
+            state = 0,
+            call = call as u16,
+            addr_len = 0,
+            peer_addr_len = 0,
+            flags = 0,
+            data_len = 0,
+            passed_fds = 0,
+            passed_files = 0,
+        );
         Some(Self { scratch })
     }
 
@@ -289,11 +277,11 @@ impl Record {
 
     /// Names `peer` (a `struct sock`, 0 for none) as the other end.
     #[inline(always)]
-    pub fn set_peer(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
+    pub fn set_peer<R: Reader>(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
         if peer != 0 {
             // Only the peer's identity: its other fields would cost reads
             // on every send and receive.
-            let ino = kernel::sock_ino(peer)?;
+            let ino = kernel::sock_ino::<R>(peer)?;
             let ev = self.ev();
             ev.peer_sk = peer;
             ev.peer_sock = ino;
@@ -319,12 +307,12 @@ impl Record {
         let listener_ino = if listener == 0 {
             0
         } else {
-            kernel::sock_ino(listener)?
+            kernel::sock_ino::<kernel::Probe>(listener)?
         };
         let ev = self.ev();
         ev.flags |= FLAG_PEER_PENDING;
         ev.peer_listener = listener_ino;
-        if let Some((name, len)) = kernel::unix_name(peer)? {
+        if let Some((name, len)) = kernel::unix_name::<kernel::Probe>(peer)? {
             self.peer_addr_kernel(name, len);
         }
         Ok(())
@@ -418,7 +406,8 @@ impl Record {
             }
         };
         if ret < 0 {
-            count(Stat::ReadFailed);
+            diag::note_failure(src, ret);
+            diag::read_failed(diag::Site::Address);
             return 0;
         }
         len as u16
@@ -491,8 +480,10 @@ impl Record {
         // the write ends inside TAIL_LEN.
         let dst = unsafe { (*self.scratch).tail.as_mut_ptr().add(at) };
         // SAFETY: the helper checks `src` and fails rather than fault.
-        if unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) } < 0 {
-            count(Stat::ReadFailed);
+        let code = unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) };
+        if code < 0 {
+            diag::note_failure(src, code);
+            diag::read_failed(diag::Site::Payload);
             self.ev().flags |= sockspy_common::FLAG_DATA_FAULT;
             return 0;
         }
@@ -506,13 +497,20 @@ impl Record {
         let ev = self.ev_ref();
         let len = opaque(size_of::<SockEvent>() + Self::before_data(ev) + ev.data_len as usize);
         if len > size_of::<Scratch>() {
+            diag::sockspy_dropped(ev.header.kind, len as u64, 0);
             return;
         }
         // SAFETY: as for `ev`.
         unsafe { (*self.scratch).ev.header.size = len as u32 };
         // SAFETY: `len` is within the scratch value, checked above.
         let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
-        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()), Stat::RingFull);
+        let kind = self.ev_ref().header.kind;
+        counted(
+            EVENTS.output::<[u8]>(bytes, wakeup_flags()),
+            Stat::RingFull,
+            kind,
+            len,
+        );
     }
 
     #[inline(always)]

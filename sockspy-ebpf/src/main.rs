@@ -12,6 +12,7 @@
 #![no_main]
 
 mod arch;
+mod diag;
 mod emit;
 mod kernel;
 mod probes;
@@ -62,6 +63,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sock_v6_rcv_saddr: 0,
     sock_v6_daddr: 0,
     sock_err: 0,
+    socket_file: 0,
+    task_cred: 0,
+    cred_uid: 0,
 };
 
 /// What to trace, filled in by the loader before load.

@@ -21,7 +21,7 @@
 use aya_ebpf::maps::Array;
 use sockspy_common::Stat;
 
-use crate::emit;
+use crate::{diag, emit};
 
 /// Slots per table: a power of two, so that the index is a mask.
 pub const THREAD_SLOTS: u32 = 1 << 16;
@@ -54,6 +54,7 @@ pub fn put<T>(table: &Array<Slot<T>>, tid: u32, value: T) {
     with_slot(table, tid, |slot| {
         if slot.tid != 0 && slot.tid != tid {
             emit::count(Stat::CallSlotTaken);
+            diag::sockspy_slot_taken(tid, slot.tid);
         }
         slot.value = value;
         slot.tid = tid;

@@ -28,6 +28,7 @@ use crate::{
     filter::Selection,
     output::print::Format,
     output::record::{Framing, RecordOptions},
+    output::top::Column,
 };
 
 /// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets.
@@ -84,6 +85,16 @@ pub enum Command {
     /// the listed processes, since a recording holds no fork events.
     #[command(after_long_help = READ_EXAMPLES)]
     Read(ReadArgs),
+    /// Live view of the busiest conversations, like top (needs root).
+    ///
+    /// One row per connection, or per server endpoint with `--by server`:
+    /// client, server, requests and bytes per second each way, the
+    /// client's wait (p50, p99, max) over the last interval, bytes queued
+    /// unread in the sockets, errors. `<` and `>` change the sort column,
+    /// `q` quits. `-b` prints plain text snapshots instead, `--json` JSON
+    /// Lines; `-r FILE` prints the table over a whole recording.
+    #[command(after_long_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Report what this kernel offers for tracing (needs root).
     ///
     /// One `ok`/`FAIL`/`skip`/`no` line per requirement and hook, one line per
@@ -135,6 +146,18 @@ Examples:
     sockspy read cap.pcapng cap.pcapng1 cap.pcapng2
   One program's events, payload as hex dumps:
     sockspy read --comm curl --hex cap.pcapng";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  Every connection, refreshed every second:
+    sockspy top
+  One row per Unix server, the slowest first:
+    sockspy top --unix --by server --sort p99
+  Five JSON snapshots, two seconds apart:
+    sockspy top -b --json -d 2 -n 5
+  The table over a recording:
+    sockspy trace -w cap.pcapng
+    sockspy top -r cap.pcapng";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -195,8 +218,8 @@ pub struct CheckArgs {
 pub struct BackendArg {
     /// Where sends and receives are traced from.
     ///
-    /// `auto` takes the first of tracepoint, fentry, kprobe whose hooks all
-    /// attach on this kernel; the others name one backend, which must.
+    /// `auto` takes the first of tp-btf, tracepoint, fentry, kprobe whose
+    /// hooks all attach on this kernel; the others name one backend, which must.
     #[arg(
         long,
         value_name = "BACKEND",
@@ -211,6 +234,7 @@ pub struct BackendArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     Auto,
+    TpBtf,
     Tracepoint,
     Fentry,
     Kprobe,
@@ -221,6 +245,7 @@ impl BackendArg {
     pub fn backend(&self) -> Option<Backend> {
         match self.backend {
             BackendChoice::Auto => None,
+            BackendChoice::TpBtf => Some(Backend::TpBtf),
             BackendChoice::Tracepoint => Some(Backend::Tracepoint),
             BackendChoice::Fentry => Some(Backend::Fentry),
             BackendChoice::Kprobe => Some(Backend::Kprobe),
@@ -390,6 +415,7 @@ impl ConversationArgs {
         (exchanges || self.summaries || decode).then(|| Wanted {
             exchanges,
             summaries: self.summaries,
+            no_wait_percentiles: false,
             slower_than_us: self.slower_than.map(|d| d.as_micros() as u64),
             decode,
             decode_as: self.decode_as.clone(),
@@ -421,10 +447,19 @@ pub struct TraceArgs {
     /// which backend is in use.
     #[arg(long)]
     pub stats: bool,
+    /// Print the kernel programs' diagnostics to stderr.
+    ///
+    /// What the counters of --stats and the summary count, one line each
+    /// with why: a kernel or user memory read that failed (which, where,
+    /// the error), a record dropped because the ring buffer was full, a
+    /// call not followed because another thread took its slot. Off by
+    /// default, and then the programs carry none of it.
+    #[arg(long)]
+    pub kernel_log: bool,
     /// Ring buffer size in KiB.
     ///
     /// Rounded up to a power of two, at least 128 KiB.
-    #[arg(short = 'B', long, value_name = "KIB", default_value_t = 8192)]
+    #[arg(short = 'B', long, value_name = "KIB", default_value_t = BUFFER_KIB)]
     pub buffer_size: u64,
     /// Capture BYTES of payload per call (256).
     ///
@@ -488,6 +523,98 @@ pub struct TraceArgs {
     pub pcap_port: Option<u16>,
 }
 
+/// The ring buffer's default size, in KiB.
+const BUFFER_KIB: u64 = 8192;
+
+/// What `top` makes a row of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RowsBy {
+    Connection,
+    Server,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub select: SelectionArgs,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// Seconds between refreshes (fractions allowed).
+    #[arg(short = 'd', long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub delay: Duration,
+    /// One row per `connection` (the default) or per `server` endpoint.
+    ///
+    /// A server endpoint is a listener's path, or its address and port
+    /// (an unnamed socket is its own), with the processes holding it; the
+    /// client column then counts client processes.
+    #[arg(long, value_name = "ROWS", value_enum, default_value_t = RowsBy::Connection)]
+    pub by: RowsBy,
+    /// Sort by COLUMN: largest first, names in order (requests).
+    #[arg(long, value_name = "COLUMN", value_enum, default_value_t = Column::Requests)]
+    pub sort: Column,
+    /// Print plain text snapshots instead of the live screen.
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// Stop after COUNT refreshes.
+    #[arg(short = 'n', long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Print JSON Lines: one object per row per refresh (implies -b).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in KiB.
+    ///
+    /// Rounded up to a power of two, at least 128 KiB.
+    #[arg(short = 'B', long, value_name = "KIB", default_value_t = BUFFER_KIB)]
+    pub buffer_size: u64,
+    /// Read recording FILE and print the table over all of it.
+    ///
+    /// Rates are over the time from its first event to its last.
+    #[arg(short = 'r', value_name = "FILE", conflicts_with_all = ["delay", "iterations", "batch", "buffer_size"])]
+    pub read: Option<PathBuf>,
+}
+
+/// Validated options for `top`.
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    pub select: Selection,
+    pub backend: Option<Backend>,
+    pub delay: Duration,
+    pub by_server: bool,
+    pub sort: Column,
+    pub batch: bool,
+    pub iterations: Option<u64>,
+    pub json: bool,
+    pub buffer_bytes: u64,
+    pub read: Option<PathBuf>,
+}
+
+impl TopArgs {
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        if self.by == RowsBy::Connection && self.sort == Column::Connections {
+            return Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                "--sort connections needs --by server (a connection's row is one connection)",
+            ));
+        }
+        self.select.validate()
+    }
+
+    pub fn options(&self) -> TopOptions {
+        TopOptions {
+            select: self.select.selection(),
+            backend: self.backend.backend(),
+            delay: self.delay,
+            by_server: self.by == RowsBy::Server,
+            sort: self.sort,
+            batch: self.batch,
+            iterations: self.iterations,
+            json: self.json,
+            buffer_bytes: self.buffer_size.saturating_mul(1024),
+            read: self.read.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ReadArgs {
     /// Recording files, read in order (`-` for stdin).
@@ -547,6 +674,8 @@ pub struct TraceOptions {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub stats: bool,
+    /// `--kernel-log`: print the kernel programs' diagnostics.
+    pub kernel_log: bool,
     pub buffer_bytes: u64,
     /// Payload bytes to capture per call; 0 when capture is off.
     pub capture_bytes: u32,
@@ -611,6 +740,7 @@ impl TraceArgs {
             count: self.count,
             duration: self.duration,
             stats: self.stats,
+            kernel_log: self.kernel_log,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
             capture_bytes,
             show_data: shown > 0,
@@ -855,6 +985,48 @@ mod tests {
             panic!("not trace")
         };
         assert_eq!(trace.options().select.ports, [80, 53]);
+    }
+
+    #[test]
+    fn top_flags() {
+        let top = |args: &[&str]| {
+            let args = ["sockspy", "top"].iter().chain(args);
+            let Command::Top(top) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not top")
+            };
+            top
+        };
+        let options = top(&[]).options();
+        assert_eq!(options.delay, Duration::from_secs(1));
+        assert_eq!(options.sort, Column::Requests);
+        assert!(!options.by_server && !options.batch && !options.json);
+        assert_eq!((options.iterations, options.read), (None, None));
+        assert_eq!(options.buffer_bytes, 8192 * 1024);
+        let args = top(&[
+            "--unix", "-b", "-n", "3", "-d", "0.5", "--by", "server", "--sort", "p99", "--json",
+        ]);
+        args.validate().unwrap();
+        let options = args.options();
+        assert_eq!(options.delay, Duration::from_millis(500));
+        assert_eq!((options.iterations, options.sort), (Some(3), Column::P99));
+        assert!(options.by_server && options.batch && options.json);
+        assert_eq!(options.select.families, FAMILY_UNIX);
+        let read = top(&["-r", "cap", "--sort", "connections", "--by", "server"]);
+        read.validate().unwrap();
+        assert_eq!(read.options().read, Some(PathBuf::from("cap")));
+        let err = top(&["--sort", "connections"]).validate().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        for bad in [
+            &["sockspy", "top", "-d", "0"][..],
+            &["sockspy", "top", "-n", "0"],
+            &["sockspy", "top", "--sort", "speed"],
+            &["sockspy", "top", "--by", "client"],
+            &["sockspy", "top", "-r", "cap", "-b"],
+            &["sockspy", "top", "-r", "cap", "-n", "2"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

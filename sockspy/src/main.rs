@@ -46,6 +46,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Read(args) => command::read::run(&args.options()),
+        Command::Top(args) => {
+            if let Err(err) = args.validate() {
+                err.exit();
+            }
+            command::top::run(&args.options())
+        }
         Command::Check(args) => Ok(command::check::run(args.backend.backend())),
         Command::Pairs(args) => command::pairs::run(&args.select.selection(), args.json),
         Command::Completions(args) => args.run(),

@@ -37,6 +37,14 @@ pub fn sockspy_bin() -> PathBuf {
     }
 }
 
+/// Takes this test binary's turn to trace, for a test that runs sockspy
+/// its own way (under a terminal, say).
+pub fn one_trace_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_TRACE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Whether tests that need root may run. Without root they skip, saying
 /// why, unless `SOCKSPY_REQUIRE_ROOT` is set (as in CI), where a skip would
 /// hide a broken set-up and so fails instead.
@@ -122,20 +130,23 @@ pub struct Trace {
 impl Trace {
     /// Starts `sockspy trace ARGS` and returns once it says it is tracing.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let turn = ONE_TRACE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Self::spawn(args, Some(turn))
+        Self::spawn("trace", args, Some(one_trace_at_a_time()))
+    }
+
+    /// Starts `sockspy top ARGS` (batch mode: it says it is tracing as
+    /// `trace` does) and returns once it says so.
+    pub fn top(args: &[&str]) -> Result<Self> {
+        Self::spawn("top", args, Some(one_trace_at_a_time()))
     }
 
     /// Starts a second `sockspy trace ARGS` beside this one.
     pub fn also(&self, args: &[&str]) -> Result<Self> {
-        Self::spawn(args, None)
+        Self::spawn("trace", args, None)
     }
 
-    fn spawn(args: &[&str], turn: Option<MutexGuard<'static, ()>>) -> Result<Self> {
+    fn spawn(command: &str, args: &[&str], turn: Option<MutexGuard<'static, ()>>) -> Result<Self> {
         let mut child = Command::new(sockspy_bin())
-            .arg("trace")
+            .arg(command)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

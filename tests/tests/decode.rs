@@ -114,7 +114,10 @@ s.connect(sys.argv[1])
 s.sendall(b''.join(b'GET %s HTTP/1.1\r\nHost: api\r\n\r\n' % p for p in (b'/ok', b'/missing', b'/boom')))
 got = b''
 while not got.endswith(b'0\r\n\r\n'):
-    got += s.recv(4096)
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
 s.close()
 print(os.getpid(), flush=True)
 "#;
@@ -269,7 +272,10 @@ s.connect(sys.argv[1])
 s.sendall(b'*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$6\r\nLRANGE\r\n$1\r\nl\r\n')
 got = b''
 while got.count(b'\r\n') < 3:
-    got += s.recv(4096)
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
 s.close()
 "#;
     python(PIPELINE, &[path]).unwrap();

@@ -399,3 +399,65 @@ fn collectd_connected_before_tracing() {
     let trace = Trace::start(&["--unix", "--json"]).unwrap();
     assert_collectd_talks(trace, &setup);
 }
+
+/// A server already waiting in `accept()` when the trace starts: its
+/// `accept` returns after, with no record (the call began before the
+/// programs were attached). The accepted socket still gets its name from
+/// what the client's records say of it, so `--path` keeps the server's
+/// side and both ends name each other.
+#[test]
+fn a_server_waiting_in_accept_before_tracing() {
+    if !have_root("a_server_waiting_in_accept_before_tracing") {
+        return;
+    }
+    const WAITING: &str = r#"
+import os, socket, sys
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1])
+srv.listen(1)
+print(os.getpid(), flush=True)
+c, _ = srv.accept()
+c.send(b'hello')
+c.recv(10)
+c.close()
+"#;
+    let dir = socket_dir("waiting-accept");
+    let path = dir.path();
+    let mut server = spawn_python(WAITING, &[path]);
+    let server_pid = first_line(&mut server)[0];
+    // Inside accept() by now, well before the programs attach.
+    std::thread::sleep(Duration::from_millis(200));
+    let trace = Trace::start(&["--unix", "--json", "--path", path]).unwrap();
+    let client_pid: u64 = python(
+        "import os, socket, sys\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         s.connect(sys.argv[1])\n\
+         s.recv(10)\n\
+         s.send(b'bye')\n\
+         s.close()\n\
+         print(os.getpid())",
+        &[path],
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    wait_ok(&mut server);
+    let events = trace.stop().unwrap().events();
+    let server_side: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["pid"] == server_pid && ["send", "recv"].contains(&e["event"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(server_side.len(), 2, "{events:#?}");
+    for event in server_side {
+        assert_eq!(event["path"], path, "{event}");
+        assert_eq!(event["peer"]["pid"], client_pid, "{event}");
+    }
+    let client_send = events
+        .iter()
+        .find(|e| e["pid"] == client_pid && e["event"] == "send")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(client_send["peer"]["pid"], server_pid, "{client_send}");
+}

@@ -34,7 +34,7 @@ pub struct Options {
     /// The kernel to boot: 6.1, 6.12 or all
     #[arg(long, default_value = "all")]
     kernel: String,
-    /// The backend to test with: tracepoint, fentry, kprobe or all (one
+    /// The backend to test with: tp-btf, tracepoint, fentry, kprobe or all (one
     /// guest each)
     #[arg(long, default_value = "all")]
     backend: String,
@@ -55,7 +55,7 @@ pub struct Options {
 }
 
 /// The backends sockspy has (`--backend`); each kernel is tested with each.
-const BACKENDS: &[&str] = &["tracepoint", "fentry", "kprobe"];
+const BACKENDS: &[&str] = &["tp-btf", "tracepoint", "fentry", "kprobe"];
 
 /// `--core`: one test per thing a backend must get right, by test binary.
 const CORE_TESTS: &[(&str, &[&str])] = &[

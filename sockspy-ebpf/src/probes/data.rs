@@ -1,31 +1,34 @@
 //! Data moving through sockets: `send` and `recv` events.
 //!
-//! Hooks of the tracepoint backend: raw tracepoints `sock_send_length` and
-//! `sock_recv_length` (args: `struct sock *`, result, flags; Linux 6.3+).
-//! The kernel fires them from `sock_sendmsg`/`sock_recvmsg` for every
-//! family and every way in (`write`, `sendto`, `sendmmsg`, ...), so one
-//! pair of hooks sees all socket I/O and nothing else. The function-probe
-//! backends (`functions.rs`) hand the same three facts to [`on_data`]
-//! from the functions those tracepoints follow. What the hook lacks (the
+//! Hooks of the two tracepoint backends: `sock_send_length` and
+//! `sock_recv_length` (args: `struct sock *`, result, flags; Linux 6.3+),
+//! as BTF-typed tracepoints (`tp_btf`), which read the socket and the
+//! task with plain loads, or as raw tracepoints, which read them with a
+//! helper call each. The kernel fires them from
+//! `sock_sendmsg`/`sock_recvmsg` for every family and every way in
+//! (`write`, `sendto`, `sendmmsg`, ...), so one pair of hooks sees all
+//! socket I/O and nothing else. The function-probe backends
+//! (`functions.rs`) hand the same three facts to [`on_data`] from the
+//! functions those tracepoints follow. What the hook lacks (the
 //! descriptor, the call, a datagram's destination) comes from the call
 //! `sys_enter` noted in `CALLS`.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::generated::bpf_loop,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use sockspy_common::{
-    AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, MAX_PASSED_FILES, PassedFile, Stat,
+    AF_UNIX, Call, EventKind, FLAG_CREDENTIALS, FLAG_PEEK, MAX_PASSED_FILES, PassedFile,
 };
 
 use crate::{
-    CALLS,
+    CALLS, diag,
     emit::{self, Current, Record, SLOT_DATA, SLOT_SYSCALL, opaque},
     global,
-    kernel::{self, ReadFailed},
+    kernel::{self, Btf, Probe, ReadFailed, Reader, read_user},
     probes::syscalls::{CallState, inet_remote, own_name, traced},
     slots,
 };
@@ -56,19 +59,45 @@ const MAX_IOVECS: u32 = 64;
 /// Control messages looked at per `sendmsg`.
 const MAX_CMSGS: usize = 4;
 
-/// Raw tracepoint `sock_send_length`.
-#[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
-    let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
-    on_data(ctx.arg(0), ret, flags, EventKind::Send, ANY_TYPE);
+/// BTF-typed tracepoint `sock_send_length` (`tp_btf`, Linux 6.3+).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_btf_data(&ctx, EventKind::Send);
     0
 }
 
-/// Raw tracepoint `sock_recv_length`.
+/// BTF-typed tracepoint `sock_recv_length` (`tp_btf`, Linux 6.3+).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn btf_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_btf_data(&ctx, EventKind::Recv);
+    0
+}
+
+/// A BTF-typed data tracepoint's socket, result and flags, to [`on_data`].
+#[inline(always)]
+fn on_btf_data(ctx: &BtfTracePointContext, kind: EventKind) {
+    let sk: u64 = ctx.arg(0);
+    // Some kernels type tracepoint arguments as maybe-null, and refuse a
+    // load from one that was not checked.
+    if sk != 0 {
+        let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+        on_data::<Btf>(sk, ret, flags, kind, ANY_TYPE);
+    }
+}
+
+/// Raw tracepoint `sock_send_length` (Linux 6.3+).
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    on_data::<Probe>(ctx.arg(0), ret, flags, EventKind::Send, ANY_TYPE);
+    0
+}
+
+/// Raw tracepoint `sock_recv_length` (Linux 6.3+).
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let (ret, flags) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
-    on_data(ctx.arg(0), ret, flags, EventKind::Recv, ANY_TYPE);
+    on_data::<Probe>(ctx.arg(0), ret, flags, EventKind::Recv, ANY_TYPE);
     0
 }
 
@@ -77,11 +106,16 @@ pub const ANY_TYPE: u16 = 0;
 
 /// A send or receive on socket `sk` returned `ret` (`flags`: the receive
 /// flags; 0 for a send, as the tracepoint has it): its event, unless the
-/// socket is of type `skip_type`, which another hook reports.
+/// socket is of type `skip_type`, which another hook reports. `R` reads
+/// the socket and the task: [`Btf`] only where `sk` is BTF-typed.
 #[inline(always)]
-pub fn on_data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) {
-    if data(sk, ret, flags, kind, skip_type).is_err() {
-        emit::count(Stat::ReadFailed);
+pub fn on_data<R: Reader>(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) {
+    if data::<R>(sk, ret, flags, kind, skip_type).is_err() {
+        diag::read_failed(if kind == EventKind::Send {
+            diag::Site::Send
+        } else {
+            diag::Site::Recv
+        });
     }
 }
 
@@ -101,13 +135,19 @@ fn direction_matches(call: Call, kind: EventKind) -> bool {
 }
 
 #[inline(always)]
-fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Result<(), ReadFailed> {
-    let me = Current::get();
-    if ret == -EAGAIN || emit::skip_task(me) {
+fn data<R: Reader>(
+    sk: u64,
+    ret: i32,
+    flags: i32,
+    kind: EventKind,
+    skip_type: u16,
+) -> Result<(), ReadFailed> {
+    let me = R::current();
+    if ret == -EAGAIN || emit::skip_task::<R>(me) {
         return Ok(());
     }
-    let info = kernel::sock_info(sk)?;
-    if info.sock_type == skip_type || !traced(&info) || emit::port_excluded(&info)? {
+    let info = kernel::sock_info::<R>(sk)?;
+    if info.sock_type == skip_type || !traced(&info) || emit::port_excluded::<R>(&info)? {
         return Ok(());
     }
     let noted = noted_call(kind, me);
@@ -120,15 +160,15 @@ fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Resul
         return Ok(());
     }
     let call = noted.map_or(Call::Unknown, |n| n.0);
-    let Some(mut rec) = Record::begin(SLOT_DATA, kind, call, me) else {
+    let Some(mut rec) = Record::begin::<R>(SLOT_DATA, kind, call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
     let inet = kernel::is_inet(info.family);
     if info.family == AF_UNIX {
-        rec.set_peer(kernel::unix_peer(sk)?)?;
+        rec.set_peer::<R>(kernel::unix_peer::<R>(sk)?)?;
     } else {
-        own_name(&mut rec, &info)?;
+        own_name::<R>(&mut rec, &info)?;
     }
     let ev = rec.ev();
     ev.ret = i64::from(ret);
@@ -149,14 +189,14 @@ fn data(sk: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) -> Resul
         }
         // No address given with the call: a connected socket's remote end.
         if inet && rec.ev().peer_addr_len == 0 {
-            inet_remote(&mut rec, &info)?;
+            inet_remote::<R>(&mut rec, &info)?;
         }
         if kind == EventKind::Send && msghdr != 0 {
             ancillary(&mut rec, msghdr)?;
         }
         capture(&mut rec, call, &state, msghdr, ret)?;
     } else if inet {
-        inet_remote(&mut rec, &info)?;
+        inet_remote::<R>(&mut rec, &info)?;
     }
     rec.submit();
     Ok(())
@@ -233,15 +273,15 @@ pub fn recv_at_exit(
     let Some(sk) = kernel::fd_to_sock(state.fd)? else {
         return Ok(());
     };
-    let info = kernel::sock_info(sk)?;
+    let info = kernel::sock_info::<Probe>(sk)?;
     if !traced(&info) || !is_inet_datagram(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Recv, call, me) else {
+    let Some(mut rec) = Record::begin::<Probe>(SLOT_SYSCALL, EventKind::Recv, call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
-    own_name(&mut rec, &info)?;
+    own_name::<Probe>(&mut rec, &info)?;
     let ev = rec.ev();
     ev.ret = ret;
     ev.fd = state.fd as i32;
@@ -250,7 +290,7 @@ pub fn recv_at_exit(
         rec.peer_addr_user(name, len);
     }
     if rec.ev().peer_addr_len == 0 {
-        inet_remote(&mut rec, &info)?;
+        inet_remote::<Probe>(&mut rec, &info)?;
     }
     capture(&mut rec, call, state, msghdr_of(call, state), ret as i32)?;
     rec.submit();
@@ -328,7 +368,7 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let Ok([base, len]) = read_user::<[u64; 2]>(walk.iov + index * 16) else {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Iovec);
         return 1;
     };
     let left = walk.want - have;
@@ -384,7 +424,7 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             break;
         }
         let Ok(fd) = read_user::<i32>(fds + i * 4) else {
-            emit::count(Stat::ReadFailed);
+            diag::read_failed(diag::Site::PassedFile);
             break;
         };
         let identity = kernel::fd_to_file(i64::from(fd)).and_then(|file| match file {
@@ -392,7 +432,7 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             None => Ok((0, 0)),
         });
         let Ok((ino, mode)) = identity else {
-            emit::count(Stat::ReadFailed);
+            diag::read_failed(diag::Site::PassedFile);
             break;
         };
         rec.passed_file(PassedFile {
@@ -402,11 +442,4 @@ fn identify_passed(rec: &mut Record, fds: u64, count: u64) {
             _pad: 0,
         });
     }
-}
-
-/// Reads a `T` from user memory.
-#[inline(always)]
-fn read_user<T>(addr: u64) -> Result<T, ReadFailed> {
-    // SAFETY: bpf_probe_read_user checks the address.
-    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ReadFailed)
 }

@@ -34,8 +34,8 @@ use aya_ebpf::{
 use sockspy_common::{EventKind, Stat};
 
 use crate::{
-    PROBED, emit,
-    kernel::{self, ReadFailed},
+    PROBED, diag, emit,
+    kernel::{self, Probe, ReadFailed, Reader},
     probes::data::{ANY_TYPE, on_data},
     slots,
 };
@@ -47,10 +47,10 @@ const SOCK_SEQPACKET: u16 = 5;
 /// socket is of type `skip_type`.
 #[inline(always)]
 fn socket_data(socket: u64, ret: i32, flags: i32, kind: EventKind, skip_type: u16) {
-    match kernel::socket_sock(socket) {
-        Ok(Some(sk)) => on_data(sk, ret, flags, kind, skip_type),
+    match kernel::socket_sock::<Probe>(socket) {
+        Ok(Some(sk)) => on_data::<Probe>(sk, ret, flags, kind, skip_type),
         Ok(None) => {}
-        Err(ReadFailed) => emit::count(Stat::ReadFailed),
+        Err(ReadFailed) => diag::read_failed(diag::Site::Socket),
     }
 }
 
@@ -111,8 +111,8 @@ pub struct Probed {
 /// socket and flags of a call the filters keep.
 #[kprobe]
 pub fn kprobe_sock_io(ctx: ProbeContext) -> u32 {
-    let me = emit::Current::get();
-    if emit::skip_task(me) {
+    let me = Probe::current();
+    if emit::skip_task::<Probe>(me) {
         return 0;
     }
     let (Some(socket), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
@@ -126,7 +126,7 @@ pub fn kprobe_sock_io(ctx: ProbeContext) -> u32 {
 /// The call `kprobe_sock_io` kept for this thread, taken out.
 #[inline(always)]
 fn take_probed() -> Option<Probed> {
-    slots::take(&PROBED, emit::Current::get().tid())
+    slots::take(&PROBED, Probe::current().tid())
 }
 
 /// kretprobe of the send functions.

@@ -9,11 +9,12 @@
 //! reset or refused).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockspy_common::{Call, EventKind, IPPROTO_TCP, Stat};
+use sockspy_common::{Call, EventKind, IPPROTO_TCP};
 
 use crate::{
+    diag,
     emit::{self, Record, SLOT_STATE},
-    kernel::{self, ReadFailed, TCP_ESTABLISHED},
+    kernel::{self, Probe, ReadFailed, Reader, TCP_ESTABLISHED},
     probes::syscalls::{inet_remote, own_name, traced},
 };
 
@@ -24,7 +25,7 @@ const TCP_CLOSE: u32 = 7;
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if try_state(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::State);
     }
     0
 }
@@ -35,21 +36,22 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     if new != TCP_ESTABLISHED && new != TCP_CLOSE {
         return Ok(());
     }
-    let info = kernel::sock_info(sk)?;
-    if info.protocol != IPPROTO_TCP || !traced(&info) || emit::port_excluded(&info)? {
+    let info = kernel::sock_info::<Probe>(sk)?;
+    if info.protocol != IPPROTO_TCP || !traced(&info) || emit::port_excluded::<Probe>(&info)? {
         return Ok(());
     }
     let error = kernel::sock_error(sk)?;
-    let me = emit::Current::get();
-    let Some(mut rec) = Record::begin(SLOT_STATE, EventKind::State, Call::Unknown, me) else {
+    let me = Probe::current();
+    let Some(mut rec) = Record::begin::<Probe>(SLOT_STATE, EventKind::State, Call::Unknown, me)
+    else {
         return Ok(());
     };
     rec.set_sock(&info);
     let ev = rec.ev();
     ev.state = new as u16;
     ev.ret = -i64::from(error);
-    own_name(&mut rec, &info)?;
-    inet_remote(&mut rec, &info)?;
+    own_name::<Probe>(&mut rec, &info)?;
+    inet_remote::<Probe>(&mut rec, &info)?;
     rec.submit();
     Ok(())
 }

@@ -7,19 +7,18 @@
 //! the holder, an exit drops them. Threads are not processes and are skipped.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockspy_common::{EventKind, Stat};
+use sockspy_common::EventKind;
 
 use crate::{
-    emit::{self, Current},
-    global,
-    kernel::{self, ReadFailed},
+    diag, emit, global,
+    kernel::{self, Probe, ReadFailed, Reader},
 };
 
 /// Raw tracepoint `sched_process_fork`.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if try_fork(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Fork);
     }
     0
 }
@@ -28,7 +27,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let child: u64 = ctx.arg(1);
     let (tgid, pid) = kernel::task_ids(child)?;
     if tgid == pid {
-        let me = Current::get();
+        let me = Probe::current();
         emit::follow_fork(tgid, me);
         emit::proc_event(EventKind::Fork, tgid, 0, me);
     }
@@ -38,7 +37,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
 /// Raw tracepoint `sched_process_exec`; the header carries the new command name.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    emit::proc_event(EventKind::Exec, 0, 0, Current::get());
+    emit::proc_event(EventKind::Exec, 0, 0, Probe::current());
     0
 }
 
@@ -46,13 +45,13 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if try_exit(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::Exit);
     }
     0
 }
 
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
-    let me = Current::get();
+    let me = Probe::current();
     if !me.is_main_thread() {
         return Ok(());
     }

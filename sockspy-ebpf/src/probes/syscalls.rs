@@ -13,17 +13,16 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_probe_read_user,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sockspy_common::{AF_UNIX, Call, EventKind, Stat, family_bit, wanted};
+use sockspy_common::{AF_UNIX, Call, EventKind, family_bit, wanted};
 
 use crate::{
-    CALLS, arch,
+    CALLS, arch, diag,
     emit::{self, Current, Record, SLOT_SYSCALL},
     global,
-    kernel::{self, ReadFailed},
+    kernel::{self, Probe, ReadFailed, Reader},
     slots,
 };
 
@@ -96,7 +95,7 @@ fn traced_family(family: u16) -> bool {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if try_sys_enter(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::SysEnter);
     }
     0
 }
@@ -106,7 +105,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
-    let me = Current::get();
+    let me = Probe::current();
     if !followed(call, me) {
         return Ok(());
     }
@@ -121,7 +120,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
 /// only for payload capture, and only for processes the filters keep.
 #[inline(always)]
 fn followed(call: Call, me: Current) -> bool {
-    !(is_file_io(call) && global!(CONFIG.capture_bytes) == 0) && !emit::skip_task(me)
+    !(is_file_io(call) && global!(CONFIG.capture_bytes) == 0) && !emit::skip_task::<Probe>(me)
 }
 
 /// A followed call begins, with its six arguments: `close` is handled
@@ -163,7 +162,7 @@ fn enter(call: Call, arg: [u64; 6], me: Current) -> Result<(), ReadFailed> {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if try_sys_exit(&ctx).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::SysExit);
     }
     0
 }
@@ -174,7 +173,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ReadFailed> {
     let Some(call) = call_of(nr) else {
         return Ok(());
     };
-    exit(call, ctx.arg(1), Current::get())
+    exit(call, ctx.arg(1), Probe::current())
 }
 
 /// A call ends with `ret`: if its entry was noted, the event.
@@ -263,7 +262,7 @@ fn arg_count(call: Call) -> usize {
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
-    let me = Current::get();
+    let me = Probe::current();
     // `call` is a constant in each program, so the count folds away and
     // only the record's own words are read.
     let args = core::array::from_fn(|i| {
@@ -274,15 +273,15 @@ fn on_enter(ctx: &TracePointContext, call: Call) -> u32 {
         }
     });
     if followed(call, me) && enter(call, args, me).is_err() {
-        emit::count(Stat::ReadFailed);
+        diag::read_failed(diag::Site::call(call));
     }
     0
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, call: Call) -> u32 {
-    if exit(call, record_word(ctx, 0) as i64, Current::get()).is_err() {
-        emit::count(Stat::ReadFailed);
+    if exit(call, record_word(ctx, 0) as i64, Probe::current()).is_err() {
+        diag::read_failed(diag::Site::call(call));
     }
     0
 }
@@ -350,11 +349,11 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
     let Some(sk) = kernel::fd_to_sock(done.fd)? else {
         return Ok(());
     };
-    let info = kernel::sock_info(sk)?;
+    let info = kernel::sock_info::<Probe>(sk)?;
     if !traced(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, done.kind, done.call, me) else {
+    let Some(mut rec) = Record::begin::<Probe>(SLOT_SYSCALL, done.kind, done.call, me) else {
         return Ok(());
     };
     rec.set_sock(&info);
@@ -365,7 +364,7 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
     let (addr, addr_len) = done.user_addr;
     if done.kind == EventKind::Bind && kernel::is_inet(info.family) && done.ret == 0 {
         // The port the kernel picked when asked for port 0.
-        own_name(&mut rec, &info)?;
+        own_name::<Probe>(&mut rec, &info)?;
     } else if done.kind == EventKind::Bind {
         // The requested name, right even when the bind failed.
         rec.peer_addr_user(addr, addr_len);
@@ -373,22 +372,22 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
         ev.addr_len = ev.peer_addr_len;
         ev.peer_addr_len = 0;
     } else {
-        own_name(&mut rec, &info)?;
+        own_name::<Probe>(&mut rec, &info)?;
         let peer = if info.family == AF_UNIX {
-            kernel::unix_peer(sk)?
+            kernel::unix_peer::<Probe>(sk)?
         } else {
             0
         };
-        rec.set_peer(peer)?;
+        rec.set_peer::<Probe>(peer)?;
         // An embryo's name (`set_peer`) is the listener's as the kernel has
         // it: right whatever name (a symlink, another mount) the caller used.
         if rec.ev().peer_addr_len == 0 {
             if addr != 0 {
                 rec.peer_addr_user(addr, addr_len);
             } else if kernel::is_inet(info.family) {
-                inet_remote(&mut rec, &info)?;
+                inet_remote::<Probe>(&mut rec, &info)?;
             } else if peer != 0
-                && let Some((name, len)) = kernel::unix_name(peer)?
+                && let Some((name, len)) = kernel::unix_name::<Probe>(peer)?
             {
                 rec.peer_addr_kernel(name, len);
             }
@@ -401,13 +400,13 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
 /// Copies the socket's own bound name (Unix) or local address and port (IP)
 /// into the record.
 #[inline(always)]
-pub fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
+pub fn own_name<R: Reader>(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
     if info.family == AF_UNIX {
-        if let Some((name, len)) = kernel::unix_name(info.sk)? {
+        if let Some((name, len)) = kernel::unix_name::<R>(info.sk)? {
             rec.own_addr_kernel(name, len);
         }
     } else if kernel::is_inet(info.family) {
-        let local = kernel::inet_local(info.sk, info.family)?;
+        let local = kernel::inet_local::<R>(info.sk, info.family)?;
         if local.is_set() {
             rec.own_addr_inet(&local);
         }
@@ -418,8 +417,8 @@ pub fn own_name(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFai
 /// Copies an IP socket's remote address and port into the record, if it
 /// is connected.
 #[inline(always)]
-pub fn inet_remote(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
-    let remote = kernel::inet_remote(info.sk, info.family)?;
+pub fn inet_remote<R: Reader>(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), ReadFailed> {
+    let remote = kernel::inet_remote::<R>(info.sk, info.family)?;
     if remote.has_port() {
         rec.peer_addr_inet(&remote);
     }
@@ -428,22 +427,21 @@ pub fn inet_remote(rec: &mut Record, info: &kernel::SockInfo) -> Result<(), Read
 
 /// Emits the two ends of a new socket pair as one event.
 fn socketpair(sv: u64, me: Current) -> Result<(), ReadFailed> {
-    // SAFETY: bpf_probe_read_user checks the address.
-    let fds: [i32; 2] =
-        unsafe { bpf_probe_read_user(sv as *const [i32; 2]) }.map_err(|_| ReadFailed)?;
+    let fds: [i32; 2] = kernel::read_user(sv)?;
     let (Some(sk0), Some(sk1)) = (
         kernel::fd_to_sock(i64::from(fds[0]))?,
         kernel::fd_to_sock(i64::from(fds[1]))?,
     ) else {
         return Ok(());
     };
-    let info = kernel::sock_info(sk0)?;
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Socketpair, Call::Socketpair, me)
+    let info = kernel::sock_info::<Probe>(sk0)?;
+    let Some(mut rec) =
+        Record::begin::<Probe>(SLOT_SYSCALL, EventKind::Socketpair, Call::Socketpair, me)
     else {
         return Ok(());
     };
     rec.set_sock(&info);
-    rec.set_peer(sk1)?;
+    rec.set_peer::<Probe>(sk1)?;
     let ev = rec.ev();
     ev.fd = fds[0];
     ev.fd2 = fds[1];
@@ -456,19 +454,20 @@ fn close(fd: i64, me: Current) -> Result<(), ReadFailed> {
     let Some(sk) = kernel::fd_to_sock(fd)? else {
         return Ok(());
     };
-    let info = kernel::sock_info(sk)?;
+    let info = kernel::sock_info::<Probe>(sk)?;
     if !traced(&info) {
         return Ok(());
     }
-    let Some(mut rec) = Record::begin(SLOT_SYSCALL, EventKind::Close, Call::Close, me) else {
+    let Some(mut rec) = Record::begin::<Probe>(SLOT_SYSCALL, EventKind::Close, Call::Close, me)
+    else {
         return Ok(());
     };
     rec.set_sock(&info);
     if info.family == AF_UNIX {
-        rec.set_peer(kernel::unix_peer(sk)?)?;
+        rec.set_peer::<Probe>(kernel::unix_peer::<Probe>(sk)?)?;
     } else {
-        own_name(&mut rec, &info)?;
-        inet_remote(&mut rec, &info)?;
+        own_name::<Probe>(&mut rec, &info)?;
+        inet_remote::<Probe>(&mut rec, &info)?;
     }
     rec.ev().fd = fd as i32;
     rec.submit();

@@ -47,6 +47,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sock_v6_rcv_saddr: at("sock", "__sk_common.skc_v6_rcv_saddr")?,
         sock_v6_daddr: at("sock", "__sk_common.skc_v6_daddr")?,
         sock_err: at("sock", "sk_err")?,
+        socket_file: at("socket", "file")?,
+        task_cred: at("task_struct", "cred")?,
+        cred_uid: at("cred", "uid")?,
     })
 }
 

@@ -8,7 +8,7 @@
 
 use std::{
     io::{self, BufWriter, Read, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
@@ -65,74 +65,43 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     };
     let mut conversation = options.conversation.clone().map(Conversation::new);
     let mut filter = Filter::new(options.select.clone());
-    for file in &options.files {
-        let name = file.display();
-        let input = match open(file) {
-            Ok(input) => input,
-            Err(err) => {
-                let _ = out.flush();
-                eprintln!("sockspy: cannot read {name}: {err}");
-                return Ok(ExitCode::from(2));
-            }
-        };
-        for item in Reader::new(input) {
-            let written = match item {
-                Ok(Item::Section(section)) => {
-                    let first = shown.printer.is_none();
-                    let style = PayloadStyle {
-                        captured: section.capture_bytes > 0,
-                        hex: options.hex,
-                    };
-                    let next =
-                        shown
-                            .printer
-                            .insert(Printer::new(options.format, Clock::epoch(), style));
-                    let header = match &conversation {
-                        _ if !first => Ok(()),
-                        Some(c) if !c.calls_too() => next.exchange_header(&mut out),
-                        _ => next.header(&mut out),
-                    };
-                    header.map_err(|_| ())
-                }
-                Ok(Item::Event(event)) => {
-                    if !filter.keeps(&event) {
-                        continue;
-                    }
-                    match &mut conversation {
-                        Some(conversation) => {
-                            conversation.event(&event);
-                            if conversation.calls_too() {
-                                shown.show(&mut out, Output::Event(&event))
-                            } else {
-                                Ok(())
-                            }
-                            .and_then(|()| shown.found(&mut out, conversation))
-                        }
-                        None => shown.show(&mut out, Output::Event(&event)),
-                    }
-                }
-                Err(err) => {
-                    if out.flush().is_err() {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    if err.torn {
-                        eprintln!(
-                            "sockspy: warning: {name} ends inside a record ({err}); \
-                             the capture was cut short, every complete event was printed"
-                        );
-                        break;
-                    }
-                    eprintln!("sockspy: {name}: {err}");
-                    return Ok(ExitCode::FAILURE);
-                }
+    let each = |item: Item, out: &mut BufWriter<io::Stdout>| match item {
+        Item::Section(section) => {
+            let first = shown.printer.is_none();
+            let style = PayloadStyle {
+                captured: section.capture_bytes > 0,
+                hex: options.hex,
             };
-            // A closed pipe (`sockspy read f | head`) or `-c` ends the
-            // reading quietly.
-            if written.is_err() {
-                let _ = out.flush();
-                return Ok(ExitCode::SUCCESS);
+            let next = shown
+                .printer
+                .insert(Printer::new(options.format, Clock::epoch(), style));
+            match &conversation {
+                _ if !first => Ok(()),
+                Some(c) if !c.calls_too() => next.exchange_header(out),
+                _ => next.header(out),
+            }
+            .map_err(|_| ())
+        }
+        Item::Event(event) => {
+            if !filter.keeps(&event) {
+                return Ok(());
+            }
+            match &mut conversation {
+                Some(conversation) => {
+                    conversation.event(&event);
+                    if conversation.calls_too() {
+                        shown.show(out, Output::Event(&event))
+                    } else {
+                        Ok(())
+                    }
+                    .and_then(|()| shown.found(out, conversation))
+                }
+                None => shown.show(out, Output::Event(&event)),
             }
         }
+    };
+    if let Some(code) = each_item(&options.files, &mut out, each) {
+        return Ok(code);
     }
     // What the conversations still hold: open exchanges, and a summary of
     // each connection open when the recording ended.
@@ -142,6 +111,56 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
     }
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hands every item of the files, in order, to `each`, which writes to
+/// `out`. A file that cannot be opened or is damaged ends the reading
+/// with one line on stderr (after `out` is flushed) and the exit status
+/// to end with; so does `each` failing to write (a closed pipe, `-c`
+/// reached: a clean end). A file that ends inside its last record is a
+/// warning, and the next file is read.
+pub fn each_item<W: Write>(
+    files: &[PathBuf],
+    out: &mut W,
+    mut each: impl FnMut(Item, &mut W) -> Result<(), ()>,
+) -> Option<ExitCode> {
+    for file in files {
+        let name = file.display();
+        let input = match open(file) {
+            Ok(input) => input,
+            Err(err) => {
+                let _ = out.flush();
+                eprintln!("sockspy: cannot read {name}: {err}");
+                return Some(ExitCode::from(2));
+            }
+        };
+        for item in Reader::new(input) {
+            let written = match item {
+                Ok(item) => each(item, out),
+                Err(err) => {
+                    if out.flush().is_err() {
+                        return Some(ExitCode::SUCCESS);
+                    }
+                    if err.torn {
+                        eprintln!(
+                            "sockspy: warning: {name} ends inside a record ({err}); \
+                             the capture was cut short, every complete event was printed"
+                        );
+                        break;
+                    }
+                    eprintln!("sockspy: {name}: {err}");
+                    return Some(ExitCode::FAILURE);
+                }
+            };
+            // A closed pipe (`sockspy read f | head`) or `-c` ends the
+            // reading quietly.
+            if written.is_err() {
+                let _ = out.flush();
+                return Some(ExitCode::SUCCESS);
+            }
+        }
+    }
+    None
 }
 
 /// A recording to read; `-` is stdin.

@@ -65,6 +65,22 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Adds every value of `other` (one `top` row of many connections).
+    pub fn merge(&mut self, other: &Self) {
+        let Some(theirs) = &other.counts else { return };
+        let ours = self.counts.get_or_insert_with(|| Box::new([0; BUCKETS]));
+        for (ours, theirs) in ours.iter_mut().zip(theirs.iter()) {
+            *ours = ours.saturating_add(*theirs);
+        }
+        self.min = if self.count == 0 {
+            other.min
+        } else {
+            self.min.min(other.min)
+        };
+        self.max = self.max.max(other.max);
+        self.count += other.count;
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -161,5 +177,32 @@ mod tests {
         assert_eq!(a.count(), 5);
         assert_eq!(a.percentile(50), Some(3));
         assert_eq!(a.percentile(90), Some(9));
+    }
+
+    #[test]
+    fn merging_adds_the_values() {
+        let (mut a, mut b, mut both) = (
+            Histogram::default(),
+            Histogram::default(),
+            Histogram::default(),
+        );
+        for value in [1, 2, 3, 40_000] {
+            a.add(value);
+            both.add(value);
+        }
+        for value in [7, 9, 500] {
+            b.add(value);
+            both.add(value);
+        }
+        let mut merged = a.clone();
+        merged.merge(&b);
+        merged.merge(&Histogram::default());
+        assert_eq!(merged, both);
+        let mut empty = Histogram::default();
+        empty.merge(&b);
+        assert_eq!(
+            (empty.count(), empty.percentile(1), empty.max()),
+            (3, Some(7), Some(500))
+        );
     }
 }

@@ -25,7 +25,7 @@ use std::{collections::HashMap, net::SocketAddr, rc::Rc};
 use sockspy_common::{EventKind, FLAG_PEEK};
 
 use self::{
-    decode::{Change, Decoding},
+    decode::{Change, Decoding, Piece},
     histogram::Histogram,
     turns::{REQUEST, RESPONSE, Turn, Turns},
 };
@@ -246,6 +246,9 @@ pub enum Finding {
 pub struct Wanted {
     pub exchanges: bool,
     pub summaries: bool,
+    /// Summaries without `wait` percentiles: no connection keeps a
+    /// histogram (a kilobyte each). `top` keeps its own, per interval.
+    pub no_wait_percentiles: bool,
     /// Only exchanges whose [`Times::seen_us`] is at least this.
     pub slower_than_us: Option<u64>,
     /// `--decode`: protocols decoded, exchanges split at their messages.
@@ -270,6 +273,11 @@ impl Conversation {
             found: Vec::new(),
             tracker: Tracker::new(wanted),
         }
+    }
+
+    /// Every live connection, in no order (what `top` reads).
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.tracker.connections()
     }
 
     /// Calls are printed too (`--summaries` alone), not only exchanges.
@@ -400,6 +408,11 @@ impl Connection {
         })
     }
 
+    /// Failed calls and socket errors so far.
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, count)| count).sum()
+    }
+
     /// Every end whose records were seen is done with the connection: it
     /// closed it, or read its end after the other end closed (a process
     /// that then exits closes nothing the trace sees).
@@ -434,9 +447,13 @@ impl Connection {
         }
     }
 
-    fn exchange(&mut self, turn: Turn) -> Exchange {
+    /// Makes `turn` an exchange; its wait goes into the connection's
+    /// histogram when `percentiles` are wanted.
+    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
         let times = Times::of(&turn);
-        if let Some(wait) = times.seen_us() {
+        if let Some(wait) = times.seen_us()
+            && percentiles
+        {
             self.wait.add(wait);
         }
         let (client, server) = self.client_server();
@@ -526,6 +543,11 @@ impl Tracker {
         }
     }
 
+    /// Every live connection, in no order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.values()
+    }
+
     /// Takes one event; hands what it finished to `found`.
     pub fn event(&mut self, event: &Event, found: &mut impl FnMut(Finding)) {
         let Some(sock) = event.sock else { return };
@@ -604,15 +626,13 @@ impl Tracker {
                     let len = event.ret as u64;
                     let forced = conn.forced_protocol(&self.wanted.decode_as);
                     let datagram = conn.datagram.is_some();
-                    let change = conn.decoding.feed(
-                        forced,
-                        datagram,
+                    let piece = Piece {
                         dir,
                         offset,
-                        &event.data,
+                        data: &event.data,
                         len,
-                        &mut messages,
-                    );
+                    };
+                    let change = conn.decoding.feed(forced, datagram, piece, &mut messages);
                     match change {
                         Change::Started => {
                             conn.app = conn.decoding.app();
@@ -636,7 +656,7 @@ impl Tracker {
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
                 while let Some(turn) = conn.turns.next_finished() {
-                    let exchange = conn.exchange(turn);
+                    let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
                     Self::hand_on(&self.wanted, exchange, found);
                 }
             }
@@ -774,7 +794,7 @@ impl Tracker {
         };
         let turns: Vec<Turn> = conn.turns.drain().collect();
         for turn in turns {
-            let exchange = conn.exchange(turn);
+            let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
             Self::hand_on(&self.wanted, exchange, found);
         }
         if self.wanted.summaries {

@@ -165,6 +165,9 @@ impl Turns {
     pub fn new(datagram: bool) -> Self {
         Self {
             datagram,
+            // Most connections have one or two turns open; a deque's first
+            // allocation would otherwise be four (over a kilobyte).
+            open: VecDeque::with_capacity(2),
             ..Self::default()
         }
     }

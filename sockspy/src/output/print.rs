@@ -828,7 +828,7 @@ impl<'a> JsonEvent<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::rc::Rc;
 
     use bytes::Bytes;
@@ -837,7 +837,9 @@ mod tests {
     use super::*;
     use crate::table::resolve::tests::make_pending;
 
-    fn send_event() -> Event {
+    /// collectd[10] fd 9 (sock 100) sends 97 bytes to rrdcached[20] fd 12
+    /// (sock 101, /run/rrdcached.sock).
+    pub fn send_event() -> Event {
         let mut thread = [0u8; 16];
         thread[..8].copy_from_slice(b"writer#0");
         Event {

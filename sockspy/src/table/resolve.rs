@@ -61,6 +61,11 @@ struct Sock {
     /// The listener in whose accept queue this socket's connection was
     /// seen waiting (0 if none): the one its peer was accepted from.
     listener: u64,
+    /// The name the kernel gave this socket's connected peer (a Unix
+    /// socket's records carry it): an accepted socket whose `accept` was
+    /// not seen (its server was already waiting in it when tracing began)
+    /// learns its own name from it.
+    peer_name: Option<Rc<UnixName>>,
     /// Found in /proc while tracing, before any record about it: who
     /// holds it is known, not yet what only its records tell (an accepted
     /// socket's name comes with its `accept`).
@@ -552,6 +557,26 @@ impl Resolver {
         }
     }
 
+    /// Gives socket `ino`, if it has no name, the one its connected peer's
+    /// records gave it.
+    fn name_from_peer(&mut self, ino: u64, peer_ino: u64) {
+        if self.socks.get(&ino).is_none_or(|sock| sock.name.is_some()) {
+            return;
+        }
+        let Some(name) = self
+            .socks
+            .get(&peer_ino)
+            .filter(|peer| peer.peer == ino)
+            .and_then(|peer| peer.peer_name.clone())
+        else {
+            return;
+        };
+        if let Some(sock) = self.socks.get_mut(&ino) {
+            sock.name = Some(name);
+            self.version += 1;
+        }
+    }
+
     /// Records that `holder` no longer has `ino` open.
     fn release(&mut self, ino: u64, holder: Holder) {
         if let Some(process) = self.procs.get_mut(&holder.pid)
@@ -993,6 +1018,21 @@ impl Resolver {
             }
         }
 
+        // What the kernel calls the peer (an embryo's name is the one its
+        // accepted socket will have) names an accepted socket whose
+        // `accept` was not seen, both ways.
+        if let Some(name) = &peer_name
+            && !inet
+            && let Some(sock) = self.socks.get_mut(&ino)
+            && sock.peer_name.as_ref() != Some(name)
+        {
+            sock.peer_name = Some(Rc::clone(name));
+            self.version += 1;
+        }
+        if !inet && peer_ino != 0 {
+            self.name_from_peer(ino, peer_ino);
+            self.name_from_peer(peer_ino, ino);
+        }
         let mut peer = match listener {
             // A TCP connection's other end at a listener is not accepted yet.
             Some(listener) if pending || inet => Some(self.pending_peer(listener, peer_name)),

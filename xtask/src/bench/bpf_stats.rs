@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     process::Command,
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use anyhow::{Context, Result};
@@ -18,9 +19,64 @@ use crate::exec;
 /// The switch; the kernel reads it on every program run.
 const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// bpf_stats turned on; dropping it turns the switch back to what it was.
+/// bpf_stats turned on; dropping it turns the switch back to what it was,
+/// and so does a signal that ends the bench before (`restore_and_die`).
 pub struct Enabled {
     was: String,
+}
+
+/// What the switch said before the bench turned it on (`b'0'` or
+/// `b'1'`), for the signal handler to write back; [`NOTHING`] when there is
+/// nothing to put back.
+static WAS: AtomicU8 = AtomicU8::new(NOTHING);
+const NOTHING: u8 = 0;
+
+/// The signals that end the bench without running its destructors:
+/// Ctrl-C, Ctrl-\, a closed terminal, `kill`.
+const FATAL: [libc::c_int; 4] = [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM];
+
+/// Puts the switch back as it was and dies of `signal`, as the bench would
+/// have without this handler. Only async-signal-safe calls.
+extern "C" fn restore_and_die(signal: libc::c_int) {
+    let was = WAS.swap(NOTHING, Ordering::SeqCst);
+    // SAFETY: open, write, close, signal and raise are async-signal-safe;
+    // the buffers are a static string and a local byte.
+    unsafe {
+        if was != NOTHING {
+            let fd = libc::open(
+                c"/proc/sys/kernel/bpf_stats_enabled".as_ptr(),
+                libc::O_WRONLY,
+            );
+            if fd >= 0 {
+                libc::write(fd, (&raw const was).cast(), 1);
+                libc::close(fd);
+            }
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// Makes each of [`FATAL`] restore the switch before it ends the bench,
+/// except a signal the bench was told to ignore (a shell's background
+/// job ignores SIGINT), which stays ignored.
+fn restore_on_signals() {
+    for signal in FATAL {
+        // SAFETY: sigaction with zeroed, then filled, plain structs; the
+        // handler only makes async-signal-safe calls.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction == libc::SIG_IGN
+            {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = restore_and_die as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 impl Enabled {
@@ -34,10 +90,13 @@ impl Enabled {
             return Ok(None);
         }
         let was = std::fs::read_to_string(SWITCH).with_context(|| format!("reading {SWITCH}"))?;
+        let was = was.trim().to_owned();
+        if let [byte @ (b'0' | b'1')] = was.as_bytes() {
+            WAS.store(*byte, Ordering::SeqCst);
+            restore_on_signals();
+        }
         std::fs::write(SWITCH, "1").with_context(|| format!("writing 1 to {SWITCH}"))?;
-        Ok(Some(Self {
-            was: was.trim().to_owned(),
-        }))
+        Ok(Some(Self { was }))
     }
 
     /// The counters of the programs process `pid` holds, as they stand now.
@@ -57,6 +116,7 @@ impl Enabled {
 
 impl Drop for Enabled {
     fn drop(&mut self) {
+        WAS.store(NOTHING, Ordering::SeqCst);
         if let Err(err) = std::fs::write(SWITCH, &self.was) {
             eprintln!(
                 "xtask bench: could not turn {SWITCH} back to {}: {err}",

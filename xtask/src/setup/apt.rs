@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use crate::exec;
 
 /// socat, nc, python3, collectd and rrdcached are the integration tests'
-/// peers; tshark reads their captures; setpriv (util-linux), ss (iproute2)
+/// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv (util-linux), ss (iproute2)
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
 /// is compared with and debugged by. QEMU and a static busybox boot the
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "python3",
+    "tmux",
     "linux-perf",
     "qemu-system-x86",
     "busybox-static",

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::{Decoder, Message, Mismatch, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};

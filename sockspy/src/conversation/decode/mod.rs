@@ -87,7 +87,7 @@ pub enum Decoding {
     /// No bytes seen yet.
     #[default]
     Undecided,
-    Decoding {
+    Active {
         decoder: Box<dyn Decoder>,
         /// How far each direction's stream was fed: its sends and its
         /// reads carry the same bytes, and whichever comes first feeds.
@@ -95,6 +95,16 @@ pub enum Decoding {
     },
     /// Not decoded, and why (said once, in the first exchange after).
     Plain(Option<String>),
+}
+
+/// Bytes `[offset, offset + len)` of direction `dir`'s stream, `data`
+/// of them captured: one call's.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    pub dir: usize,
+    pub offset: u64,
+    pub data: &'a [u8],
+    pub len: u64,
 }
 
 /// What feeding changed.
@@ -111,7 +121,7 @@ impl Decoding {
     /// The protocol's name, while decoding.
     pub fn app(&self) -> Option<&'static str> {
         match self {
-            Self::Decoding { decoder, .. } => Some(decoder.name()),
+            Self::Active { decoder, .. } => Some(decoder.name()),
             _ => None,
         }
     }
@@ -124,21 +134,22 @@ impl Decoding {
         }
     }
 
-    /// Bytes `[offset, offset + len)` of direction `dir`, `data` of them
-    /// captured: feeds what the decoder has not had yet. `forced`: what a
+    /// Feeds what the decoder has not had yet of `piece`. `forced`: what a
     /// `--decode-as` rule says of this connection (`Some(None)`: not to
-    /// decode it).
-    #[allow(clippy::too_many_arguments)]
+    /// decode it); `datagram`: each call is one message.
     pub fn feed(
         &mut self,
         forced: Option<Option<&'static str>>,
         datagram: bool,
-        dir: usize,
-        offset: u64,
-        data: &[u8],
-        len: u64,
+        piece: Piece<'_>,
         found: &mut Vec<Message>,
     ) -> Change {
+        let Piece {
+            dir,
+            offset,
+            data,
+            len,
+        } = piece;
         let mut change = Change::None;
         if let Self::Undecided = self {
             // The start of a connection: its client's first bytes say
@@ -152,7 +163,7 @@ impl Decoding {
             *self = match decoder {
                 Some(decoder) => {
                     change = Change::Started;
-                    Self::Decoding {
+                    Self::Active {
                         decoder,
                         fed: [0; 2],
                     }
@@ -160,7 +171,7 @@ impl Decoding {
                 None => Self::Plain(None),
             };
         }
-        let Self::Decoding { decoder, fed } = self else {
+        let Self::Active { decoder, fed } = self else {
             return change;
         };
         let end = offset + len;

@@ -143,7 +143,7 @@ fn header(kind: EventKind, me: Current) -> EventHeader {
 #[inline(always)]
 pub fn skip_task(me: Current) -> bool {
     let tgid = me.tgid();
-    if tgid == global!(CONFIG.self_pid) {
+    if tgid == global!(CONFIG.self_pid) || crate::container::cgroup_excluded() {
         return true;
     }
     let filters = global!(CONFIG.filters);
@@ -262,6 +262,9 @@ impl Record {
         ev.data_len = 0;
         ev.passed_fds = 0;
         ev.passed_files = 0;
+        if crate::container::task_facts(ev, me).is_err() {
+            count(Stat::ReadFailed);
+        }
         Some(Self { scratch })
     }
 
@@ -282,6 +285,12 @@ impl Record {
         ev.sock_type = info.sock_type;
         ev.protocol = info.protocol;
         ev.state = info.state;
+        if kernel::is_inet(info.family) {
+            match crate::container::netns(info.sk) {
+                Ok(netns) => self.ev().netns = netns,
+                Err(kernel::ReadFailed) => count(Stat::ReadFailed),
+            }
+        }
     }
 
     /// Names `peer` (a `struct sock`, 0 for none) as the other end.

@@ -47,6 +47,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sock_v6_rcv_saddr: at("sock", "__sk_common.skc_v6_rcv_saddr")?,
         sock_v6_daddr: at("sock", "__sk_common.skc_v6_daddr")?,
         sock_err: at("sock", "sk_err")?,
+        sock_net: at("sock", "__sk_common.skc_net")?,
+        net_inum: at("net", "ns.inum")?,
+        task_thread_pid: at("task_struct", "thread_pid")?,
+        pid_level: at("pid", "level")?,
+        pid_numbers: at("pid", "numbers")?,
+        upid_size: btf.struct_size("upid")?,
+        upid_nr: at("upid", "nr")?,
     })
 }
 

@@ -50,6 +50,7 @@ use crate::{
     output::pcapng::{self, Block, BlockReader, Packet, ParseError},
     output::print::Clock,
     output::side::BySocket,
+    table::container::{Cgroup, Context},
     table::resolve::{Event, Passed, Peer, PeerHolder},
 };
 
@@ -174,7 +175,27 @@ struct SocketFacts<'a> {
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     path: Option<Cow<'a, str>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nspid: Option<u32>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     peer: Option<PeerFacts<'a>>,
+}
+
+/// A cgroup path as recorded (the container and pod are read from it again).
+fn cgroup_text(context: &Context) -> Option<Cow<'_, str>> {
+    context.cgroup.as_ref().map(|c| Cow::Borrowed(&*c.path))
+}
+
+/// A recorded end's container context.
+fn context_from(cgroup: Option<Cow<'_, str>>, netns: Option<u32>, nspid: Option<u32>) -> Context {
+    Context {
+        cgroup: cgroup.map(|path| Rc::new(Cgroup::new(0, &path))),
+        netns,
+        nspid,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -207,6 +228,12 @@ struct PeerFacts<'a> {
     listen_fd: Option<i32>,
     #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
     holders: Vec<HolderFacts<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nspid: Option<u32>,
 }
 
 /// One holder of a pending peer's listener.
@@ -290,6 +317,9 @@ impl<'a> SocketFacts<'a> {
             fd: event.fd,
             sock: event.sock,
             path: name_text(&event.path),
+            cgroup: cgroup_text(&event.context),
+            netns: event.context.netns,
+            nspid: event.context.nspid,
             peer: event.peer.as_ref().map(|peer| PeerFacts {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -308,6 +338,9 @@ impl<'a> SocketFacts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
+                cgroup: cgroup_text(&peer.context),
+                netns: peer.context.netns,
+                nspid: peer.context.nspid,
             }),
         }
     }
@@ -374,6 +407,7 @@ impl<'a> Facts<'a> {
             data,
             passed_fds: call.passed_fds,
             passed,
+            context: context_from(socket.cgroup, socket.netns, socket.nspid),
             peer: socket.peer.map(|peer| Peer {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -392,6 +426,7 @@ impl<'a> Facts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
+                context: context_from(peer.cgroup, peer.netns, peer.nspid),
             }),
             unresolved: false,
         })
@@ -1335,6 +1370,14 @@ mod tests {
                     path: Some(Rc::new(UnixName::Abstract("abs@x".into()))),
                 },
             ],
+            context: Context {
+                cgroup: Some(Rc::new(Cgroup::new(
+                    0,
+                    "/libpod_parent/libpod-3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
+                ))),
+                netns: Some(4026532176),
+                nspid: Some(7),
+            },
             peer: Some(Peer {
                 sock: Some(101),
                 pid: Some(20),
@@ -1342,6 +1385,11 @@ mod tests {
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
                 addr: Some("[::1]:443".parse().unwrap()),
+                context: Context {
+                    cgroup: Some(Rc::new(Cgroup::new(0, "/system.slice/rrdcached.service"))),
+                    netns: Some(4026531840),
+                    nspid: None,
+                },
                 ..Peer::default()
             }),
             unresolved: false,

@@ -15,9 +15,15 @@
 //! whose (local, remote) pair is this one's (remote, local); a connect not
 //! yet accepted, or a datagram, goes to the socket listening or bound at
 //! the remote address. Both tables are seeded from /proc/net/{tcp,udp}{,6}.
+//! Addresses repeat across network namespaces (two replicas of one
+//! container each talk to 127.0.0.1:8080), so each address keeps its
+//! sockets by namespace ([`NsTable`]): an event pairs within its own
+//! namespace, and across namespaces (a veth pair) only by a non-loopback
+//! address that one namespace alone has.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
+    hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
 };
@@ -33,6 +39,7 @@ use crate::{
     },
     idmap::IdMap,
     output::side::ByInode,
+    table::container::{Cgroups, Context},
     table::diag::{InetDiag, STATE_LISTEN, UnixDiag},
     table::procfs::{ProcessSockets, Procfs, Scan},
 };
@@ -65,6 +72,8 @@ struct Sock {
     /// holds it is known, not yet what only its records tell (an accepted
     /// socket's name comes with its `accept`).
     unseen: bool,
+    /// An IP socket's network namespace, 0 if unknown.
+    netns: u32,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +83,13 @@ struct Process {
     fds: IdMap<i32, u64>,
     /// The fd table was read from /proc already (do not read it per event).
     scanned: bool,
+    /// Its cgroup id and pid in its own pid namespace (0: the initial
+    /// one), from its last record.
+    cgroup: u64,
+    nspid: u32,
+    /// Those were asked of /proc already, for a process whose records
+    /// were not seen (do not read it per event).
+    placed: bool,
 }
 
 /// The other end of an event, as far as it is known.
@@ -95,6 +111,8 @@ pub struct Peer {
     /// A `pending` peer's listener: every process that holds it (a prefork
     /// server's workers, a listener inherited across `fork`).
     pub holders: Vec<PeerHolder>,
+    /// The other end's container context (of `pid`, and its socket's namespace).
+    pub context: Context,
 }
 
 /// One holder of a pending peer's listener (`peer.holders` in JSON).
@@ -157,6 +175,8 @@ pub struct Event {
     pub passed_fds: u16,
     /// The first of those, identified.
     pub passed: Vec<Passed>,
+    /// The process's cgroup and pid namespace, the socket's network namespace.
+    pub context: Context,
     pub peer: Option<Peer>,
     /// The other end is a socket on this machine (the kernel named it, or
     /// it is at a local address), but no process holding it is known.
@@ -173,13 +193,18 @@ pub struct Resolver {
     /// Bound names of listening and datagram sockets -> inode: where a
     /// `connect` or `sendto` to a name arrives.
     named: HashMap<Rc<UnixName>, u64>,
-    /// TCP connections: (local, remote) -> inode.
-    conns: HashMap<Conn, u64>,
-    /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
-    bound: HashMap<(u16, SocketAddr), u64>,
+    /// TCP connections: (local, remote) -> inode, by network namespace.
+    conns: NsTable<Conn>,
+    /// TCP listeners and bound UDP sockets: (protocol, local) -> inode, by
+    /// network namespace.
+    bound: NsTable<(u16, SocketAddr)>,
     /// The last [`CLOSED_KEPT`] sockets to lose their last holder.
     closed: Closed,
     procfs: Procfs,
+    /// Cgroup ids to paths and containers.
+    cgroups: Cgroups,
+    /// sockspy's own network namespace: that of the sockets read at start-up.
+    own_netns: u32,
     /// When /proc was last rescanned for a peer nobody was known to hold
     /// (`CLOCK_MONOTONIC` nanoseconds, the records' clock).
     last_rescan: Option<i128>,
@@ -243,6 +268,60 @@ fn repeatable(rec: &SockRecord) -> bool {
 /// A TCP connection by its (local, remote) ends, canonical (see [`canonical`]).
 type Conn = (SocketAddr, SocketAddr);
 
+/// Sockets by address, kept per network namespace: the same address can
+/// be in use in many (identical replicas), and nearly always is in one.
+#[derive(Debug)]
+struct NsTable<K> {
+    map: HashMap<K, Vec<(u32, u64)>>,
+}
+
+impl<K> Default for NsTable<K> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> NsTable<K> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Enters `ino` at `key` in namespace `netns`, in place of another
+    /// socket there (0: not known, which replaces and matches any).
+    fn insert(&mut self, key: K, netns: u32, ino: u64) {
+        let entries = self.map.entry(key).or_default();
+        entries.retain(|&(ns, _)| ns != netns && ns != 0 && netns != 0);
+        entries.push((netns, ino));
+    }
+
+    /// Takes `ino` out of `key`, if it is there.
+    fn remove(&mut self, key: &K, ino: u64) {
+        if let Some(entries) = self.map.get_mut(key) {
+            entries.retain(|&(_, i)| i != ino);
+            if entries.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+
+    /// The socket at `key` in namespace `netns`; with `across`, else the
+    /// one socket at `key` in any namespace, if only one has it (a veth
+    /// pair's other end).
+    fn find(&self, key: &K, netns: u32, across: bool) -> Option<u64> {
+        let entries = self.map.get(key)?;
+        let same = entries
+            .iter()
+            .find(|&&(ns, _)| ns == netns || ns == 0 || netns == 0);
+        match (same, entries.as_slice()) {
+            (Some(&(_, ino)), _) => Some(ino),
+            (None, [(_, ino)]) if across => Some(*ino),
+            _ => None,
+        }
+    }
+}
+
 /// Sockets whose last holder let go lately, remembered for the events
 /// still to be read that name them: the other end's send that the kernel
 /// reported after this end had already read the data and closed (two CPUs,
@@ -255,7 +334,7 @@ struct Closed {
     /// Their TCP connections -> inode: every IP event whose peer is not a
     /// live local socket (any remote peer) looks here, so by key, not by
     /// walking `order`.
-    conns: HashMap<Conn, u64>,
+    conns: NsTable<Conn>,
 }
 
 /// What is remembered of a closed socket.
@@ -266,6 +345,8 @@ struct ClosedSock {
     holder: Holder,
     /// A TCP connection's (local, remote).
     conn: Option<Conn>,
+    /// Its network namespace.
+    netns: u32,
     /// A Unix socket's name.
     name: Option<Rc<UnixName>>,
 }
@@ -280,12 +361,11 @@ impl Closed {
                 conn: Some(key),
                 ..
             }) = self.order.pop_front()
-            && self.conns.get(&key) == Some(&old)
         {
-            self.conns.remove(&key);
+            self.conns.remove(&key, old);
         }
         if let Some(key) = closed.conn {
-            self.conns.insert(key, closed.ino);
+            self.conns.insert(key, closed.netns, closed.ino);
         }
         self.order.push_back(closed);
     }
@@ -317,8 +397,9 @@ pub enum Awaited {
     /// A Unix socket the kernel named as the peer (accepted, by a call
     /// whose record is still to come).
     Sock(u64),
-    /// A TCP connection's other end, by its (local, remote) pair.
-    Conn(Conn),
+    /// A TCP connection's other end, by its (local, remote) pair, in a
+    /// network namespace (where a loopback address pairs only inside it).
+    Conn(Conn, u32),
 }
 
 impl Awaited {
@@ -326,10 +407,11 @@ impl Awaited {
     pub fn revealed_by(&self, rec: &SockRecord) -> bool {
         match *self {
             Self::Sock(ino) => rec.ev.sock == ino,
-            Self::Conn(key) => {
+            Self::Conn(key, netns) => {
                 rec.ev.protocol == IPPROTO_TCP
                     && inet_addr(&rec.addr).map(canonical) == Some(key.0)
                     && inet_addr(&rec.peer_addr).map(canonical) == Some(key.1)
+                    && (rec.ev.netns == netns || !key.0.ip().is_loopback())
             }
         }
     }
@@ -370,8 +452,11 @@ impl Resolver {
     }
 
     pub fn new(procfs: Procfs) -> Self {
+        let own_netns = procfs.netns(std::process::id()).unwrap_or(0);
         Self {
             procfs,
+            cgroups: Cgroups::new(),
+            own_netns,
             ..Self::default()
         }
     }
@@ -383,9 +468,10 @@ impl Resolver {
         for socket in sockets {
             let remote = (socket.remote.port() != 0).then_some(socket.remote);
             let bound = socket.protocol == IPPROTO_UDP || socket.state == STATE_LISTEN;
+            let netns = self.own_netns;
             self.note_inet(
                 socket.ino,
-                socket.protocol,
+                (socket.protocol, netns),
                 Some(socket.local),
                 remote,
                 bound,
@@ -394,10 +480,11 @@ impl Resolver {
     }
 
     /// Enters an IP socket of someone's in the address tables.
+    /// `(protocol, netns)`: its IP protocol and network namespace.
     fn note_inet(
         &mut self,
         ino: u64,
-        protocol: u16,
+        (protocol, netns): (u16, u32),
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
         bound: bool,
@@ -405,6 +492,9 @@ impl Resolver {
         let Some(sock) = self.socks.get_mut(&ino) else {
             return;
         };
+        if netns != 0 {
+            sock.netns = netns;
+        }
         let local = local.filter(|l| l.port() != 0).map(canonical);
         let remote = remote.filter(|r| r.port() != 0).map(canonical);
         if local.is_some() {
@@ -417,31 +507,39 @@ impl Resolver {
         if protocol == IPPROTO_TCP
             && let Some(remote) = remote
         {
-            self.conns.insert((local, remote), ino);
+            self.conns.insert((local, remote), netns, ino);
         } else if bound {
-            self.bound.insert((protocol, local), ino);
+            self.bound.insert((protocol, local), netns, ino);
         }
     }
 
     /// The local socket at the other end of an IP conversation, by address:
     /// the connection's other end, or else (a TCP connection not accepted
     /// yet, a datagram) the socket listening or bound at the remote address.
+    /// `(protocol, netns)`: the IP protocol and the namespace of the
+    /// socket whose peer is looked for; a loopback address pairs only
+    /// inside it.
     fn inet_peer(
         &self,
-        protocol: u16,
+        (protocol, netns): (u16, u32),
         local: Option<SocketAddr>,
         remote: SocketAddr,
     ) -> Option<(u64, bool)> {
         let remote = canonical(remote);
+        let across = !remote.ip().is_loopback();
         if protocol == IPPROTO_TCP
             && let Some(local) = local
         {
             let key = (remote, canonical(local));
-            if let Some(&ino) = self.conns.get(&key).or_else(|| self.closed.conns.get(&key)) {
+            if let Some(ino) = self
+                .conns
+                .find(&key, netns, across)
+                .or_else(|| self.closed.conns.find(&key, netns, across))
+            {
                 return Some((ino, true));
             }
         }
-        let at = |addr| self.bound.get(&(protocol, addr)).copied();
+        let at = |addr| self.bound.find(&(protocol, addr), netns, across);
         let v6_any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), remote.port());
         let ino = at(remote)
             .or_else(|| at(wildcard(remote)))
@@ -574,19 +672,16 @@ impl Resolver {
                 ino,
                 holder,
                 conn: sock.local.zip(sock.remote),
+                netns: sock.netns,
                 name: sock.name.clone(),
             });
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
-                if let Some(remote) = sock.remote
-                    && self.conns.get(&(local, remote)) == Some(&ino)
-                {
-                    self.conns.remove(&(local, remote));
+                if let Some(remote) = sock.remote {
+                    self.conns.remove(&(local, remote), ino);
                 }
                 for key in [(IPPROTO_TCP, local), (IPPROTO_UDP, local)] {
-                    if self.bound.get(&key) == Some(&ino) {
-                        self.bound.remove(&key);
-                    }
+                    self.bound.remove(&key, ino);
                 }
             }
             if let Some(name) = sock.name
@@ -753,9 +848,10 @@ impl Resolver {
         let local = canonical(inet_addr(&rec.addr)?);
         let remote = canonical(inet_addr(&rec.peer_addr)?);
         let key = (remote, local);
+        let (netns, across) = (ev.netns, !remote.ip().is_loopback());
         if remote.port() == 0
-            || self.conns.contains_key(&key)
-            || self.closed.conns.contains_key(&key)
+            || self.conns.find(&key, netns, across).is_some()
+            || self.closed.conns.find(&key, netns, across).is_some()
         {
             return None;
         }
@@ -764,8 +860,8 @@ impl Resolver {
         // this one's or loopback (this is the server).
         let here = remote.ip().is_loopback()
             || remote.ip() == local.ip()
-            || self.inet_peer(IPPROTO_TCP, None, remote).is_some();
-        here.then_some(Awaited::Conn(key))
+            || self.inet_peer((IPPROTO_TCP, netns), None, remote).is_some();
+        here.then_some(Awaited::Conn(key, netns))
     }
 
     /// Reads /proc again for a record written at `ts_ns` that waited in
@@ -788,6 +884,7 @@ impl Resolver {
         };
         let ev = &rec.ev;
         let header = &ev.header;
+        let context = self.own_context(rec, resolved.pid);
         Event {
             kind: rec.kind,
             ts_ns: header.ts_ns,
@@ -812,8 +909,57 @@ impl Resolver {
             data: rec.data.clone(),
             passed_fds: ev.passed_fds,
             passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
+            context,
             peer: resolved.peer,
             unresolved: resolved.unresolved,
+        }
+    }
+
+    /// The container context of `rec`'s own end: what the kernel read for
+    /// it, except for a TCP state change, which the kernel may report
+    /// while another task runs: that one is its holder `pid`'s.
+    fn own_context(&mut self, rec: &SockRecord, pid: u32) -> Context {
+        let ev = &rec.ev;
+        if rec.kind == EventKind::State {
+            return self.context_of(pid, ev.netns);
+        }
+        Context {
+            cgroup: self.cgroups.get(ev.cgroup),
+            netns: (ev.netns != 0).then_some(ev.netns),
+            nspid: (ev.nspid != 0).then_some(ev.nspid),
+        }
+    }
+
+    /// Notes the cgroup and namespace pid the kernel read for process
+    /// `pid`, for when it is somebody's peer.
+    fn place(&mut self, pid: u32, cgroup: u64, nspid: u32) {
+        let process = self.procs.entry(pid).or_default();
+        if cgroup != 0 && (process.cgroup != cgroup || process.nspid != nspid) {
+            process.cgroup = cgroup;
+            process.nspid = nspid;
+            self.version += 1;
+        }
+    }
+
+    /// The container context of process `pid` with a socket in network
+    /// namespace `netns` (0: not an IP socket, or unknown): as its last
+    /// record said, or, for a process no record has shown, as /proc says
+    /// (read once).
+    fn context_of(&mut self, pid: u32, netns: u32) -> Context {
+        let process = self.procs.entry(pid).or_default();
+        if process.cgroup == 0 && !process.placed {
+            process.placed = true;
+            let (path, nspid) = self.procfs.container(pid);
+            if let Some(cgroup) = path.and_then(|path| self.cgroups.at_path(&path)) {
+                process.cgroup = cgroup.id;
+            }
+            process.nspid = nspid.unwrap_or(0);
+        }
+        let (cgroup, nspid) = (process.cgroup, process.nspid);
+        Context {
+            cgroup: self.cgroups.get(cgroup),
+            netns: (netns != 0).then_some(netns),
+            nspid: (nspid != 0).then_some(nspid),
         }
     }
 
@@ -865,6 +1011,7 @@ impl Resolver {
                 None => comm_str(&header.comm).into(),
             }
         } else {
+            self.place(pid, ev.cgroup, ev.nspid);
             self.comm(pid, &header.comm)
         };
         let own_name = unix_name(&rec.addr).map(Rc::new);
@@ -921,10 +1068,11 @@ impl Resolver {
                 // A datagram's address is where it went or came from, not a connection.
                 let connected = if tcp { remote } else { None };
                 let bound = kind == EventKind::Listen || !tcp;
-                self.note_inet(ino, ev.protocol, local, connected, bound);
+                self.note_inet(ino, (ev.protocol, ev.netns), local, connected, bound);
             }
             if let Some(remote) = remote
-                && let Some((found, is_socket)) = self.inet_peer(ev.protocol, local, remote)
+                && let Some((found, is_socket)) =
+                    self.inet_peer((ev.protocol, ev.netns), local, remote)
                 && found != ino
             {
                 if is_socket {
@@ -991,6 +1139,13 @@ impl Resolver {
             if *found == Peer::default() {
                 peer = None;
             }
+        }
+        if let Some(found) = &mut peer
+            && let Some(peer_pid) = found.pid
+        {
+            let at = listener.unwrap_or(peer_ino);
+            let netns = self.socks.get(&at).map_or(0, |sock| sock.netns);
+            found.context = self.context_of(peer_pid, netns);
         }
         // The kernel named a peer, or the other end is a socket here.
         let local_peer = ev.peer_sk != 0 || peer_ino != 0 || listener.is_some();

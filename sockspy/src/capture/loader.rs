@@ -492,6 +492,12 @@ fn fill_filters(ebpf: &mut Ebpf, filter: &KernelFilter) -> Result<(), Unfit> {
 /// tracing: a full map leaves the rest to userspace, which is only slower.
 pub struct CgroupVerdicts(HashMap<MapData, u64, u8>);
 
+impl std::fmt::Debug for CgroupVerdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CgroupVerdicts")
+    }
+}
+
 impl CgroupVerdicts {
     /// Tells the kernel whether the tasks of cgroup `id` are traced.
     pub fn insert(&mut self, id: u64, verdict: u8) {

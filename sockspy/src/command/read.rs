@@ -43,7 +43,9 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                         captured: section.capture_bytes > 0,
                         hex: options.hex,
                     };
-                    let next = printer.insert(Printer::new(options.format, Clock::epoch(), style));
+                    let next = printer.insert(
+                        Printer::new(options.format, Clock::epoch(), style).wide(options.wide),
+                    );
                     if first { next.header(&mut out) } else { Ok(()) }
                 }
                 Ok(Item::Event(event)) => {

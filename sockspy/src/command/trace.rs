@@ -18,7 +18,8 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use sockspy_common::{
-    EventKind, FILTER_COMM, FILTER_PID, FILTER_UID, IPPROTO_TCP, IPPROTO_UDP, TraceConfig,
+    EventKind, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_UID, IPPROTO_TCP, IPPROTO_UDP,
+    TraceConfig,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -219,7 +220,8 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
                     captured: options.capture_bytes > 0,
                     hex: options.hex,
                 },
-            ),
+            )
+            .wide(options.wide),
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
         },
     };
@@ -262,13 +264,20 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
 
     let mut session = Session {
         resolver,
-        hold: Hold::new(kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID) != 0),
+        hold: Hold::new(
+            kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID | FILTER_CGROUP) != 0,
+        ),
         sink,
         tally: Tally::default(),
         count: options.count,
         failure: None,
         filter: Filter::new(options.select.clone()),
     };
+    if kernel_filter.bits & FILTER_CGROUP != 0
+        && let Some(verdicts) = tracer.take_cgroup_verdicts()
+    {
+        session.filter.tell_kernel(verdicts);
+    }
     let families = family_names(options.select.families);
     match &mut session.sink {
         Sink::Print { printer, out } => {

@@ -256,10 +256,10 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
     let mut resolver = Resolver::new(procfs.clone());
     let scan = procfs.scan().context("cannot read /proc")?;
     // The same list `sockspy pairs` shows, so that both agree on names.
-    let unix = diag::unix_sockets().unwrap_or_default();
+    let unix = diag::unix_sockets_everywhere(&procfs).unwrap_or_default();
     resolver.seed(scan, unix);
     for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-        resolver.seed_inet(diag::inet_sockets(protocol).unwrap_or_default());
+        resolver.seed_inet(diag::inet_sockets_everywhere(&procfs, protocol).unwrap_or_default());
     }
 
     let mut session = Session {

@@ -536,6 +536,10 @@ fn peer_text(line: &mut String, peer: &Peer) {
         sep(line);
         let _ = write!(line, "{path}");
     }
+    if let Some(via) = &peer.via {
+        sep(line);
+        let _ = write!(line, "(via {via})");
+    }
     // An IP peer's address is in the PATH column already; say it here only
     // when no local process is known, so the column still names the other end.
     if line.len() == start
@@ -820,6 +824,8 @@ struct JsonPeer<'a> {
     holders: &'a [PeerHolder],
     #[serde(flatten)]
     name: JsonPeerName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
     #[serde(flatten)]
     context: JsonContext<'a>,
 }
@@ -899,6 +905,7 @@ impl<'a> JsonEvent<'a> {
                 listen_fd: peer.listen_fd,
                 holders: &peer.holders,
                 name: JsonPeerName::new(peer.path.as_deref(), peer.addr),
+                via: peer.via.as_ref().map(ToString::to_string),
                 context: JsonContext::new(&peer.context),
             }),
         }

@@ -220,6 +220,8 @@ struct PeerFacts<'a> {
     fd: Option<i32>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     path: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    via: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     addr: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -326,6 +328,7 @@ impl<'a> SocketFacts<'a> {
                 comm: peer.comm.as_deref().map(Cow::Borrowed),
                 fd: peer.fd,
                 path: name_text(&peer.path),
+                via: name_text(&peer.via),
                 addr: peer.addr,
                 pending: peer.pending,
                 listen_fd: peer.listen_fd,
@@ -414,6 +417,7 @@ impl<'a> Facts<'a> {
                 comm: peer.comm.as_deref().map(Into::into),
                 fd: peer.fd,
                 path: name_from(peer.path),
+                via: name_from(peer.via),
                 addr: peer.addr,
                 pending: peer.pending,
                 listen_fd: peer.listen_fd,

@@ -102,6 +102,7 @@ fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
         comm,
         fd,
         path,
+        via,
         addr,
         pending,
         listen_fd,
@@ -113,6 +114,7 @@ fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
         && *fd == b.fd
         && *addr == b.addr
         && *path == b.path
+        && *via == b.via
         && *pending == b.pending
         && *listen_fd == b.listen_fd
         && *holders == b.holders

@@ -16,9 +16,14 @@
 //! cgroupfs driver (`/kubepods/QOS/podUID/ID`) and systemd-nspawn
 //! (`machine-NAME.scope`); a Kubernetes pod slice (`...-podUID.slice`,
 //! `podUID`) names the pod.
+//!
+//! Addresses repeat across network namespaces, so tables that pair IP
+//! sockets by address keep them per namespace ([`NsTable`]).
 
 use std::{
+    collections::HashMap,
     fs,
+    hash::Hash,
     os::unix::fs::MetadataExt,
     path::PathBuf,
     rc::Rc,
@@ -79,6 +84,60 @@ impl Context {
     /// The short container id, if the process is in a container.
     pub fn short_container(&self) -> Option<&str> {
         self.cgroup.as_deref()?.short_container()
+    }
+}
+
+/// Sockets by address, kept per network namespace: the same address can
+/// be in use in many (identical replicas), and nearly always is in one.
+#[derive(Debug)]
+pub struct NsTable<K> {
+    map: HashMap<K, Vec<(u32, u64)>>,
+}
+
+impl<K> Default for NsTable<K> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> NsTable<K> {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Enters `ino` at `key` in namespace `netns`, in place of another
+    /// socket there (0: not known, which replaces and matches any).
+    pub fn insert(&mut self, key: K, netns: u32, ino: u64) {
+        let entries = self.map.entry(key).or_default();
+        entries.retain(|&(ns, _)| ns != netns && ns != 0 && netns != 0);
+        entries.push((netns, ino));
+    }
+
+    /// Takes `ino` out of `key`, if it is there.
+    pub fn remove(&mut self, key: &K, ino: u64) {
+        if let Some(entries) = self.map.get_mut(key) {
+            entries.retain(|&(_, i)| i != ino);
+            if entries.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+
+    /// The socket at `key` in namespace `netns`; with `across`, else the
+    /// one socket at `key` in any namespace, if only one has it (a veth
+    /// pair's other end).
+    pub fn find(&self, key: &K, netns: u32, across: bool) -> Option<u64> {
+        let entries = self.map.get(key)?;
+        let same = entries
+            .iter()
+            .find(|&&(ns, _)| ns == netns || ns == 0 || netns == 0);
+        match (same, entries.as_slice()) {
+            (Some(&(_, ino)), _) => Some(ino),
+            (None, [(_, ino)]) if across => Some(*ino),
+            _ => None,
+        }
     }
 }
 

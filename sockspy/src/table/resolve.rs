@@ -23,7 +23,6 @@
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
-    hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
 };
@@ -39,7 +38,7 @@ use crate::{
     },
     idmap::IdMap,
     output::side::ByInode,
-    table::container::{Cgroups, Context},
+    table::container::{Cgroups, Context, NsTable},
     table::diag::{InetDiag, STATE_LISTEN, UnixDiag},
     table::procfs::{ProcessSockets, Procfs, Scan},
 };
@@ -99,7 +98,11 @@ pub struct Peer {
     pub pid: Option<u32>,
     pub comm: Option<Rc<str>>,
     pub fd: Option<i32>,
+    /// A Unix peer's name as its holder bound it.
     pub path: Option<Rc<UnixName>>,
+    /// The name this end reached the peer by, when it is not `path`: a
+    /// bind mount into a container, another mount namespace, a symlink.
+    pub via: Option<Rc<UnixName>>,
     /// An IP peer's address and port.
     pub addr: Option<SocketAddr>,
     /// The other end is a connection still in a listener's accept queue:
@@ -268,60 +271,6 @@ fn repeatable(rec: &SockRecord) -> bool {
 /// A TCP connection by its (local, remote) ends, canonical (see [`canonical`]).
 type Conn = (SocketAddr, SocketAddr);
 
-/// Sockets by address, kept per network namespace: the same address can
-/// be in use in many (identical replicas), and nearly always is in one.
-#[derive(Debug)]
-struct NsTable<K> {
-    map: HashMap<K, Vec<(u32, u64)>>,
-}
-
-impl<K> Default for NsTable<K> {
-    fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-        }
-    }
-}
-
-impl<K: Hash + Eq> NsTable<K> {
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Enters `ino` at `key` in namespace `netns`, in place of another
-    /// socket there (0: not known, which replaces and matches any).
-    fn insert(&mut self, key: K, netns: u32, ino: u64) {
-        let entries = self.map.entry(key).or_default();
-        entries.retain(|&(ns, _)| ns != netns && ns != 0 && netns != 0);
-        entries.push((netns, ino));
-    }
-
-    /// Takes `ino` out of `key`, if it is there.
-    fn remove(&mut self, key: &K, ino: u64) {
-        if let Some(entries) = self.map.get_mut(key) {
-            entries.retain(|&(_, i)| i != ino);
-            if entries.is_empty() {
-                self.map.remove(key);
-            }
-        }
-    }
-
-    /// The socket at `key` in namespace `netns`; with `across`, else the
-    /// one socket at `key` in any namespace, if only one has it (a veth
-    /// pair's other end).
-    fn find(&self, key: &K, netns: u32, across: bool) -> Option<u64> {
-        let entries = self.map.get(key)?;
-        let same = entries
-            .iter()
-            .find(|&&(ns, _)| ns == netns || ns == 0 || netns == 0);
-        match (same, entries.as_slice()) {
-            (Some(&(_, ino)), _) => Some(ino),
-            (None, [(_, ino)]) if across => Some(*ino),
-            _ => None,
-        }
-    }
-}
-
 /// Sockets whose last holder let go lately, remembered for the events
 /// still to be read that name them: the other end's send that the kernel
 /// reported after this end had already read the data and closed (two CPUs,
@@ -417,6 +366,19 @@ impl Awaited {
     }
 }
 
+/// A peer's name as its holder bound it (`bound`, what the table knows),
+/// and the name an event used for it (`used`) when that is another: the
+/// same socket file reached by another path.
+fn as_bound(
+    bound: Option<Rc<UnixName>>,
+    used: Option<Rc<UnixName>>,
+) -> (Option<Rc<UnixName>>, Option<Rc<UnixName>>) {
+    match (bound, used) {
+        (Some(bound), Some(used)) if bound != used => (Some(bound), Some(used)),
+        (bound, used) => (bound.or(used), None),
+    }
+}
+
 /// An address as a table key: IPv4-mapped IPv6 as plain IPv4, so both
 /// ends of a dual-stack connection meet.
 fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -468,7 +430,11 @@ impl Resolver {
         for socket in sockets {
             let remote = (socket.remote.port() != 0).then_some(socket.remote);
             let bound = socket.protocol == IPPROTO_UDP || socket.state == STATE_LISTEN;
-            let netns = self.own_netns;
+            let netns = if socket.netns == 0 {
+                self.own_netns
+            } else {
+                socket.netns
+            };
             self.note_inet(
                 socket.ino,
                 (socket.protocol, netns),
@@ -1240,11 +1206,13 @@ impl Resolver {
             })
             .collect();
         let first = holders.first();
+        let (path, via) = as_bound(self.name_of(listener), name);
         Peer {
             pid: first.map(|h| h.pid),
             comm: first.map(|h| Rc::clone(&h.comm)),
             listen_fd: first.map(|h| h.fd),
-            path: name.or_else(|| self.name_of(listener)),
+            path,
+            via,
             pending: true,
             holders,
             ..Peer::default()
@@ -1316,9 +1284,7 @@ impl Resolver {
             if holder.is_none() && self.rescan() {
                 holder = self.holder_of(peer_ino);
             }
-            if peer.path.is_none() {
-                peer.path = self.name_of(peer_ino);
-            }
+            (peer.path, peer.via) = as_bound(self.name_of(peer_ino), peer.path.take());
             if kind == EventKind::Socketpair && fd2 >= 0 {
                 holder = holder.map(|h| Holder { fd: fd2, ..h });
             }
@@ -1384,6 +1350,7 @@ pub(crate) mod tests {
             rqueue: 0,
             wqueue: 0,
             uid: 0,
+            netns: 0,
         };
         resolver.seed_inet(vec![
             connected(1001, AF_INET6, server, "[::ffff:127.0.0.1]:40000"),
@@ -1704,6 +1671,76 @@ pub(crate) mod tests {
             (peer.pid, peer.fd, peer.sock),
             (Some(200), Some(3), Some(2002))
         );
+    }
+
+    #[test]
+    fn replicas_in_two_network_namespaces_pair_inside_each_and_a_veth_pair_across() {
+        let mut resolver = Resolver::new(Procfs::at("/nonexistent"));
+        let lo = Ipv4Addr::LOCALHOST.octets();
+        // pid, inode, network namespace, local and remote ends.
+        let sockets = [
+            (10, 1, 111, (lo, 8080), (lo, 40000)),
+            (11, 2, 111, (lo, 40000), (lo, 8080)),
+            (20, 3, 222, (lo, 8080), (lo, 40000)),
+            (21, 4, 222, (lo, 40000), (lo, 8080)),
+            (30, 5, 111, ([10, 0, 0, 2], 5000), ([10, 0, 0, 1], 80)),
+            (40, 6, 333, ([10, 0, 0, 1], 80), ([10, 0, 0, 2], 5000)),
+        ];
+        let mut send = |(pid, ino, netns, local, remote): (u32, u64, u32, _, _)| {
+            let (local, remote): (([u8; 4], u16), ([u8; 4], u16)) = (local, remote);
+            let bytes = sock_bytes(
+                EventKind::Send,
+                |ev| {
+                    (ev.header.pid, ev.fd, ev.sock, ev.netns) = (pid, 3, ino, netns);
+                    (ev.family, ev.sock_type, ev.protocol, ev.ret) = (AF_INET, 1, IPPROTO_TCP, 4);
+                },
+                [
+                    &sockaddr_in(local.0, local.1),
+                    &sockaddr_in(remote.0, remote.1),
+                    b"",
+                ],
+            );
+            applied(&mut resolver, &bytes)
+        };
+        for socket in sockets {
+            send(socket);
+        }
+        let peers: Vec<_> = sockets
+            .into_iter()
+            .map(|socket| {
+                let event = send(socket);
+                assert_eq!(event.context.netns, Some(socket.2));
+                let peer = event.peer.expect("a peer");
+                (peer.pid, peer.sock)
+            })
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                (Some(11), Some(2)),
+                (Some(10), Some(1)),
+                (Some(21), Some(4)),
+                (Some(20), Some(3)),
+                (Some(40), Some(6)),
+                (Some(30), Some(5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_peer_is_named_as_its_holder_bound_it_and_as_this_end_reached_it() {
+        let bound = Some(Rc::new(UnixName::Path("/run/engine.sock".into())));
+        let used = Some(Rc::new(UnixName::Path("/var/run/engine.sock".into())));
+        assert_eq!(
+            as_bound(bound.clone(), used.clone()),
+            (bound.clone(), used.clone())
+        );
+        assert_eq!(
+            as_bound(bound.clone(), bound.clone()),
+            (bound.clone(), None)
+        );
+        assert_eq!(as_bound(None, used.clone()), (used, None));
+        assert_eq!(as_bound(bound.clone(), None), (bound, None));
     }
 
     #[test]

@@ -231,6 +231,11 @@ pub const FLAG_CREDENTIALS: u16 = 1 << 3;
 /// embryo socket in a listener's accept queue, which has no inode); the
 /// peer address is the listener's name, as the kernel gave it to the embryo.
 pub const FLAG_PEER_PENDING: u16 = 1 << 4;
+/// `SockEvent::flags`: under `--cgroup`/`--container`, the task's cgroup
+/// has no verdict in `FILTER_CGROUPS` yet (made since the loader filled
+/// it): the record wakes the reader at once, whose verdict then stops the
+/// cgroup's other records in the kernel.
+pub const FLAG_CGROUP_UNDECIDED: u16 = 1 << 5;
 
 /// Starts every record in the ring buffer.
 #[repr(C)]

@@ -9,7 +9,7 @@
 //! found by the kernel's peer pointer, never by address.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task};
-use sockspy_common::{FILTER_CGROUP, SockEvent};
+use sockspy_common::{FILTER_CGROUP, FLAG_CGROUP_UNDECIDED, SockEvent};
 
 use crate::{
     FILTER_CGROUPS,
@@ -33,6 +33,12 @@ fn cgroup_id() -> u64 {
 #[inline(always)]
 pub fn task_facts(ev: &mut SockEvent, me: Current) -> Result<(), ReadFailed> {
     ev.cgroup = cgroup_id();
+    if global!(CONFIG.filters) & FILTER_CGROUP != 0
+        // SAFETY: a plain value of the map's type.
+        && unsafe { FILTER_CGROUPS.get(&ev.cgroup) }.is_none()
+    {
+        ev.flags |= FLAG_CGROUP_UNDECIDED;
+    }
     ev.nspid = 0;
     ev.netns = 0;
     // SAFETY: helper without preconditions.

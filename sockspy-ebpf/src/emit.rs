@@ -514,11 +514,16 @@ impl Record {
         if len > size_of::<Scratch>() {
             return;
         }
+        let wakeup = if ev.flags & sockspy_common::FLAG_CGROUP_UNDECIDED != 0 {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            wakeup_flags()
+        };
         // SAFETY: as for `ev`.
         unsafe { (*self.scratch).ev.header.size = len as u32 };
         // SAFETY: `len` is within the scratch value, checked above.
         let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
-        counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()), Stat::RingFull);
+        counted(EVENTS.output::<[u8]>(bytes, wakeup), Stat::RingFull);
     }
 
     #[inline(always)]

@@ -141,8 +141,10 @@ impl<K: Hash + Eq> NsTable<K> {
     }
 }
 
-/// The shortest time between two walks of the cgroup tree for an id not
-/// found: a walk costs a directory read per cgroup.
+/// The shortest time between two walks of the cgroup tree for the same id
+/// not found: a walk costs a directory read per cgroup. A new id has the
+/// tree walked at once (a container just started: the sooner it is named,
+/// the sooner a filter tells the kernel about it).
 const REWALK_EVERY: Duration = Duration::from_millis(200);
 
 /// The cgroup tree of this machine, by id.
@@ -152,7 +154,8 @@ pub struct Cgroups {
     /// a hybrid hierarchy); `None` when there is none.
     root: Option<PathBuf>,
     by_id: IdMap<u64, Rc<Cgroup>>,
-    last_walk: Option<Instant>,
+    /// Ids a walk did not find, and when it was.
+    missed: IdMap<u64, Instant>,
 }
 
 impl Cgroups {
@@ -175,7 +178,7 @@ impl Cgroups {
     }
 
     /// The cgroup of `id`; an id not seen before has the tree walked
-    /// again, unless it was walked a moment ago.
+    /// again, unless a walk missed it a moment ago.
     pub fn get(&mut self, id: u64) -> Option<Rc<Cgroup>> {
         if id == 0 {
             return None;
@@ -184,13 +187,22 @@ impl Cgroups {
             return Some(Rc::clone(cgroup));
         }
         if self
-            .last_walk
+            .missed
+            .get(&id)
             .is_some_and(|last| last.elapsed() < REWALK_EVERY)
         {
             return None;
         }
         self.walk();
-        self.by_id.get(&id).cloned()
+        match self.by_id.get(&id) {
+            Some(cgroup) => Some(Rc::clone(cgroup)),
+            None => {
+                // Bounded: ids missed long ago are walked for again anyway.
+                self.missed.retain(|_, last| last.elapsed() < REWALK_EVERY);
+                self.missed.insert(id, Instant::now());
+                None
+            }
+        }
     }
 
     /// The cgroup at `path` (as `/proc/PID/cgroup` has it).
@@ -216,7 +228,6 @@ impl Cgroups {
     /// Reads the whole tree again, keeping the cgroups already known
     /// (an id is never reused while the machine is up).
     fn walk(&mut self) {
-        self.last_walk = Some(Instant::now());
         let Some(root) = self.root.clone() else {
             return;
         };
@@ -482,11 +493,11 @@ mod tests {
         let c = fs::metadata(root.join(format!("c/libpod-{ID}")))
             .unwrap()
             .ino();
-        std::thread::sleep(REWALK_EVERY);
         let found = cgroups.get(c).expect("a cgroup made since is found");
         assert_eq!(found.container.as_deref(), Some(ID));
         assert_eq!(cgroups.at_path("/a").unwrap().path.as_ref(), "/a");
         assert!(cgroups.get(u64::MAX).is_none());
+        assert!(cgroups.missed.contains_key(&u64::MAX));
         assert_eq!(cgroups.all().count(), 5);
         let _ = fs::remove_dir_all(root);
     }

@@ -1110,7 +1110,10 @@ impl Resolver {
             && let Some(peer_pid) = found.pid
         {
             let at = listener.unwrap_or(peer_ino);
-            let netns = self.socks.get(&at).map_or(0, |sock| sock.netns);
+            let netns = match self.socks.get(&at) {
+                Some(sock) => sock.netns,
+                None => self.closed.find(at).map_or(0, |closed| closed.netns),
+            };
             found.context = self.context_of(peer_pid, netns);
         }
         // The kernel named a peer, or the other end is a socket here.

@@ -35,7 +35,7 @@ pub fn task_facts(ev: &mut SockEvent, me: Current) -> Result<(), ReadFailed> {
     ev.cgroup = cgroup_id();
     if global!(CONFIG.filters) & FILTER_CGROUP != 0
         // SAFETY: a plain value of the map's type.
-        && unsafe { FILTER_CGROUPS.get(&ev.cgroup) }.is_none()
+        && unsafe { FILTER_CGROUPS.get(ev.cgroup) }.is_none()
     {
         ev.flags |= FLAG_CGROUP_UNDECIDED;
     }
@@ -80,5 +80,5 @@ pub fn cgroup_excluded() -> bool {
         return false;
     }
     // SAFETY: a plain value of the map's type; the map holds u8 verdicts.
-    matches!(unsafe { FILTER_CGROUPS.get(&cgroup_id()) }, Some(0))
+    matches!(unsafe { FILTER_CGROUPS.get(cgroup_id()) }, Some(0))
 }

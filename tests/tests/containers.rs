@@ -17,7 +17,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Trace, first_line, have_program, have_root, python3, socket_dir, spawn_python, wait_ok,
+    Trace, first_line, have_program, have_root, kernel_records as records, python3, skip,
+    socket_dir, spawn_python, wait_ok,
 };
 
 /// A container id for a test's cgroup: 64 hex digits that start with the
@@ -97,18 +98,13 @@ impl Drop for TestCgroup {
 
 /// Whether this machine can build the namespace scenarios, saying why not.
 fn have_namespaces(test: &str) -> bool {
-    let missing = if cgroup2_root().is_none() {
-        "no cgroup2 mount"
+    if cgroup2_root().is_none() {
+        skip(test, "no cgroup2 mount")
     } else if !have_program("unshare") {
-        "no unshare (util-linux)"
+        skip(test, "no unshare (util-linux)")
     } else {
-        return true;
-    };
-    if std::env::var_os("SOCKSPY_REQUIRE_ROOT").is_some() {
-        panic!("{test}: {missing}, and SOCKSPY_REQUIRE_ROOT is set");
+        true
     }
-    eprintln!("skipped {test}: {missing}");
-    false
 }
 
 /// A daemon on the host: listens at argv[1], prints its pid, answers one
@@ -407,14 +403,6 @@ fn cgroup_and_container_filters_keep_their_events_and_the_kernel_drops_the_rest(
     let host = talk(&dir.join("out.sock"), Command::new(python3()));
     assert_ne!(inside, host);
 
-    let records = |stderr: &str| -> u64 {
-        stderr
-            .lines()
-            .find_map(|line| line.strip_suffix(" records from the kernel"))
-            .and_then(|line| line.rsplit(", ").next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no kernel record count in: {stderr}"))
-    };
     let control = control.stop().unwrap();
     let all = records(&control.stderr);
     let rounds: u64 = ROUNDS.parse().unwrap();
@@ -519,10 +507,10 @@ fn a_podman_container_talks_to_a_host_daemon() {
         return;
     }
     if !have_program("podman") || !have_program("runc") {
-        if std::env::var_os("SOCKSPY_REQUIRE_ROOT").is_some() {
-            panic!("{test}: podman and runc are not installed (cargo xtask setup installs them)");
-        }
-        eprintln!("skipped {test}: podman and runc are not installed");
+        skip(
+            test,
+            "podman and runc are not installed (cargo xtask setup installs them)",
+        );
         return;
     }
     let dir = socket_dir("podman");

@@ -174,27 +174,43 @@ struct SocketFacts<'a> {
     sock: Option<u64>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     path: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "ContextFacts::is_empty")]
+    context: ContextFacts<'a>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerFacts<'a>>,
+}
+
+/// One end's container context; the container and pod are read from the
+/// cgroup path again.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct ContextFacts<'a> {
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     cgroup: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     netns: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nspid: Option<u32>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    peer: Option<PeerFacts<'a>>,
 }
 
-/// A cgroup path as recorded (the container and pod are read from it again).
-fn cgroup_text(context: &Context) -> Option<Cow<'_, str>> {
-    context.cgroup.as_ref().map(|c| Cow::Borrowed(&*c.path))
-}
+impl<'a> ContextFacts<'a> {
+    fn of(context: &'a Context) -> Self {
+        Self {
+            cgroup: context.cgroup.as_ref().map(|c| Cow::Borrowed(&*c.path)),
+            netns: context.netns,
+            nspid: context.nspid,
+        }
+    }
 
-/// A recorded end's container context.
-fn context_from(cgroup: Option<Cow<'_, str>>, netns: Option<u32>, nspid: Option<u32>) -> Context {
-    Context {
-        cgroup: cgroup.map(|path| Rc::new(Cgroup::new(0, &path))),
-        netns,
-        nspid,
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn into_context(self) -> Context {
+        Context {
+            cgroup: self.cgroup.map(|path| Rc::new(Cgroup::new(0, &path))),
+            netns: self.netns,
+            nspid: self.nspid,
+        }
     }
 }
 
@@ -230,12 +246,8 @@ struct PeerFacts<'a> {
     listen_fd: Option<i32>,
     #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
     holders: Vec<HolderFacts<'a>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    cgroup: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    netns: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nspid: Option<u32>,
+    #[serde(default, borrow, skip_serializing_if = "ContextFacts::is_empty")]
+    context: ContextFacts<'a>,
 }
 
 /// One holder of a pending peer's listener.
@@ -319,9 +331,7 @@ impl<'a> SocketFacts<'a> {
             fd: event.fd,
             sock: event.sock,
             path: name_text(&event.path),
-            cgroup: cgroup_text(&event.context),
-            netns: event.context.netns,
-            nspid: event.context.nspid,
+            context: ContextFacts::of(&event.context),
             peer: event.peer.as_ref().map(|peer| PeerFacts {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -341,9 +351,7 @@ impl<'a> SocketFacts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
-                cgroup: cgroup_text(&peer.context),
-                netns: peer.context.netns,
-                nspid: peer.context.nspid,
+                context: ContextFacts::of(&peer.context),
             }),
         }
     }
@@ -410,7 +418,7 @@ impl<'a> Facts<'a> {
             data,
             passed_fds: call.passed_fds,
             passed,
-            context: context_from(socket.cgroup, socket.netns, socket.nspid),
+            context: socket.context.into_context(),
             peer: socket.peer.map(|peer| Peer {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -430,7 +438,7 @@ impl<'a> Facts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
-                context: context_from(peer.cgroup, peer.netns, peer.nspid),
+                context: peer.context.into_context(),
             }),
             unresolved: false,
         })

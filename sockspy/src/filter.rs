@@ -369,6 +369,36 @@ mod tests {
     }
 
     #[test]
+    fn cgroups_and_containers_are_decided_once_per_cgroup() {
+        use std::rc::Rc;
+        let id = "3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+        let select = Selection {
+            cgroups: vec!["/machine.slice".into()],
+            containers: vec!["3f2a".into()],
+            ..Selection::default()
+        };
+        assert_eq!(select.kernel().bits, FILTER_CGROUP);
+        let mut filter = Filter::new(select);
+        assert!(filter.selects_processes());
+        let context = |id: u64, path: &str| Context {
+            cgroup: Some(Rc::new(Cgroup::new(id, path))),
+            ..Context::default()
+        };
+        let inside = context(1, &format!("/machine.slice/libpod-{id}.scope"));
+        assert!(filter.keeps_context(&inside));
+        assert!(!filter.keeps_context(&context(2, &format!("/system.slice/docker-{id}.scope"))));
+        assert!(!filter.keeps_context(&context(3, "/machine.slice/machine-web.scope")));
+        assert!(
+            !filter.keeps_context(&Context::default()),
+            "an unknown cgroup"
+        );
+        assert_eq!(filter.cgroup_verdicts.len(), 3);
+        // A recording's cgroup has no id: decided by its path each time.
+        assert!(filter.keeps_context(&context(0, &format!("/machine.slice/libpod-{id}"))));
+        assert!(Filter::new(Selection::default()).keeps_context(&Context::default()));
+    }
+
+    #[test]
     fn pid_trees_grow_with_forks() {
         let mut filter = Filter::new(Selection {
             pid_trees: vec![10],

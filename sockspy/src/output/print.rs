@@ -1092,6 +1092,63 @@ mod tests {
         assert!(lines[1].contains(" 97 "));
     }
 
+    /// Both ends in containers: `comm@id` and `comm[pid]@id` in the text,
+    /// the CGROUP column with `--wide`, every fact in the JSON.
+    #[test]
+    fn containers_are_named_at_both_ends() {
+        use crate::table::container::{Cgroup, Context};
+        const ID: &str = "3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+        let mut event = send_event();
+        event.context = Context {
+            cgroup: Some(Rc::new(Cgroup::new(7, &format!("/docker/{ID}")))),
+            netns: None,
+            nspid: Some(1),
+        };
+        let peer = event.peer.as_mut().unwrap();
+        peer.context = Context {
+            cgroup: Some(Rc::new(Cgroup::new(8, "/machine.slice/machine-db.scope"))),
+            netns: Some(4026531840),
+            nspid: Some(42),
+        };
+        peer.via = Some(Rc::new(UnixName::Path("/var/run/rrd.sock".into())));
+        let mut out = Vec::new();
+        let mut printer =
+            Printer::new(Format::Text, Clock::now(), PayloadStyle::default()).wide(true);
+        printer.header(&mut out).unwrap();
+        printer.event(&mut out, &event).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains(" COMM            CGROUP "),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(&format!(" 10      collectd@3f2a9c /docker/{ID} 9    send ")),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].ends_with(
+                "rrdcached[20]@db fd 12 sock 101 /run/rrdcached.sock (via /var/run/rrd.sock)"
+            ),
+            "{}",
+            lines[1]
+        );
+        let mut out = Vec::new();
+        let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
+        printer.event(&mut out, &event).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["cgroup"], format!("/docker/{ID}"));
+        assert_eq!(value["container"], ID);
+        assert_eq!(value["nspid"], 1);
+        assert!(value.get("netns").is_none() && value.get("pod").is_none());
+        assert_eq!(value["peer"]["container"], "db");
+        assert_eq!(value["peer"]["netns"], 4026531840u32);
+        assert_eq!(value["peer"]["nspid"], 42);
+        assert_eq!(value["peer"]["via"], "/var/run/rrd.sock");
+    }
+
     /// A connection not accepted yet: who holds the listener, its fd, the
     /// name; in JSON `pending`, `listen_fd` and every holder.
     #[test]

@@ -358,6 +358,77 @@ fn replicas_in_two_network_namespaces_are_never_mixed_up() {
     assert_ne!(namespaces[0], namespaces[1], "two namespaces");
 }
 
+/// In its own network namespace: a server on 127.0.0.1:argv[1] and a
+/// client connected to it from 127.0.0.1:argv[1]+1, both held until a
+/// line comes on stdin; prints `pid` first.
+const HOLD: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", port))
+srv.listen(1)
+c = socket.socket()
+c.bind(("127.0.0.1", port + 1))
+c.connect(("127.0.0.1", port))
+s, _ = srv.accept()
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+"#;
+
+/// `pairs` lists the sockets of every network namespace and pairs each
+/// replica's identical loopback connection inside its own namespace.
+#[test]
+fn pairs_keeps_replicas_in_their_network_namespaces() {
+    let test = "pairs_keeps_replicas_in_their_network_namespaces";
+    if !have_root(test) || !have_namespaces(test) {
+        return;
+    }
+    let port = "47320";
+    let script = format!("ip link set lo up && exec {} -c \"$0\" {port}", python3());
+    let mut replicas: Vec<(Child, u64)> = (0..2)
+        .map(|_| {
+            let mut child = Command::new("unshare")
+                .args(["--net", "sh", "-c", &script, HOLD])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = first_line(&mut child)[0];
+            (child, pid)
+        })
+        .collect();
+    let output = sockspy_tests::run_sockspy(&["pairs", "--tcp", "--port", port, "--json"]);
+    for (child, _) in &mut replicas {
+        writeln!(child.stdin.as_mut().unwrap(), "done").unwrap();
+        wait_ok(child);
+    }
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let connections: Vec<&Value> = lines.iter().filter(|l| !l["peer"].is_null()).collect();
+    assert_eq!(
+        connections.len(),
+        2,
+        "one connection per replica: {lines:#?}"
+    );
+    let mut namespaces = Vec::new();
+    for (_, pid) in &replicas {
+        let line = connections
+            .iter()
+            .find(|l| l["pid"] == *pid)
+            .unwrap_or_else(|| panic!("no connection of replica {pid}: {lines:#?}"));
+        assert_eq!(
+            line["peer"]["pid"], *pid,
+            "paired inside the replica: {line}"
+        );
+        assert_eq!(line["peer"]["netns"], line["netns"], "{line}");
+        namespaces.push(line["netns"].as_u64().expect("netns"));
+    }
+    assert_ne!(namespaces[0], namespaces[1]);
+}
+
 /// One conversation in the test's cgroup, the same one outside it, under
 /// `--container`, `--cgroup` and an unfiltered control: each filtered
 /// trace keeps exactly the events inside, and the kernel passed it few

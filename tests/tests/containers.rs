@@ -38,6 +38,18 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// Whether the kernel says which listener a connection not accepted yet
+/// waits at (`unix_sock.listener`, Linux 6.10+). Before that a `connect`
+/// made before the accept names the listener's name only, not the one
+/// the client used (docs/events.md).
+fn kernel_names_listeners() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 10)
+}
+
 /// A cgroup named as podman names a container's (`libpod-ID`), under a
 /// parent of this test's; processes left in it are killed and both
 /// directories removed when it is dropped.
@@ -174,7 +186,9 @@ fn check_both_ends(
     }
     assert_eq!(connect["peer"]["pid"], daemon, "{connect}");
     assert_eq!(connect["peer"]["path"], bound, "{connect}");
-    assert_eq!(connect["peer"]["via"], seen, "{connect}");
+    if kernel_names_listeners() || connect["peer"]["pending"].is_null() {
+        assert_eq!(connect["peer"]["via"], seen, "{connect}");
+    }
     let send = mine
         .iter()
         .find(|ev| ev["event"] == "send")
@@ -245,9 +259,15 @@ fn a_client_in_namespaces_reaches_a_host_daemon_through_a_bind_mount() {
     assert!(
         client_line.contains(&format!("python3@{short} "))
             && client_line.contains(&cgroup.path)
-            && client_line.contains(&format!("{bound} (via {seen})")),
+            && client_line.contains(&bound),
         "{client_line}"
     );
+    if kernel_names_listeners() {
+        assert!(
+            client_line.contains(&format!("{bound} (via {seen})")),
+            "{client_line}"
+        );
+    }
     assert!(
         text.stdout
             .iter()

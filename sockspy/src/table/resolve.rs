@@ -912,7 +912,14 @@ impl Resolver {
     /// record said, or, for a process no record has shown, as /proc says
     /// (read once).
     fn context_of(&mut self, pid: u32, netns: u32) -> Context {
-        let process = self.procs.entry(pid).or_default();
+        let netns = (netns != 0).then_some(netns);
+        // A process the table no longer has (it exited) is not added back.
+        let Some(process) = self.procs.get_mut(&pid) else {
+            return Context {
+                netns,
+                ..Context::default()
+            };
+        };
         if process.cgroup == 0 && !process.placed {
             process.placed = true;
             let (path, nspid) = self.procfs.container(pid);
@@ -924,7 +931,7 @@ impl Resolver {
         let (cgroup, nspid) = (process.cgroup, process.nspid);
         Context {
             cgroup: self.cgroups.get(cgroup),
-            netns: (netns != 0).then_some(netns),
+            netns,
             nspid: (nspid != 0).then_some(nspid),
         }
     }

@@ -312,10 +312,12 @@ while True:
 os.waitpid(child, 0)
 "#;
 
-fn start_replica(port: &str) -> Child {
-    let script = format!("ip link set lo up && exec {} -c \"$0\" {port}", python3());
+/// Runs Python `script` with argument `port` in a new network namespace
+/// whose loopback is up, with piped stdin and stdout.
+fn in_new_netns(script: &str, port: &str) -> Child {
+    let shell = format!("ip link set lo up && exec {} -c \"$0\" {port}", python3());
     Command::new("unshare")
-        .args(["--net", "sh", "-c", &script, REPLICA])
+        .args(["--net", "sh", "-c", &shell, script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -335,7 +337,7 @@ fn replicas_in_two_network_namespaces_are_never_mixed_up() {
     let trace = Trace::start(&["--tcp", "--json", "--port", port]).unwrap();
     let mut replicas: Vec<(Child, Vec<u64>)> = (0..2)
         .map(|_| {
-            let mut child = start_replica(port);
+            let mut child = in_new_netns(REPLICA, port);
             let pids = first_line(&mut child);
             (child, pids)
         })
@@ -404,15 +406,9 @@ fn pairs_keeps_replicas_in_their_network_namespaces() {
         return;
     }
     let port = "47320";
-    let script = format!("ip link set lo up && exec {} -c \"$0\" {port}", python3());
     let mut replicas: Vec<(Child, u64)> = (0..2)
         .map(|_| {
-            let mut child = Command::new("unshare")
-                .args(["--net", "sh", "-c", &script, HOLD])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = in_new_netns(HOLD, port);
             let pid = first_line(&mut child)[0];
             (child, pid)
         })

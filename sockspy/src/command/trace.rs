@@ -204,7 +204,8 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
                     captured: options.capture_bytes > 0,
                     hex: options.hex,
                 },
-            ),
+            )
+            .wide(options.wide),
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
         },
     };

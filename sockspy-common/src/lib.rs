@@ -231,6 +231,11 @@ pub const FLAG_CREDENTIALS: u16 = 1 << 3;
 /// embryo socket in a listener's accept queue, which has no inode); the
 /// peer address is the listener's name, as the kernel gave it to the embryo.
 pub const FLAG_PEER_PENDING: u16 = 1 << 4;
+/// `SockEvent::flags`: under `--cgroup`/`--container`, the task's cgroup
+/// has no verdict in `FILTER_CGROUPS` yet (made since the loader filled
+/// it): the record wakes the reader at once, whose verdict then stops the
+/// cgroup's other records in the kernel.
+pub const FLAG_CGROUP_UNDECIDED: u16 = 1 << 5;
 
 /// Starts every record in the ring buffer.
 #[repr(C)]
@@ -310,6 +315,16 @@ pub struct SockEvent {
     /// [`PassedFile`] records that follow the addresses (at most
     /// [`MAX_PASSED_FILES`] of the `passed_fds`).
     pub passed_files: u16,
+    /// The calling task's cgroup v2 id (`bpf_get_current_cgroup_id`: the
+    /// inode of its directory in the cgroup2 mount). For `State`, the task
+    /// that happened to run, which userspace does not trust.
+    pub cgroup: u64,
+    /// An IP socket's network namespace (the inode of `/proc/PID/ns/net`);
+    /// 0 for other families.
+    pub netns: u32,
+    /// The process id as its own pid namespace sees it, when that is not
+    /// the initial one; else 0.
+    pub nspid: u32,
 }
 
 /// A descriptor a `sendmsg` passed with `SCM_RIGHTS`, identified by the
@@ -445,6 +460,20 @@ pub struct KernelOffsets {
     pub task_cred: u32,
     /// `cred.uid`.
     pub cred_uid: u32,
+    /// `sock.__sk_common.skc_net` (the `struct net *`).
+    pub sock_net: u32,
+    /// `net.ns.inum`: the namespace's inode number.
+    pub net_inum: u32,
+    /// `task_struct.thread_pid`.
+    pub task_thread_pid: u32,
+    /// `pid.level`: how deep the task's pid namespace is (0: the initial one).
+    pub pid_level: u32,
+    /// `pid.numbers`: one `struct upid` per level.
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
+    /// `upid.nr`.
+    pub upid_nr: u32,
 }
 
 /// Settings the loader gives the kernel programs before load (a read-only global).
@@ -479,6 +508,11 @@ pub const FILTER_UID: u32 = 1 << 3;
 /// or remote port is in `FILTER_PORTS` (or it is not connected, and each
 /// datagram's address decides, in userspace).
 pub const FILTER_PORT: u32 = 1 << 4;
+/// `TraceConfig::filters`: `--cgroup`/`--container`: the `FILTER_CGROUPS`
+/// map says of each cgroup id it holds whether its tasks are traced; a
+/// cgroup it does not hold yet (made after the loader filled it) is
+/// traced, and userspace decides and adds its verdict.
+pub const FILTER_CGROUP: u32 = 1 << 5;
 /// Entries of the `FILTER_PIDS` map (the listed processes and their descendants).
 pub const MAX_FILTER_PIDS: u32 = 4096;
 /// Entries of the `FILTER_COMMS` map.
@@ -487,12 +521,14 @@ pub const MAX_FILTER_COMMS: u32 = 64;
 pub const MAX_FILTER_UIDS: u32 = 64;
 /// Entries of the `FILTER_PORTS` map.
 pub const MAX_FILTER_PORTS: u32 = 256;
+/// Entries of the `FILTER_CGROUPS` map: a verdict per cgroup on the machine.
+pub const MAX_FILTER_CGROUPS: u32 = 16384;
 
 const _: () = assert!(size_of::<EventHeader>() == 64);
-const _: () = assert!(size_of::<SockEvent>() == 144);
+const _: () = assert!(size_of::<SockEvent>() == 160);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
 const _: () = assert!(size_of::<PassedFile>() == 16);
-const _: () = assert!(size_of::<KernelOffsets>() == 144);
+const _: () = assert!(size_of::<KernelOffsets>() == 172);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 
 #[cfg(feature = "user")]

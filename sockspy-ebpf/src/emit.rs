@@ -109,7 +109,7 @@ fn header<R: Reader>(kind: EventKind, me: Current) -> EventHeader {
 #[inline(always)]
 pub fn skip_task<R: Reader>(me: Current) -> bool {
     let tgid = me.tgid();
-    if tgid == global!(CONFIG.self_pid) {
+    if tgid == global!(CONFIG.self_pid) || crate::container::cgroup_excluded() {
         return true;
     }
     let filters = global!(CONFIG.filters);
@@ -253,6 +253,9 @@ impl Record {
             passed_fds = 0,
             passed_files = 0,
         );
+        if crate::container::task_facts(ev, me).is_err() {
+            count(Stat::ReadFailed);
+        }
         Some(Self { scratch })
     }
 
@@ -273,6 +276,12 @@ impl Record {
         ev.sock_type = info.sock_type;
         ev.protocol = info.protocol;
         ev.state = info.state;
+        if kernel::is_inet(info.family) {
+            match crate::container::netns(info.sk) {
+                Ok(netns) => self.ev().netns = netns,
+                Err(kernel::ReadFailed) => count(Stat::ReadFailed),
+            }
+        }
     }
 
     /// Names `peer` (a `struct sock`, 0 for none) as the other end.
@@ -500,13 +509,18 @@ impl Record {
             diag::sockspy_dropped(ev.header.kind, len as u64, 0);
             return;
         }
+        let wakeup = if ev.flags & sockspy_common::FLAG_CGROUP_UNDECIDED != 0 {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            wakeup_flags()
+        };
         // SAFETY: as for `ev`.
         unsafe { (*self.scratch).ev.header.size = len as u32 };
         // SAFETY: `len` is within the scratch value, checked above.
         let bytes = unsafe { core::slice::from_raw_parts(self.scratch.cast::<u8>(), len) };
         let kind = self.ev_ref().header.kind;
         counted(
-            EVENTS.output::<[u8]>(bytes, wakeup_flags()),
+            EVENTS.output::<[u8]>(bytes, wakeup),
             Stat::RingFull,
             kind,
             len,

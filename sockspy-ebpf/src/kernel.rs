@@ -365,6 +365,12 @@ pub fn unix_listener(sk: u64) -> Result<u64, ReadFailed> {
     read(sk, offset)
 }
 
+/// Whether this kernel's `unix_sock` names an embryo's listener (6.10+).
+#[inline(always)]
+pub fn names_listeners() -> bool {
+    global!(OFFSETS.unix_listener) != NO_FIELD
+}
+
 /// Unix sockets: where the bound name (`struct unix_address`) is, and its length.
 /// `None` for an unnamed socket.
 #[inline(always)]

@@ -12,6 +12,7 @@
 #![no_main]
 
 mod arch;
+mod container;
 mod diag;
 mod emit;
 mod kernel;
@@ -23,8 +24,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use sockspy_common::{
-    COMM_LEN, KernelOffsets, MAX_FILTER_COMMS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_FILTER_UIDS,
-    STAT_COUNT, TraceConfig,
+    COMM_LEN, KernelOffsets, MAX_FILTER_CGROUPS, MAX_FILTER_COMMS, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS, MAX_FILTER_UIDS, STAT_COUNT, TraceConfig,
 };
 
 /// Kernel struct offsets, filled in by the loader from BTF before load.
@@ -66,6 +67,13 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     socket_file: 0,
     task_cred: 0,
     cred_uid: 0,
+    sock_net: 0,
+    net_inum: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
 };
 
 /// What to trace, filled in by the loader before load.
@@ -113,6 +121,11 @@ static FILTER_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_UIDS
 /// `--port`: the ports, in host order, whose IP traffic is traced (with `FILTER_PORT`).
 #[map]
 static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+/// `--cgroup`/`--container`: cgroup id -> whether its tasks are traced
+/// (with `FILTER_CGROUP`; see `container.rs`).
+#[map]
+static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_FILTER_CGROUPS, 0);
 
 /// Space to build one record in: `SCRATCH_SLOTS` entries per CPU (the
 /// loader sizes it), one per hook family, so that a hook interrupting another

@@ -313,6 +313,36 @@ pub struct SelectionArgs {
     /// Repeatable.
     #[arg(long, value_name = "UID")]
     pub uid: Vec<u32>,
+    /// Keep only processes whose cgroup path starts with PATH.
+    ///
+    /// Repeatable. PATH is a cgroup v2 path as /proc/PID/cgroup shows it
+    /// (`--cgroup /system.slice/docker-`, `--cgroup /kubepods`).
+    #[arg(long, value_name = "PATH", value_parser = cgroup_prefix)]
+    pub cgroup: Vec<String>,
+    /// Keep only processes in a container whose id starts with ID.
+    ///
+    /// Repeatable. ID is as `docker ps` or `podman ps` show it (any number
+    /// of leading digits), or a systemd-nspawn machine's name.
+    #[arg(long, value_name = "ID", value_parser = container_prefix)]
+    pub container: Vec<String>,
+}
+
+/// A `--cgroup` value: a path from the cgroup root.
+fn cgroup_prefix(value: &str) -> Result<String, String> {
+    if value.starts_with('/') {
+        Ok(value.to_owned())
+    } else {
+        Err("a cgroup path starts with / (as in /proc/PID/cgroup)".to_owned())
+    }
+}
+
+/// A `--container` value: the leading part of an id or a machine name.
+fn container_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains('/') {
+        Err("a container id or name, without /".to_owned())
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 impl SelectionArgs {
@@ -364,6 +394,8 @@ impl SelectionArgs {
             comms: self.comm.clone(),
             paths: self.path.clone(),
             uids: self.uid.clone(),
+            cgroups: self.cgroup.clone(),
+            containers: self.container.clone(),
         }
     }
 }
@@ -481,6 +513,12 @@ pub struct TraceArgs {
     /// Show payload as hex and ASCII, even text.
     #[arg(long)]
     pub hex: bool,
+    /// Add a CGROUP column: each process's cgroup path.
+    ///
+    /// The text output always shows a process in a container with its
+    /// short container id (`curl@3f2a9c`, `curl[4512]@3f2a9c` as a peer).
+    #[arg(long)]
+    pub wide: bool,
     /// Record to FILE (pcapng; `-` is stdout).
     ///
     /// The file is made with mode 0600 and never overwritten without
@@ -633,6 +671,12 @@ pub struct ReadArgs {
     /// Show payload as hex and ASCII, even text.
     #[arg(long)]
     pub hex: bool,
+    /// Add a CGROUP column: each process's cgroup path.
+    ///
+    /// The text output always shows a process in a container with its
+    /// short container id (`curl@3f2a9c`, `curl[4512]@3f2a9c` as a peer).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Validated options for `read`.
@@ -645,6 +689,7 @@ pub struct ReadOptions {
     pub format: Format,
     pub count: Option<u64>,
     pub hex: bool,
+    pub wide: bool,
 }
 
 impl ReadArgs {
@@ -656,6 +701,7 @@ impl ReadArgs {
             format: format(self.json),
             count: self.count,
             hex: self.hex,
+            wide: self.wide,
         }
     }
 }
@@ -687,6 +733,8 @@ pub struct TraceOptions {
     pub record: Option<RecordOptions>,
     /// `--backend`; `None` for `auto`.
     pub backend: Option<Backend>,
+    /// `--wide`: a CGROUP column.
+    pub wide: bool,
 }
 
 impl TraceArgs {
@@ -722,6 +770,7 @@ impl TraceArgs {
             format: format(self.json),
             count: self.count,
             hex: self.hex,
+            wide: self.wide,
         })
     }
 
@@ -755,6 +804,7 @@ impl TraceArgs {
                 capture_bytes,
             }),
             backend: self.backend.backend(),
+            wide: self.wide,
         }
     }
 }

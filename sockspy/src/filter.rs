@@ -1,10 +1,11 @@
 //! Which events the user asked to see: `--pid`, `--pid-tree`, `--comm`,
-//! `--path`, `--uid`, `--port` and the family flags.
+//! `--path`, `--uid`, `--port`, `--cgroup`, `--container` and the family
+//! flags.
 //!
 //! Kinds combine with AND, values of one kind with OR: `--pid 1 --pid 2
 //! --port 80` keeps events of process 1 or 2 that involve port 80. What
 //! the kernel programs can decide (families, processes, users, exact names,
-//! ports of connected sockets) they decide too, so that unrelated traffic
+//! ports of connected sockets, cgroups) they decide too, so that unrelated traffic
 //! costs next to nothing; everything is decided again here, exactly, after
 //! the resolver has seen what came through.
 
@@ -16,11 +17,17 @@ use std::{
 };
 
 use sockspy_common::{
-    COMM_LEN, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT, FILTER_UID,
-    wanted,
+    COMM_LEN, FAMILY_UNIX, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT,
+    FILTER_UID, wanted,
 };
 
-use crate::{capture::events::UnixName, capture::loader::KernelFilter, table::resolve::Event};
+use crate::{
+    capture::events::UnixName,
+    capture::loader::{CgroupVerdicts, KernelFilter},
+    idmap::IdMap,
+    table::container::{self, Cgroup, Cgroups, Context},
+    table::resolve::Event,
+};
 
 /// The filters as given on the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,6 +43,10 @@ pub struct Selection {
     /// Globs of a Unix socket's name, on either end.
     pub paths: Vec<String>,
     pub uids: Vec<u32>,
+    /// Prefixes of the process's cgroup path.
+    pub cgroups: Vec<String>,
+    /// Prefixes of the process's container id.
+    pub containers: Vec<String>,
 }
 
 impl Selection {
@@ -76,7 +87,26 @@ impl Selection {
             filter.bits |= FILTER_COMM;
             filter.comms = self.comms.iter().map(|c| comm_key(c)).collect();
         }
+        if self.selects_cgroups() {
+            filter.bits |= FILTER_CGROUP;
+            filter.cgroups = Cgroups::new()
+                .all()
+                .map(|cgroup| (cgroup.id, u8::from(self.keeps_cgroup(cgroup))))
+                .collect();
+        }
         filter
+    }
+
+    /// Whether `--cgroup` or `--container` is given.
+    fn selects_cgroups(&self) -> bool {
+        !self.cgroups.is_empty() || !self.containers.is_empty()
+    }
+
+    /// Whether `--cgroup` and `--container` keep the processes of `cgroup`.
+    fn keeps_cgroup(&self, cgroup: &Cgroup) -> bool {
+        (self.cgroups.is_empty() || container::path_matches(&self.cgroups, cgroup))
+            && (self.containers.is_empty()
+                || container::container_matches(&self.containers, cgroup))
     }
 }
 
@@ -113,6 +143,11 @@ pub struct Filter {
     files: HashSet<(u64, u64)>,
     /// Socket names already looked up on disk.
     seen: HashMap<String, Option<(u64, u64)>>,
+    /// `--cgroup`/`--container`'s verdict on each cgroup id seen.
+    cgroup_verdicts: IdMap<u64, bool>,
+    /// The kernel's map of those verdicts, told of each cgroup made since
+    /// it was filled, so that it drops their events from then on.
+    kernel_verdicts: Option<CgroupVerdicts>,
 }
 
 impl Filter {
@@ -128,7 +163,15 @@ impl Filter {
             pids,
             files,
             seen: HashMap::new(),
+            cgroup_verdicts: IdMap::default(),
+            kernel_verdicts: None,
         }
+    }
+
+    /// Tells `verdicts`, the kernel's map, of each cgroup the filter
+    /// decides on from now on.
+    pub fn tell_kernel(&mut self, verdicts: CgroupVerdicts) {
+        self.kernel_verdicts = Some(verdicts);
     }
 
     /// A process forked: a child of a `--pid-tree` process joins it.
@@ -141,6 +184,7 @@ impl Filter {
     /// Whether `event` is one the user asked for.
     pub fn keeps(&mut self, event: &Event) -> bool {
         self.keeps_process(event.pid, event.uid, &event.comm)
+            && self.keeps_context(&event.context)
             && self.keeps_socket(
                 event.family,
                 event.protocol,
@@ -153,9 +197,37 @@ impl Filter {
     }
 
     /// Whether any process filter (`--pid`, `--pid-tree`, `--uid`,
-    /// `--comm`) is given.
+    /// `--comm`, `--cgroup`, `--container`) is given.
     pub fn selects_processes(&self) -> bool {
-        !self.pids.is_empty() || !self.select.uids.is_empty() || !self.select.comms.is_empty()
+        !self.pids.is_empty()
+            || !self.select.uids.is_empty()
+            || !self.select.comms.is_empty()
+            || self.select.selects_cgroups()
+    }
+
+    /// Whether `--cgroup` and `--container` keep a process in `context`
+    /// (one whose cgroup is not known, they do not). A verdict is made once
+    /// per cgroup, and the kernel told of it.
+    pub fn keeps_context(&mut self, context: &Context) -> bool {
+        if !self.select.selects_cgroups() {
+            return true;
+        }
+        let Some(cgroup) = context.cgroup.as_deref() else {
+            return false;
+        };
+        if cgroup.id == 0 {
+            // Read from a recording: no id to keep the verdict by.
+            return self.select.keeps_cgroup(cgroup);
+        }
+        if let Some(&verdict) = self.cgroup_verdicts.get(&cgroup.id) {
+            return verdict;
+        }
+        let verdict = self.select.keeps_cgroup(cgroup);
+        self.cgroup_verdicts.insert(cgroup.id, verdict);
+        if let Some(kernel) = &mut self.kernel_verdicts {
+            kernel.insert(cgroup.id, u8::from(verdict));
+        }
+        verdict
     }
 
     /// Whether the process filters keep process `pid` of user `uid` named `comm`.
@@ -294,6 +366,36 @@ mod tests {
             all & !FAMILY_UNIX,
             "Unix sockets have no ports"
         );
+    }
+
+    #[test]
+    fn cgroups_and_containers_are_decided_once_per_cgroup() {
+        use std::rc::Rc;
+        let id = "3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+        let select = Selection {
+            cgroups: vec!["/machine.slice".into()],
+            containers: vec!["3f2a".into()],
+            ..Selection::default()
+        };
+        assert_eq!(select.kernel().bits, FILTER_CGROUP);
+        let mut filter = Filter::new(select);
+        assert!(filter.selects_processes());
+        let context = |id: u64, path: &str| Context {
+            cgroup: Some(Rc::new(Cgroup::new(id, path))),
+            ..Context::default()
+        };
+        let inside = context(1, &format!("/machine.slice/libpod-{id}.scope"));
+        assert!(filter.keeps_context(&inside));
+        assert!(!filter.keeps_context(&context(2, &format!("/system.slice/docker-{id}.scope"))));
+        assert!(!filter.keeps_context(&context(3, "/machine.slice/machine-web.scope")));
+        assert!(
+            !filter.keeps_context(&Context::default()),
+            "an unknown cgroup"
+        );
+        assert_eq!(filter.cgroup_verdicts.len(), 3);
+        // A recording's cgroup has no id: decided by its path each time.
+        assert!(filter.keeps_context(&context(0, &format!("/machine.slice/libpod-{id}"))));
+        assert!(Filter::new(Selection::default()).keeps_context(&Context::default()));
     }
 
     #[test]

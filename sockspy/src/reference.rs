@@ -299,6 +299,7 @@ fn event_of_line(line: &str) -> Event {
         data: Bytes::new(),
         passed_fds: 0,
         passed: Vec::new(),
+        context: Default::default(),
         peer: None,
         unresolved: false,
         released: false,

@@ -62,11 +62,28 @@ pub fn have_root(test: &str) -> bool {
     } else {
         return true;
     };
+    skip(test, &reason)
+}
+
+/// Skips `test`, saying why (`reason`): returns false, for a test to
+/// return on. Where `SOCKSPY_REQUIRE_ROOT` is set (as in CI), a skip would
+/// hide a broken set-up, so it fails instead.
+pub fn skip(test: &str, reason: &str) -> bool {
     if std::env::var_os("SOCKSPY_REQUIRE_ROOT").is_some() {
         panic!("{test}: {reason}, and SOCKSPY_REQUIRE_ROOT is set");
     }
     eprintln!("skipped {test}: {reason}");
     false
+}
+
+/// How many records the kernel passed to a trace, from its summary.
+pub fn kernel_records(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|line| line.strip_suffix(" records from the kernel"))
+        .and_then(|line| line.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kernel record count in: {stderr}"))
 }
 
 /// Whether the backend under test sees a receive that was already

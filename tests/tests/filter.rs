@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sockspy_tests::{Collectd, Trace, have_root, python3, socket_dir};
+use sockspy_tests::{Collectd, Trace, have_root, kernel_records, python3, socket_dir};
 
 /// A process renamed argv[2] that listens on argv[1], and after a line on
 /// stdin connects to itself and talks; then a child it forks talks too.
@@ -230,16 +230,6 @@ for a, b in ((u1, u2), (t1, t2)):
         b.recv(1)
 print("done", flush=True)
 "#;
-
-/// How many records the kernel passed to a trace, from its summary.
-fn kernel_records(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|line| line.strip_suffix(" records from the kernel"))
-        .and_then(|line| line.rsplit(", ").next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no kernel record count in: {stderr}"))
-}
 
 /// Filters the kernel can decide are decided there: traffic they exclude
 /// never reaches userspace, which the records count in the summary shows.

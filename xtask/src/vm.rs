@@ -76,6 +76,14 @@ const CORE_TESTS: &[(&str, &[&str])] = &[
         "first_contact",
         &["a_prefork_servers_clients_name_every_worker_then_the_acceptor"],
     ),
+    (
+        "containers",
+        &[
+            "a_client_in_namespaces_reaches_a_host_daemon_through_a_bind_mount",
+            "replicas_in_two_network_namespaces_are_never_mixed_up",
+            "cgroup_and_container_filters_keep_their_events_and_the_kernel_drops_the_rest",
+        ],
+    ),
 ];
 
 /// The test binary that compares every backend a kernel allows; it runs

@@ -381,7 +381,11 @@ fn one_fd(done: &Done, me: Current) -> Result<(), ReadFailed> {
         rec.set_peer::<Probe>(peer)?;
         // An embryo's name (`set_peer`) is the listener's as the kernel has
         // it: right whatever name (a symlink, another mount) the caller used.
-        if rec.ev().peer_addr_len == 0 {
+        // Where the kernel also names the listener (6.10+), userspace has
+        // its name from that, and the name the caller used is worth more.
+        if rec.ev().peer_addr_len == 0
+            || (addr != 0 && done.kind == EventKind::Connect && kernel::names_listeners())
+        {
             if addr != 0 {
                 rec.peer_addr_user(addr, addr_len);
             } else if kernel::is_inet(info.family) {

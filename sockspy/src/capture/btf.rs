@@ -288,7 +288,6 @@ impl Btf {
     }
 
     /// Size in bytes of struct `strukt`.
-    #[cfg(test)]
     pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
         Ok(self.struct_type(strukt)?.size_or_type)
     }

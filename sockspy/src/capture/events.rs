@@ -30,6 +30,10 @@ pub enum DecodeError {
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every record is a socket event: boxing it would cost an allocation each"
+)]
 pub enum Record {
     /// Something a socket did.
     Sock(SockRecord),

@@ -13,9 +13,9 @@ use aya::{
     programs::Program,
 };
 use sockspy_common::{
-    COMM_LEN, FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, FILTER_COMM, FILTER_PID, FILTER_PID_TREE,
-    FILTER_PORT, FILTER_UID, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN, PROTO_TCP, PROTO_UDP,
-    SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
+    COMM_LEN, FAMILY_INET, FAMILY_INET6, FAMILY_UNIX, FILTER_CGROUP, FILTER_COMM, FILTER_PID,
+    FILTER_PID_TREE, FILTER_PORT, FILTER_UID, KernelOffsets, MAX_DATA_LEN, MAX_EVENT_LEN,
+    PROTO_TCP, PROTO_UDP, SCRATCH_SLOTS, STAT_COUNT, Stat, TraceConfig,
 };
 
 use aya_log::{EbpfLogger, Level};
@@ -427,6 +427,9 @@ pub struct KernelFilter {
     pub comms: Vec<[u8; COMM_LEN]>,
     pub uids: Vec<u32>,
     pub ports: Vec<u16>,
+    /// `--cgroup`/`--container`: a verdict (1 traced, 0 not) for each
+    /// cgroup id that existed at start-up.
+    pub cgroups: Vec<(u64, u8)>,
 }
 
 impl Tracer {
@@ -495,6 +498,13 @@ impl Tracer {
         });
     }
 
+    /// Takes the cgroup filter's map (once), for verdicts on cgroups made
+    /// while tracing.
+    pub fn take_cgroup_verdicts(&mut self) -> Option<CgroupVerdicts> {
+        let map = self.ebpf.take_map("FILTER_CGROUPS")?;
+        HashMap::try_from(map).ok().map(CgroupVerdicts)
+    }
+
     /// Takes the ring buffer the events arrive in (once).
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
@@ -529,7 +539,41 @@ fn fill_filters(ebpf: &mut Ebpf, filter: &KernelFilter) -> Result<(), Unfit> {
     fill_set(ebpf, "FILTER_PIDS", "pid", &filter.pids)?;
     fill_set(ebpf, "FILTER_COMMS", "comm", &filter.comms)?;
     fill_set(ebpf, "FILTER_UIDS", "uid", &filter.uids)?;
-    fill_set(ebpf, "FILTER_PORTS", "port", &filter.ports)
+    fill_set(ebpf, "FILTER_PORTS", "port", &filter.ports)?;
+    let broken = |err: aya::maps::MapError| {
+        Unfit(format!(
+            "cannot set up the cgroup filter: {}",
+            describe(&err)
+        ))
+    };
+    let map = ebpf
+        .map_mut("FILTER_CGROUPS")
+        .ok_or_else(|| Unfit("kernel programs lack FILTER_CGROUPS".into()))?;
+    let mut verdicts: HashMap<_, u64, u8> = HashMap::try_from(map).map_err(broken)?;
+    for (id, verdict) in &filter.cgroups {
+        // A full map leaves the rest to userspace, which decides them too.
+        if verdicts.insert(id, verdict, 0).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's `FILTER_CGROUPS` map, for verdicts on cgroups made while
+/// tracing: a full map leaves the rest to userspace, which is only slower.
+pub struct CgroupVerdicts(HashMap<MapData, u64, u8>);
+
+impl std::fmt::Debug for CgroupVerdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CgroupVerdicts")
+    }
+}
+
+impl CgroupVerdicts {
+    /// Tells the kernel whether the tasks of cgroup `id` are traced.
+    pub fn insert(&mut self, id: u64, verdict: u8) {
+        let _ = self.0.insert(id, verdict, 0);
+    }
 }
 
 /// Puts each of `keys` into the set (a hash map to 1) named `map`.
@@ -642,7 +686,12 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<Probe, Unfit>
         capture_bytes: MAX_DATA_LEN as u32,
         wakeup_bytes: 0,
         self_pid: std::process::id(),
-        filters: FILTER_PID | FILTER_PID_TREE | FILTER_COMM | FILTER_UID | FILTER_PORT,
+        filters: FILTER_PID
+            | FILTER_PID_TREE
+            | FILTER_COMM
+            | FILTER_UID
+            | FILTER_PORT
+            | FILTER_CGROUP,
     };
     // Logging on, so that the verifier checks the diagnostics' code too.
     let mut ebpf = load(offsets, &config, ring_size(0), log_level(true))?;

@@ -50,6 +50,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         socket_file: at("socket", "file")?,
         task_cred: at("task_struct", "cred")?,
         cred_uid: at("cred", "uid")?,
+        sock_net: at("sock", "__sk_common.skc_net")?,
+        net_inum: at("net", "ns.inum")?,
+        task_thread_pid: at("task_struct", "thread_pid")?,
+        pid_level: at("pid", "level")?,
+        pid_numbers: at("pid", "numbers")?,
+        upid_size: btf.struct_size("upid")?,
+        upid_nr: at("upid", "nr")?,
     })
 }
 

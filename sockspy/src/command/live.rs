@@ -13,7 +13,8 @@ use std::{ops::ControlFlow, time::Duration};
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use sockspy_common::{
-    EventKind, FILTER_COMM, FILTER_PID, FILTER_UID, IPPROTO_TCP, IPPROTO_UDP, TraceConfig,
+    EventKind, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_UID, IPPROTO_TCP, IPPROTO_UDP,
+    TraceConfig,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -212,10 +213,16 @@ pub fn attach(request: &Request) -> anyhow::Result<Capture> {
     let mut resolver = Resolver::new(procfs.clone());
     let scan = procfs.scan().context("cannot read /proc")?;
     // The same list `sockspy pairs` shows, so that both agree on names.
-    let unix = diag::unix_sockets().unwrap_or_default();
+    let unix = diag::unix_sockets_everywhere(&procfs).unwrap_or_default();
     resolver.seed(scan, unix);
     for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-        resolver.seed_inet(diag::inet_sockets(protocol).unwrap_or_default());
+        resolver.seed_inet(diag::inet_sockets_everywhere(&procfs, protocol).unwrap_or_default());
+    }
+    let mut filter = Filter::new(request.select.clone());
+    if kernel_filter.bits & FILTER_CGROUP != 0
+        && let Some(verdicts) = tracer.take_cgroup_verdicts()
+    {
+        filter.tell_kernel(verdicts);
     }
     Ok(Capture {
         tracer,
@@ -224,8 +231,10 @@ pub fn attach(request: &Request) -> anyhow::Result<Capture> {
         backend,
         pipeline: Pipeline {
             resolver,
-            hold: Hold::new(kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID) != 0),
-            filter: Filter::new(request.select.clone()),
+            hold: Hold::new(
+                kernel_filter.bits & (FILTER_PID | FILTER_COMM | FILTER_UID | FILTER_CGROUP) != 0,
+            ),
+            filter,
             records: 0,
             undecodable: 0,
             unresolved: 0,

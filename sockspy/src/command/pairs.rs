@@ -7,7 +7,9 @@
 //! could not see (other users' descriptors) it says. The filters are
 //! `trace`'s: a line is kept when its sockets pass the socket filters
 //! (family, port and path, on either end) and, if process filters are
-//! given, some holder of either end passes them.
+//! given, some holder of either end passes them. As root it lists every
+//! network namespace a process is in (containers' too), pairs IP sockets
+//! within their namespace, and names each holder's container.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,14 +18,15 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 use sockspy_common::{AF_INET, AF_UNIX, FAMILY_UNIX, IPPROTO_TCP, IPPROTO_UDP, wanted};
 
 use crate::{
     capture::events::{UnixName, family_name, proto_name, tcp_state_name, type_name},
     filter::{Filter, Selection},
-    output::print::{JsonEnds, JsonPeerName},
+    output::print::{JsonContext, JsonEnds, JsonPeerName},
+    table::container::{Cgroups, Context, NsTable},
     table::diag::{self, InetDiag, STATE_CLOSE, STATE_CONNECTED, STATE_LISTEN, UnixDiag},
     table::procfs::{Procfs, Scan},
 };
@@ -142,6 +145,10 @@ pub struct Snapshot {
     unix: Vec<UnixDiag>,
     inet: Vec<InetDiag>,
     holders: HashMap<u64, Vec<Holder>>,
+    /// Each holder's cgroup and namespace pid.
+    contexts: HashMap<u32, Context>,
+    /// Each IP socket's network namespace.
+    netns: HashMap<u64, u32>,
     /// Processes whose descriptors could not be read.
     unreadable: usize,
 }
@@ -149,8 +156,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Lists the sockets of the families `select` asks for, and their holders.
     fn take(select: &Selection) -> Result<Self> {
+        let procfs = Procfs::default();
         let unix = if select.families & FAMILY_UNIX != 0 {
-            diag::unix_sockets().context("cannot list Unix sockets (sock_diag)")?
+            diag::unix_sockets_everywhere(&procfs)
+                .context("cannot list Unix sockets (sock_diag)")?
         } else {
             Vec::new()
         };
@@ -159,13 +168,25 @@ impl Snapshot {
             if wanted(select.families, AF_INET, protocol) {
                 let name = proto_name(AF_INET, protocol).unwrap_or("IP");
                 inet.extend(
-                    diag::inet_sockets(protocol)
+                    diag::inet_sockets_everywhere(&procfs, protocol)
                         .with_context(|| format!("cannot list {name} sockets (sock_diag)"))?,
                 );
             }
         }
-        let scan = Procfs::default().scan().context("cannot read /proc")?;
-        Ok(Self::new(unix, inet, scan))
+        let scan = procfs.scan().context("cannot read /proc")?;
+        let mut snapshot = Self::new(unix, inet, scan);
+        let mut cgroups = Cgroups::new();
+        let pids: HashSet<u32> = snapshot.holders.values().flatten().map(|h| h.pid).collect();
+        for pid in pids {
+            let (path, nspid) = procfs.container(pid);
+            let context = Context {
+                cgroup: path.and_then(|path| cgroups.at_path(&path)),
+                netns: None,
+                nspid,
+            };
+            snapshot.contexts.insert(pid, context);
+        }
+        Ok(snapshot)
     }
 
     fn new(mut unix: Vec<UnixDiag>, mut inet: Vec<InetDiag>, scan: Scan) -> Self {
@@ -181,10 +202,13 @@ impl Snapshot {
                 });
             }
         }
+        let netns = inet.iter().map(|s| (s.ino, s.netns)).collect();
         Self {
             unix,
             inet,
             holders,
+            contexts: HashMap::new(),
+            netns,
             unreadable: scan.unreadable,
         }
     }
@@ -237,13 +261,19 @@ impl Snapshot {
     fn inet_lines(&self) -> Vec<Line<'_>> {
         // A local peer is the socket whose ends are this one's, swapped. An
         // IPv4-mapped IPv6 address is the IPv4 one.
+        // Within a network namespace; across namespaces (a veth pair) only
+        // by a non-loopback address one namespace alone has.
         let canonical = |addr: SocketAddr| SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let by_ends: HashMap<(u16, SocketAddr, SocketAddr), &InetDiag> = self
+        let mut by_ends: NsTable<(u16, SocketAddr, SocketAddr)> = NsTable::default();
+        let by_ino: HashMap<u64, &InetDiag> = self.inet.iter().map(|s| (s.ino, s)).collect();
+        for s in self
             .inet
             .iter()
             .filter(|s| s.ino != 0 && s.remote.port() != 0)
-            .map(|s| ((s.protocol, canonical(s.local), canonical(s.remote)), s))
-            .collect();
+        {
+            let key = (s.protocol, canonical(s.local), canonical(s.remote));
+            by_ends.insert(key, s.netns, s.ino);
+        }
         let mut lines = Vec::new();
         // TIME_WAIT and half-open minisockets have no inode: nobody holds them.
         for sock in self.inet.iter().filter(|s| s.ino != 0) {
@@ -261,7 +291,11 @@ impl Snapshot {
                 };
             } else if sock.remote.port() != 0 {
                 let key = (sock.protocol, canonical(sock.remote), canonical(sock.local));
-                let peer = by_ends.get(&key).filter(|p| p.ino != sock.ino);
+                let across = !sock.remote.ip().to_canonical().is_loopback();
+                let peer = by_ends
+                    .find(&key, sock.netns, across)
+                    .and_then(|ino| by_ino.get(&ino))
+                    .filter(|p| p.ino != sock.ino);
                 if peer.is_some_and(|p| p.ino < sock.ino) {
                     continue;
                 }
@@ -302,10 +336,20 @@ impl Snapshot {
             return true;
         }
         let peer_holders = line.peer_ino.map_or(&[][..], |ino| self.holders(ino));
-        self.holders(line.ino)
-            .iter()
-            .chain(peer_holders)
-            .any(|h| filter.keeps_process(h.pid, users.uid(h.pid), &h.comm))
+        self.holders(line.ino).iter().chain(peer_holders).any(|h| {
+            filter.keeps_process(h.pid, users.uid(h.pid), &h.comm)
+                && filter.keeps_context(&self.context(h.pid, None))
+        })
+    }
+
+    /// Process `pid`'s container context, with its socket's network
+    /// namespace when that is `ino`, an IP socket.
+    fn context(&self, pid: u32, ino: Option<u64>) -> Context {
+        let mut context = self.contexts.get(&pid).cloned().unwrap_or_default();
+        context.netns = ino
+            .and_then(|ino| self.netns.get(&ino).copied())
+            .filter(|&ns| ns != 0);
+        context
     }
 }
 
@@ -394,14 +438,21 @@ pub fn run(select: &Selection, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `comm[pid] fd N, comm[pid] fd M` or `?` when nobody visible holds it.
-fn holders_text(holders: &[Holder]) -> String {
+/// `comm[pid] fd N, comm[pid]@3f2a9c fd M` (the short container id of a
+/// holder in a container) or `?` when nobody visible holds it.
+fn holders_text(snapshot: &Snapshot, holders: &[Holder]) -> String {
     if holders.is_empty() {
         return "?".into();
     }
     holders
         .iter()
-        .map(|h| format!("{}[{}] fd {}", h.comm, h.pid, h.fd))
+        .map(|h| {
+            let context = snapshot.contexts.get(&h.pid);
+            match context.and_then(Context::short_container) {
+                Some(id) => format!("{}[{}]@{id} fd {}", h.comm, h.pid, h.fd),
+                None => format!("{}[{}] fd {}", h.comm, h.pid, h.fd),
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -409,7 +460,10 @@ fn holders_text(holders: &[Holder]) -> String {
 /// One end: its holders, inode and name; a remote end is its address.
 fn side_text(snapshot: &Snapshot, ino: Option<u64>, name: Name) -> String {
     let mut text = match ino {
-        Some(ino) => format!("{} sock {ino}", holders_text(snapshot.holders(ino))),
+        Some(ino) => format!(
+            "{} sock {ino}",
+            holders_text(snapshot, snapshot.holders(ino))
+        ),
         None => String::new(),
     };
     let name = match name {
@@ -465,6 +519,12 @@ struct JsonSide<'a> {
     holders: &'a [Holder],
 }
 
+/// A side's first holder's container context, for [`JsonContext`].
+fn first_context(snapshot: &Snapshot, ino: Option<u64>) -> Context {
+    let first = ino.and_then(|ino| snapshot.holders(ino).first());
+    first.map_or_else(Context::default, |h| snapshot.context(h.pid, ino))
+}
+
 impl<'a> JsonSide<'a> {
     fn new(snapshot: &'a Snapshot, ino: Option<u64>) -> Self {
         let holders = ino.map_or(&[][..], |ino| snapshot.holders(ino));
@@ -485,6 +545,8 @@ struct JsonPeer<'a> {
     side: JsonSide<'a>,
     #[serde(flatten)]
     name: JsonPeerName,
+    #[serde(flatten)]
+    context: JsonContext<'a>,
 }
 
 #[derive(Serialize)]
@@ -506,13 +568,18 @@ struct JsonLine<'a> {
     pending: Option<usize>,
     rqueue: u32,
     wqueue: u32,
+    #[serde(flatten)]
+    context: JsonContext<'a>,
     peer: Option<JsonPeer<'a>>,
 }
 
 fn json_line(out: &mut impl Write, snapshot: &Snapshot, line: &Line) -> io::Result<()> {
+    let own = first_context(snapshot, Some(line.ino));
+    let other = first_context(snapshot, line.peer_ino);
     let peer = line.is_connection().then(|| JsonPeer {
         side: JsonSide::new(snapshot, line.peer_ino),
         name: JsonPeerName::new(line.peer_name.unix(), line.peer_name.inet()),
+        context: JsonContext::new(&other),
     });
     let value = JsonLine {
         family: family_name(line.family),
@@ -528,6 +595,7 @@ fn json_line(out: &mut impl Write, snapshot: &Snapshot, line: &Line) -> io::Resu
         },
         rqueue: line.rqueue,
         wqueue: line.wqueue,
+        context: JsonContext::new(&own),
         peer,
     };
     serde_json::to_writer(&mut *out, &value)?;
@@ -566,6 +634,7 @@ mod tests {
             rqueue: 0,
             wqueue: 0,
             uid: 0,
+            netns: 0,
         }
     }
 
@@ -642,6 +711,38 @@ mod tests {
                 "udp       BOUND  ? sock 50 127.0.0.1:53  queued 0/0",
             ]
         );
+    }
+
+    #[test]
+    fn ip_sockets_pair_within_their_network_namespace() {
+        let in_ns = |netns, sock: InetDiag| InetDiag { netns, ..sock };
+        let inet = vec![
+            in_ns(
+                1,
+                tcp(41, STATE_CONNECTED, "127.0.0.1:8080", "127.0.0.1:5000"),
+            ),
+            in_ns(
+                1,
+                tcp(42, STATE_CONNECTED, "127.0.0.1:5000", "127.0.0.1:8080"),
+            ),
+            in_ns(
+                2,
+                tcp(43, STATE_CONNECTED, "127.0.0.1:8080", "127.0.0.1:5000"),
+            ),
+            in_ns(
+                2,
+                tcp(44, STATE_CONNECTED, "127.0.0.1:5000", "127.0.0.1:8080"),
+            ),
+            in_ns(1, tcp(45, STATE_CONNECTED, "10.0.0.2:6000", "10.0.0.1:80")),
+            in_ns(3, tcp(46, STATE_CONNECTED, "10.0.0.1:80", "10.0.0.2:6000")),
+        ];
+        let snapshot = Snapshot::new(Vec::new(), inet, Scan::default());
+        let pairs: Vec<_> = snapshot
+            .lines()
+            .iter()
+            .map(|line| (line.ino, line.peer_ino))
+            .collect();
+        assert_eq!(pairs, [(41, Some(42)), (43, Some(44)), (45, Some(46))]);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
             };
             let next = shown
                 .printer
-                .insert(Printer::new(options.format, Clock::epoch(), style));
+                .insert(Printer::new(options.format, Clock::epoch(), style).wide(options.wide));
             match &conversation {
                 _ if !first => Ok(()),
                 Some(c) if !c.calls_too() => next.exchange_header(out),

@@ -204,7 +204,8 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<ExitCode> {
                     captured: options.show_data,
                     hex: options.hex,
                 },
-            ),
+            )
+            .wide(options.wide),
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
         },
     };

@@ -18,6 +18,7 @@ use crate::{
         type_name,
     },
     output::side::BySocket,
+    table::container::Context,
     table::resolve::{Event, Peer, PeerHolder},
 };
 
@@ -71,6 +72,8 @@ pub struct Printer {
     pub(super) payload: PayloadStyle,
     pub(super) line: String,
     pub(super) memo: LineMemo,
+    /// `--wide`: the text has a CGROUP column.
+    wide: bool,
 }
 
 impl Printer {
@@ -81,16 +84,28 @@ impl Printer {
             payload,
             line: String::with_capacity(256),
             memo: LineMemo::default(),
+            wide: false,
         }
+    }
+
+    /// With `wide`, the text shows each event's cgroup path in a column
+    /// of its own (`--wide`).
+    pub fn wide(mut self, wide: bool) -> Self {
+        self.wide = wide;
+        self
     }
 
     /// Writes the header row (text only).
     pub fn header(&self, out: &mut impl Write) -> io::Result<()> {
         if self.format == Format::Text {
+            write!(out, "{:<15} {:<7} {:<15} ", "TIME", "PID", "COMM")?;
+            if self.wide {
+                write!(out, "{:<CGROUP_WIDTH$} ", "CGROUP")?;
+            }
             writeln!(
                 out,
-                "{:<15} {:<7} {:<15} {:<4} {:<10} {:>6}  {:<9} {:<8} {:<25} PEER",
-                "TIME", "PID", "COMM", "FD", "EVENT", "RESULT", "TYPE", "SOCK", "PATH"
+                "{:<4} {:<10} {:>6}  {:<9} {:<8} {:<25} PEER",
+                "FD", "EVENT", "RESULT", "TYPE", "SOCK", "PATH"
             )?;
         }
         Ok(())
@@ -101,7 +116,13 @@ impl Printer {
         match self.format {
             Format::Text => {
                 self.line.clear();
-                text_line(&mut self.line, event, &self.clock, &mut self.memo);
+                text_line(
+                    &mut self.line,
+                    event,
+                    &self.clock,
+                    &mut self.memo,
+                    self.wide,
+                );
                 if self.payload.captured && is_data(event) && event.ret > 0 {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
@@ -118,7 +139,7 @@ impl Printer {
     }
 }
 
-fn text_line(line: &mut String, event: &Event, clock: &Clock, memo: &mut LineMemo) {
+fn text_line(line: &mut String, event: &Event, clock: &Clock, memo: &mut LineMemo, wide: bool) {
     let (time, micros) = memo.time.of(clock.wall_ns(event.ts_ns));
     line.push_str(time);
     push_decimal(line, micros, 6);
@@ -143,7 +164,7 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock, memo: &mut LineMem
         repeat.text.push_str(&line[start..]);
         return;
     }
-    who_columns(line, event);
+    who_columns(line, event, wide);
     let calls = line.len() - start..;
     call_columns(line, event);
     let calls = calls.start..line.len() - start;
@@ -151,11 +172,24 @@ fn text_line(line: &mut String, event: &Event, clock: &Clock, memo: &mut LineMem
     memo.remember(event, &line[start..], calls);
 }
 
-/// PID, COMM and FD, each column written in place and padded, as `{:<N}`
-/// would: an event line costs no allocation.
-fn who_columns(line: &mut String, event: &Event) {
+/// Width of the `--wide` CGROUP column (longer paths push the rest along).
+const CGROUP_WIDTH: usize = 32;
+
+/// PID, COMM (`comm@container` in a container), CGROUP with `wide`, and
+/// FD, each column written in place and padded, as `{:<N}` would: an event
+/// line costs no allocation.
+fn who_columns(line: &mut String, event: &Event, wide: bool) {
     column(line, 7, |l| push_decimal(l, event.pid.into(), 1));
-    column(line, 15, |l| l.push_str(&event.comm));
+    column(line, 15, |l| {
+        l.push_str(&event.comm);
+        container_suffix(l, &event.context);
+    });
+    if wide {
+        column(line, CGROUP_WIDTH, |l| match &event.context.cgroup {
+            Some(cgroup) => l.push_str(&cgroup.path),
+            None => l.push('-'),
+        });
+    }
     column(line, 4, |l| match event.fd {
         Some(fd) => push_signed(l, fd.into()),
         None => l.push('-'),
@@ -453,6 +487,14 @@ pub(super) fn process_text(line: &mut String, comm: &str, pid: u32) {
     line.push(']');
 }
 
+/// `@3f2a9c`, the short container id, after a process in a container.
+fn container_suffix(line: &mut String, context: &Context) {
+    if let Some(id) = context.short_container() {
+        line.push('@');
+        line.push_str(id);
+    }
+}
+
 fn peer_text(line: &mut String, peer: &Peer) {
     use std::fmt::Write as _;
     let start = line.len();
@@ -478,6 +520,7 @@ fn peer_text(line: &mut String, peer: &Peer) {
         line.push_str(" (not yet accepted)");
     } else if let Some(pid) = peer.pid {
         process_text(line, peer.comm.as_deref().unwrap_or_default(), pid);
+        container_suffix(line, &peer.context);
     }
     if let Some(fd) = peer.fd {
         sep(line);
@@ -492,6 +535,10 @@ fn peer_text(line: &mut String, peer: &Peer) {
     if let Some(path) = &peer.path {
         sep(line);
         let _ = write!(line, "{path}");
+    }
+    if let Some(via) = &peer.via {
+        sep(line);
+        let _ = write!(line, "(via {via})");
     }
     // An IP peer's address is in the PATH column already; say it here only
     // when no local process is known, so the column still names the other end.
@@ -690,7 +737,38 @@ struct JsonEvent<'a> {
     passed_files: Vec<JsonPassed>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     credentials: bool,
+    #[serde(flatten)]
+    context: JsonContext<'a>,
     peer: Option<JsonPeer<'a>>,
+}
+
+/// One end's container context, as `trace --json` and `pairs --json` name
+/// it: `cgroup`, and where they apply `container`, `pod`, `netns`, `nspid`.
+#[derive(Serialize)]
+pub struct JsonContext<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nspid: Option<u32>,
+}
+
+impl<'a> JsonContext<'a> {
+    pub fn new(context: &'a Context) -> Self {
+        let cgroup = context.cgroup.as_deref();
+        Self {
+            cgroup: cgroup.map(|c| &*c.path),
+            container: cgroup.and_then(|c| c.container.as_deref()),
+            pod: cgroup.and_then(|c| c.pod.as_deref()),
+            netns: context.netns,
+            nspid: context.nspid,
+        }
+    }
 }
 
 /// An IP socket's two ends, as `trace --json` and `pairs --json` name them.
@@ -746,6 +824,10 @@ struct JsonPeer<'a> {
     holders: &'a [PeerHolder],
     #[serde(flatten)]
     name: JsonPeerName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
+    #[serde(flatten)]
+    context: JsonContext<'a>,
 }
 
 /// What a peer is called: a Unix socket's `path`, an IP peer's `addr` and
@@ -813,6 +895,7 @@ impl<'a> JsonEvent<'a> {
                 })
                 .collect(),
             credentials: event.flags & FLAG_CREDENTIALS != 0,
+            context: JsonContext::new(&event.context),
             peer: event.peer.as_ref().map(|peer| JsonPeer {
                 sock: peer.sock,
                 pid: peer.pid,
@@ -822,6 +905,8 @@ impl<'a> JsonEvent<'a> {
                 listen_fd: peer.listen_fd,
                 holders: &peer.holders,
                 name: JsonPeerName::new(peer.path.as_deref(), peer.addr),
+                via: peer.via.as_ref().map(ToString::to_string),
+                context: JsonContext::new(&peer.context),
             }),
         }
     }
@@ -866,6 +951,7 @@ pub(crate) mod tests {
             data: Bytes::new(),
             passed_fds: 0,
             passed: Vec::new(),
+            context: Context::default(),
             peer: Some(Peer {
                 sock: Some(101),
                 pid: Some(20),
@@ -1007,6 +1093,63 @@ pub(crate) mod tests {
             lines[1]
         );
         assert!(lines[1].contains(" 97 "));
+    }
+
+    /// Both ends in containers: `comm@id` and `comm[pid]@id` in the text,
+    /// the CGROUP column with `--wide`, every fact in the JSON.
+    #[test]
+    fn containers_are_named_at_both_ends() {
+        use crate::table::container::{Cgroup, Context};
+        const ID: &str = "3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+        let mut event = send_event();
+        event.context = Context {
+            cgroup: Some(Rc::new(Cgroup::new(7, &format!("/docker/{ID}")))),
+            netns: None,
+            nspid: Some(1),
+        };
+        let peer = event.peer.as_mut().unwrap();
+        peer.context = Context {
+            cgroup: Some(Rc::new(Cgroup::new(8, "/machine.slice/machine-db.scope"))),
+            netns: Some(4026531840),
+            nspid: Some(42),
+        };
+        peer.via = Some(Rc::new(UnixName::Path("/var/run/rrd.sock".into())));
+        let mut out = Vec::new();
+        let mut printer =
+            Printer::new(Format::Text, Clock::now(), PayloadStyle::default()).wide(true);
+        printer.header(&mut out).unwrap();
+        printer.event(&mut out, &event).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains(" COMM            CGROUP "),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(&format!(" 10      collectd@3f2a9c /docker/{ID} 9    send ")),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].ends_with(
+                "rrdcached[20]@db fd 12 sock 101 /run/rrdcached.sock (via /var/run/rrd.sock)"
+            ),
+            "{}",
+            lines[1]
+        );
+        let mut out = Vec::new();
+        let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
+        printer.event(&mut out, &event).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["cgroup"], format!("/docker/{ID}"));
+        assert_eq!(value["container"], ID);
+        assert_eq!(value["nspid"], 1);
+        assert!(value.get("netns").is_none() && value.get("pod").is_none());
+        assert_eq!(value["peer"]["container"], "db");
+        assert_eq!(value["peer"]["netns"], 4026531840u32);
+        assert_eq!(value["peer"]["nspid"], 42);
+        assert_eq!(value["peer"]["via"], "/var/run/rrd.sock");
     }
 
     /// A connection not accepted yet: who holds the listener, its fd, the

@@ -50,6 +50,7 @@ use crate::{
     output::pcapng::{self, Block, BlockReader, Packet, ParseError},
     output::print::Clock,
     output::side::BySocket,
+    table::container::{Cgroup, Context},
     table::resolve::{Event, Passed, Peer, PeerHolder},
 };
 
@@ -176,8 +177,44 @@ struct SocketFacts<'a> {
     sock: Option<u64>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     path: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "ContextFacts::is_empty")]
+    context: ContextFacts<'a>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     peer: Option<PeerFacts<'a>>,
+}
+
+/// One end's container context; the container and pod are read from the
+/// cgroup path again.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct ContextFacts<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nspid: Option<u32>,
+}
+
+impl<'a> ContextFacts<'a> {
+    fn of(context: &'a Context) -> Self {
+        Self {
+            cgroup: context.cgroup.as_ref().map(|c| Cow::Borrowed(&*c.path)),
+            netns: context.netns,
+            nspid: context.nspid,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn into_context(self) -> Context {
+        Context {
+            cgroup: self.cgroup.map(|path| Rc::new(Cgroup::new(0, &path))),
+            netns: self.netns,
+            nspid: self.nspid,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -202,6 +239,8 @@ struct PeerFacts<'a> {
     fd: Option<i32>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     path: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    via: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     addr: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -210,6 +249,8 @@ struct PeerFacts<'a> {
     listen_fd: Option<i32>,
     #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
     holders: Vec<HolderFacts<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "ContextFacts::is_empty")]
+    context: ContextFacts<'a>,
 }
 
 /// One holder of a pending peer's listener.
@@ -294,12 +335,14 @@ impl<'a> SocketFacts<'a> {
             fd: event.fd,
             sock: event.sock,
             path: name_text(&event.path),
+            context: ContextFacts::of(&event.context),
             peer: event.peer.as_ref().map(|peer| PeerFacts {
                 sock: peer.sock,
                 pid: peer.pid,
                 comm: peer.comm.as_deref().map(Cow::Borrowed),
                 fd: peer.fd,
                 path: name_text(&peer.path),
+                via: name_text(&peer.via),
                 addr: peer.addr,
                 pending: peer.pending,
                 listen_fd: peer.listen_fd,
@@ -312,6 +355,7 @@ impl<'a> SocketFacts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
+                context: ContextFacts::of(&peer.context),
             }),
         }
     }
@@ -378,12 +422,14 @@ impl<'a> Facts<'a> {
             data,
             passed_fds: call.passed_fds,
             passed,
+            context: socket.context.into_context(),
             peer: socket.peer.map(|peer| Peer {
                 sock: peer.sock,
                 pid: peer.pid,
                 comm: peer.comm.as_deref().map(Into::into),
                 fd: peer.fd,
                 path: name_from(peer.path),
+                via: name_from(peer.via),
                 addr: peer.addr,
                 pending: peer.pending,
                 listen_fd: peer.listen_fd,
@@ -396,6 +442,7 @@ impl<'a> Facts<'a> {
                         fd: h.fd,
                     })
                     .collect(),
+                context: peer.context.into_context(),
             }),
             unresolved: false,
             released: call.released,
@@ -1340,6 +1387,14 @@ mod tests {
                     path: Some(Rc::new(UnixName::Abstract("abs@x".into()))),
                 },
             ],
+            context: Context {
+                cgroup: Some(Rc::new(Cgroup::new(
+                    0,
+                    "/libpod_parent/libpod-3f2a9c0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
+                ))),
+                netns: Some(4026532176),
+                nspid: Some(7),
+            },
             peer: Some(Peer {
                 sock: Some(101),
                 pid: Some(20),
@@ -1347,6 +1402,11 @@ mod tests {
                 fd: Some(12),
                 path: Some(Rc::new(UnixName::Path("/run/rrdcached.sock".into()))),
                 addr: Some("[::1]:443".parse().unwrap()),
+                context: Context {
+                    cgroup: Some(Rc::new(Cgroup::new(0, "/system.slice/rrdcached.service"))),
+                    netns: Some(4026531840),
+                    nspid: None,
+                },
                 ..Peer::default()
             }),
             unresolved: false,

@@ -11,6 +11,7 @@ use std::{net::SocketAddr, rc::Rc};
 
 use crate::{
     capture::events::UnixName,
+    table::container::Context,
     table::resolve::{Event, Peer},
 };
 
@@ -28,6 +29,7 @@ struct Side {
     path: Option<Rc<UnixName>>,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
+    context: Context,
     peer: Option<Peer>,
 }
 
@@ -49,6 +51,7 @@ impl Side {
             path: event.path.clone(),
             local: event.local,
             remote: event.remote,
+            context: event.context.clone(),
             peer: event.peer.clone(),
         })
     }
@@ -67,6 +70,7 @@ impl Side {
             && event.remote == self.remote
             && same_text(&event.comm, &self.comm)
             && event.path == self.path
+            && same_context(&event.context, &self.context)
             && same_peer(event.peer.as_ref(), self.peer.as_ref())
     }
 }
@@ -75,6 +79,16 @@ impl Side {
 /// only for sized values).
 fn same_text(a: &Rc<str>, b: &Rc<str>) -> bool {
     Rc::ptr_eq(a, b) || a == b
+}
+
+/// Contexts compared by their shared cgroup's pointer first.
+fn same_context(a: &Context, b: &Context) -> bool {
+    a.netns == b.netns
+        && a.nspid == b.nspid
+        && match (&a.cgroup, &b.cgroup) {
+            (Some(x), Some(y)) => Rc::ptr_eq(x, y) || x == y,
+            (x, y) => x.is_none() && y.is_none(),
+        }
 }
 
 fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
@@ -88,19 +102,23 @@ fn same_peer(a: Option<&Peer>, b: Option<&Peer>) -> bool {
         comm,
         fd,
         path,
+        via,
         addr,
         pending,
         listen_fd,
         holders,
+        context,
     } = a;
     *sock == b.sock
         && *pid == b.pid
         && *fd == b.fd
         && *addr == b.addr
         && *path == b.path
+        && *via == b.via
         && *pending == b.pending
         && *listen_fd == b.listen_fd
         && *holders == b.holders
+        && same_context(context, &b.context)
         && match (comm, &b.comm) {
             (Some(x), Some(y)) => same_text(x, y),
             (x, y) => x.is_none() && y.is_none(),

@@ -1,9 +1,13 @@
 //! The kernel's own list of sockets, through sock_diag netlink (what `ss`
 //! reads): every Unix socket with its type, state, name, peer inode and
 //! queue lengths, and every TCP and UDP socket with its addresses, in one
-//! request per family, without eBPF and without root.
+//! request per family, without eBPF and without root. A netlink socket
+//! lists its own network namespace; [`in_every_netns`] lists the others
+//! too, from a thread that enters each (as root).
 
 use std::{
+    collections::BTreeMap,
+    fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -11,7 +15,10 @@ use std::{
 
 use sockspy_common::{AF_INET, AF_INET6};
 
-use crate::capture::events::{UnixName, unix_name_bytes};
+use crate::{
+    capture::events::{UnixName, unix_name_bytes},
+    table::procfs::Procfs,
+};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -90,6 +97,8 @@ pub struct InetDiag {
     /// Bytes not yet sent (or acknowledged), or a listener's backlog.
     pub wqueue: u32,
     pub uid: u32,
+    /// The network namespace's inode (0 when not known).
+    pub netns: u32,
 }
 
 /// `TCP_CLOSE`: an unconnected UDP socket, or a TCP socket not yet
@@ -110,6 +119,65 @@ pub fn inet_sockets(protocol: u16) -> io::Result<Vec<InetDiag>> {
         sockets.extend(dump(&req, |body| parse_inet(body, protocol))?);
     }
     Ok(sockets)
+}
+
+/// What `list` finds in this process's network namespace and in every
+/// other one that some process is in, each item with its namespace's
+/// inode. Another namespace is listed from a thread that enters it
+/// (`setns`, which needs CAP_SYS_ADMIN) and ends; one that cannot be
+/// entered is left out. An error listing this namespace is an error.
+pub fn in_every_netns<T: Send>(
+    procfs: &Procfs,
+    list: impl Fn() -> io::Result<Vec<T>> + Sync,
+) -> io::Result<Vec<(u32, T)>> {
+    let own = procfs.netns(std::process::id()).unwrap_or(0);
+    let mut found: Vec<(u32, T)> = list()?.into_iter().map(|item| (own, item)).collect();
+    // One process per namespace, to enter it through.
+    let mut others = BTreeMap::new();
+    for pid in procfs.pids().unwrap_or_default() {
+        if let Some(netns) = procfs.netns(pid).filter(|&ns| ns != own) {
+            others.entry(netns).or_insert(pid);
+        }
+    }
+    let list = &list;
+    for (netns, pid) in others {
+        let Ok(handle) = File::open(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        let listed = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns on a namespace descriptor; it moves only
+                    // this thread, which ends when the listing is done.
+                    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    list()
+                })
+                .join()
+        });
+        if let Ok(Ok(items)) = listed {
+            found.extend(items.into_iter().map(|item| (netns, item)));
+        }
+    }
+    Ok(found)
+}
+
+/// Every TCP or UDP socket ([`inet_sockets`]) of every network namespace
+/// ([`in_every_netns`]), each with its namespace.
+pub fn inet_sockets_everywhere(procfs: &Procfs, protocol: u16) -> io::Result<Vec<InetDiag>> {
+    let found = in_every_netns(procfs, || inet_sockets(protocol))?;
+    Ok(found
+        .into_iter()
+        .map(|(netns, sock)| InetDiag { netns, ..sock })
+        .collect())
+}
+
+/// Every Unix socket ([`unix_sockets`]) of every network namespace
+/// ([`in_every_netns`]).
+pub fn unix_sockets_everywhere(procfs: &Procfs) -> io::Result<Vec<UnixDiag>> {
+    let found = in_every_netns(procfs, unix_sockets)?;
+    Ok(found.into_iter().map(|(_, sock)| sock).collect())
 }
 
 /// Sends a dump request (the body after the netlink header) and parses
@@ -274,6 +342,7 @@ fn parse_inet(body: &[u8], protocol: u16) -> Option<InetDiag> {
         rqueue: u32_at(body, 56)?,
         wqueue: u32_at(body, 60)?,
         uid: u32_at(body, 64)?,
+        netns: 0,
     })
 }
 

@@ -75,6 +75,11 @@ pub struct Hold {
     /// The kernel leaves out other processes' records (`--pid`, `--comm`,
     /// `--uid`): the record a peer waits for may never come.
     filtered: bool,
+    /// What the first record waits for, and how much of the queue behind
+    /// it was searched for that in vain: a record read since is searched
+    /// alone, not the whole queue again (which made a long wait under
+    /// load cost the square of the queue's length).
+    searched: Option<(Awaited, usize)>,
 }
 
 impl Hold {
@@ -134,6 +139,10 @@ impl Hold {
                 }
                 return None;
             };
+            if !matches!(slot, Slot::Sock(_)) {
+                // The queue behind the first record is another one now.
+                self.searched = None;
+            }
             match slot {
                 Slot::Ready(event) => return Some(event),
                 Slot::Applied => {}
@@ -158,6 +167,7 @@ impl Hold {
                         self.give_up(awaited);
                         resolver.rescan_since(written);
                     }
+                    self.searched = None;
                     return Some(resolver.apply(&rec));
                 }
             }
@@ -175,13 +185,20 @@ impl Hold {
     /// ahead of its turn; with it, the process records before it that
     /// made its process (a fork, an exec), which it builds on.
     fn reveal(&mut self, awaited: Awaited, resolver: &mut Resolver) -> bool {
+        let from = match self.searched {
+            Some((searched, upto)) if searched == awaited => upto.min(self.queue.len()),
+            _ => 0,
+        };
         let Some(at) = self
             .queue
-            .iter()
+            .range(from..)
             .position(|slot| matches!(slot, Slot::Sock(rec) if awaited.revealed_by(rec)))
+            .map(|found| from + found)
         else {
+            self.searched = Some((awaited, self.queue.len()));
             return false;
         };
+        self.searched = None;
         let Slot::Sock(revealer) = std::mem::replace(&mut self.queue[at], Slot::Applied) else {
             unreachable!("position() found a socket record");
         };
@@ -333,6 +350,27 @@ mod tests {
     fn peer_of(event: &Event) -> (Option<u32>, Option<i32>) {
         let peer = event.peer.as_ref().expect("a peer");
         (peer.pid, peer.fd)
+    }
+
+    /// Under load many records queue behind a waiting one, each read
+    /// followed by a look for its peer's record (only the new ones are
+    /// searched): the accept found at the end still names the acceptor,
+    /// and every record comes out in ring order.
+    #[test]
+    fn a_long_queue_behind_a_waiting_record_is_searched_as_it_grows() {
+        let mut resolver = table();
+        let mut hold = Hold::default();
+        assert!(hold.admit(client_sends(10), &mut resolver).is_none());
+        for ts in 11..3000 {
+            let other = unix(EventKind::Send, 300, 7, 90, ts, |ev| ev.ret = 1, b"");
+            assert!(hold.admit(other, &mut resolver).is_none());
+            assert!(hold.next(&mut resolver, Waits::Read).is_none(), "{ts}");
+        }
+        assert!(hold.admit(accepts(SERVER, 3000), &mut resolver).is_none());
+        let events = drain(&mut hold, &mut resolver, Waits::Read);
+        assert_eq!(events.len(), 2991);
+        assert_eq!(peer_of(&events[0]), (Some(SERVER), Some(5)));
+        assert!(events.windows(2).all(|pair| pair[0].ts_ns < pair[1].ts_ns));
     }
 
     /// The client's send was written before the server's accept: the send

@@ -6,6 +6,7 @@
 //! hands on events with both ends named, process, descriptor and socket
 //! (`resolve`), in ring order.
 
+pub mod container;
 pub mod diag;
 pub mod hold;
 pub mod procfs;

@@ -130,6 +130,31 @@ impl Procfs {
         Ok(text.lines().skip(1).filter_map(unix_names_line).collect())
     }
 
+    /// A process's cgroup v2 path and its pid as its own pid namespace
+    /// sees it (when that is not the initial one): what the kernel's
+    /// records say of a process whose records were not seen.
+    pub fn container(&self, pid: u32) -> (Option<String>, Option<u32>) {
+        let dir = self.root.join(pid.to_string());
+        let cgroup = fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|text| crate::table::container::v2_path(&text).map(str::to_owned));
+        let nspid = fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|text| nspid_of(&text));
+        (cgroup, nspid)
+    }
+
+    /// The inode of a process's network namespace (`net:[N]`).
+    pub fn netns(&self, pid: u32) -> Option<u32> {
+        let target = fs::read_link(self.root.join(pid.to_string()).join("ns/net")).ok()?;
+        target
+            .to_str()?
+            .strip_prefix("net:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    }
+
     /// A process's command name.
     pub fn comm(&self, pid: u32) -> Option<String> {
         let comm = fs::read_to_string(self.root.join(pid.to_string()).join("comm")).ok()?;
@@ -157,6 +182,22 @@ fn unix_names_line(line: &str) -> Option<(u64, UnixName)> {
     Some((ino.parse().ok()?, name))
 }
 
+/// The innermost pid of /proc/PID/status's `NSpid:` line, when the
+/// process is in a pid namespace below the initial one (more than one pid).
+fn nspid_of(status: &str) -> Option<u32> {
+    let pids: Vec<u32> = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    if pids.len() > 1 {
+        pids.last().copied()
+    } else {
+        None
+    }
+}
+
 /// The inode in a `socket:[N]` link target.
 fn socket_inode(target: &str) -> Option<u64> {
     target
@@ -169,6 +210,18 @@ fn socket_inode(target: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_pid_a_namespace_sees() {
+        assert_eq!(nspid_of("Name:\tcurl\nNSpid:\t4512\t7\n"), Some(7));
+        assert_eq!(nspid_of("NSpid:\t4512\n"), None);
+        assert_eq!(nspid_of("Name:\tx\n"), None);
+        let procfs = Procfs::default();
+        let (cgroup, nspid) = procfs.container(std::process::id());
+        assert!(cgroup.is_some_and(|c| c.starts_with('/')));
+        assert_eq!(nspid, None, "the tests run in the initial pid namespace");
+        assert!(procfs.netns(std::process::id()).is_some());
+    }
 
     #[test]
     fn reads_socket_links() {

@@ -15,6 +15,11 @@
 //! whose (local, remote) pair is this one's (remote, local); a connect not
 //! yet accepted, or a datagram, goes to the socket listening or bound at
 //! the remote address. Both tables are seeded from /proc/net/{tcp,udp}{,6}.
+//! Addresses repeat across network namespaces (two replicas of one
+//! container each talk to 127.0.0.1:8080), so each address keeps its
+//! sockets by namespace ([`NsTable`]): an event pairs within its own
+//! namespace, and across namespaces (a veth pair) only by a non-loopback
+//! address that one namespace alone has.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -33,6 +38,7 @@ use crate::{
     },
     idmap::IdMap,
     output::side::ByInode,
+    table::container::{Cgroups, Context, NsTable},
     table::diag::{InetDiag, STATE_LISTEN, UnixDiag},
     table::procfs::{ProcessSockets, Procfs, Scan},
 };
@@ -70,6 +76,8 @@ struct Sock {
     /// holds it is known, not yet what only its records tell (an accepted
     /// socket's name comes with its `accept`).
     unseen: bool,
+    /// An IP socket's network namespace, 0 if unknown.
+    netns: u32,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +87,13 @@ struct Process {
     fds: IdMap<i32, u64>,
     /// The fd table was read from /proc already (do not read it per event).
     scanned: bool,
+    /// Its cgroup id and pid in its own pid namespace (0: the initial
+    /// one), from its last record.
+    cgroup: u64,
+    nspid: u32,
+    /// Those were asked of /proc already, for a process whose records
+    /// were not seen (do not read it per event).
+    placed: bool,
 }
 
 /// The other end of an event, as far as it is known.
@@ -88,7 +103,11 @@ pub struct Peer {
     pub pid: Option<u32>,
     pub comm: Option<Rc<str>>,
     pub fd: Option<i32>,
+    /// A Unix peer's name as its holder bound it.
     pub path: Option<Rc<UnixName>>,
+    /// The name this end reached the peer by, when it is not `path`: a
+    /// bind mount into a container, another mount namespace, a symlink.
+    pub via: Option<Rc<UnixName>>,
     /// An IP peer's address and port.
     pub addr: Option<SocketAddr>,
     /// The other end is a connection still in a listener's accept queue:
@@ -100,6 +119,8 @@ pub struct Peer {
     /// A `pending` peer's listener: every process that holds it (a prefork
     /// server's workers, a listener inherited across `fork`).
     pub holders: Vec<PeerHolder>,
+    /// The other end's container context (of `pid`, and its socket's namespace).
+    pub context: Context,
 }
 
 /// One holder of a pending peer's listener (`peer.holders` in JSON).
@@ -162,6 +183,8 @@ pub struct Event {
     pub passed_fds: u16,
     /// The first of those, identified.
     pub passed: Vec<Passed>,
+    /// The process's cgroup and pid namespace, the socket's network namespace.
+    pub context: Context,
     pub peer: Option<Peer>,
     /// The other end is a socket on this machine (the kernel named it, or
     /// it is at a local address), but no process holding it is known.
@@ -181,13 +204,18 @@ pub struct Resolver {
     /// Bound names of listening and datagram sockets -> inode: where a
     /// `connect` or `sendto` to a name arrives.
     named: HashMap<Rc<UnixName>, u64>,
-    /// TCP connections: (local, remote) -> inode.
-    conns: HashMap<Conn, u64>,
-    /// TCP listeners and bound UDP sockets: (protocol, local) -> inode.
-    bound: HashMap<(u16, SocketAddr), u64>,
+    /// TCP connections: (local, remote) -> inode, by network namespace.
+    conns: NsTable<Conn>,
+    /// TCP listeners and bound UDP sockets: (protocol, local) -> inode, by
+    /// network namespace.
+    bound: NsTable<(u16, SocketAddr)>,
     /// The last [`CLOSED_KEPT`] sockets to lose their last holder.
     closed: Closed,
     procfs: Procfs,
+    /// Cgroup ids to paths and containers.
+    cgroups: Cgroups,
+    /// sockspy's own network namespace: that of the sockets read at start-up.
+    own_netns: u32,
     /// When /proc was last rescanned for a peer nobody was known to hold
     /// (`CLOCK_MONOTONIC` nanoseconds, the records' clock).
     last_rescan: Option<i128>,
@@ -264,7 +292,7 @@ struct Closed {
     /// Their TCP connections -> inode: every IP event whose peer is not a
     /// live local socket (any remote peer) looks here, so by key, not by
     /// walking `order`.
-    conns: HashMap<Conn, u64>,
+    conns: NsTable<Conn>,
 }
 
 /// What is remembered of a closed socket.
@@ -275,6 +303,8 @@ struct ClosedSock {
     holder: Holder,
     /// A TCP connection's (local, remote).
     conn: Option<Conn>,
+    /// Its network namespace.
+    netns: u32,
     /// A Unix socket's name.
     name: Option<Rc<UnixName>>,
 }
@@ -289,12 +319,11 @@ impl Closed {
                 conn: Some(key),
                 ..
             }) = self.order.pop_front()
-            && self.conns.get(&key) == Some(&old)
         {
-            self.conns.remove(&key);
+            self.conns.remove(&key, old);
         }
         if let Some(key) = closed.conn {
-            self.conns.insert(key, closed.ino);
+            self.conns.insert(key, closed.netns, closed.ino);
         }
         self.order.push_back(closed);
     }
@@ -326,8 +355,9 @@ pub enum Awaited {
     /// A Unix socket the kernel named as the peer (accepted, by a call
     /// whose record is still to come).
     Sock(u64),
-    /// A TCP connection's other end, by its (local, remote) pair.
-    Conn(Conn),
+    /// A TCP connection's other end, by its (local, remote) pair, in a
+    /// network namespace (where a loopback address pairs only inside it).
+    Conn(Conn, u32),
 }
 
 impl Awaited {
@@ -335,12 +365,26 @@ impl Awaited {
     pub fn revealed_by(&self, rec: &SockRecord) -> bool {
         match *self {
             Self::Sock(ino) => rec.ev.sock == ino,
-            Self::Conn(key) => {
+            Self::Conn(key, netns) => {
                 rec.ev.protocol == IPPROTO_TCP
                     && inet_addr(&rec.addr).map(canonical) == Some(key.0)
                     && inet_addr(&rec.peer_addr).map(canonical) == Some(key.1)
+                    && (rec.ev.netns == netns || !key.0.ip().is_loopback())
             }
         }
+    }
+}
+
+/// A peer's name as its holder bound it (`bound`, what the table knows),
+/// and the name an event used for it (`used`) when that is another: the
+/// same socket file reached by another path.
+fn as_bound(
+    bound: Option<Rc<UnixName>>,
+    used: Option<Rc<UnixName>>,
+) -> (Option<Rc<UnixName>>, Option<Rc<UnixName>>) {
+    match (bound, used) {
+        (Some(bound), Some(used)) if bound != used => (Some(bound), Some(used)),
+        (bound, used) => (bound.or(used), None),
     }
 }
 
@@ -379,8 +423,11 @@ impl Resolver {
     }
 
     pub fn new(procfs: Procfs) -> Self {
+        let own_netns = procfs.netns(std::process::id()).unwrap_or(0);
         Self {
             procfs,
+            cgroups: Cgroups::new(),
+            own_netns,
             ..Self::default()
         }
     }
@@ -392,9 +439,14 @@ impl Resolver {
         for socket in sockets {
             let remote = (socket.remote.port() != 0).then_some(socket.remote);
             let bound = socket.protocol == IPPROTO_UDP || socket.state == STATE_LISTEN;
+            let netns = if socket.netns == 0 {
+                self.own_netns
+            } else {
+                socket.netns
+            };
             self.note_inet(
                 socket.ino,
-                socket.protocol,
+                (socket.protocol, netns),
                 Some(socket.local),
                 remote,
                 bound,
@@ -403,10 +455,11 @@ impl Resolver {
     }
 
     /// Enters an IP socket of someone's in the address tables.
+    /// `(protocol, netns)`: its IP protocol and network namespace.
     fn note_inet(
         &mut self,
         ino: u64,
-        protocol: u16,
+        (protocol, netns): (u16, u32),
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
         bound: bool,
@@ -414,6 +467,9 @@ impl Resolver {
         let Some(sock) = self.socks.get_mut(&ino) else {
             return;
         };
+        if netns != 0 {
+            sock.netns = netns;
+        }
         let local = local.filter(|l| l.port() != 0).map(canonical);
         let remote = remote.filter(|r| r.port() != 0).map(canonical);
         if local.is_some() {
@@ -426,31 +482,39 @@ impl Resolver {
         if protocol == IPPROTO_TCP
             && let Some(remote) = remote
         {
-            self.conns.insert((local, remote), ino);
+            self.conns.insert((local, remote), netns, ino);
         } else if bound {
-            self.bound.insert((protocol, local), ino);
+            self.bound.insert((protocol, local), netns, ino);
         }
     }
 
     /// The local socket at the other end of an IP conversation, by address:
     /// the connection's other end, or else (a TCP connection not accepted
     /// yet, a datagram) the socket listening or bound at the remote address.
+    /// `(protocol, netns)`: the IP protocol and the namespace of the
+    /// socket whose peer is looked for; a loopback address pairs only
+    /// inside it.
     fn inet_peer(
         &self,
-        protocol: u16,
+        (protocol, netns): (u16, u32),
         local: Option<SocketAddr>,
         remote: SocketAddr,
     ) -> Option<(u64, bool)> {
         let remote = canonical(remote);
+        let across = !remote.ip().is_loopback();
         if protocol == IPPROTO_TCP
             && let Some(local) = local
         {
             let key = (remote, canonical(local));
-            if let Some(&ino) = self.conns.get(&key).or_else(|| self.closed.conns.get(&key)) {
+            if let Some(ino) = self
+                .conns
+                .find(&key, netns, across)
+                .or_else(|| self.closed.conns.find(&key, netns, across))
+            {
                 return Some((ino, true));
             }
         }
-        let at = |addr| self.bound.get(&(protocol, addr)).copied();
+        let at = |addr| self.bound.find(&(protocol, addr), netns, across);
         let v6_any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), remote.port());
         let ino = at(remote)
             .or_else(|| at(wildcard(remote)))
@@ -603,19 +667,16 @@ impl Resolver {
                 ino,
                 holder,
                 conn: sock.local.zip(sock.remote),
+                netns: sock.netns,
                 name: sock.name.clone(),
             });
             self.sk_ino.remove(&sock.sk);
             if let Some(local) = sock.local {
-                if let Some(remote) = sock.remote
-                    && self.conns.get(&(local, remote)) == Some(&ino)
-                {
-                    self.conns.remove(&(local, remote));
+                if let Some(remote) = sock.remote {
+                    self.conns.remove(&(local, remote), ino);
                 }
                 for key in [(IPPROTO_TCP, local), (IPPROTO_UDP, local)] {
-                    if self.bound.get(&key) == Some(&ino) {
-                        self.bound.remove(&key);
-                    }
+                    self.bound.remove(&key, ino);
                 }
             }
             if let Some(name) = sock.name
@@ -782,9 +843,10 @@ impl Resolver {
         let local = canonical(inet_addr(&rec.addr)?);
         let remote = canonical(inet_addr(&rec.peer_addr)?);
         let key = (remote, local);
+        let (netns, across) = (ev.netns, !remote.ip().is_loopback());
         if remote.port() == 0
-            || self.conns.contains_key(&key)
-            || self.closed.conns.contains_key(&key)
+            || self.conns.find(&key, netns, across).is_some()
+            || self.closed.conns.find(&key, netns, across).is_some()
         {
             return None;
         }
@@ -793,8 +855,8 @@ impl Resolver {
         // this one's or loopback (this is the server).
         let here = remote.ip().is_loopback()
             || remote.ip() == local.ip()
-            || self.inet_peer(IPPROTO_TCP, None, remote).is_some();
-        here.then_some(Awaited::Conn(key))
+            || self.inet_peer((IPPROTO_TCP, netns), None, remote).is_some();
+        here.then_some(Awaited::Conn(key, netns))
     }
 
     /// Reads /proc again for a record written at `ts_ns` that waited in
@@ -817,6 +879,7 @@ impl Resolver {
         };
         let ev = &rec.ev;
         let header = &ev.header;
+        let context = self.own_context(rec, resolved.pid);
         Event {
             kind: rec.kind,
             ts_ns: header.ts_ns,
@@ -841,9 +904,65 @@ impl Resolver {
             data: rec.data.clone(),
             passed_fds: ev.passed_fds,
             passed: rec.passed.iter().map(|file| self.passed(file)).collect(),
+            context,
             peer: resolved.peer,
             unresolved: resolved.unresolved,
             released: resolved.released,
+        }
+    }
+
+    /// The container context of `rec`'s own end: what the kernel read for
+    /// it, except for a TCP state change, which the kernel may report
+    /// while another task runs: that one is its holder `pid`'s.
+    fn own_context(&mut self, rec: &SockRecord, pid: u32) -> Context {
+        let ev = &rec.ev;
+        if rec.kind == EventKind::State {
+            return self.context_of(pid, ev.netns);
+        }
+        Context {
+            cgroup: self.cgroups.get(ev.cgroup),
+            netns: (ev.netns != 0).then_some(ev.netns),
+            nspid: (ev.nspid != 0).then_some(ev.nspid),
+        }
+    }
+
+    /// Notes the cgroup and namespace pid the kernel read for process
+    /// `pid`, for when it is somebody's peer.
+    fn place(&mut self, pid: u32, cgroup: u64, nspid: u32) {
+        let process = self.procs.entry(pid).or_default();
+        if cgroup != 0 && (process.cgroup != cgroup || process.nspid != nspid) {
+            process.cgroup = cgroup;
+            process.nspid = nspid;
+            self.version += 1;
+        }
+    }
+
+    /// The container context of process `pid` with a socket in network
+    /// namespace `netns` (0: not an IP socket, or unknown): as its last
+    /// record said, or, for a process no record has shown, as /proc says
+    /// (read once).
+    fn context_of(&mut self, pid: u32, netns: u32) -> Context {
+        let netns = (netns != 0).then_some(netns);
+        // A process the table no longer has (it exited) is not added back.
+        let Some(process) = self.procs.get_mut(&pid) else {
+            return Context {
+                netns,
+                ..Context::default()
+            };
+        };
+        if process.cgroup == 0 && !process.placed {
+            process.placed = true;
+            let (path, nspid) = self.procfs.container(pid);
+            if let Some(cgroup) = path.and_then(|path| self.cgroups.at_path(&path)) {
+                process.cgroup = cgroup.id;
+            }
+            process.nspid = nspid.unwrap_or(0);
+        }
+        let (cgroup, nspid) = (process.cgroup, process.nspid);
+        Context {
+            cgroup: self.cgroups.get(cgroup),
+            netns,
+            nspid: (nspid != 0).then_some(nspid),
         }
     }
 
@@ -895,6 +1014,7 @@ impl Resolver {
                 None => comm_str(&header.comm).into(),
             }
         } else {
+            self.place(pid, ev.cgroup, ev.nspid);
             self.comm(pid, &header.comm)
         };
         let own_name = unix_name(&rec.addr).map(Rc::new);
@@ -959,10 +1079,11 @@ impl Resolver {
                 // A datagram's address is where it went or came from, not a connection.
                 let connected = if tcp { remote } else { None };
                 let bound = kind == EventKind::Listen || !tcp;
-                self.note_inet(ino, ev.protocol, local, connected, bound);
+                self.note_inet(ino, (ev.protocol, ev.netns), local, connected, bound);
             }
             if let Some(remote) = remote
-                && let Some((found, is_socket)) = self.inet_peer(ev.protocol, local, remote)
+                && let Some((found, is_socket)) =
+                    self.inet_peer((ev.protocol, ev.netns), local, remote)
                 && found != ino
             {
                 if is_socket {
@@ -1044,6 +1165,16 @@ impl Resolver {
             if *found == Peer::default() {
                 peer = None;
             }
+        }
+        if let Some(found) = &mut peer
+            && let Some(peer_pid) = found.pid
+        {
+            let at = listener.unwrap_or(peer_ino);
+            let netns = match self.socks.get(&at) {
+                Some(sock) => sock.netns,
+                None => self.closed.find(at).map_or(0, |closed| closed.netns),
+            };
+            found.context = self.context_of(peer_pid, netns);
         }
         // The kernel named a peer, or the other end is a socket here.
         let local_peer = ev.peer_sk != 0 || peer_ino != 0 || listener.is_some();
@@ -1144,11 +1275,13 @@ impl Resolver {
             })
             .collect();
         let first = holders.first();
+        let (path, via) = as_bound(self.name_of(listener), name);
         Peer {
             pid: first.map(|h| h.pid),
             comm: first.map(|h| Rc::clone(&h.comm)),
             listen_fd: first.map(|h| h.fd),
-            path: name.or_else(|| self.name_of(listener)),
+            path,
+            via,
             pending: true,
             holders,
             ..Peer::default()
@@ -1220,9 +1353,7 @@ impl Resolver {
             if holder.is_none() && self.rescan() {
                 holder = self.holder_of(peer_ino);
             }
-            if peer.path.is_none() {
-                peer.path = self.name_of(peer_ino);
-            }
+            (peer.path, peer.via) = as_bound(self.name_of(peer_ino), peer.path.take());
             if kind == EventKind::Socketpair && fd2 >= 0 {
                 holder = holder.map(|h| Holder { fd: fd2, ..h });
             }
@@ -1288,6 +1419,7 @@ pub(crate) mod tests {
             rqueue: 0,
             wqueue: 0,
             uid: 0,
+            netns: 0,
         };
         resolver.seed_inet(vec![
             connected(1001, AF_INET6, server, "[::ffff:127.0.0.1]:40000"),
@@ -1644,6 +1776,76 @@ pub(crate) mod tests {
             (peer.pid, peer.fd, peer.sock),
             (Some(200), Some(3), Some(2002))
         );
+    }
+
+    #[test]
+    fn replicas_in_two_network_namespaces_pair_inside_each_and_a_veth_pair_across() {
+        let mut resolver = Resolver::new(Procfs::at("/nonexistent"));
+        let lo = Ipv4Addr::LOCALHOST.octets();
+        // pid, inode, network namespace, local and remote ends.
+        let sockets = [
+            (10, 1, 111, (lo, 8080), (lo, 40000)),
+            (11, 2, 111, (lo, 40000), (lo, 8080)),
+            (20, 3, 222, (lo, 8080), (lo, 40000)),
+            (21, 4, 222, (lo, 40000), (lo, 8080)),
+            (30, 5, 111, ([10, 0, 0, 2], 5000), ([10, 0, 0, 1], 80)),
+            (40, 6, 333, ([10, 0, 0, 1], 80), ([10, 0, 0, 2], 5000)),
+        ];
+        let mut send = |(pid, ino, netns, local, remote): (u32, u64, u32, _, _)| {
+            let (local, remote): (([u8; 4], u16), ([u8; 4], u16)) = (local, remote);
+            let bytes = sock_bytes(
+                EventKind::Send,
+                |ev| {
+                    (ev.header.pid, ev.fd, ev.sock, ev.netns) = (pid, 3, ino, netns);
+                    (ev.family, ev.sock_type, ev.protocol, ev.ret) = (AF_INET, 1, IPPROTO_TCP, 4);
+                },
+                [
+                    &sockaddr_in(local.0, local.1),
+                    &sockaddr_in(remote.0, remote.1),
+                    b"",
+                ],
+            );
+            applied(&mut resolver, &bytes)
+        };
+        for socket in sockets {
+            send(socket);
+        }
+        let peers: Vec<_> = sockets
+            .into_iter()
+            .map(|socket| {
+                let event = send(socket);
+                assert_eq!(event.context.netns, Some(socket.2));
+                let peer = event.peer.expect("a peer");
+                (peer.pid, peer.sock)
+            })
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                (Some(11), Some(2)),
+                (Some(10), Some(1)),
+                (Some(21), Some(4)),
+                (Some(20), Some(3)),
+                (Some(40), Some(6)),
+                (Some(30), Some(5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_peer_is_named_as_its_holder_bound_it_and_as_this_end_reached_it() {
+        let bound = Some(Rc::new(UnixName::Path("/run/engine.sock".into())));
+        let used = Some(Rc::new(UnixName::Path("/var/run/engine.sock".into())));
+        assert_eq!(
+            as_bound(bound.clone(), used.clone()),
+            (bound.clone(), used.clone())
+        );
+        assert_eq!(
+            as_bound(bound.clone(), bound.clone()),
+            (bound.clone(), None)
+        );
+        assert_eq!(as_bound(None, used.clone()), (used, None));
+        assert_eq!(as_bound(bound.clone(), None), (bound, None));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::exec;
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
 /// is compared with and debugged by. QEMU and a static busybox boot the
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
+/// podman with runc runs the container tests (crun, podman's default,
+/// refuses a hybrid cgroup hierarchy), its image built from busybox.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -31,6 +33,8 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "xz-utils",
     "zstd",
+    "podman",
+    "runc",
 ];
 
 /// How dpkg describes a package that is fully installed.

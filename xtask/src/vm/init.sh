@@ -53,6 +53,9 @@ mkdir -p $host/dev/pts $host/dev/shm
 mount -t devpts -o ptmxmode=666,gid=5,mode=620 devpts $host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $host/dev/shm
 mount -t bpf bpf $host/sys/fs/bpf
+# A pure cgroup v2 hierarchy, as on most distributions now (this project's
+# own machines mount a hybrid one): the container tests make cgroups in it.
+mount -t cgroup2 cgroup2 $host/sys/fs/cgroup
 mount -t tracefs tracefs $host/sys/kernel/tracing
 mount -t debugfs debugfs $host/sys/kernel/debug
 ip link set lo up

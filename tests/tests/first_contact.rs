@@ -394,10 +394,20 @@ fn check_round(scenario: &Scenario, busy: bool) {
             "{label}: client {pid} has only {kinds:?}"
         );
     }
-    assert!(
-        pending > 0,
-        "{label}: no client event found the server still to accept"
-    );
+    // A Unix client's records before the accept say so from the kernel.
+    // A TCP client's wait in the hold for the server's accept (up to
+    // 250 ms once the ring is read dry) and are then named by the worker
+    // that accepted; they show the listener as pending only when the
+    // accept comes later than that, which the server's 200-500 ms sleep
+    // makes likely but does not guarantee. (Until the records of a closed
+    // TCP socket were named by their remembered address, their local port
+    // 0 made them count here as pending, after the accept.)
+    if unix {
+        assert!(
+            pending > 0,
+            "{label}: no client event found the server still to accept"
+        );
+    }
     assert!(
         !stderr.contains("unresolved"),
         "{label}: sockspy counted unresolved peers: {stderr}"

@@ -564,6 +564,9 @@ pub struct TraceArgs {
 /// The ring buffer's default size, in KiB.
 const BUFFER_KIB: u64 = 8192;
 
+/// `top`'s (see its `-B`).
+const TOP_BUFFER_KIB: u64 = 4096;
+
 /// What `top` makes a row of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RowsBy {
@@ -599,10 +602,14 @@ pub struct TopArgs {
     /// Print JSON Lines: one object per row per refresh (implies -b).
     #[arg(long)]
     pub json: bool,
-    /// Ring buffer size in KiB.
+    /// Ring buffer size in KiB (4096).
     ///
-    /// Rounded up to a power of two, at least 128 KiB.
-    #[arg(short = 'B', long, value_name = "KIB", default_value_t = BUFFER_KIB)]
+    /// Rounded up to a power of two, at least 128 KiB. Half of trace's:
+    /// the ring's pages count in top's memory, which 10,000 live
+    /// connections keep within 64 MiB; a machine busier than a few
+    /// hundred thousand calls a second may need more (lost records are
+    /// counted when top ends).
+    #[arg(short = 'B', long, value_name = "KIB", default_value_t = TOP_BUFFER_KIB)]
     pub buffer_size: u64,
     /// Read recording FILE and print the table over all of it.
     ///
@@ -1051,7 +1058,7 @@ mod tests {
         assert_eq!(options.sort, Column::Requests);
         assert!(!options.by_server && !options.batch && !options.json);
         assert_eq!((options.iterations, options.read), (None, None));
-        assert_eq!(options.buffer_bytes, 8192 * 1024);
+        assert_eq!(options.buffer_bytes, 4096 * 1024);
         let args = top(&[
             "--unix", "-b", "-n", "3", "-d", "0.5", "--by", "server", "--sort", "p99", "--json",
         ]);

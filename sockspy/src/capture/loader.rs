@@ -5,7 +5,7 @@
 //! field or tracepoint. Each becomes an [`Unfit`] error with one line that
 //! says what is missing and what to do, which `main` turns into exit code 2.
 
-use std::{fs, io, path::PathBuf, sync::OnceLock};
+use std::{fs, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -455,12 +455,14 @@ impl Tracer {
             None
         };
         fill_filters(&mut ebpf, filter)?;
+        // Dropped at the end of this function: read only while loading.
+        let mut btf = FunctionBtf::default();
         for hook in hooks(has_syscall_tracepoints(), config.capture_bytes > 0) {
-            attach_hook(&mut ebpf, hook)?;
+            attach_hook(&mut ebpf, hook, &mut btf)?;
         }
         let families = config.families;
         let chosen = match backend {
-            Some(backend) => attach_backend(&mut ebpf, backend, families)
+            Some(backend) => attach_backend(&mut ebpf, backend, families, &mut btf)
                 .map(|()| backend)
                 .map_err(|err| {
                     Unfit(format!(
@@ -468,7 +470,7 @@ impl Tracer {
                         backend.name()
                     ))
                 })?,
-            None => auto(&mut ebpf, families)?,
+            None => auto(&mut ebpf, families, &mut btf)?,
         };
         Ok((Self { ebpf, kernel_log }, chosen))
     }
@@ -596,10 +598,10 @@ fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, map: &str, what: &str, keys: &[K]) -> 
 
 /// The first backend whose send and receive hooks all attach, in the
 /// order of [`Backend::ALL`]; if none, an error naming what each lacks.
-fn auto(ebpf: &mut Ebpf, families: u32) -> Result<Backend, Unfit> {
+fn auto(ebpf: &mut Ebpf, families: u32, btf: &mut FunctionBtf) -> Result<Backend, Unfit> {
     let mut reasons = Vec::new();
     for backend in Backend::ALL {
-        match attach_backend(ebpf, backend, families) {
+        match attach_backend(ebpf, backend, families, btf) {
             Ok(()) => return Ok(backend),
             Err(err) => reasons.push(format!("{}: {err}", backend.name())),
         }
@@ -612,8 +614,13 @@ fn auto(ebpf: &mut Ebpf, families: u32) -> Result<Backend, Unfit> {
 
 /// Attaches every send and receive hook of `backend` for `families`, or
 /// none: a backend that fails half way is taken down again.
-fn attach_backend(ebpf: &mut Ebpf, backend: Backend, families: u32) -> Result<(), Unfit> {
-    let attached = data_hooks(backend, families).try_for_each(|hook| attach_hook(ebpf, hook));
+fn attach_backend(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    families: u32,
+    btf: &mut FunctionBtf,
+) -> Result<(), Unfit> {
+    let attached = data_hooks(backend, families).try_for_each(|hook| attach_hook(ebpf, hook, btf));
     if attached.is_err() {
         for hook in data_hooks(backend, families) {
             if let Some(program) = ebpf.program_mut(hook.program)
@@ -698,9 +705,10 @@ pub fn probe(offsets: &KernelOffsets, per_syscall: bool) -> Result<Probe, Unfit>
     let data = Backend::ALL
         .into_iter()
         .flat_map(|backend| data_hooks(backend, config.families));
+    let mut btf = FunctionBtf::default();
     let hooks = hooks(per_syscall, true)
         .chain(data)
-        .map(|hook| (hook, attach_hook(&mut ebpf, hook)))
+        .map(|hook| (hook, attach_hook(&mut ebpf, hook, &mut btf)))
         .collect();
     Ok(Probe {
         hooks,
@@ -738,7 +746,7 @@ pub fn ring_size(requested: u64) -> u32 {
     requested.clamp(floor, 1 << 30).next_power_of_two() as u32
 }
 
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &mut FunctionBtf) -> Result<(), Unfit> {
     let refused = |err: &aya::programs::ProgramError| {
         Unfit(format!(
             "the kernel refused program {}: {}",
@@ -756,7 +764,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
             program.attach(hook.system, hook.target).map(drop)
         }
         Some(Program::BtfTracePoint(program)) => {
-            program.load(hook.target, function_btf()?).map_err(|err| {
+            program.load(hook.target, btf.get()?).map_err(|err| {
                 // The kernel's BTF names each tracepoint it has.
                 if describe(&err).contains("unknown BTF type") {
                     missing_tracepoint(hook)
@@ -767,9 +775,8 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), Unfit> {
             program.attach().map(drop)
         }
         Some(Program::FExit(program)) => {
-            let btf = function_btf()?;
             program
-                .load(hook.target, btf)
+                .load(hook.target, btf.get()?)
                 .map_err(|err| function_error(hook, &err))?;
             program.attach().map(drop)
         }
@@ -834,17 +841,22 @@ fn function_error(hook: &Hook, err: &aya::programs::ProgramError) -> Unfit {
     Unfit(format!("cannot attach {}: {why}", hook.name()))
 }
 
-/// The kernel's own BTF, in the form aya loads fexit programs with: read
-/// once, from the file `kernel_offsets` reads.
-fn function_btf() -> Result<&'static aya::Btf, Unfit> {
-    static BTF: OnceLock<Result<aya::Btf, String>> = OnceLock::new();
-    BTF.get_or_init(|| {
-        let path = std::env::var_os(BTF_ENV).map_or_else(|| Btf::VMLINUX.into(), PathBuf::from);
-        aya::Btf::parse_file(&path, aya::Endianness::default())
-            .map_err(|err| format!("cannot read BTF from {}: {err}", path.display()))
-    })
-    .as_ref()
-    .map_err(|err| Unfit(err.clone()))
+/// The kernel's own BTF, in the form aya loads BTF-typed programs with:
+/// read once per attach, from the file `kernel_offsets` reads, and let go
+/// once the programs are loaded (parsed, it takes over ten megabytes).
+#[derive(Default)]
+struct FunctionBtf(Option<aya::Btf>);
+
+impl FunctionBtf {
+    fn get(&mut self) -> Result<&aya::Btf, Unfit> {
+        if self.0.is_none() {
+            let path = std::env::var_os(BTF_ENV).map_or_else(|| Btf::VMLINUX.into(), PathBuf::from);
+            let btf = aya::Btf::parse_file(&path, aya::Endianness::default())
+                .map_err(|err| Unfit(format!("cannot read BTF from {}: {err}", path.display())))?;
+            self.0 = Some(btf);
+        }
+        Ok(self.0.as_ref().expect("parsed above"))
+    }
 }
 
 fn load_error(err: &aya::EbpfError) -> Unfit {

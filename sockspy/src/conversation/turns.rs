@@ -56,8 +56,9 @@ pub struct Span {
     /// its first read when no send of it was seen.
     pub data: Option<Bytes>,
     data_from_send: bool,
-    /// What a decoder made of the turn's message.
-    pub message: Option<Message>,
+    /// What a decoder made of the turn's message (boxed: most turns have
+    /// none, and a connection keeps a few turns).
+    pub message: Option<Box<Message>>,
 }
 
 impl Span {
@@ -342,14 +343,14 @@ impl Turns {
             let span = turn.span(dir);
             if end == u64::MAX {
                 // It lasts as long as the connection: the turn stays open.
-                span.message = Some(message);
+                span.message = Some(Box::new(message));
                 continue;
             }
             if end <= span.start {
                 continue;
             }
             span.close(end);
-            span.message = Some(message);
+            span.message = Some(Box::new(message));
             self.ends[dir] = Some(end);
         }
     }

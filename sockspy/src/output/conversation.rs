@@ -146,9 +146,9 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     if let Some(app) = exchange.app {
         let _ = write!(line, "  {app}: ");
         let text = |m: Option<&Message>| m.map_or("?", |m| m.text.as_str()).to_owned();
-        line.push_str(&text(request.message.as_ref()));
+        line.push_str(&text(request.message.as_deref()));
         line.push_str(" -> ");
-        line.push_str(&text(response.message.as_ref()));
+        line.push_str(&text(response.message.as_deref()));
         if failed(exchange) {
             line.push_str(" (failed)");
         }

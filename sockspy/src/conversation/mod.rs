@@ -624,7 +624,10 @@ impl Tracker {
                     let offset = conn.turns.offset(dir, read);
                     let mut messages = Vec::new();
                     let len = event.ret as u64;
-                    let forced = conn.forced_protocol(&self.wanted.decode_as);
+                    // Asked only while the connection's protocol is undecided.
+                    let forced = matches!(conn.decoding, Decoding::Undecided)
+                        .then(|| conn.forced_protocol(&self.wanted.decode_as))
+                        .flatten();
                     let datagram = conn.datagram.is_some();
                     let piece = Piece {
                         dir,

@@ -15,8 +15,9 @@ const HEADER: usize = 12;
 pub struct Dns {
     /// Datagrams: each call is one message.
     datagram: bool,
-    /// Each direction's offset (datagrams) or its bytes (TCP).
+    /// Each direction's offset (datagrams).
     offsets: [u64; 2],
+    /// Each direction's bytes (TCP).
     streams: [Stream; 2],
     /// TCP: the length of the message being read, once its prefix was.
     lengths: [Option<u64>; 2],
@@ -152,26 +153,18 @@ impl Decoder for Dns {
         "dns"
     }
 
-    fn feed(
-        &mut self,
-        dir: usize,
-        data: &[u8],
-        len: u64,
-        found: &mut Vec<Message>,
-    ) -> Result<(), Mismatch> {
-        if self.datagram {
-            self.offsets[dir] += len;
-            found.push(Self::message(dir, self.offsets[dir], data)?);
-            return Ok(());
-        }
-        let stream = &mut self.streams[dir];
-        stream.push(data)?;
+    fn stream(&mut self, dir: usize) -> &mut Stream {
+        &mut self.streams[dir]
+    }
+
+    /// TCP: each message after its two-byte length.
+    fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         loop {
             let stream = &mut self.streams[dir];
             match self.lengths[dir] {
                 None => {
                     let Some((prefix, _)) = stream.take(2) else {
-                        break;
+                        return Ok(());
                     };
                     self.lengths[dir] = Some(u64::from(u16::from_be_bytes([prefix[0], prefix[1]])));
                 }
@@ -179,7 +172,7 @@ impl Decoder for Dns {
                     // The header and question are enough; the rest is passed over.
                     let wanted = (length as usize).min(512);
                     if stream.buffered() < wanted {
-                        break;
+                        return Ok(());
                     }
                     let start = stream.pos();
                     let (bytes, _) = stream.take(wanted).expect("buffered");
@@ -189,7 +182,22 @@ impl Decoder for Dns {
                 }
             }
         }
-        self.streams[dir].gap(len - data.len() as u64)
+    }
+
+    /// UDP: each call is one message; TCP: a stream.
+    fn feed(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        len: u64,
+        found: &mut Vec<Message>,
+    ) -> Result<(), Mismatch> {
+        if !self.datagram {
+            return super::feed_stream(self, dir, data, len, found);
+        }
+        self.offsets[dir] += len;
+        found.push(Self::message(dir, self.offsets[dir], data)?);
+        Ok(())
     }
 }
 

@@ -245,16 +245,11 @@ impl Decoder for Http {
         "http"
     }
 
-    fn feed(
-        &mut self,
-        dir: usize,
-        data: &[u8],
-        len: u64,
-        found: &mut Vec<Message>,
-    ) -> Result<(), Mismatch> {
-        self.sides[dir].stream.push(data)?;
-        self.run(dir, found)?;
-        self.sides[dir].stream.gap(len - data.len() as u64)?;
+    fn stream(&mut self, dir: usize) -> &mut Stream {
+        &mut self.sides[dir].stream
+    }
+
+    fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         self.run(dir, found)
     }
 }
@@ -263,11 +258,7 @@ impl Decoder for Http {
 mod tests {
     use super::*;
 
-    fn feed(decoder: &mut Http, dir: usize, data: &[u8], len: u64) -> Vec<Message> {
-        let mut found = Vec::new();
-        decoder.feed(dir, data, len, &mut found).unwrap();
-        found
-    }
+    use crate::conversation::decode::tests::fed as feed;
 
     #[test]
     fn a_request_and_its_answer_with_a_body_not_captured() {

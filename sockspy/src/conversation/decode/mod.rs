@@ -21,6 +21,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use self::stream::Stream;
+
 /// One message, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -50,10 +52,18 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// One protocol's decoder of one connection.
+/// One protocol's decoder of one connection: it reads each direction
+/// from a [`Stream`], which passes over what a length field said to skip.
 pub trait Decoder: fmt::Debug {
     /// The protocol's name (`"app"` in JSON).
     fn name(&self) -> &'static str;
+
+    /// Direction `dir`'s stream.
+    fn stream(&mut self, dir: usize) -> &mut Stream;
+
+    /// Consumes what direction `dir`'s stream holds; pushes the messages
+    /// it completes.
+    fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch>;
 
     /// Takes the next `len` bytes of direction `dir`, of which `data` (a
     /// prefix) was captured; pushes the messages they complete.
@@ -63,7 +73,25 @@ pub trait Decoder: fmt::Debug {
         data: &[u8],
         len: u64,
         found: &mut Vec<Message>,
-    ) -> Result<(), Mismatch>;
+    ) -> Result<(), Mismatch> {
+        feed_stream(self, dir, data, len, found)
+    }
+}
+
+/// What [`Decoder::feed`] does with a stream: the captured bytes are
+/// consumed, then those not captured passed over (a body being skipped
+/// may end there, so what follows is consumed again).
+pub fn feed_stream<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    dir: usize,
+    data: &[u8],
+    len: u64,
+    found: &mut Vec<Message>,
+) -> Result<(), Mismatch> {
+    decoder.stream(dir).push(data)?;
+    decoder.consume(dir, found)?;
+    decoder.stream(dir).gap(len - data.len() as u64)?;
+    decoder.consume(dir, found)
 }
 
 /// The decoder for a connection whose client's first bytes are `first`
@@ -269,5 +297,18 @@ impl Rule {
             Target::Port(wanted) => port == Some(*wanted),
             Target::Path(glob) => path.is_some_and(|path| crate::filter::glob(glob, path)),
         }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// The messages `decoder` finds in the next `len` bytes of `dir`, of
+    /// which `data` was captured; the bytes must match.
+    pub fn fed(decoder: &mut dyn Decoder, dir: usize, data: &[u8], len: u64) -> Vec<Message> {
+        let mut found = Vec::new();
+        decoder.feed(dir, data, len, &mut found).unwrap();
+        found
     }
 }

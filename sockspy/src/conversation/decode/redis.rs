@@ -261,16 +261,11 @@ impl Decoder for Redis {
         "redis"
     }
 
-    fn feed(
-        &mut self,
-        dir: usize,
-        data: &[u8],
-        len: u64,
-        found: &mut Vec<Message>,
-    ) -> Result<(), Mismatch> {
-        self.sides[dir].stream.push(data)?;
-        self.run(dir, found)?;
-        self.sides[dir].stream.gap(len - data.len() as u64)?;
+    fn stream(&mut self, dir: usize) -> &mut Stream {
+        &mut self.sides[dir].stream
+    }
+
+    fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         self.run(dir, found)
     }
 }
@@ -280,11 +275,7 @@ mod tests {
     use super::*;
 
     fn feed(redis: &mut Redis, dir: usize, data: &[u8]) -> Vec<Message> {
-        let mut found = Vec::new();
-        redis
-            .feed(dir, data, data.len() as u64, &mut found)
-            .unwrap();
-        found
+        crate::conversation::decode::tests::fed(redis, dir, data, data.len() as u64)
     }
 
     #[test]

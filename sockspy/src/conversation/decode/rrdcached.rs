@@ -150,14 +150,11 @@ impl Decoder for Rrdcached {
         "rrdcached"
     }
 
-    fn feed(
-        &mut self,
-        dir: usize,
-        data: &[u8],
-        len: u64,
-        found: &mut Vec<Message>,
-    ) -> Result<(), Mismatch> {
-        self.streams[dir].push(data)?;
+    fn stream(&mut self, dir: usize) -> &mut Stream {
+        &mut self.streams[dir]
+    }
+
+    fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         while let Some((line, end)) = self.streams[dir].line() {
             let line = String::from_utf8_lossy(&line).into_owned();
             if dir == REQUEST {
@@ -166,7 +163,7 @@ impl Decoder for Rrdcached {
                 self.response(&line, end, found)?;
             }
         }
-        self.streams[dir].gap(len - data.len() as u64)
+        Ok(())
     }
 }
 
@@ -175,11 +172,7 @@ mod tests {
     use super::*;
 
     fn feed(decoder: &mut Rrdcached, dir: usize, bytes: &[u8]) -> Vec<Message> {
-        let mut found = Vec::new();
-        decoder
-            .feed(dir, bytes, bytes.len() as u64, &mut found)
-            .unwrap();
-        found
+        crate::conversation::decode::tests::fed(decoder, dir, bytes, bytes.len() as u64)
     }
 
     #[test]

@@ -71,6 +71,11 @@ impl Stream {
         Some((bytes, self.pos))
     }
 
+    /// The bytes buffered and not consumed, left there.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Bytes buffered and not consumed.
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -567,17 +567,21 @@ fn dbus_calls_errors_and_signals() {
         "string:hi",
     ]);
     assert!(signal.status.success(), "{signal:?}");
-    let echo = send(&[
-        "--print-reply",
-        "--dest=org.sockspy.Test",
-        "/org/sockspy/Test",
-        "org.sockspy.Test.Echo",
-        "string:hello",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&echo.stdout).contains("hello"),
-        "{echo:?}"
-    );
+    // The second larger than what a call captures, each way.
+    let long = "x".repeat(6000);
+    for text in ["hello", &long] {
+        let echo = send(&[
+            "--print-reply",
+            "--dest=org.sockspy.Test",
+            "/org/sockspy/Test",
+            "org.sockspy.Test.Echo",
+            &format!("string:{text}"),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&echo.stdout).contains(text),
+            "{echo:?}"
+        );
+    }
     thread::sleep(Duration::from_millis(200));
     let text = text_trace.stop().unwrap().stdout.join("\n");
     let records = stopped(trace);
@@ -655,26 +659,43 @@ fn dbus_calls_errors_and_signals() {
         "{records:#?}"
     );
     // Echo: dbus-send asks the bus; the bus asks the service, which answers.
+    // Echo: dbus-send asks the bus; the bus asks the service, which
+    // answers; twice, the second message larger than the capture.
     let echoes = by_member("Echo");
-    assert_eq!(echoes.len(), 2, "{records:#?}");
     let (asked, passed): (Vec<&&Value>, Vec<&&Value>) = echoes
         .iter()
         .partition(|e| e["client"]["comm"] == "dbus-send");
-    let served = passed[0];
-    assert_eq!(served["client"]["pid"], service_pid, "{served}");
-    assert_eq!(served["asked_by"], "server", "{served}");
-    assert!(served.get("one_way").is_none(), "{served}");
-    assert_eq!(served["response"]["type"], "method_return");
-    assert_eq!(
-        served["response"]["reply_serial"],
-        served["request"]["serial"]
+    assert_eq!((asked.len(), passed.len()), (2, 2), "{records:#?}");
+    for served in &passed {
+        assert_eq!(served["client"]["pid"], service_pid, "{served}");
+        assert_eq!(served["asked_by"], "server", "{served}");
+        assert!(served.get("one_way").is_none(), "{served}");
+        assert!(served["wait_us"].is_u64(), "the bus's wait: {served}");
+    }
+    for echo in asked.iter().chain(&passed) {
+        assert_eq!(echo["response"]["type"], "method_return", "{echo}");
+        assert_eq!(
+            echo["response"]["reply_serial"], echo["request"]["serial"],
+            "{echo}"
+        );
+        if echo["request"]["body_bytes"].as_u64().unwrap() > 6000 {
+            assert!(
+                echo["request_bytes"].as_u64().unwrap() > 6000
+                    && echo["response_bytes"].as_u64().unwrap() > 6000,
+                "{echo}"
+            );
+        }
+    }
+    assert!(asked.iter().all(|e| e.get("asked_by").is_none()));
+    let long_ones = echoes
+        .iter()
+        .filter(|e| e["response"]["body_bytes"].as_u64().unwrap() > 6000)
+        .count();
+    assert_eq!(long_ones, 2, "{records:#?}");
+    assert!(
+        exchanges.iter().all(|e| e.get("undecoded").is_none()),
+        "{records:#?}"
     );
-    assert!(served["wait_us"].is_u64(), "the bus's wait: {served}");
-    assert_eq!(
-        asked[0]["response"]["reply_serial"],
-        asked[0]["request"]["serial"]
-    );
-    assert!(asked[0].get("asked_by").is_none());
 
     for line in [
         "dbus: call org.freedesktop.DBus.ListNames -> return\n",

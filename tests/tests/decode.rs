@@ -1,15 +1,22 @@
 //! Protocol decoding (`--decode`, `--decode-as`) against real programs:
 //! collectd and rrdcached, curl and an HTTP server on a Unix socket, a
-//! client pipelining HTTP requests, redis-server and redis-cli, and a
+//! client pipelining HTTP requests, redis-server and redis-cli, a
 //! resolver asking A and AAAA at once of a DNS server that answers them
-//! in the other order.
+//! in the other order, and dbus-send and a Python service on a private
+//! dbus-daemon.
 
-use std::{path::Path, process::Command, thread, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, Trace, first_line, have_program, have_root, python, run_sockspy, socket_dir,
-    spawn_python, wait_ok,
+    Collectd, Trace, first_line, have_program, have_root, python, python3, run_sockspy, skip,
+    socket_dir, spawn_python, wait_ok,
 };
 
 fn exchanges(records: &[Value]) -> Vec<&Value> {
@@ -431,4 +438,284 @@ fn decoded_lines_under_calls_and_decode_as() {
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("`gopher` is not a protocol"), "{err}");
+}
+
+/// A private bus: dbus-daemon on its own socket, stopped when dropped.
+struct Bus(Child);
+
+impl Bus {
+    /// Starts one listening on `path`, once it says it is.
+    fn start(path: &str) -> Self {
+        let mut daemon = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address"])
+            .arg(format!("--address=unix:path={path}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dbus-daemon");
+        let mut address = String::new();
+        BufReader::new(daemon.stdout.as_mut().expect("piped"))
+            .read_line(&mut address)
+            .expect("reading dbus-daemon's address");
+        assert!(address.starts_with("unix:path="), "{address}");
+        Self(daemon)
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A service on the bus (python3-dbus with GLib's loop): it owns
+/// `org.sockspy.Test` and answers `Echo`. Prints its pid once it does.
+const DBUS_SERVICE: &str = r#"
+import os, sys
+import dbus, dbus.service, dbus.mainloop.glib
+from gi.repository import GLib
+dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
+bus = dbus.bus.BusConnection(sys.argv[1])
+class Test(dbus.service.Object):
+    @dbus.service.method('org.sockspy.Test', in_signature='s', out_signature='s')
+    def Echo(self, text):
+        return text
+name = dbus.service.BusName('org.sockspy.Test', bus)
+Test(bus, '/org/sockspy/Test')
+print(os.getpid(), flush=True)
+GLib.MainLoop().run()
+"#;
+
+/// A Python that has the D-Bus bindings and GLib (Debian's python3-dbus
+/// and python3-gi are the system interpreter's, which may not be the one
+/// on PATH).
+fn python_with_dbus() -> Option<&'static str> {
+    [python3(), "/usr/bin/python3"].into_iter().find(|python| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import dbus.mainloop.glib; from gi.repository import GLib",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// dbus-send against a private dbus-daemon: a call and its return, a
+/// call that fails, a signal; and a Python service answering a call the
+/// bus passes it (an exchange the server asked). Each call pairs with
+/// its answer by serial; signals are one-way exchanges.
+#[test]
+fn dbus_calls_errors_and_signals() {
+    let test = "dbus_calls_errors_and_signals";
+    if !have_root(test) {
+        return;
+    }
+    if !have_program("dbus-daemon") || !have_program("dbus-send") {
+        skip(
+            test,
+            "dbus-daemon or dbus-send is missing (cargo xtask setup installs them)",
+        );
+        return;
+    }
+    let Some(service_python) = python_with_dbus() else {
+        skip(
+            test,
+            "no python3 with dbus and gi (python3-dbus, python3-gi)",
+        );
+        return;
+    };
+    let dir = socket_dir("decode-dbus");
+    let path = dir.path();
+    let address = format!("--bus=unix:path={path}");
+    let bus = Bus::start(path);
+    let args = ["--unix", "--exchanges", "--decode", "--path", path];
+    let trace = Trace::start(&[&args[..], &["--json"]].concat()).unwrap();
+    let text_trace = trace.also(&args).unwrap();
+    let mut service = Command::new(service_python)
+        .arg("-c")
+        .arg(DBUS_SERVICE)
+        .arg(format!("unix:path={path}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let service_pid = first_line(&mut service)[0];
+    let send = |args: &[&str]| {
+        Command::new("dbus-send")
+            .arg(&address)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bus_method = |method: &str| {
+        send(&[
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            &format!("org.freedesktop.DBus.{method}"),
+        ])
+    };
+    assert!(bus_method("ListNames").status.success());
+    let failed = bus_method("NoSuchMethod");
+    assert!(!failed.status.success(), "{failed:?}");
+    let signal = send(&[
+        "--type=signal",
+        "/org/sockspy",
+        "org.sockspy.Test.Ping",
+        "string:hi",
+    ]);
+    assert!(signal.status.success(), "{signal:?}");
+    // The second larger than what a call captures, each way.
+    let long = "x".repeat(6000);
+    for text in ["hello", &long] {
+        let echo = send(&[
+            "--print-reply",
+            "--dest=org.sockspy.Test",
+            "/org/sockspy/Test",
+            "org.sockspy.Test.Echo",
+            &format!("string:{text}"),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&echo.stdout).contains(text),
+            "{echo:?}"
+        );
+    }
+    thread::sleep(Duration::from_millis(200));
+    let text = text_trace.stop().unwrap().stdout.join("\n");
+    let records = stopped(trace);
+    let _ = service.kill();
+    let _ = service.wait();
+    drop(bus);
+
+    let exchanges = exchanges(&records);
+    for exchange in &exchanges {
+        assert_eq!(exchange["app"], "dbus", "{exchange}");
+    }
+    let by_member = |member: &str| -> Vec<&&Value> {
+        exchanges
+            .iter()
+            .filter(|e| e["request"]["member"] == member)
+            .collect()
+    };
+    let one = |member: &str| -> &Value {
+        let found = by_member(member);
+        assert_eq!(found.len(), 1, "{member}: {records:#?}");
+        found[0]
+    };
+    // A call and its return, paired by serial.
+    let list = one("ListNames");
+    assert_eq!(list["client"]["comm"], "dbus-send", "{list}");
+    assert_eq!(list["request"]["type"], "method_call");
+    assert_eq!(list["request"]["destination"], "org.freedesktop.DBus");
+    assert_eq!(list["request"]["path"], "/org/freedesktop/DBus");
+    assert_eq!(list["request"]["interface"], "org.freedesktop.DBus");
+    assert_eq!(list["response"]["type"], "method_return");
+    assert_eq!(list["response"]["reply_serial"], list["request"]["serial"]);
+    assert_eq!(list["failed"], false);
+    assert!(list.get("asked_by").is_none(), "{list}");
+    assert!(list["wait_us"].is_u64(), "{list}");
+    // An error: its name, and its message from the body.
+    let error = one("NoSuchMethod");
+    assert_eq!(error["response"]["type"], "error");
+    assert_eq!(
+        error["response"]["error_name"],
+        "org.freedesktop.DBus.Error.UnknownMethod"
+    );
+    assert_eq!(
+        error["response"]["reply_serial"],
+        error["request"]["serial"]
+    );
+    assert!(
+        error["response"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NoSuchMethod"),
+        "{error}"
+    );
+    assert_eq!(error["failed"], true);
+    // A signal the client sends: one-way, no response.
+    let ping = one("Ping");
+    assert_eq!(ping["request"]["type"], "signal");
+    assert_eq!(ping["one_way"], true);
+    assert_eq!(ping["response_bytes"], 0);
+    assert!(ping["response"].is_null(), "{ping}");
+    assert_eq!(ping["failed"], false);
+    // The bus's NameAcquired to every client: one-way, asked by the server.
+    let acquired = by_member("NameAcquired");
+    assert!(acquired.len() >= 4, "{records:#?}");
+    for signal in &acquired {
+        assert_eq!(signal["asked_by"], "server", "{signal}");
+        assert_eq!(signal["one_way"], true, "{signal}");
+    }
+    // Authentication: lines of their own.
+    let auth: Vec<_> = exchanges
+        .iter()
+        .filter(|e| e["request"]["type"] == "auth" && e["request"]["command"] == "AUTH")
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|e| e["response"]["command"] == "OK"),
+        "{records:#?}"
+    );
+    // Echo: dbus-send asks the bus; the bus asks the service, which answers.
+    // Echo: dbus-send asks the bus; the bus asks the service, which
+    // answers; twice, the second message larger than the capture.
+    let echoes = by_member("Echo");
+    let (asked, passed): (Vec<&&Value>, Vec<&&Value>) = echoes
+        .iter()
+        .partition(|e| e["client"]["comm"] == "dbus-send");
+    assert_eq!((asked.len(), passed.len()), (2, 2), "{records:#?}");
+    for served in &passed {
+        assert_eq!(served["client"]["pid"], service_pid, "{served}");
+        assert_eq!(served["asked_by"], "server", "{served}");
+        assert!(served.get("one_way").is_none(), "{served}");
+        assert!(served["wait_us"].is_u64(), "the bus's wait: {served}");
+    }
+    for echo in asked.iter().chain(&passed) {
+        assert_eq!(echo["response"]["type"], "method_return", "{echo}");
+        assert_eq!(
+            echo["response"]["reply_serial"], echo["request"]["serial"],
+            "{echo}"
+        );
+        if echo["request"]["body_bytes"].as_u64().unwrap() > 6000 {
+            assert!(
+                echo["request_bytes"].as_u64().unwrap() > 6000
+                    && echo["response_bytes"].as_u64().unwrap() > 6000,
+                "{echo}"
+            );
+        }
+    }
+    assert!(asked.iter().all(|e| e.get("asked_by").is_none()));
+    let long_ones = echoes
+        .iter()
+        .filter(|e| e["response"]["body_bytes"].as_u64().unwrap() > 6000)
+        .count();
+    assert_eq!(long_ones, 2, "{records:#?}");
+    assert!(
+        exchanges.iter().all(|e| e.get("undecoded").is_none()),
+        "{records:#?}"
+    );
+
+    for line in [
+        "dbus: call org.freedesktop.DBus.ListNames -> return\n",
+        "dbus: call org.freedesktop.DBus.NoSuchMethod -> error org.freedesktop.DBus.Error.UnknownMethod (failed)\n",
+        "one-way = queue ",
+        "dbus: signal org.sockspy.Test.Ping\n",
+        "dbus: signal org.freedesktop.DBus.NameAcquired\n",
+        "dbus: AUTH EXTERNAL -> OK\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let served_line = text
+        .lines()
+        .find(|line| {
+            line.ends_with("dbus: call org.sockspy.Test.Echo -> return") && line.contains(" <- ")
+        })
+        .unwrap_or_else(|| panic!("no Echo asked by the server in:\n{text}"));
+    assert!(
+        served_line.contains(&format!(" python3[{service_pid}] "))
+            && served_line.contains(" (asked by server)  "),
+        "{served_line}"
+    );
 }

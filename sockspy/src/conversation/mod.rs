@@ -131,7 +131,10 @@ impl End {
 }
 
 /// Where an exchange's time went, in microseconds; each part is there
-/// when the records it needs were seen.
+/// when the records it needs were seen. They are the asker's: in an
+/// exchange the server asked ([`Turn::asked_by_server`]), `queue_us` is
+/// the server's send until the client read it, `server_us` the client's
+/// time to answer, `wait_us` what the server waited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Times {
     /// The request's first send until the server first read it.
@@ -189,6 +192,7 @@ pub struct Exchange {
     /// The connection's number in this trace.
     pub connection: u64,
     pub kind: Kind,
+    /// The connection's ends (whichever asked: [`Turn::asked_by_server`]).
     pub client: End,
     pub server: End,
     /// When it started: the request's first send (or first read).
@@ -448,11 +452,13 @@ impl Connection {
     }
 
     /// Where the time of `turn` went; its wait goes into the connection's
-    /// histogram when `percentiles` are wanted.
+    /// histogram when `percentiles` are wanted and the client asked (an
+    /// exchange the server asked times the client's answer).
     fn timed(&mut self, turn: &Turn, percentiles: bool) -> Times {
         let times = Times::of(turn);
         if let Some(wait) = times.seen_us()
             && percentiles
+            && !turn.asked_by_server()
         {
             self.wait.add(wait);
         }

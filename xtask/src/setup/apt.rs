@@ -14,6 +14,8 @@ use crate::exec;
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
 /// podman with runc runs the container tests (crun, podman's default,
 /// refuses a hybrid cgroup hierarchy), its image built from busybox.
+/// dbus-daemon runs a private bus for dbus-send (dbus-bin) and a service
+/// written with python3-dbus and python3-gi.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -22,6 +24,10 @@ const PACKAGES: &[&str] = &[
     "collectd-core",
     "rrdcached",
     "redis-server",
+    "dbus-daemon",
+    "dbus-bin",
+    "python3-dbus",
+    "python3-gi",
     "tshark",
     "iproute2",
     "util-linux",

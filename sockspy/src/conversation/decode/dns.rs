@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, stream::Stream};
+use super::{Decoder, Message, Mismatch, Role, stream::Stream};
 use crate::conversation::turns::REQUEST;
 
 /// The header's size.
@@ -144,6 +144,7 @@ impl Dns {
             fields,
             failed: parsed.response && parsed.rcode != 0,
             key: Some(u64::from(parsed.id)),
+            role: Role::usual(dir),
         })
     }
 }

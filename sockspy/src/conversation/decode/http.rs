@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use serde_json::Map;
 
-use super::{Decoder, Message, Mismatch, stream::Stream};
+use super::{Decoder, Message, Mismatch, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 const METHODS: [&str; 9] = [
@@ -109,6 +109,7 @@ impl Http {
             fields,
             failed,
             key: None,
+            role: Role::usual(dir),
         });
     }
 

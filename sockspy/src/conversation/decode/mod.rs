@@ -11,6 +11,7 @@
 //! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
 //! back to plain turns.
 
+pub mod dbus;
 pub mod dns;
 pub mod http;
 pub mod redis;
@@ -38,8 +39,32 @@ pub struct Message {
     /// A response that says its request failed.
     pub failed: bool,
     /// What matches a response to its request when answers may come in
-    /// another order (a DNS id); `None` answers in order.
+    /// another order (a DNS id, a D-Bus serial); `None` answers in order.
     pub key: Option<u64>,
+    /// Whether it asks, answers, or expects no answer.
+    pub role: Role,
+}
+
+/// What a message is to the exchanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It asks: what answers it comes the other way.
+    Asks,
+    /// It answers what the other way asked.
+    Answers,
+    /// It expects no answer (a D-Bus signal): an exchange of its own.
+    OneWay,
+}
+
+impl Role {
+    /// A message of direction `dir` where clients ask and servers answer.
+    pub fn usual(dir: usize) -> Self {
+        if dir == super::turns::REQUEST {
+            Self::Asks
+        } else {
+            Self::Answers
+        }
+    }
 }
 
 impl Message {
@@ -77,6 +102,15 @@ pub trait Decoder: fmt::Debug {
     /// it completes.
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch>;
 
+    /// What direction `dir`'s stream holds is all that was captured
+    /// before bytes that were not: a decoder that can follow a message
+    /// whose start it holds from its lengths alone finishes it now (by
+    /// default what it holds waits, and the bytes not captured then end
+    /// the decoding).
+    fn truncated(&mut self, _dir: usize, _found: &mut Vec<Message>) -> Result<(), Mismatch> {
+        Ok(())
+    }
+
     /// Takes the next `len` bytes of direction `dir`, of which `data` (a
     /// prefix) was captured; pushes the messages they complete.
     fn feed(
@@ -102,7 +136,11 @@ pub fn feed_stream<D: Decoder + ?Sized>(
 ) -> Result<(), Mismatch> {
     decoder.stream(dir).push(data)?;
     decoder.consume(dir, found)?;
-    decoder.stream(dir).gap(len - data.len() as u64)?;
+    let missed = len - data.len() as u64;
+    if missed > 0 {
+        decoder.truncated(dir, found)?;
+    }
+    decoder.stream(dir).gap(missed)?;
     decoder.consume(dir, found)
 }
 
@@ -116,6 +154,9 @@ pub fn detect(first: &[u8], datagram: bool) -> Option<Box<dyn Decoder>> {
         return Some(Box::new(decoder));
     }
     if let Some(decoder) = redis::Redis::detect(first) {
+        return Some(Box::new(decoder));
+    }
+    if let Some(decoder) = dbus::Dbus::detect(first) {
         return Some(Box::new(decoder));
     }
     rrdcached::Rrdcached::detect(first).map(|d| Box::new(d) as Box<dyn Decoder>)
@@ -241,12 +282,13 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 4] = ["dns", "http", "redis", "rrdcached"];
+pub const PROTOCOLS: [&str; 5] = ["dbus", "dns", "http", "redis", "rrdcached"];
 
 /// A decoder for protocol `name` (one of [`PROTOCOLS`]) on a stream, or
 /// on datagrams.
 pub fn by_name(name: &str, datagram: bool) -> Option<Box<dyn Decoder>> {
     match name {
+        "dbus" => Some(Box::new(dbus::Dbus::default())),
         "dns" => Some(Box::new(dns::Dns::new(datagram))),
         "http" => Some(Box::new(http::Http::default())),
         "redis" => Some(Box::new(redis::Redis::default())),
@@ -315,6 +357,19 @@ impl Rule {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    /// A message of direction `dir` saying `text`, nothing more.
+    pub fn message(dir: usize, text: &str) -> Message {
+        Message {
+            dir,
+            end: 0,
+            text: text.to_owned(),
+            fields: Map::new(),
+            failed: false,
+            key: None,
+            role: Role::usual(dir),
+        }
+    }
 
     /// The messages `decoder` finds in the next `len` bytes of `dir`, of
     /// which `data` was captured; the bytes must match.

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, stream::Stream};
+use super::{Decoder, Message, Mismatch, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// The longest value kept for a summary (a command, a key, a short reply).
@@ -205,6 +205,7 @@ impl Redis {
             fields,
             failed: dir == RESPONSE && error.is_some(),
             key: None,
+            role: Role::usual(dir),
         });
     }
 

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, stream::Stream};
+use super::{Decoder, Message, Mismatch, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// Commands rrdcached knows (`HELP` lists them).
@@ -78,6 +78,7 @@ impl Rrdcached {
                     ]),
                     failed: false,
                     key: None,
+                    role: Role::Asks,
                 });
             } else {
                 command(line).ok_or_else(|| Mismatch(format!("`{line}` in a batch")))?;
@@ -103,6 +104,7 @@ impl Rrdcached {
             fields: fields([("command", Value::from(word)), ("args", Value::from(args))]),
             failed: false,
             key: None,
+            role: Role::Asks,
         });
         Ok(())
     }
@@ -132,6 +134,7 @@ impl Rrdcached {
                 ]),
                 failed: status < 0,
                 key: None,
+                role: Role::Answers,
             });
         }
         Ok(())

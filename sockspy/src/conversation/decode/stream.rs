@@ -75,6 +75,11 @@ impl Stream {
         Some((bytes, self.pos))
     }
 
+    /// The bytes buffered and not consumed, left there.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf[self.head..]
+    }
+
     /// Bytes buffered and not consumed.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.head
@@ -112,6 +117,9 @@ mod tests {
         assert_eq!((stream.pos(), stream.skipping()), (17, 0));
         stream.push(b"next\n").unwrap();
         assert_eq!(stream.line(), Some((b"next\n".to_vec(), 22)));
+        stream.push(b"one\ntwo").unwrap();
+        assert_eq!(stream.line(), Some((b"one\n".to_vec(), 26)));
+        assert_eq!(stream.peek(), b"two");
         // A line's start not captured cannot be followed.
         stream.push(b"par").unwrap();
         assert!(stream.gap(3).is_err());

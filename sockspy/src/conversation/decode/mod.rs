@@ -13,6 +13,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod postgresql;
 pub mod redis;
 pub mod rrdcached;
 pub mod stream;
@@ -98,6 +99,9 @@ pub fn feed_stream<D: Decoder + ?Sized>(
 /// (a datagram's, when `datagram`), if a protocol recognises them.
 pub fn detect(first: &[u8], datagram: bool) -> Option<Box<dyn Decoder>> {
     if let Some(decoder) = dns::Dns::detect(first, datagram) {
+        return Some(Box::new(decoder));
+    }
+    if let Some(decoder) = postgresql::Postgresql::detect(first).filter(|_| !datagram) {
         return Some(Box::new(decoder));
     }
     if let Some(decoder) = http::Http::detect(first) {
@@ -229,7 +233,7 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 4] = ["dns", "http", "redis", "rrdcached"];
+pub const PROTOCOLS: [&str; 5] = ["dns", "http", "postgresql", "redis", "rrdcached"];
 
 /// A decoder for protocol `name` (one of [`PROTOCOLS`]) on a stream, or
 /// on datagrams.
@@ -237,6 +241,7 @@ pub fn by_name(name: &str, datagram: bool) -> Option<Box<dyn Decoder>> {
     match name {
         "dns" => Some(Box::new(dns::Dns::new(datagram))),
         "http" => Some(Box::new(http::Http::default())),
+        "postgresql" => Some(Box::new(postgresql::Postgresql::default())),
         "redis" => Some(Box::new(redis::Redis::default())),
         "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),
         _ => None,

@@ -1182,6 +1182,16 @@ mod tests {
         let answered = feed(&mut pg, RESPONSE, &[auth(0), ready()].concat());
         assert_eq!(answered[0].end, 1 + 9 + 6);
 
+        // A CancelRequest (its own connection, decoded when a rule says):
+        // the backend's pid and key, answered by nothing.
+        let cancel = [16u32, CANCEL_REQUEST, 4242, 7]
+            .map(u32::to_be_bytes)
+            .concat();
+        let mut pg = Postgresql::default();
+        let asked = feed(&mut pg, REQUEST, &cancel);
+        assert_eq!(texts(&asked), ["CancelRequest"]);
+        assert_eq!(asked[0].fields["pid"], 4242);
+
         let mut pg = Postgresql::detect(&untyped(GSSENC_REQUEST)).unwrap();
         feed(&mut pg, REQUEST, &untyped(GSSENC_REQUEST));
         assert_eq!(

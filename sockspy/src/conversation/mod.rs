@@ -447,15 +447,21 @@ impl Connection {
         }
     }
 
-    /// Makes `turn` an exchange; its wait goes into the connection's
+    /// Where the time of `turn` went; its wait goes into the connection's
     /// histogram when `percentiles` are wanted.
-    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
-        let times = Times::of(&turn);
+    fn timed(&mut self, turn: &Turn, percentiles: bool) -> Times {
+        let times = Times::of(turn);
         if let Some(wait) = times.seen_us()
             && percentiles
         {
             self.wait.add(wait);
         }
+        times
+    }
+
+    /// Makes `turn` an exchange (see [`Self::timed`]).
+    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
+        let times = self.timed(&turn, percentiles);
         let (client, server) = self.client_server();
         let start_ns = [
             turn.request.first_send,
@@ -645,22 +651,27 @@ impl Tracker {
                         Change::None => {}
                     }
                     for message in messages {
-                        if !self.wanted.exchanges {
+                        // Without exchanges the turns need only where it ends.
+                        let (dir, end) = (message.dir, message.end);
+                        let kept = if self.wanted.exchanges {
+                            message
+                        } else {
+                            let bare = message.bare();
                             found(Finding::Message(Box::new(Decoded {
                                 ts_ns: event.ts_ns,
                                 connection: conn.id,
                                 app: conn.app.unwrap_or_default(),
-                                message: message.clone(),
+                                message,
                             })));
-                        }
-                        conn.turns.end_message(message.dir, message.end, message);
+                            bare
+                        };
+                        conn.turns.end_message(dir, end, kept);
                     }
                 }
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
                 while let Some(turn) = conn.turns.next_finished() {
-                    let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
-                    Self::hand_on(&self.wanted, exchange, found);
+                    Self::hand_on(&self.wanted, conn, turn, found);
                 }
             }
             EventKind::Recv if event.ret == 0 && conn.datagram.is_none() => {
@@ -684,10 +695,20 @@ impl Tracker {
         }
     }
 
-    fn hand_on(wanted: &Wanted, exchange: Exchange, found: &mut impl FnMut(Finding)) {
+    /// Hands on `turn` of `conn` as an exchange, if exchanges are wanted
+    /// (its wait counts in the summary's percentiles either way).
+    fn hand_on(
+        wanted: &Wanted,
+        conn: &mut Connection,
+        turn: Turn,
+        found: &mut impl FnMut(Finding),
+    ) {
+        let percentiles = !wanted.no_wait_percentiles;
         if !wanted.exchanges {
+            conn.timed(&turn, percentiles);
             return;
         }
+        let exchange = conn.exchange(turn, percentiles);
         if let Some(threshold) = wanted.slower_than_us
             && exchange.times.seen_us().is_none_or(|us| us < threshold)
         {
@@ -797,8 +818,7 @@ impl Tracker {
         };
         let turns: Vec<Turn> = conn.turns.drain().collect();
         for turn in turns {
-            let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
-            Self::hand_on(&self.wanted, exchange, found);
+            Self::hand_on(&self.wanted, &mut conn, turn, found);
         }
         if self.wanted.summaries {
             found(Finding::Summary(Box::new(conn.summary(open))));

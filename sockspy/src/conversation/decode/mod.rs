@@ -43,6 +43,18 @@ pub struct Message {
     pub key: Option<u64>,
 }
 
+impl Message {
+    /// The message without its text and fields: where it ends and what
+    /// pairs it, all that turns need of it.
+    pub fn bare(&self) -> Self {
+        Self {
+            text: String::new(),
+            fields: Map::new(),
+            ..*self
+        }
+    }
+}
+
 /// The bytes stopped matching the protocol: why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch(pub String);

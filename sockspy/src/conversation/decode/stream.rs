@@ -10,9 +10,12 @@ pub const MAX_BUFFERED: usize = 16 * 1024;
 
 #[derive(Debug, Default)]
 pub struct Stream {
-    /// Bytes consumed so far: the offset of `buf`'s first byte.
+    /// Bytes consumed so far: the offset of the first byte not consumed.
     pos: u64,
+    /// `buf[head..]` is not consumed yet; what is before `head` goes when
+    /// bytes are added (not at every message: a call carries many).
     buf: Vec<u8>,
+    head: usize,
     /// Bytes still to pass over, beyond what `buf` holds.
     skip: u64,
 }
@@ -29,6 +32,8 @@ impl Stream {
         self.skip -= passed;
         self.pos += passed;
         data = &data[passed as usize..];
+        self.buf.drain(..self.head);
+        self.head = 0;
         if self.buf.len() + data.len() > MAX_BUFFERED {
             return Err(Mismatch(format!(
                 "no message end within {MAX_BUFFERED} bytes"
@@ -43,7 +48,7 @@ impl Stream {
         if len == 0 {
             return Ok(());
         }
-        if !self.buf.is_empty() || self.skip < len {
+        if self.buffered() > 0 || self.skip < len {
             return Err(Mismatch(
                 "bytes of a message's start were not captured".to_owned(),
             ));
@@ -55,31 +60,30 @@ impl Stream {
 
     /// The next whole line (with its `\n`), and the offset past it.
     pub fn line(&mut self) -> Option<(Vec<u8>, u64)> {
-        let end = self.buf.iter().position(|&b| b == b'\n')? + 1;
-        let line: Vec<u8> = self.buf.drain(..end).collect();
-        self.pos += end as u64;
-        Some((line, self.pos))
+        let end = self.buf[self.head..].iter().position(|&b| b == b'\n')? + 1;
+        self.take(end)
     }
 
     /// The next `len` bytes, once they are all here, and the offset past them.
     pub fn take(&mut self, len: usize) -> Option<(Vec<u8>, u64)> {
-        if self.buf.len() < len {
-            return None;
-        }
-        let bytes: Vec<u8> = self.buf.drain(..len).collect();
+        let bytes = self
+            .buf
+            .get(self.head..self.head.checked_add(len)?)?
+            .to_vec();
+        self.head += len;
         self.pos += len as u64;
         Some((bytes, self.pos))
     }
 
     /// Bytes buffered and not consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.head
     }
 
     /// Passes over the next `len` bytes, buffered or still to come.
     pub fn skip(&mut self, len: u64) {
-        let now = (len.min(self.buf.len() as u64)) as usize;
-        self.buf.drain(..now);
+        let now = len.min(self.buffered() as u64) as usize;
+        self.head += now;
         self.pos += now as u64;
         self.skip += len - now as u64;
     }

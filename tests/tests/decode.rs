@@ -2,12 +2,12 @@
 //! collectd and rrdcached, curl and an HTTP server on a Unix socket, a
 //! client pipelining HTTP requests, redis-server and redis-cli, a
 //! resolver asking A and AAAA at once of a DNS server that answers them
-//! in the other order, and dbus-send and a Python service on a private
-//! dbus-daemon.
+//! in the other order, dbus-send and a Python service on a private
+//! dbus-daemon, and a PostgreSQL server with psql and pgbench.
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, Trace, first_line, have_program, have_root, python, python3, run_sockspy, skip,
-    socket_dir, spawn_python, wait_ok,
+    Collectd, SocketDir, Trace, first_line, have_program, have_root, python, python3, run_sockspy,
+    skip, socket_dir, spawn_python, wait_ok,
 };
 
 fn exchanges(records: &[Value]) -> Vec<&Value> {
@@ -24,6 +24,19 @@ fn exchanges(records: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|r| r["event"] == "exchange")
         .collect()
+}
+
+/// A trace of the exchanges, decoded, in JSON, of the Unix sockets at `path`.
+fn decoded_exchanges(path: &str) -> Trace {
+    Trace::start(&[
+        "--unix",
+        "--json",
+        "--exchanges",
+        "--decode",
+        "--path",
+        path,
+    ])
+    .unwrap()
 }
 
 fn stopped(trace: Trace) -> Vec<Value> {
@@ -39,15 +52,7 @@ fn rrdcached_commands_and_statuses() {
     if !have_root("rrdcached_commands_and_statuses") {
         return;
     }
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        "*rrdcached.sock",
-    ])
-    .unwrap();
+    let trace = decoded_exchanges("*rrdcached.sock");
     let setup = Collectd::start("decode").unwrap();
     thread::sleep(Duration::from_secs(4));
     drop(setup);
@@ -139,15 +144,7 @@ fn http_requests_each_get_their_answer() {
     }
     let dir = socket_dir("decode-http");
     let path = dir.path();
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        path,
-    ])
-    .unwrap();
+    let trace = decoded_exchanges(path);
     let mut server = spawn_python(HTTP_SERVER, &[path]);
     let server_pid = first_line(&mut server)[0];
     let curl = Command::new("curl")
@@ -252,15 +249,7 @@ fn redis_commands_and_replies() {
         }
         thread::sleep(Duration::from_millis(20));
     }
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        path,
-    ])
-    .unwrap();
+    let trace = decoded_exchanges(path);
     let cli = |args: &[&str]| {
         let out = Command::new("redis-cli")
             .args(["-s", path])
@@ -718,4 +707,268 @@ fn dbus_calls_errors_and_signals() {
             && served_line.contains(" (asked by server)  "),
         "{served_line}"
     );
+}
+
+/// A PostgreSQL server of the test's own, in a temporary directory,
+/// listening only on a Unix socket there, trusting every local user; run
+/// as the `postgres` user (its programs refuse root). Stopped when dropped,
+/// whether the test passed or not.
+struct Postgres {
+    bin: PathBuf,
+    dir: SocketDir,
+}
+
+impl Postgres {
+    /// Runs one of the server's programs as `postgres`.
+    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("running {program}: {err}"))
+    }
+
+    /// Starts a server, or says why it cannot (`None`: the test skips,
+    /// or fails where `SOCKSPY_REQUIRE_ROOT` is set).
+    fn start(test: &str) -> Option<Self> {
+        // Debian's server programs: /usr/lib/postgresql/VERSION/bin.
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max();
+        let Some(bin) = bin else {
+            skip(
+                test,
+                "PostgreSQL's server is missing (cargo xtask setup installs postgresql)",
+            );
+            return None;
+        };
+        for program in ["psql", "pgbench", "runuser"] {
+            if !have_program(program) {
+                skip(
+                    test,
+                    &format!("{program} is missing (cargo xtask setup installs it)"),
+                );
+                return None;
+            }
+        }
+        let dir = socket_dir(test);
+        let chown = Command::new("chown")
+            .args(["postgres:"])
+            .arg(&*dir)
+            .status()
+            .unwrap();
+        assert!(chown.success(), "no postgres user to run the server as");
+        let server = Postgres { bin, dir };
+        let data = server.dir.join("data");
+        let data = data.to_str().unwrap();
+        let init = server.run("initdb", &["-D", data, "-A", "trust", "-U", "postgres"]);
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let options = format!(
+            "-k {} -c listen_addresses='' -c fsync=off",
+            server.dir.display()
+        );
+        let log = server.dir.join("log");
+        let started = server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            started.status.success(),
+            "the server did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(server)
+    }
+
+    /// The directory of its socket (psql's `-h`).
+    fn host(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// psql running `sql` in one connection; whether it succeeded.
+    fn psql(&self, sql: &str) -> bool {
+        Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                self.host(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+/// psql's query with rows and its failing query, and pgbench's extended
+/// protocol (Parse, Bind, Describe, Execute, Sync in one request): each
+/// request with its SQL, each answer with its tag, rows or SQLSTATE; the
+/// startup with its user and database; the failure failed. The same on
+/// the text lines of a second trace.
+#[test]
+fn postgresql_queries_errors_and_the_extended_protocol() {
+    let test = "postgresql_queries_errors_and_the_extended_protocol";
+    if !have_root(test) {
+        return;
+    }
+    let Some(server) = Postgres::start("decode-postgresql") else {
+        return;
+    };
+    let socket = format!("{}/.s.PGSQL.*", server.host());
+    let trace = decoded_exchanges(&socket);
+    let text = trace
+        .also(&["--unix", "--exchanges", "--decode", "--path", &socket])
+        .unwrap();
+    assert!(server.psql("select generate_series(1, 3)"));
+    assert!(!server.psql("selec 1"), "a syntax error must fail");
+    let script = server.dir.join("script.sql");
+    std::fs::write(&script, "\\set n 4\nselect generate_series(1, :n);\n").unwrap();
+    let bench = Command::new("pgbench")
+        .args([
+            "-h",
+            server.host(),
+            "-U",
+            "postgres",
+            "-n",
+            "-M",
+            "extended",
+        ])
+        .args(["-t", "2", "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    thread::sleep(Duration::from_millis(200));
+    let records = stopped(trace);
+    let lines = text.stop().unwrap().stdout.join("\n");
+    drop(server);
+    // Each connection ends with a Terminate, which nothing answers.
+    let (terminates, answered): (Vec<&Value>, Vec<&Value>) = exchanges(&records)
+        .into_iter()
+        .partition(|e| e["request"]["type"] == "terminate");
+    assert_eq!(terminates.len(), 4, "{records:#?}");
+    let decoded: Vec<(String, String, String, String, bool)> = answered
+        .iter()
+        .map(|e| {
+            assert_eq!(e["app"], "postgresql", "{e}");
+            let (request, response) = (&e["request"], &e["response"]);
+            let asked = match request["type"].as_str().unwrap() {
+                "startup" => format!(
+                    "startup {} {}",
+                    request["user"].as_str().unwrap(),
+                    request["database"].as_str().unwrap()
+                ),
+                kind => format!("{kind} {}", request["query"].as_str().unwrap_or("-")),
+            };
+            let answered = match response["sqlstate"].as_str() {
+                Some(sqlstate) => format!("{sqlstate} {}", response["message"].as_str().unwrap()),
+                None => format!("{} {}", response["tag"], response["rows"]),
+            };
+            (
+                e["client"]["comm"].as_str().unwrap().to_owned(),
+                asked,
+                answered,
+                request["batch"].to_string(),
+                e["failed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let startup = (
+        "startup postgres postgres",
+        "null null",
+        r#"["startup"]"#,
+        false,
+    );
+    let extended = (
+        "execute select generate_series(1, $1);",
+        r#""SELECT 4" 4"#,
+        r#"["parse","bind","describe","execute","sync"]"#,
+        false,
+    );
+    let want = [
+        ("psql", startup),
+        (
+            "psql",
+            (
+                "query select generate_series(1, 3)",
+                r#""SELECT 3" 3"#,
+                r#"["query"]"#,
+                false,
+            ),
+        ),
+        ("psql", startup),
+        (
+            "psql",
+            (
+                "query selec 1",
+                r#"42601 syntax error at or near "selec""#,
+                r#"["query"]"#,
+                true,
+            ),
+        ),
+        // pgbench connects once to check the server, then for its client.
+        ("pgbench", startup),
+        ("pgbench", startup),
+        ("pgbench", extended),
+        ("pgbench", extended),
+    ];
+    assert_eq!(
+        decoded,
+        want.map(|(c, (q, r, b, f))| (c.to_owned(), q.to_owned(), r.to_owned(), b.to_owned(), f)),
+        "{records:#?}"
+    );
+    for line in [
+        r#"postgresql: Query "select generate_series(1, 3)" -> SELECT 3"#,
+        r#"postgresql: Query "selec 1" -> ERROR 42601 syntax error at or near "selec" (failed)"#,
+        r#"postgresql: Execute "select generate_series(1, $1);" -> SELECT 4"#,
+        "postgresql: Startup user=postgres database=postgres -> AuthenticationOk",
+    ] {
+        assert!(lines.contains(line), "no `{line}` in:\n{lines}");
+    }
 }

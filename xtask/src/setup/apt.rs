@@ -7,8 +7,9 @@ use anyhow::{Result, ensure};
 
 use crate::exec;
 
-/// socat, nc, python3, collectd and rrdcached are the integration tests'
-/// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv (util-linux), ss (iproute2)
+/// socat, nc, python3, collectd and rrdcached, redis-server and
+/// postgresql (its server, psql and pgbench) are the integration tests'
+/// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv and runuser (util-linux), ss (iproute2)
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
 /// is compared with and debugged by. QEMU and a static busybox boot the
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
@@ -28,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "dbus-bin",
     "python3-dbus",
     "python3-gi",
+    "postgresql",
     "tshark",
     "iproute2",
     "util-linux",

@@ -14,6 +14,7 @@
 pub mod dbus;
 pub mod dns;
 pub mod http;
+pub mod postgresql;
 pub mod redis;
 pub mod rrdcached;
 pub mod stream;
@@ -150,6 +151,9 @@ pub fn detect(first: &[u8], datagram: bool) -> Option<Box<dyn Decoder>> {
     if let Some(decoder) = dns::Dns::detect(first, datagram) {
         return Some(Box::new(decoder));
     }
+    if let Some(decoder) = postgresql::Postgresql::detect(first).filter(|_| !datagram) {
+        return Some(Box::new(decoder));
+    }
     if let Some(decoder) = http::Http::detect(first) {
         return Some(Box::new(decoder));
     }
@@ -282,7 +286,7 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 5] = ["dbus", "dns", "http", "redis", "rrdcached"];
+pub const PROTOCOLS: [&str; 6] = ["dbus", "dns", "http", "postgresql", "redis", "rrdcached"];
 
 /// A decoder for protocol `name` (one of [`PROTOCOLS`]) on a stream, or
 /// on datagrams.
@@ -291,6 +295,7 @@ pub fn by_name(name: &str, datagram: bool) -> Option<Box<dyn Decoder>> {
         "dbus" => Some(Box::new(dbus::Dbus::default())),
         "dns" => Some(Box::new(dns::Dns::new(datagram))),
         "http" => Some(Box::new(http::Http::default())),
+        "postgresql" => Some(Box::new(postgresql::Postgresql::default())),
         "redis" => Some(Box::new(redis::Redis::default())),
         "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),
         _ => None,

@@ -126,8 +126,10 @@ pub trait Decoder: fmt::Debug {
 }
 
 /// What [`Decoder::feed`] does with a stream: the captured bytes are
-/// consumed, then those not captured passed over (a body being skipped
-/// may end there, so what follows is consumed again).
+/// consumed (a piece at a time, so that what stays buffered is one
+/// message's start however much a call captured), then those not
+/// captured passed over (a body being skipped may end there, so what
+/// follows is consumed again).
 pub fn feed_stream<D: Decoder + ?Sized>(
     decoder: &mut D,
     dir: usize,
@@ -135,8 +137,10 @@ pub fn feed_stream<D: Decoder + ?Sized>(
     len: u64,
     found: &mut Vec<Message>,
 ) -> Result<(), Mismatch> {
-    decoder.stream(dir).push(data)?;
-    decoder.consume(dir, found)?;
+    for piece in data.chunks(stream::PIECE) {
+        decoder.stream(dir).push(piece)?;
+        decoder.consume(dir, found)?;
+    }
     let missed = len - data.len() as u64;
     if missed > 0 {
         decoder.truncated(dir, found)?;

@@ -18,14 +18,15 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{
+    Decoder, Message, Mismatch, Role,
+    stream::{PIECE, Stream},
+};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// The most of a message's body kept to read it (SQL, an error's fields,
 /// a startup packet's parameters); the rest is passed over.
 const HEAD: u64 = 512;
-/// The most captured bytes pushed to a stream at once.
-const PIECE: usize = 4096;
 /// The most of a query's SQL kept in `query`, in bytes.
 const QUERY_KEPT: usize = 256;
 /// The most of a query's SQL shown on the text line, in characters.

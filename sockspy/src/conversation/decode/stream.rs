@@ -8,6 +8,11 @@ use super::Mismatch;
 /// per-connection bound.
 pub const MAX_BUFFERED: usize = 16 * 1024;
 
+/// The most a decoder is given at once of what a call captured: with
+/// [`MAX_BUFFERED`] kept of an unfinished message, a call full of small
+/// messages never overflows it.
+pub const PIECE: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Stream {
     /// Bytes consumed so far: the offset of the first byte not consumed.

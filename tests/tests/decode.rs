@@ -4,11 +4,11 @@
 //! resolver asking A and AAAA at once of a DNS server that answers them
 //! in the other order.
 
-use std::{path::Path, process::Command, thread, time::Duration};
+use std::{process::Command, thread, time::Duration};
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, Trace, first_line, have_program, have_root, python, run_sockspy, socket_dir,
+    Collectd, RedisServer, Trace, first_line, have_root, python, run_sockspy, socket_dir,
     spawn_python, wait_ok,
 };
 
@@ -122,6 +122,31 @@ s.close()
 print(os.getpid(), flush=True)
 "#;
 
+/// Starts [`HTTP_SERVER`] at `path`; curl asks it for `targets` on one
+/// connection, then [`PIPELINING_CLIENT`] sends its three at once; the
+/// server is stopped. The pids of the server, curl and that client.
+fn http_clients(path: &str, targets: &[&str]) -> [u64; 3] {
+    let mut server = spawn_python(HTTP_SERVER, &[path]);
+    let server_pid = first_line(&mut server)[0];
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--unix-socket", path]);
+    for target in targets {
+        curl.args(["-o", "/dev/null", &format!("http://api{target}")]);
+    }
+    let mut curl = curl.spawn().unwrap();
+    let curl_pid = u64::from(curl.id());
+    wait_ok(&mut curl);
+    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let _ = server.kill();
+    let _ = server.wait();
+    [server_pid, curl_pid, client_pid]
+}
+
 /// curl on a Unix socket (two requests on one connection), and pipelined
 /// requests: each request its own exchange with its method, target and
 /// host, each answer its status and body length; 5xx failed, 4xx marked.
@@ -141,29 +166,7 @@ fn http_requests_each_get_their_answer() {
         path,
     ])
     .unwrap();
-    let mut server = spawn_python(HTTP_SERVER, &[path]);
-    let server_pid = first_line(&mut server)[0];
-    let curl = Command::new("curl")
-        .args(["-s", "--unix-socket", path])
-        .args([
-            "-o",
-            "/dev/null",
-            "http://api/ok",
-            "-o",
-            "/dev/null",
-            "http://api/missing",
-        ])
-        .status()
-        .unwrap();
-    assert!(curl.success());
-    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let _ = server.kill();
-    let _ = server.wait();
+    let [server_pid, _, client_pid] = http_clients(path, &["/ok", "/missing"]);
     let records = stopped(trace);
     let exchanges = exchanges(&records);
     let summary: Vec<(String, String, u64, bool)> = exchanges
@@ -205,6 +208,47 @@ fn http_requests_each_get_their_answer() {
     );
 }
 
+/// `--errors` alone (implying `--exchanges` and `--decode`): of curl's
+/// keep-alive requests and a client's pipelined ones, only those the
+/// server answered with a 500 are printed; a 404 is no failure.
+#[test]
+fn errors_keeps_only_failed_exchanges() {
+    if !have_root("errors_keeps_only_failed_exchanges") {
+        return;
+    }
+    let dir = socket_dir("decode-errors");
+    let path = dir.path();
+    let trace = Trace::start(&["--unix", "--json", "--errors", "--path", path]).unwrap();
+    let [server_pid, curl_pid, client_pid] =
+        http_clients(path, &["/ok", "/boom", "/missing", "/ok", "/boom"]);
+    let records = stopped(trace);
+    assert!(
+        records.iter().all(|r| r["event"] == "exchange"),
+        "exchanges only, no calls: {records:#?}"
+    );
+    let failed: Vec<(u64, &str, u64)> = records
+        .iter()
+        .map(|e| {
+            assert_eq!(e["server"]["pid"], server_pid, "{e}");
+            assert_eq!((&e["app"], &e["failed"]), (&"http".into(), &true.into()));
+            (
+                e["client"]["pid"].as_u64().unwrap(),
+                e["request"]["target"].as_str().unwrap(),
+                e["response"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (curl_pid, "/boom", 500),
+            (curl_pid, "/boom", 500),
+            (client_pid, "/boom", 500)
+        ],
+        "{records:#?}"
+    );
+}
+
 /// redis-server on a Unix socket, redis-cli and a client pipelining:
 /// commands with their keys, replies with their types, errors failed.
 #[test]
@@ -212,39 +256,11 @@ fn redis_commands_and_replies() {
     if !have_root("redis_commands_and_replies") {
         return;
     }
-    if !have_program("redis-server") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is missing (cargo xtask setup installs it)"
-        );
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
     let dir = socket_dir("decode-redis");
     let path = dir.path();
-    let data_dir = Path::new(path).parent().unwrap();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--unixsocket",
-            path,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(data_dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if Path::new(path).exists() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let Some(server) = RedisServer::start("redis_commands_and_replies", path) else {
+        return;
+    };
     let trace = Trace::start(&[
         "--unix",
         "--json",
@@ -254,14 +270,7 @@ fn redis_commands_and_replies() {
         path,
     ])
     .unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
-            .args(["-s", path])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    };
+    let cli = |args: &[&str]| RedisServer::cli(path, args);
     cli(&["SET", "user:1", "alice"]);
     cli(&["GET", "user:1"]);
     cli(&["NOSUCHCOMMAND", "x"]);
@@ -280,8 +289,7 @@ s.close()
 "#;
     python(PIPELINE, &[path]).unwrap();
     let records = stopped(trace);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let decoded: Vec<(String, String, bool)> = exchanges(&records)
         .iter()
         .filter(|e| e["request"]["command"] != "COMMAND")

@@ -590,6 +590,7 @@ mod tests {
             fields: serde_json::Map::new(),
             failed: false,
             key: None,
+            kind: None,
         }
     }
 

@@ -144,6 +144,7 @@ impl Dns {
             fields,
             failed: parsed.response && parsed.rcode != 0,
             key: Some(u64::from(parsed.id)),
+            kind: (!parsed.response).then(|| super::kind(&qtype)),
         })
     }
 }
@@ -238,6 +239,10 @@ mod tests {
             .unwrap();
         assert_eq!(found[0].text, "AAAA example.com");
         assert_eq!(found[0].key, Some(0x1234));
+        assert_eq!(
+            (found[0].kind.as_deref(), found[1].kind.as_deref()),
+            (Some("AAAA"), None)
+        );
         assert_eq!(found[1].text, "NXDOMAIN 0 answers");
         assert!(found[1].failed);
         assert_eq!(found[1].end, nx.len() as u64);

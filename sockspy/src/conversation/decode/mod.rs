@@ -40,6 +40,27 @@ pub struct Message {
     /// What matches a response to its request when answers may come in
     /// another order (a DNS id); `None` answers in order.
     pub key: Option<u64>,
+    /// A request's kind, what `top --by kind` groups requests by: a few
+    /// words that many requests share and that say what was asked,
+    /// made with [`kind`]. HTTP: method and route (`GET /users/{id}`);
+    /// Redis: the command; rrdcached: the command, upper-cased; DNS: the
+    /// query type; PostgreSQL: the SQL verb (the query's first word,
+    /// upper-cased; a Parse, Bind or Execute by its statement's query);
+    /// D-Bus: `interface.member`. `None` for responses, and for a
+    /// request a decoder cannot name.
+    pub kind: Option<String>,
+}
+
+/// The most characters a request's kind keeps.
+pub const MAX_KIND: usize = 80;
+
+/// A request's kind, `text` cut to [`MAX_KIND`] characters: routes and
+/// commands read from arbitrary bytes stay short.
+pub fn kind(text: &str) -> String {
+    match text.char_indices().nth(MAX_KIND) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
 }
 
 /// The bytes stopped matching the protocol: why.

@@ -78,6 +78,7 @@ impl Rrdcached {
                     ]),
                     failed: false,
                     key: None,
+                    kind: Some(super::kind("BATCH")),
                 });
             } else {
                 command(line).ok_or_else(|| Mismatch(format!("`{line}` in a batch")))?;
@@ -103,6 +104,7 @@ impl Rrdcached {
             fields: fields([("command", Value::from(word)), ("args", Value::from(args))]),
             failed: false,
             key: None,
+            kind: Some(super::kind(&word.to_ascii_uppercase())),
         });
         Ok(())
     }
@@ -132,6 +134,7 @@ impl Rrdcached {
                 ]),
                 failed: status < 0,
                 key: None,
+                kind: None,
             });
         }
         Ok(())
@@ -185,6 +188,7 @@ mod tests {
         assert_eq!(requests[0].text, "update load.rrd");
         assert_eq!(requests[0].end, update.len() as u64);
         assert_eq!(requests[0].fields["command"], "update");
+        assert_eq!(requests[0].kind.as_deref(), Some("UPDATE"));
         assert_eq!(
             requests[0].fields["args"][0],
             "/var/lib/collectd/rrd/host/load/load.rrd"
@@ -219,6 +223,7 @@ mod tests {
         assert_eq!(batch[0].text, "BATCH");
         assert_eq!(batch[1].text, "BATCH of 2 commands .");
         assert_eq!(batch[1].fields["commands"], 2);
+        assert_eq!(batch[1].kind.as_deref(), Some("BATCH"));
         let answers = feed(
             &mut decoder,
             RESPONSE,

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, SocketDir, Trace, first_line, have_program, have_root, python, python3, run_sockspy,
-    skip, socket_dir, spawn_python, wait_ok,
+    Collectd, RedisServer, SocketDir, Trace, first_line, have_program, have_root, python, python3,
+    run_sockspy, skip, socket_dir, spawn_python, wait_ok,
 };
 
 fn exchanges(records: &[Value]) -> Vec<&Value> {
@@ -134,6 +134,31 @@ s.close()
 print(os.getpid(), flush=True)
 "#;
 
+/// Starts [`HTTP_SERVER`] at `path`; curl asks it for `targets` on one
+/// connection, then [`PIPELINING_CLIENT`] sends its three at once; the
+/// server is stopped. The pids of the server, curl and that client.
+fn http_clients(path: &str, targets: &[&str]) -> [u64; 3] {
+    let mut server = spawn_python(HTTP_SERVER, &[path]);
+    let server_pid = first_line(&mut server)[0];
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--unix-socket", path]);
+    for target in targets {
+        curl.args(["-o", "/dev/null", &format!("http://api{target}")]);
+    }
+    let mut curl = curl.spawn().unwrap();
+    let curl_pid = u64::from(curl.id());
+    wait_ok(&mut curl);
+    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let _ = server.kill();
+    let _ = server.wait();
+    [server_pid, curl_pid, client_pid]
+}
+
 /// curl on a Unix socket (two requests on one connection), and pipelined
 /// requests: each request its own exchange with its method, target and
 /// host, each answer its status and body length; 5xx failed, 4xx marked.
@@ -145,29 +170,7 @@ fn http_requests_each_get_their_answer() {
     let dir = socket_dir("decode-http");
     let path = dir.path();
     let trace = decoded_exchanges(path);
-    let mut server = spawn_python(HTTP_SERVER, &[path]);
-    let server_pid = first_line(&mut server)[0];
-    let curl = Command::new("curl")
-        .args(["-s", "--unix-socket", path])
-        .args([
-            "-o",
-            "/dev/null",
-            "http://api/ok",
-            "-o",
-            "/dev/null",
-            "http://api/missing",
-        ])
-        .status()
-        .unwrap();
-    assert!(curl.success());
-    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let _ = server.kill();
-    let _ = server.wait();
+    let [server_pid, _, client_pid] = http_clients(path, &["/ok", "/missing"]);
     let records = stopped(trace);
     let exchanges = exchanges(&records);
     let summary: Vec<(String, String, u64, bool)> = exchanges
@@ -209,6 +212,47 @@ fn http_requests_each_get_their_answer() {
     );
 }
 
+/// `--errors` alone (implying `--exchanges` and `--decode`): of curl's
+/// keep-alive requests and a client's pipelined ones, only those the
+/// server answered with a 500 are printed; a 404 is no failure.
+#[test]
+fn errors_keeps_only_failed_exchanges() {
+    if !have_root("errors_keeps_only_failed_exchanges") {
+        return;
+    }
+    let dir = socket_dir("decode-errors");
+    let path = dir.path();
+    let trace = Trace::start(&["--unix", "--json", "--errors", "--path", path]).unwrap();
+    let [server_pid, curl_pid, client_pid] =
+        http_clients(path, &["/ok", "/boom", "/missing", "/ok", "/boom"]);
+    let records = stopped(trace);
+    assert!(
+        records.iter().all(|r| r["event"] == "exchange"),
+        "exchanges only, no calls: {records:#?}"
+    );
+    let failed: Vec<(u64, &str, u64)> = records
+        .iter()
+        .map(|e| {
+            assert_eq!(e["server"]["pid"], server_pid, "{e}");
+            assert_eq!((&e["app"], &e["failed"]), (&"http".into(), &true.into()));
+            (
+                e["client"]["pid"].as_u64().unwrap(),
+                e["request"]["target"].as_str().unwrap(),
+                e["response"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (curl_pid, "/boom", 500),
+            (curl_pid, "/boom", 500),
+            (client_pid, "/boom", 500)
+        ],
+        "{records:#?}"
+    );
+}
+
 /// redis-server on a Unix socket, redis-cli and a client pipelining:
 /// commands with their keys, replies with their types, errors failed.
 #[test]
@@ -216,48 +260,13 @@ fn redis_commands_and_replies() {
     if !have_root("redis_commands_and_replies") {
         return;
     }
-    if !have_program("redis-server") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is missing (cargo xtask setup installs it)"
-        );
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
     let dir = socket_dir("decode-redis");
     let path = dir.path();
-    let data_dir = Path::new(path).parent().unwrap();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--unixsocket",
-            path,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(data_dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if Path::new(path).exists() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let trace = decoded_exchanges(path);
-    let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
-            .args(["-s", path])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+    let Some(server) = RedisServer::start("redis_commands_and_replies", path) else {
+        return;
     };
+    let trace = decoded_exchanges(path);
+    let cli = |args: &[&str]| RedisServer::cli(path, args);
     cli(&["SET", "user:1", "alice"]);
     cli(&["GET", "user:1"]);
     cli(&["NOSUCHCOMMAND", "x"]);
@@ -276,8 +285,7 @@ s.close()
 "#;
     python(PIPELINE, &[path]).unwrap();
     let records = stopped(trace);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let decoded: Vec<(String, String, bool)> = exchanges(&records)
         .iter()
         .filter(|e| e["request"]["command"] != "COMMAND")
@@ -365,7 +373,7 @@ fn dns_answers_pair_with_their_queries() {
             assert_eq!(e["request"]["id"], e["response"]["id"], "{e}");
             (
                 e["request"]["name"].as_str().unwrap().to_owned(),
-                e["request"]["type"].as_str().unwrap().to_owned(),
+                e["request"]["qtype"].as_str().unwrap().to_owned(),
                 e["response"]["rcode"].as_str().unwrap().to_owned(),
                 e["failed"].as_bool().unwrap(),
             )

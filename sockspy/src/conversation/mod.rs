@@ -205,6 +205,22 @@ pub struct Exchange {
     pub undecoded: Option<String>,
 }
 
+impl Exchange {
+    /// Its response says the request failed (decoded exchanges only).
+    pub fn failed(&self) -> bool {
+        self.turn
+            .response
+            .message
+            .as_ref()
+            .is_some_and(|message| message.failed)
+    }
+
+    /// Its request's kind ([`decode::Message::kind`]), when decoded.
+    pub fn request_kind(&self) -> Option<&str> {
+        self.turn.request.message.as_ref()?.kind.as_deref()
+    }
+}
+
 /// A connection, when it ended or when the trace did (`"event": "summary"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -255,10 +271,22 @@ pub struct Wanted {
     pub no_wait_percentiles: bool,
     /// Only exchanges whose [`Times::seen_us`] is at least this.
     pub slower_than_us: Option<u64>,
+    /// `--errors`: only exchanges whose response says they failed.
+    pub errors_only: bool,
     /// `--decode`: protocols decoded, exchanges split at their messages.
     pub decode: bool,
     /// `--decode-as`: the protocol of a server's connections, by its path or port.
     pub decode_as: Vec<decode::Rule>,
+}
+
+impl Wanted {
+    /// Whether `exchange` passes `--slower-than` and `--errors`.
+    fn keeps(&self, exchange: &Exchange) -> bool {
+        let slow_enough = self
+            .slower_than_us
+            .is_none_or(|threshold| exchange.times.seen_us().is_some_and(|us| us >= threshold));
+        slow_enough && (!self.errors_only || exchange.failed())
+    }
 }
 
 /// The conversation stage of a trace or a reading: the tracker, what it
@@ -715,12 +743,9 @@ impl Tracker {
             return;
         }
         let exchange = conn.exchange(turn, percentiles);
-        if let Some(threshold) = wanted.slower_than_us
-            && exchange.times.seen_us().is_none_or(|us| us < threshold)
-        {
-            return;
+        if wanted.keeps(&exchange) {
+            found(Finding::Exchange(Box::new(exchange)));
         }
-        found(Finding::Exchange(Box::new(exchange)));
     }
 
     /// The connection `event` (on `sock`) belongs to; a new one if
@@ -864,5 +889,73 @@ impl Tracker {
         for id in ids {
             self.end(id, true, found);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exchange the client waited `wait_us` for; decoded when `failed`
+    /// says whether its response failed.
+    fn exchange(wait_us: u64, failed: Option<bool>) -> Exchange {
+        let mut turn = Turn::default();
+        turn.response.message = failed.map(|failed| {
+            Box::new(decode::Message {
+                dir: RESPONSE,
+                end: 0,
+                text: String::new(),
+                fields: serde_json::Map::new(),
+                failed,
+                key: None,
+                role: decode::Role::Answers,
+                kind: None,
+            })
+        });
+        Exchange {
+            connection: 1,
+            kind: Kind::default(),
+            client: End::default(),
+            server: End::default(),
+            start_ns: 0,
+            turn,
+            times: Times {
+                wait_us: Some(wait_us),
+                ..Times::default()
+            },
+            app: failed.map(|_| "http"),
+            undecoded: None,
+        }
+    }
+
+    /// `--errors` keeps failed exchanges only; with `--slower-than`, an
+    /// exchange must be both.
+    #[test]
+    fn errors_and_slower_than_must_both_hold() {
+        let kept = |errors_only: bool, slower_than_us: Option<u64>| {
+            let wanted = Wanted {
+                exchanges: true,
+                errors_only,
+                slower_than_us,
+                decode: true,
+                ..Wanted::default()
+            };
+            let all = [
+                (100, Some(false)),
+                (200, Some(true)),
+                (5_000, Some(true)),
+                (6_000, Some(false)),
+                (7_000, None),
+            ];
+            all.into_iter()
+                .map(|(wait, failed)| exchange(wait, failed))
+                .filter(|exchange| wanted.keeps(exchange))
+                .map(|exchange| exchange.times.wait_us.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(false, None).len(), 5);
+        assert_eq!(kept(true, None), [200, 5_000]);
+        assert_eq!(kept(true, Some(1_000)), [5_000]);
+        assert_eq!(kept(false, Some(1_000)), [5_000, 6_000, 7_000]);
     }
 }

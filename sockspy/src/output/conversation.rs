@@ -163,7 +163,7 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
             line.push_str(" -> ");
             line.push_str(&text(response.message.as_deref()));
         }
-        if failed(exchange) {
+        if exchange.failed() {
             line.push_str(" (failed)");
         }
     }
@@ -171,16 +171,6 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     if let Some(reason) = &exchange.undecoded {
         let _ = writeln!(line, "    ({reason}; plain turns from here)");
     }
-}
-
-/// The response says the request failed.
-fn failed(exchange: &Exchange) -> bool {
-    exchange
-        .turn
-        .response
-        .message
-        .as_ref()
-        .is_some_and(|m| m.failed)
 }
 
 fn summary_line(line: &mut String, summary: &Summary) {
@@ -449,7 +439,7 @@ impl Printer {
                     request_data: captured(request),
                     response_data: captured(response),
                     app: exchange.app,
-                    failed: exchange.app.map(|_| failed(exchange)),
+                    failed: exchange.app.map(|_| exchange.failed()),
                     request: request.message.as_ref().map(|m| &m.fields),
                     response: response.message.as_ref().map(|m| &m.fields),
                     undecoded: exchange.undecoded.as_deref(),

@@ -305,6 +305,8 @@ fn message(dir: usize, end: u64, fixed: &Fixed, bytes: &[u8]) -> Message {
         fields,
         failed: fixed.kind == ERROR,
         key,
+        // A call or a signal is of the kind its interface and member say.
+        kind: (role != Role::Answers).then(|| super::kind(&name)),
         role,
     }
 }
@@ -352,6 +354,7 @@ fn auth(dir: usize, line: &[u8], end: u64) -> Result<Message, Mismatch> {
         fields,
         failed,
         key: None,
+        kind: (role != Role::Answers).then(|| super::kind(command)),
         role,
     })
 }
@@ -608,6 +611,8 @@ mod tests {
                 assert_eq!(hello.fields[field], value, "{field}");
             }
             assert_eq!(hello.fields["serial"], 1);
+            assert_eq!(hello.kind.as_deref(), Some("org.freedesktop.DBus.Hello"));
+            assert_eq!(requests[0].kind.as_deref(), Some("AUTH"));
 
             let answered = server_start(big);
             let responses = feed(&mut dbus, RESPONSE, &answered);
@@ -628,6 +633,11 @@ mod tests {
             assert_eq!(hello_return.fields["signature"], "s");
             assert_eq!(hello_return.fields["body_bytes"], 9);
             assert_eq!(responses[3].role, Role::OneWay);
+            assert_eq!(hello_return.kind, None, "an answer has no kind");
+            assert_eq!(
+                responses[3].kind.as_deref(),
+                Some("org.freedesktop.DBus.NameAcquired")
+            );
             assert_eq!(responses[3].end, answered.len() as u64);
         }
     }

@@ -44,6 +44,15 @@ pub struct Message {
     pub key: Option<u64>,
     /// Whether it asks, answers, or expects no answer.
     pub role: Role,
+    /// A request's kind, what `top --by kind` groups requests by: a few
+    /// words that many requests share and that say what was asked,
+    /// made with [`kind`]. HTTP: method and route (`GET /users/{id}`);
+    /// Redis: the command; rrdcached: the command, upper-cased; DNS: the
+    /// query type; PostgreSQL: the SQL verb (the query's first word,
+    /// upper-cased; a Parse, Bind or Execute by its statement's query);
+    /// D-Bus: `interface.member`. `None` for responses, and for a
+    /// request a decoder cannot name.
+    pub kind: Option<String>,
 }
 
 /// What a message is to the exchanges.
@@ -75,8 +84,21 @@ impl Message {
         Self {
             text: String::new(),
             fields: Map::new(),
+            kind: None,
             ..*self
         }
+    }
+}
+
+/// The most characters a request's kind keeps.
+pub const MAX_KIND: usize = 80;
+
+/// A request's kind, `text` cut to [`MAX_KIND`] characters: routes and
+/// commands read from arbitrary bytes stay short.
+pub fn kind(text: &str) -> String {
+    match text.char_indices().nth(MAX_KIND) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -377,6 +399,7 @@ pub mod tests {
             failed: false,
             key: None,
             role: Role::usual(dir),
+            kind: None,
         }
     }
 

@@ -621,6 +621,12 @@ impl Postgresql {
         if answered {
             self.asked += 1;
         }
+        // The SQL verb, or what the request is when it carries no SQL.
+        let verb = batch.query.as_deref().and_then(|sql| {
+            sql.split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+                .find(|word| !word.is_empty())
+        });
+        let request_kind = verb.map_or_else(|| name.to_owned(), str::to_ascii_uppercase);
         found.push(Message {
             dir: REQUEST,
             end,
@@ -628,6 +634,7 @@ impl Postgresql {
             fields,
             failed: false,
             key: None,
+            kind: Some(super::kind(&request_kind)),
             // A Terminate gets no answer.
             role: if answered { Role::Asks } else { Role::OneWay },
         });
@@ -783,6 +790,7 @@ impl Postgresql {
             fields,
             failed: error.is_some(),
             key: None,
+            kind: None,
             // A notification while idle answers nothing.
             role: if answer.unasked {
                 Role::OneWay
@@ -1008,6 +1016,7 @@ mod tests {
             "select *\n  from generate_series(1, 3)"
         );
         assert_eq!(asked[0].fields["batch"], serde_json::json!(["query"]));
+        assert_eq!(asked[0].kind.as_deref(), Some("SELECT"), "the SQL verb");
         let rows = [
             msg(b'T', b"\0\x01generate_series\0"),
             data_row(1),
@@ -1124,6 +1133,11 @@ mod tests {
         .concat();
         let asked = feed(&mut pg, REQUEST, &execute);
         assert_eq!(asked[0].text, "Execute \"update t set n = n + 1\"");
+        assert_eq!(
+            asked[0].kind.as_deref(),
+            Some("UPDATE"),
+            "the statement's verb"
+        );
         let answered = feed(
             &mut pg,
             RESPONSE,

@@ -79,6 +79,7 @@ impl Rrdcached {
                     failed: false,
                     key: None,
                     role: Role::Asks,
+                    kind: Some(super::kind("BATCH")),
                 });
             } else {
                 command(line).ok_or_else(|| Mismatch(format!("`{line}` in a batch")))?;
@@ -105,6 +106,7 @@ impl Rrdcached {
             failed: false,
             key: None,
             role: Role::Asks,
+            kind: Some(super::kind(&word.to_ascii_uppercase())),
         });
         Ok(())
     }
@@ -135,6 +137,7 @@ impl Rrdcached {
                 failed: status < 0,
                 key: None,
                 role: Role::Answers,
+                kind: None,
             });
         }
         Ok(())
@@ -188,6 +191,7 @@ mod tests {
         assert_eq!(requests[0].text, "update load.rrd");
         assert_eq!(requests[0].end, update.len() as u64);
         assert_eq!(requests[0].fields["command"], "update");
+        assert_eq!(requests[0].kind.as_deref(), Some("UPDATE"));
         assert_eq!(
             requests[0].fields["args"][0],
             "/var/lib/collectd/rrd/host/load/load.rrd"
@@ -222,6 +226,7 @@ mod tests {
         assert_eq!(batch[0].text, "BATCH");
         assert_eq!(batch[1].text, "BATCH of 2 commands .");
         assert_eq!(batch[1].fields["commands"], 2);
+        assert_eq!(batch[1].kind.as_deref(), Some("BATCH"));
         let answers = feed(
             &mut decoder,
             RESPONSE,

@@ -400,7 +400,7 @@ impl Dbus {
                 let Some((line, end)) = stream.line() else {
                     return Ok(());
                 };
-                found.push(auth(dir, &line, end)?);
+                found.push(auth(dir, line, end)?);
                 continue;
             }
             if buf.len() < FIXED {

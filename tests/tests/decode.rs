@@ -428,6 +428,22 @@ fn decoded_lines_under_calls_and_decode_as() {
     let text = run(&["--decode"]);
     assert!(text.contains("    = http: GET /ok\n"), "{text}");
     assert!(text.contains("    = http: 200 OK 12 B"), "{text}");
+    // In JSON the call that completed a message carries it.
+    let json: Vec<Value> = run(&["--decode", "--json"])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(json.iter().all(|record| record["event"] != "message"));
+    let carried = |field: &str, value: Value| {
+        json.iter().any(|record| {
+            ["send", "recv"].contains(&record["event"].as_str().unwrap_or_default())
+                && record["app"] == "http"
+                && record["message"][field] == value
+        })
+    };
+    assert!(carried("method", "GET".into()), "{json:#?}");
+    assert!(carried("target", "/ok".into()), "{json:#?}");
+    assert!(carried("status", 200.into()), "{json:#?}");
     let glob = format!("{}*=none", &path[..path.len() - 2]);
     let plain = run(&["--decode-as", &glob]);
     assert!(!plain.contains("= http"), "{plain}");

@@ -90,13 +90,13 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                 Some(conversation) => {
                     conversation.event(&event);
                     if conversation.calls_too() {
-                        shown.show(out, Output::Event(&event))
+                        shown.show(out, Output::Call(&event, conversation.decoded()))
                     } else {
                         Ok(())
                     }
                     .and_then(|()| shown.found(out, conversation))
                 }
-                None => shown.show(out, Output::Event(&event)),
+                None => shown.show(out, Output::Call(&event, &[])),
             }
         }
     };

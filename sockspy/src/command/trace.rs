@@ -53,14 +53,21 @@ struct Session {
 impl Consumer for Session {
     /// Prints or records one event, or hands it to the conversations.
     fn event(&mut self, event: &Event) -> ControlFlow<Stop> {
-        if let Some(conversation) = &mut self.conversation {
+        // Out of the session while the call is printed with the messages
+        // it completed, which the conversation holds.
+        if let Some(conversation) = self.conversation.take() {
+            let mut conversation = conversation;
             conversation.event(event);
-            if conversation.calls_too() {
-                self.emit(Output::Event(event))?;
-            }
+            let flow = if conversation.calls_too() {
+                self.emit(Output::Call(event, conversation.decoded()))
+            } else {
+                ControlFlow::Continue(())
+            };
+            self.conversation = Some(conversation);
+            flow?;
             return self.emit_found();
         }
-        self.emit(Output::Event(event))
+        self.emit(Output::Call(event, &[]))
     }
 
     /// Flushes output; a failure to print means the reader of our output is gone.
@@ -156,7 +163,7 @@ impl Session {
                 }
                 None
             }
-            (Sink::Record(recorder), Output::Event(event)) => recorder.record(event).err(),
+            (Sink::Record(recorder), Output::Call(event, _)) => recorder.record(event).err(),
             // Conversations are not recorded: `read` finds them again.
             (Sink::Record(_), Output::Finding(_)) => None,
         };

@@ -243,12 +243,10 @@ pub struct Summary {
     pub open: bool,
 }
 
-/// A message decoded from a call's bytes (`--decode` without `--exchanges`).
+/// A message a call's bytes completed (`--decode` without `--exchanges`):
+/// shown with the call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
-    /// The time of the call that completed it.
-    pub ts_ns: u64,
-    pub connection: u64,
     pub app: &'static str,
     pub message: decode::Message,
 }
@@ -258,7 +256,6 @@ pub struct Decoded {
 pub enum Finding {
     Exchange(Box<Exchange>),
     Summary(Box<Summary>),
-    Message(Box<Decoded>),
 }
 
 /// What to hand on.
@@ -310,6 +307,11 @@ impl Conversation {
     /// Every live connection, in no order (what `top` reads).
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
         self.tracker.connections()
+    }
+
+    /// The messages the last event's call completed.
+    pub fn decoded(&self) -> &[Decoded] {
+        self.tracker.decoded()
     }
 
     /// Calls are printed too (`--summaries` alone), not only exchanges.
@@ -588,6 +590,8 @@ pub struct Tracker {
     /// A datagram socket -> its conversations.
     datagram_socks: IdMap<u64, Vec<u64>>,
     next_id: u64,
+    /// The messages the last event's call completed.
+    decoded: Vec<Decoded>,
 }
 
 impl Tracker {
@@ -603,8 +607,15 @@ impl Tracker {
         self.connections.values()
     }
 
+    /// The messages the last event's call completed (decoding without
+    /// exchanges).
+    pub fn decoded(&self) -> &[Decoded] {
+        &self.decoded
+    }
+
     /// Takes one event; hands what it finished to `found`.
     pub fn event(&mut self, event: &Event, found: &mut impl FnMut(Finding)) {
+        self.decoded.clear();
         let Some(sock) = event.sock else { return };
         if event.kind == EventKind::Close && event.sock_type == SOCK_DGRAM {
             // Every conversation of a datagram socket ends with it.
@@ -706,12 +717,10 @@ impl Tracker {
                             message
                         } else {
                             let bare = message.bare();
-                            found(Finding::Message(Box::new(Decoded {
-                                ts_ns: event.ts_ns,
-                                connection: conn.id,
+                            self.decoded.push(Decoded {
                                 app: conn.app.unwrap_or_default(),
                                 message,
-                            })));
+                            });
                             bare
                         };
                         conn.turns.end_message(dir, end, kept);

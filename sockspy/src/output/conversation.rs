@@ -19,27 +19,25 @@ use super::print::{
 use crate::{
     capture::events::{family_name, proto_name, type_name},
     conversation::{
-        Decoded, End, Exchange, Finding, Kind, Summary, Times,
-        decode::Message,
-        turns::{REQUEST, Span},
+        Decoded, End, Exchange, Finding, Kind, Summary, Times, decode::Message, turns::Span,
     },
     table::resolve::Event,
 };
 
-/// One thing to print: a call, or what the conversations found.
+/// One thing to print: a call (with the messages it completed), or what
+/// the conversations found.
 #[derive(Clone, Copy)]
 pub enum Output<'a> {
-    Event(&'a Event),
+    Call(&'a Event, &'a [Decoded]),
     Finding(&'a Finding),
 }
 
 impl Output<'_> {
     pub fn print(self, printer: &mut Printer, out: &mut impl Write) -> io::Result<()> {
         match self {
-            Self::Event(event) => printer.event(out, event),
+            Self::Call(event, decoded) => printer.call(out, event, decoded),
             Self::Finding(Finding::Exchange(exchange)) => printer.exchange(out, exchange),
             Self::Finding(Finding::Summary(summary)) => printer.summary(out, summary),
-            Self::Finding(Finding::Message(decoded)) => printer.message(out, decoded),
         }
     }
 }
@@ -323,19 +321,6 @@ struct JsonExchange<'a> {
     undecoded: Option<&'a str>,
 }
 
-/// A message decoded from a call (`--decode` without `--exchanges`).
-#[derive(Serialize)]
-struct JsonMessage<'a> {
-    ts: &'a str,
-    event: &'static str,
-    connection: u64,
-    app: &'static str,
-    direction: &'static str,
-    text: &'a str,
-    failed: bool,
-    fields: &'a serde_json::Map<String, serde_json::Value>,
-}
-
 #[derive(Serialize)]
 struct JsonSummary<'a> {
     #[serde(flatten)]
@@ -443,43 +428,6 @@ impl Printer {
                     request: request.message.as_ref().map(|m| &m.fields),
                     response: response.message.as_ref().map(|m| &m.fields),
                     undecoded: exchange.undecoded.as_deref(),
-                };
-                serde_json::to_writer(&mut *out, &json)?;
-                out.write_all(b"\n")
-            }
-        }
-    }
-
-    /// A message decoded from the call printed last: under it, indented.
-    pub fn message(&mut self, out: &mut impl Write, decoded: &Decoded) -> io::Result<()> {
-        let message = &decoded.message;
-        match self.format {
-            Format::Text => {
-                self.line.clear();
-                let _ = writeln!(
-                    self.line,
-                    "    = {}: {}{}",
-                    decoded.app,
-                    message.text,
-                    if message.failed { " (failed)" } else { "" }
-                );
-                out.write_all(self.line.as_bytes())
-            }
-            Format::Json => {
-                self.stamp(decoded.ts_ns);
-                let json = JsonMessage {
-                    ts: &self.line,
-                    event: "message",
-                    connection: decoded.connection,
-                    app: decoded.app,
-                    direction: if message.dir == REQUEST {
-                        "request"
-                    } else {
-                        "response"
-                    },
-                    text: &message.text,
-                    failed: message.failed,
-                    fields: &message.fields,
                 };
                 serde_json::to_writer(&mut *out, &json)?;
                 out.write_all(b"\n")

@@ -5,6 +5,7 @@
 
 use std::{
     borrow::Cow,
+    fmt::Write as _,
     io::{self, Write},
     ops::Range,
 };
@@ -17,6 +18,7 @@ use crate::{
         UnixName, clock_ns, comm_text, family_name, kind_name, proto_name, tcp_state_name,
         type_name,
     },
+    conversation::Decoded,
     output::side::BySocket,
     table::container::Context,
     table::resolve::{Event, Peer, PeerHolder},
@@ -112,7 +114,16 @@ impl Printer {
     }
 
     /// Writes one event.
-    pub fn event(&mut self, out: &mut impl Write, event: &Event) -> io::Result<()> {
+    /// One event with the messages its call completed (`--decode`): in
+    /// text, a line for each under the event's; in JSON, the protocol
+    /// (`app`) and the first message's fields (`message`), all of them
+    /// in `messages` when there are several.
+    pub fn call(
+        &mut self,
+        out: &mut impl Write,
+        event: &Event,
+        decoded: &[Decoded],
+    ) -> io::Result<()> {
         match self.format {
             Format::Text => {
                 self.line.clear();
@@ -126,13 +137,29 @@ impl Printer {
                 if self.payload.captured && is_data(event) && event.ret > 0 {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
+                for Decoded { app, message } in decoded {
+                    let failed = if message.failed { " (failed)" } else { "" };
+                    let _ = writeln!(self.line, "    = {app}: {}{failed}", message.text);
+                }
                 out.write_all(self.line.as_bytes())
             }
             Format::Json => {
                 self.line.clear();
                 rfc3339(&mut self.line, self.clock.wall_ns(event.ts_ns));
                 let json = JsonEvent::new(event, &self.line, self.payload.captured);
-                serde_json::to_writer(&mut *out, &json)?;
+                match decoded {
+                    [] => serde_json::to_writer(&mut *out, &json)?,
+                    [first, ..] => serde_json::to_writer(
+                        &mut *out,
+                        &JsonCall {
+                            event: json,
+                            app: first.app,
+                            message: &first.message.fields,
+                            messages: (decoded.len() > 1)
+                                .then(|| decoded.iter().map(|d| &d.message.fields).collect()),
+                        },
+                    )?,
+                }
                 out.write_all(b"\n")
             }
         }
@@ -694,6 +721,17 @@ pub fn errno_name(errno: i64) -> String {
 }
 
 /// The JSON object of one event; field names are docs/events.md's schema.
+/// An event whose call completed decoded messages.
+#[derive(Serialize)]
+struct JsonCall<'a> {
+    #[serde(flatten)]
+    event: JsonEvent<'a>,
+    app: &'static str,
+    message: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<&'a serde_json::Map<String, serde_json::Value>>>,
+}
+
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     ts: &'a str,
@@ -987,7 +1025,7 @@ pub(crate) mod tests {
     fn inet_json_fields() {
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.event(&mut out, &tcp_event()).unwrap();
+        printer.call(&mut out, &tcp_event(), &[]).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["family"], "inet6");
         assert_eq!(value["proto"], "tcp");
@@ -1001,9 +1039,55 @@ pub(crate) mod tests {
         );
         // Unix events carry none of the IP keys.
         let mut out = Vec::new();
-        printer.event(&mut out, &send_event()).unwrap();
+        printer.call(&mut out, &send_event(), &[]).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(value.get("proto").is_none() && value.get("lport").is_none());
+    }
+
+    /// A call that completed decoded messages carries them: `app` and the
+    /// first one's fields as `message`, all in `messages` when several;
+    /// in text, a line each under the call's.
+    #[test]
+    fn calls_carry_the_messages_they_completed() {
+        let decoded = |command: &str| Decoded {
+            app: "redis",
+            message: crate::conversation::decode::Message {
+                fields: serde_json::json!({"command": command, "key": "k"})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                ..crate::conversation::decode::tests::message(0, &format!("{command} k"))
+            },
+        };
+        let json = |messages: &[Decoded]| {
+            let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
+            let mut out = Vec::new();
+            printer.call(&mut out, &send_event(), messages).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let one = json(&[decoded("GET")]);
+        assert_eq!(one["event"], "send");
+        assert_eq!(one["app"], "redis");
+        assert_eq!(
+            one["message"],
+            serde_json::json!({"command": "GET", "key": "k"})
+        );
+        assert!(one.get("messages").is_none(), "{one}");
+        let two = json(&[decoded("SET"), decoded("GET")]);
+        assert_eq!(two["message"]["command"], "SET");
+        assert_eq!(two["messages"][1]["command"], "GET");
+        assert_eq!(two["messages"].as_array().map(Vec::len), Some(2));
+        let plain = json(&[]);
+        assert!(plain.get("app").is_none() && plain.get("message").is_none());
+
+        let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer
+            .call(&mut out, &send_event(), &[decoded("SET"), decoded("GET")])
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1..], ["    = redis: SET k", "    = redis: GET k"]);
     }
 
     #[test]
@@ -1015,8 +1099,8 @@ pub(crate) mod tests {
             addr: Some("192.0.2.7:443".parse().unwrap()),
             ..Peer::default()
         });
-        printer.event(&mut out, &tcp_event()).unwrap();
-        printer.event(&mut out, &remote_only).unwrap();
+        printer.call(&mut out, &tcp_event(), &[]).unwrap();
+        printer.call(&mut out, &remote_only, &[]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -1036,7 +1120,7 @@ pub(crate) mod tests {
         };
         let mut printer = Printer::new(Format::Json, clock, PayloadStyle::default());
         let mut out = Vec::new();
-        printer.event(&mut out, &send_event()).unwrap();
+        printer.call(&mut out, &send_event(), &[]).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["ts"], "1970-01-01T00:00:01.000005Z");
         assert_eq!(value["event"], "send");
@@ -1063,14 +1147,14 @@ pub(crate) mod tests {
         event.ret = -i64::from(libc::ECONNREFUSED);
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.event(&mut out, &event).unwrap();
+        printer.call(&mut out, &event, &[]).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["error"], "ECONNREFUSED");
         assert_eq!(value["ret"], -111);
         assert!(value.get("bytes").is_none());
         let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.event(&mut out, &event).unwrap();
+        printer.call(&mut out, &event, &[]).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("connect") && text.contains("ECONNREFUSED"),
@@ -1083,7 +1167,7 @@ pub(crate) mod tests {
         let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
         printer.header(&mut out).unwrap();
-        printer.event(&mut out, &send_event()).unwrap();
+        printer.call(&mut out, &send_event(), &[]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("TIME"));
@@ -1118,7 +1202,7 @@ pub(crate) mod tests {
         let mut printer =
             Printer::new(Format::Text, Clock::now(), PayloadStyle::default()).wide(true);
         printer.header(&mut out).unwrap();
-        printer.event(&mut out, &event).unwrap();
+        printer.call(&mut out, &event, &[]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -1140,7 +1224,7 @@ pub(crate) mod tests {
         );
         let mut out = Vec::new();
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
-        printer.event(&mut out, &event).unwrap();
+        printer.call(&mut out, &event, &[]).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["cgroup"], format!("/docker/{ID}"));
         assert_eq!(value["container"], ID);
@@ -1161,7 +1245,7 @@ pub(crate) mod tests {
         let print = |format| {
             let mut printer = Printer::new(format, Clock::now(), PayloadStyle::default());
             let mut out = Vec::new();
-            printer.event(&mut out, &event).unwrap();
+            printer.call(&mut out, &event, &[]).unwrap();
             String::from_utf8(out).unwrap()
         };
         let text = print(Format::Text);
@@ -1188,7 +1272,7 @@ pub(crate) mod tests {
         event.ret = moved;
         let mut printer = Printer::new(format, Clock::now(), style);
         let mut out = Vec::new();
-        printer.event(&mut out, &event).unwrap();
+        printer.call(&mut out, &event, &[]).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -1311,10 +1395,10 @@ pub(crate) mod tests {
         let mut printer = Printer::new(Format::Text, clock, PayloadStyle::default());
         for event in &events {
             let mut repeated = Vec::new();
-            printer.event(&mut repeated, event).unwrap();
+            printer.call(&mut repeated, event, &[]).unwrap();
             let mut fresh = Vec::new();
             Printer::new(Format::Text, clock, PayloadStyle::default())
-                .event(&mut fresh, event)
+                .call(&mut fresh, event, &[])
                 .unwrap();
             assert_eq!(
                 String::from_utf8(repeated).unwrap(),

@@ -1539,7 +1539,7 @@ mod tests {
                 let print = |clock, event: &Event| {
                     let mut out = Vec::new();
                     Printer::new(format, clock, style)
-                        .event(&mut out, event)
+                        .call(&mut out, event, &[])
                         .unwrap();
                     String::from_utf8(out).unwrap()
                 };

@@ -376,8 +376,6 @@ impl Top {
                         self.ended.push(ended_row(summary, seen));
                     }
                 }
-                // Not asked for: top hands on exchanges only.
-                Finding::Message(_) => {}
             }
         }
         self.conversation.give_back(found);

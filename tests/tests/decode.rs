@@ -284,6 +284,22 @@ while got.count(b'\r\n') < 3:
 s.close()
 "#;
     python(PIPELINE, &[path]).unwrap();
+    // redis-cli --pipe writes every command at once, then an ECHO of its
+    // own, and reads the replies.
+    let mut pipe = Command::new("redis-cli")
+        .args(["-s", path, "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        pipe.stdin.as_mut().unwrap(),
+        b"SET p:1 one\r\nINCR p:1\r\nGET p:1\r\n",
+    )
+    .unwrap();
+    drop(pipe.stdin.take());
+    // Its status says an error came back (INCR of a string).
+    assert_eq!(pipe.wait().unwrap().code(), Some(1));
     let records = stopped(trace);
     drop(server);
     let decoded: Vec<(String, String, bool)> = exchanges(&records)
@@ -305,6 +321,10 @@ s.close()
         ("INCR", "integer", false),
         ("INCR", "integer", false),
         ("LRANGE", "error", true),
+        ("SET", "simple", false),
+        ("INCR", "error", true),
+        ("GET", "bulk", false),
+        ("ECHO", "bulk", false),
     ];
     assert_eq!(
         decoded,

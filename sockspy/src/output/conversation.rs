@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::print::{
     Format, JsonPeerName, Printer, errno_name, payload_text, process_text, push_decimal,
-    push_signed, rfc3339,
+    push_one_line, push_signed, rfc3339,
 };
 use crate::{
     capture::events::{family_name, proto_name, type_name},
@@ -155,11 +155,13 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     times_text(line, &exchange.times, turn.one_way);
     if let Some(app) = exchange.app {
         let _ = write!(line, "  {app}: ");
-        let text = |m: Option<&Message>| m.map_or("?", |m| m.text.as_str()).to_owned();
-        line.push_str(&text(request.message.as_deref()));
+        fn text(message: Option<&Message>) -> &str {
+            message.map_or("?", |m| m.text.as_str())
+        }
+        push_one_line(line, text(request.message.as_deref()));
         if !turn.one_way {
             line.push_str(" -> ");
-            line.push_str(&text(response.message.as_deref()));
+            push_one_line(line, text(response.message.as_deref()));
         }
         if exchange.failed() {
             line.push_str(" (failed)");
@@ -167,7 +169,9 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     }
     line.push('\n');
     if let Some(reason) = &exchange.undecoded {
-        let _ = writeln!(line, "    ({reason}; plain turns from here)");
+        line.push_str("    (");
+        push_one_line(line, reason);
+        line.push_str("; plain turns from here)\n");
     }
 }
 

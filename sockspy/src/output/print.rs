@@ -138,8 +138,10 @@ impl Printer {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
                 for Decoded { app, message } in decoded {
+                    let _ = write!(self.line, "    = {app}: ");
+                    push_one_line(&mut self.line, &message.text);
                     let failed = if message.failed { " (failed)" } else { "" };
-                    let _ = writeln!(self.line, "    = {app}: {}{failed}", message.text);
+                    let _ = writeln!(self.line, "{failed}");
                 }
                 out.write_all(self.line.as_bytes())
             }
@@ -436,6 +438,19 @@ pub(super) fn push_signed(line: &mut String, value: i64) {
         line.push('-');
     }
     push_decimal(line, value.unsigned_abs(), 1);
+}
+
+/// `text` on a line of its own kind: what decoders read from arbitrary
+/// bytes may hold line breaks and control characters, shown escaped
+/// (`\n`, `\u{1b}`) so that every record stays one line.
+pub fn push_one_line(line: &mut String, text: &str) {
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
 }
 
 fn is_data(event: &Event) -> bool {
@@ -1088,6 +1103,16 @@ pub(crate) mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1..], ["    = redis: SET k", "    = redis: GET k"]);
+        // What a decoder read from arbitrary bytes stays on its line.
+        let mut odd = decoded("GET");
+        odd.message.text = "bulk a\nb\u{1b}[2J".to_owned();
+        let mut out = Vec::new();
+        printer.call(&mut out, &send_event(), &[odd]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().nth(1),
+            Some("    = redis: bulk a\\nb\\u{1b}[2J")
+        );
     }
 
     #[test]

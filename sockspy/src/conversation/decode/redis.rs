@@ -12,6 +12,53 @@ use crate::conversation::turns::{REQUEST, RESPONSE};
 /// The longest value kept for a summary (a command, a key, a short reply).
 const KEPT: usize = 64;
 
+/// Commands that, first on a client's first line, say it speaks Redis
+/// inline (other line protocols' words are left to them).
+const INLINE: [&str; 42] = [
+    "PING",
+    "INFO",
+    "APPEND",
+    "AUTH",
+    "BLPOP",
+    "BRPOP",
+    "CLIENT",
+    "COMMAND",
+    "CONFIG",
+    "DBSIZE",
+    "DECR",
+    "DEL",
+    "ECHO",
+    "EVAL",
+    "EXISTS",
+    "EXPIRE",
+    "FLUSHALL",
+    "FLUSHDB",
+    "GET",
+    "HELLO",
+    "HGET",
+    "HGETALL",
+    "HSET",
+    "INCR",
+    "KEYS",
+    "LPUSH",
+    "LRANGE",
+    "MGET",
+    "MSET",
+    "PUBLISH",
+    "RPUSH",
+    "SADD",
+    "SCAN",
+    "SELECT",
+    "SET",
+    "SETEX",
+    "SMEMBERS",
+    "SUBSCRIBE",
+    "TTL",
+    "TYPE",
+    "ZADD",
+    "ZRANGE",
+];
+
 /// A bulk value's bytes (and their `\r\n`) are next.
 #[derive(Debug, Clone, Copy)]
 enum Bulk {
@@ -28,6 +75,8 @@ enum Began {
     Bulk(u64),
     /// A value complete in its line.
     Scalar,
+    /// An empty inline line, which the server passes over: no message.
+    Blank,
 }
 
 /// What is being read in one direction.
@@ -80,6 +129,9 @@ impl Side {
         let text = text.trim_end_matches(['\r', '\n']);
         let Some(kind) = line.first().copied().and_then(type_name) else {
             if dir == REQUEST && self.pending.is_empty() {
+                if text.trim().is_empty() {
+                    return Ok(Began::Blank);
+                }
                 // An inline command: `PING`, `GET key`.
                 self.kind = Some("inline");
                 self.values = text.split_whitespace().take(2).map(str::to_owned).collect();
@@ -154,13 +206,28 @@ impl Side {
 }
 
 impl Redis {
-    /// A client whose first bytes are a RESP array of bulk strings.
+    /// A client whose first bytes are a RESP array of bulk strings, or an
+    /// inline command (`redis-cli --pipe`, telnet): a line ending in CRLF
+    /// whose first word is a common Redis command.
     pub fn detect(first: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(&first[..first.len().min(32)]).ok()?;
-        let rest = text.strip_prefix('*')?;
-        let (count, rest) = rest.split_once("\r\n")?;
-        let count: u32 = count.parse().ok()?;
-        (count > 0 && rest.starts_with('$')).then(Self::default)
+        let text = String::from_utf8_lossy(&first[..first.len().min(64)]);
+        let array = text.strip_prefix('*').and_then(|rest| {
+            let (count, rest) = rest.split_once("\r\n")?;
+            let count: u32 = count.parse().ok()?;
+            (count > 0 && rest.starts_with('$')).then_some(())
+        });
+        let inline = || {
+            let (line, _) = text.split_once("\r\n")?;
+            if line.contains(" HTTP/") {
+                return None;
+            }
+            let word = line.split(' ').next()?;
+            INLINE
+                .iter()
+                .any(|command| command.eq_ignore_ascii_case(word))
+                .then_some(())
+        };
+        array.or_else(inline).map(|()| Self::default())
     }
 
     fn finish(&mut self, dir: usize, end: u64, found: &mut Vec<Message>) {
@@ -239,7 +306,7 @@ impl Redis {
                         return Ok(());
                     };
                     match side.element(dir, line)? {
-                        Began::Aggregate => continue,
+                        Began::Aggregate | Began::Blank => continue,
                         Began::Bulk(len) => {
                             side.bulk = Some(if side.values.len() < 2 && len as usize <= KEPT {
                                 Bulk::Keep(len)
@@ -280,6 +347,33 @@ mod tests {
 
     fn feed(redis: &mut Redis, dir: usize, data: &[u8]) -> Vec<Message> {
         crate::conversation::decode::tests::fed(redis, dir, data, data.len() as u64)
+    }
+
+    #[test]
+    fn inline_commands_are_recognised_and_other_lines_are_not() {
+        for first in [
+            &b"SET p:1 one\r\nINCR p:1\r\n"[..],
+            b"ping\r\n",
+            b"*1\r\n$4\r\nPING\r\n",
+        ] {
+            assert!(Redis::detect(first).is_some(), "{first:?}");
+        }
+        for first in [
+            &b"GET / HTTP/1.1"[..],
+            b"UPDATE load.rrd N:1\n",
+            b"PING\n",
+            b"HELLO world\n",
+            b"*0\r\n",
+        ] {
+            assert!(Redis::detect(first).is_none(), "{first:?}");
+        }
+        let mut redis = Redis::detect(b"SET p:1 one\r\n").unwrap();
+        let asked = feed(&mut redis, REQUEST, b"SET p:1 one\r\nGET p:1\r\n");
+        let commands: Vec<&str> = asked
+            .iter()
+            .map(|m| m.fields["command"].as_str().unwrap())
+            .collect();
+        assert_eq!(commands, ["SET", "GET"]);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Decoder for Dns {
     /// A query whose header and question are whole in the call, asking
     /// nothing odd (a standard query, no answers); over TCP, after a
     /// length prefix that holds them.
-    fn resync(&self, call: &[u8]) -> Resync {
+    fn resync(&mut self, call: &[u8]) -> Resync {
         let (message, length) = if self.datagram {
             (call, call.len())
         } else {
@@ -292,19 +292,19 @@ mod tests {
         let query = message(9, None, "example.com", 1);
         let mut framed = (query.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&query);
-        let tcp = Dns::new(false);
-        assert_eq!(tcp.resync(&framed), Resync::Here);
+        let tcp = || Dns::new(false);
+        assert_eq!(tcp().resync(&framed), Resync::Here);
         // A prefix too short for the question, the question cut, a
         // response, a message without its prefix.
         let mut short = framed.clone();
         short[1] = 12;
-        assert_eq!(tcp.resync(&short), Resync::NotHere);
-        assert_eq!(tcp.resync(&framed[..framed.len() - 3]), Resync::NotHere);
+        assert_eq!(tcp().resync(&short), Resync::NotHere);
+        assert_eq!(tcp().resync(&framed[..framed.len() - 3]), Resync::NotHere);
         let answer = message(9, Some(0), "example.com", 1);
         let mut framed_answer = (answer.len() as u16).to_be_bytes().to_vec();
         framed_answer.extend_from_slice(&answer);
-        assert_eq!(tcp.resync(&framed_answer), Resync::NotHere);
-        assert_eq!(tcp.resync(&query), Resync::NotHere);
+        assert_eq!(tcp().resync(&framed_answer), Resync::NotHere);
+        assert_eq!(tcp().resync(&query), Resync::NotHere);
         assert_eq!(Dns::new(true).resync(&query), Resync::Here);
     }
 

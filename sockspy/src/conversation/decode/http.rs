@@ -244,9 +244,9 @@ impl Http {
                     if size == 0 {
                         side.state = State::Trailers;
                     } else {
-                        side.head.body_bytes += size;
+                        side.head.body_bytes = side.head.body_bytes.saturating_add(size);
                         // The chunk and the line end after it.
-                        side.stream.skip(size + 2);
+                        side.stream.skip(size.saturating_add(2));
                         side.state = State::ChunkData;
                     }
                 }
@@ -280,7 +280,7 @@ impl Decoder for Http {
         self.run(dir, found)
     }
 
-    fn resync(&self, call: &[u8]) -> Resync {
+    fn resync(&mut self, call: &[u8]) -> Resync {
         Resync::here_if(strict_request_line(call))
     }
 }
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn a_request_start_inside_a_stream() {
         resyncs(
-            &Http::default(),
+            "http",
             &[
                 b"GET /v1.43/containers/json HTTP/1.1\r\nHost: x\r\n",
                 b"OPTIONS * HTTP/1.1\r\n",
@@ -352,6 +352,24 @@ mod tests {
                 b"",
             ],
         );
+    }
+
+    #[test]
+    fn lengths_beyond_what_a_number_holds() {
+        // Found by fuzzing: chunk sizes that overflow when added up, and
+        // a body until close that goes on for many calls.
+        let mut http = Http::default();
+        let chunks = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n";
+        let answered = feed(&mut http, RESPONSE, chunks, chunks.len() as u64);
+        assert!(answered.is_empty());
+        assert_eq!(http.sides[RESPONSE].stream.skipping(), u64::MAX);
+        let mut http = Http::default();
+        let answered = feed(&mut http, RESPONSE, b"HTTP/1.0 200 OK\r\n\r\n", 19);
+        assert_eq!(answered[0].end, u64::MAX);
+        for _ in 0..4 {
+            assert!(feed(&mut http, RESPONSE, b"body", 1 << 40).is_empty());
+        }
+        assert_eq!(http.sides[RESPONSE].stream.skipping(), u64::MAX);
     }
 
     #[test]

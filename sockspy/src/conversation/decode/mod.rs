@@ -95,12 +95,15 @@ pub trait Decoder: fmt::Debug {
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch>;
 
     /// On a connection joined mid-stream, whether `call` (the captured
-    /// bytes of one call of the client's) begins a request. The check is
-    /// stricter than detection, since inside a stream bytes that merely
-    /// look like a message's start are common. A protocol whose message
-    /// starts cannot be told from the middle of its messages says
-    /// [`Resync::Never`] (the default).
-    fn resync(&self, call: &[u8]) -> Resync {
+    /// bytes of one call of the client's) begins a request; asked of a
+    /// new decoder. The check is stricter than detection, since inside a
+    /// stream bytes that merely look like a message's start are common.
+    /// On [`Resync::Here`] the decoder is fed from `call`'s first byte
+    /// on: one whose connections begin with a handshake (a startup
+    /// message, an authentication) sets itself past it. A protocol whose
+    /// message starts cannot be told from the middle of its messages
+    /// says [`Resync::Never`] (the default).
+    fn resync(&mut self, call: &[u8]) -> Resync {
         let _ = call;
         Resync::Never
     }
@@ -355,7 +358,7 @@ impl Decoding {
         };
         let mut never = None;
         for name in names {
-            let Some(decoder) = by_name(name, false) else {
+            let Some(mut decoder) = by_name(name, false) else {
                 continue;
             };
             match decoder.resync(data) {
@@ -474,14 +477,15 @@ pub mod tests {
         found
     }
 
-    /// `decoder` picks a connection up mid-stream at each of `starts`,
-    /// and at none of `inside`.
-    pub fn resyncs(decoder: &dyn Decoder, starts: &[&[u8]], inside: &[&[u8]]) {
+    /// A new decoder for protocol `name` picks a connection up
+    /// mid-stream at each of `starts`, and at none of `inside`.
+    pub fn resyncs(name: &str, starts: &[&[u8]], inside: &[&[u8]]) {
+        let new = || by_name(name, false).unwrap();
         for start in starts {
-            assert_eq!(decoder.resync(start), Resync::Here, "{start:?}");
+            assert_eq!(new().resync(start), Resync::Here, "{start:?}");
         }
         for bytes in inside {
-            assert_eq!(decoder.resync(bytes), Resync::NotHere, "{bytes:?}");
+            assert_eq!(new().resync(bytes), Resync::NotHere, "{bytes:?}");
         }
     }
 }

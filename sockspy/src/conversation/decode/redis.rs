@@ -12,6 +12,10 @@ use crate::conversation::turns::{REQUEST, RESPONSE};
 /// The longest value kept for a summary (a command, a key, a short reply).
 const KEPT: usize = 64;
 
+/// Aggregates nested deeper than this are no RESP a client or server
+/// sends (and would make the levels kept grow with the bytes).
+const MAX_DEPTH: usize = 128;
+
 /// A bulk value's bytes (and their `\r\n`) are next.
 #[derive(Debug, Clone, Copy)]
 enum Bulk {
@@ -107,7 +111,12 @@ impl Side {
                 } else {
                     1
                 };
-                match number()? * pairs {
+                match number()?.saturating_mul(pairs) {
+                    _ if self.pending.len() >= MAX_DEPTH => {
+                        return Err(Mismatch(format!(
+                            "aggregates nested deeper than {MAX_DEPTH}"
+                        )));
+                    }
                     count if count > 0 => {
                         self.pending.push(count as u64);
                         Began::Aggregate
@@ -303,7 +312,7 @@ impl Decoder for Redis {
         self.run(dir, found)
     }
 
-    fn resync(&self, call: &[u8]) -> Resync {
+    fn resync(&mut self, call: &[u8]) -> Resync {
         Resync::here_if(strict_command(call))
     }
 }
@@ -351,7 +360,7 @@ mod tests {
     #[test]
     fn a_command_start_inside_a_stream() {
         resyncs(
-            &Redis::default(),
+            "redis",
             &[
                 b"*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n",
                 b"*1\r\n$4\r\nPING\r\n",
@@ -371,6 +380,24 @@ mod tests {
                 b"",
             ],
         );
+    }
+
+    #[test]
+    fn counts_and_depths_beyond_bounds() {
+        // Found by fuzzing: a map's count doubled past what a number
+        // holds; aggregates nested without end.
+        let mut redis = Redis::default();
+        let huge = format!("%{}\r\n", i64::MAX);
+        assert!(feed(&mut redis, RESPONSE, huge.as_bytes()).is_empty());
+        assert_eq!(redis.sides[RESPONSE].pending, [i64::MAX as u64]);
+        let mut redis = Redis::default();
+        let nested = b"*1\r\n".repeat(MAX_DEPTH + 1);
+        let mut found = Vec::new();
+        let error = redis
+            .feed(RESPONSE, &nested, nested.len() as u64, &mut found)
+            .unwrap_err();
+        assert_eq!(error.0, "aggregates nested deeper than 128");
+        assert!(redis.sides[RESPONSE].pending.len() <= MAX_DEPTH);
     }
 
     #[test]

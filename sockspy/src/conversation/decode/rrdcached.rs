@@ -157,7 +157,7 @@ impl Decoder for Rrdcached {
     /// A whole command line: one of rrdcached's commands, printable
     /// text to its `\n`. (A line inside a `BATCH` looks the same: joined
     /// mid-batch, decoding stops at the batch's `.`.)
-    fn resync(&self, call: &[u8]) -> Resync {
+    fn resync(&mut self, call: &[u8]) -> Resync {
         let Some(end) = call.iter().position(|&b| b == b'\n') else {
             return Resync::NotHere;
         };
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn a_command_start_inside_a_stream() {
         resyncs(
-            &Rrdcached::default(),
+            "rrdcached",
             &[
                 b"update /x/load.rrd 1796562583:1:2:3\nupdate",
                 b"FLUSHALL\r\n",

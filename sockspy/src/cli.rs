@@ -28,7 +28,7 @@ use crate::{
     filter::Selection,
     output::print::Format,
     output::record::{Framing, RecordOptions},
-    output::top::Column,
+    output::top::{Column, RowsBy},
 };
 
 /// Live socket tracer: who talks to whom over Unix, TCP and UDP sockets.
@@ -90,9 +90,11 @@ pub enum Command {
     /// One row per connection, or per server endpoint with `--by server`:
     /// client, server, requests and bytes per second each way, the
     /// client's wait (p50, p99, max) over the last interval, bytes queued
-    /// unread in the sockets, errors. `<` and `>` change the sort column,
-    /// `q` quits. `-b` prints plain text snapshots instead, `--json` JSON
-    /// Lines; `-r FILE` prints the table over a whole recording.
+    /// unread in the sockets, errors. With `--decode`, one row per server
+    /// and request kind (HTTP method and route, Redis command, ...).
+    /// `<` and `>` change the sort column, `q` quits. `-b` prints plain
+    /// text snapshots instead, `--json` JSON Lines; `-r FILE` prints the
+    /// table over a whole recording.
     #[command(after_long_help = TOP_EXAMPLES)]
     Top(TopArgs),
     /// Report what this kernel offers for tracing (needs root).
@@ -130,6 +132,8 @@ Examples:
     sockspy trace --path /run/docker.sock --data=512
   TCP and UDP of a process and every child it forks:
     sockspy trace --inet --pid-tree 1234
+  Only the requests that failed (HTTP 5xx, Redis errors, ...):
+    sockspy trace --errors
   Ten seconds of one port, as JSON Lines:
     sockspy trace --tcp --port 5432 --duration 10 --json > pg.jsonl
   Record into at most five files of 100 MB:
@@ -155,6 +159,8 @@ Examples:
     sockspy top --unix --by server --sort p99
   Five JSON snapshots, two seconds apart:
     sockspy top -b --json -d 2 -n 5
+  Which requests to a Unix API socket are slow or failing:
+    sockspy top --path /run/docker.sock --decode --sort p99
   The table over a recording:
     sockspy trace -w cap.pcapng
     sockspy top -r cap.pcapng";
@@ -416,6 +422,15 @@ pub struct ConversationArgs {
     /// the server's time. Implies --exchanges.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "write")]
     pub slower_than: Option<Duration>,
+    /// Only failed exchanges: those whose decoded response says so.
+    ///
+    /// An rrdcached status below 0, an HTTP status of 500 or more (4xx
+    /// are marked `client_error`, not failed), a Redis error reply, a DNS
+    /// rcode other than NOERROR. Implies --exchanges and --decode. With
+    /// --slower-than, an exchange must be both; --summaries still sums up
+    /// every connection.
+    #[arg(long, conflicts_with = "write")]
+    pub errors: bool,
     /// A summary of each connection when it ends.
     ///
     /// Bytes and messages each way, exchanges, wait percentiles, who
@@ -423,12 +438,20 @@ pub struct ConversationArgs {
     /// are summarised then, marked open.
     #[arg(long, conflicts_with = "write")]
     pub summaries: bool,
-    /// Decode the protocols of each connection (rrdcached, ...).
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+/// `--decode` and `--decode-as`, of `trace`, `read` and `top`.
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Decode the protocols of each connection (rrdcached, HTTP, Redis, DNS).
     ///
-    /// Each message's summary under the call that carried it, or on its
-    /// exchange's line; pipelined requests become exchanges of their own.
-    /// Captures the first 1024 bytes of each call for the decoders, shown
-    /// only with --data.
+    /// `trace`, `read`: each message's summary under the call that carried
+    /// it, or on its exchange's line; pipelined requests become exchanges
+    /// of their own. `top`: rows per request kind (--by kind, then the
+    /// default), failed exchanges counted as errors. Captures the first
+    /// 1024 bytes of each call for the decoders, shown only with --data.
     #[arg(long, conflicts_with = "write")]
     pub decode: bool,
     /// Decode connections to a server at GLOB_OR_PORT as NAME.
@@ -439,18 +462,26 @@ pub struct ConversationArgs {
     pub decode_as: Vec<Rule>,
 }
 
+impl DecodeArgs {
+    /// Whether anything is to be decoded.
+    pub fn on(&self) -> bool {
+        self.decode || !self.decode_as.is_empty()
+    }
+}
+
 impl ConversationArgs {
     /// What to follow; `None` when every call is printed as it is.
     pub fn wanted(&self) -> Option<Wanted> {
-        let exchanges = self.exchanges || self.slower_than.is_some();
-        let decode = self.decode || !self.decode_as.is_empty();
+        let exchanges = self.exchanges || self.slower_than.is_some() || self.errors;
+        let decode = self.decode.on() || self.errors;
         (exchanges || self.summaries || decode).then(|| Wanted {
             exchanges,
             summaries: self.summaries,
             no_wait_percentiles: false,
             slower_than_us: self.slower_than.map(|d| d.as_micros() as u64),
+            errors_only: self.errors,
             decode,
-            decode_as: self.decode_as.clone(),
+            decode_as: self.decode.decode_as.clone(),
         })
     }
 }
@@ -567,13 +598,6 @@ const BUFFER_KIB: u64 = 8192;
 /// `top`'s (see its `-B`).
 const TOP_BUFFER_KIB: u64 = 4096;
 
-/// What `top` makes a row of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RowsBy {
-    Connection,
-    Server,
-}
-
 #[derive(Debug, Args)]
 pub struct TopArgs {
     #[command(flatten)]
@@ -583,13 +607,17 @@ pub struct TopArgs {
     /// Seconds between refreshes (fractions allowed).
     #[arg(short = 'd', long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
     pub delay: Duration,
-    /// One row per `connection` (the default) or per `server` endpoint.
+    /// One row per `connection`, per `server` endpoint, or per server and request `kind`.
     ///
     /// A server endpoint is a listener's path, or its address and port
     /// (an unnamed socket is its own), with the processes holding it; the
-    /// client column then counts client processes.
-    #[arg(long, value_name = "ROWS", value_enum, default_value_t = RowsBy::Connection)]
-    pub by: RowsBy,
+    /// client column then counts client processes. `kind` splits each
+    /// server's row by what was asked (HTTP method and route, Redis
+    /// command, rrdcached command, DNS query type, SQL verb, D-Bus
+    /// interface.member; `-` for exchanges not decoded); it implies --decode, and is the default with it
+    /// (`connection` otherwise).
+    #[arg(long, value_name = "ROWS", value_enum)]
+    pub by: Option<RowsBy>,
     /// Sort by COLUMN: largest first, names in order (requests).
     #[arg(long, value_name = "COLUMN", value_enum, default_value_t = Column::Requests)]
     pub sort: Column,
@@ -616,6 +644,8 @@ pub struct TopArgs {
     /// Rates are over the time from its first event to its last.
     #[arg(short = 'r', value_name = "FILE", conflicts_with_all = ["delay", "iterations", "batch", "buffer_size"])]
     pub read: Option<PathBuf>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 /// Validated options for `top`.
@@ -624,38 +654,56 @@ pub struct TopOptions {
     pub select: Selection,
     pub backend: Option<Backend>,
     pub delay: Duration,
-    pub by_server: bool,
+    pub by: RowsBy,
     pub sort: Column,
     pub batch: bool,
     pub iterations: Option<u64>,
     pub json: bool,
     pub buffer_bytes: u64,
     pub read: Option<PathBuf>,
+    /// `--decode` (implied by `--by kind`): the `--decode-as` rules.
+    pub decode: Option<Vec<Rule>>,
 }
 
 impl TopArgs {
+    /// What a row is of: as asked, else kinds when decoding.
+    fn rows_by(&self) -> RowsBy {
+        self.by.unwrap_or(if self.decode.on() {
+            RowsBy::Kind
+        } else {
+            RowsBy::Connection
+        })
+    }
+
     pub fn validate(&self) -> Result<(), clap::Error> {
-        if self.by == RowsBy::Connection && self.sort == Column::Connections {
-            return Err(Cli::command().error(
-                ErrorKind::ArgumentConflict,
-                "--sort connections needs --by server (a connection's row is one connection)",
-            ));
+        let by = self.rows_by();
+        if !Column::shown(by).contains(&self.sort) {
+            let why = match self.sort {
+                Column::Connections => "--by server or kind (a connection's row is one connection)",
+                Column::Kind => "--by kind (or --decode)",
+                _ => "--by connection or server (a request kind has no queue of its own)",
+            };
+            let msg = format!("--sort {} needs {why}", self.sort.name());
+            return Err(Cli::command().error(ErrorKind::ArgumentConflict, msg));
         }
         self.select.validate()
     }
 
     pub fn options(&self) -> TopOptions {
+        let by = self.rows_by();
+        let decode = self.decode.on() || by == RowsBy::Kind;
         TopOptions {
             select: self.select.selection(),
             backend: self.backend.backend(),
             delay: self.delay,
-            by_server: self.by == RowsBy::Server,
+            by,
             sort: self.sort,
             batch: self.batch,
             iterations: self.iterations,
             json: self.json,
             buffer_bytes: self.buffer_size.saturating_mul(1024),
             read: self.read.clone(),
+            decode: decode.then(|| self.decode.decode_as.clone()),
         }
     }
 }
@@ -1056,8 +1104,9 @@ mod tests {
         let options = top(&[]).options();
         assert_eq!(options.delay, Duration::from_secs(1));
         assert_eq!(options.sort, Column::Requests);
-        assert!(!options.by_server && !options.batch && !options.json);
+        assert!(options.by == RowsBy::Connection && !options.batch && !options.json);
         assert_eq!((options.iterations, options.read), (None, None));
+        assert_eq!(options.decode, None);
         assert_eq!(options.buffer_bytes, 4096 * 1024);
         let args = top(&[
             "--unix", "-b", "-n", "3", "-d", "0.5", "--by", "server", "--sort", "p99", "--json",
@@ -1066,13 +1115,42 @@ mod tests {
         let options = args.options();
         assert_eq!(options.delay, Duration::from_millis(500));
         assert_eq!((options.iterations, options.sort), (Some(3), Column::P99));
-        assert!(options.by_server && options.batch && options.json);
+        assert!(options.by == RowsBy::Server && options.batch && options.json);
         assert_eq!(options.select.families, FAMILY_UNIX);
         let read = top(&["-r", "cap", "--sort", "connections", "--by", "server"]);
         read.validate().unwrap();
         assert_eq!(read.options().read, Some(PathBuf::from("cap")));
         let err = top(&["--sort", "connections"]).validate().unwrap_err();
         assert_eq!(err.exit_code(), 2);
+        // --decode makes rows per kind, unless --by says; --by kind decodes.
+        let decoded = top(&["--decode", "--sort", "kind"]);
+        decoded.validate().unwrap();
+        assert_eq!(decoded.options().by, RowsBy::Kind);
+        assert_eq!(decoded.options().decode, Some(Vec::new()));
+        let by_kind = top(&["--by", "kind"]).options();
+        assert_eq!(
+            (by_kind.by, by_kind.decode),
+            (RowsBy::Kind, Some(Vec::new()))
+        );
+        let rules = top(&["--decode-as", "6380=redis", "--by", "server"]).options();
+        assert_eq!(rules.by, RowsBy::Server);
+        assert_eq!(rules.decode.map(|rules| rules.len()), Some(1));
+        for (args, why) in [
+            (&["--sort", "kind"][..], "--sort kind needs --by kind"),
+            (
+                &["--decode", "--sort", "queued"],
+                "a request kind has no queue",
+            ),
+            (&["--by", "kind", "--sort", "connections"], ""),
+        ] {
+            let args = top(args);
+            if why.is_empty() {
+                args.validate().unwrap();
+            } else {
+                let err = args.validate().unwrap_err();
+                assert!(err.to_string().contains(why), "{err}");
+            }
+        }
         for bad in [
             &["sockspy", "top", "-d", "0"][..],
             &["sockspy", "top", "-n", "0"],
@@ -1084,6 +1162,39 @@ mod tests {
             let err = Cli::try_parse_from(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn errors_implies_exchanges_and_decoding() {
+        let trace = |args: &[&str]| {
+            let args = ["sockspy", "trace"].iter().chain(args);
+            let Command::Trace(trace) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            trace
+        };
+        let errors = trace(&["--errors"]);
+        let wanted = errors.conversation.wanted().unwrap();
+        assert!(wanted.exchanges && wanted.decode && wanted.errors_only);
+        assert!(!wanted.summaries && wanted.slower_than_us.is_none());
+        // Decoding needs the start of each message: it is captured, not shown.
+        assert_eq!(errors.options().capture_bytes, DECODE_CAPTURE);
+        assert!(!errors.options().show_data);
+        let both = trace(&["--errors", "--slower-than", "2ms", "--summaries"]);
+        let both = both.conversation.wanted().unwrap();
+        assert_eq!(both.slower_than_us, Some(2_000));
+        assert!(both.errors_only && both.summaries);
+        let decoded = trace(&["--exchanges", "--decode"]).conversation.wanted();
+        assert!(!decoded.unwrap().errors_only);
+        let err = Cli::try_parse_from(["sockspy", "trace", "--errors", "-w", "f"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let Command::Read(read) = Cli::try_parse_from(["sockspy", "read", "f", "--errors"])
+            .unwrap()
+            .command
+        else {
+            panic!("not read")
+        };
+        assert!(read.options().conversation.is_some_and(|w| w.errors_only));
     }
 
     #[test]

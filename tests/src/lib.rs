@@ -418,6 +418,66 @@ pub fn find_data<'a>(events: &'a [Value], pid: u64, event: &str, bytes: u64) -> 
         })
 }
 
+/// redis-server answering on a Unix socket only, keeping nothing on disk;
+/// stopped when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub pid: u32,
+}
+
+impl RedisServer {
+    /// Starts redis-server at socket `path` (its directory holds nothing
+    /// else of another test) and waits for the socket; `None`, with the
+    /// reason said, when redis-server is not installed and this is not
+    /// CI, where a missing program fails the test.
+    pub fn start(test: &str, path: &str) -> Option<Self> {
+        if !have_program("redis-server") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing (cargo xtask setup installs it)"
+            );
+            eprintln!("skipped {test}: redis-server is not installed");
+            return None;
+        }
+        let dir = std::path::Path::new(path)
+            .parent()
+            .expect("a socket in a directory");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket", path])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        for _ in 0..100 {
+            if std::path::Path::new(path).exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let pid = child.id();
+        Some(Self { child, pid })
+    }
+
+    /// Runs `redis-cli` on the server at `path` with `args`, which must succeed.
+    pub fn cli(path: &str, args: &[&str]) {
+        let out = Command::new("redis-cli")
+            .args(["-s", path])
+            .args(args)
+            .output()
+            .expect("running redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// collectd writing to rrdcached over a Unix socket, configured as in the
 /// field; both are stopped when this is dropped.
 pub struct Collectd {

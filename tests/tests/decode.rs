@@ -2,21 +2,23 @@
 //! collectd and rrdcached, curl and an HTTP server on a Unix socket, a
 //! client pipelining HTTP requests, redis-server and redis-cli, a
 //! resolver asking A and AAAA at once of a DNS server that answers them
-//! in the other order, and connections opened before the trace started
-//! (picked up at a request's start, or said not to be).
+//! in the other order, dbus-send and a Python service on a private
+//! dbus-daemon, a PostgreSQL server with psql and pgbench, and
+//! connections opened before the trace started (picked up at a
+//! request's start, or said not to be).
 
 use std::{
-    io::Write,
-    path::Path,
-    process::{Child, Command},
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use serde_json::Value;
 use sockspy_tests::{
-    Collectd, SocketDir, Trace, first_line, have_program, have_root, python, run_sockspy,
-    socket_dir, spawn_python, wait_ok,
+    Collectd, RedisServer, SocketDir, Trace, first_line, have_program, have_root, python, python3,
+    run_sockspy, skip, socket_dir, spawn_python, wait_ok,
 };
 
 fn exchanges(records: &[Value]) -> Vec<&Value> {
@@ -24,6 +26,19 @@ fn exchanges(records: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|r| r["event"] == "exchange")
         .collect()
+}
+
+/// A trace of the exchanges, decoded, in JSON, of the Unix sockets at `path`.
+fn decoded_exchanges(path: &str) -> Trace {
+    Trace::start(&[
+        "--unix",
+        "--json",
+        "--exchanges",
+        "--decode",
+        "--path",
+        path,
+    ])
+    .unwrap()
 }
 
 fn stopped(trace: Trace) -> Vec<Value> {
@@ -39,15 +54,7 @@ fn rrdcached_commands_and_statuses() {
     if !have_root("rrdcached_commands_and_statuses") {
         return;
     }
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        "*rrdcached.sock",
-    ])
-    .unwrap();
+    let trace = decoded_exchanges("*rrdcached.sock");
     let setup = Collectd::start("decode").unwrap();
     thread::sleep(Duration::from_secs(4));
     drop(setup);
@@ -132,6 +139,31 @@ s.close()
 print(os.getpid(), flush=True)
 "#;
 
+/// Starts [`HTTP_SERVER`] at `path`; curl asks it for `targets` on one
+/// connection, then [`PIPELINING_CLIENT`] sends its three at once; the
+/// server is stopped. The pids of the server, curl and that client.
+fn http_clients(path: &str, targets: &[&str]) -> [u64; 3] {
+    let mut server = spawn_python(HTTP_SERVER, &[path]);
+    let server_pid = first_line(&mut server)[0];
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--unix-socket", path]);
+    for target in targets {
+        curl.args(["-o", "/dev/null", &format!("http://api{target}")]);
+    }
+    let mut curl = curl.spawn().unwrap();
+    let curl_pid = u64::from(curl.id());
+    wait_ok(&mut curl);
+    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let _ = server.kill();
+    let _ = server.wait();
+    [server_pid, curl_pid, client_pid]
+}
+
 /// curl on a Unix socket (two requests on one connection), and pipelined
 /// requests: each request its own exchange with its method, target and
 /// host, each answer its status and body length; 5xx failed, 4xx marked.
@@ -142,38 +174,8 @@ fn http_requests_each_get_their_answer() {
     }
     let dir = socket_dir("decode-http");
     let path = dir.path();
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        path,
-    ])
-    .unwrap();
-    let mut server = spawn_python(HTTP_SERVER, &[path]);
-    let server_pid = first_line(&mut server)[0];
-    let curl = Command::new("curl")
-        .args(["-s", "--unix-socket", path])
-        .args([
-            "-o",
-            "/dev/null",
-            "http://api/ok",
-            "-o",
-            "/dev/null",
-            "http://api/missing",
-        ])
-        .status()
-        .unwrap();
-    assert!(curl.success());
-    let client_pid: u64 = python(PIPELINING_CLIENT, &[path])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let _ = server.kill();
-    let _ = server.wait();
+    let trace = decoded_exchanges(path);
+    let [server_pid, _, client_pid] = http_clients(path, &["/ok", "/missing"]);
     let records = stopped(trace);
     let exchanges = exchanges(&records);
     let summary: Vec<(String, String, u64, bool)> = exchanges
@@ -215,41 +217,45 @@ fn http_requests_each_get_their_answer() {
     );
 }
 
-/// redis-server on the Unix socket `dir.path()`, listening once this
-/// returns; `None` (the test skips) when it is not installed.
-fn redis_server(dir: &SocketDir) -> Option<Child> {
-    if !have_program("redis-server") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is missing (cargo xtask setup installs it)"
-        );
-        eprintln!("skipped: redis-server is not installed");
-        return None;
+/// `--errors` alone (implying `--exchanges` and `--decode`): of curl's
+/// keep-alive requests and a client's pipelined ones, only those the
+/// server answered with a 500 are printed; a 404 is no failure.
+#[test]
+fn errors_keeps_only_failed_exchanges() {
+    if !have_root("errors_keeps_only_failed_exchanges") {
+        return;
     }
+    let dir = socket_dir("decode-errors");
     let path = dir.path();
-    let server = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--unixsocket",
-            path,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&**dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if Path::new(path).exists() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Some(server)
+    let trace = Trace::start(&["--unix", "--json", "--errors", "--path", path]).unwrap();
+    let [server_pid, curl_pid, client_pid] =
+        http_clients(path, &["/ok", "/boom", "/missing", "/ok", "/boom"]);
+    let records = stopped(trace);
+    assert!(
+        records.iter().all(|r| r["event"] == "exchange"),
+        "exchanges only, no calls: {records:#?}"
+    );
+    let failed: Vec<(u64, &str, u64)> = records
+        .iter()
+        .map(|e| {
+            assert_eq!(e["server"]["pid"], server_pid, "{e}");
+            assert_eq!((&e["app"], &e["failed"]), (&"http".into(), &true.into()));
+            (
+                e["client"]["pid"].as_u64().unwrap(),
+                e["request"]["target"].as_str().unwrap(),
+                e["response"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (curl_pid, "/boom", 500),
+            (curl_pid, "/boom", 500),
+            (client_pid, "/boom", 500)
+        ],
+        "{records:#?}"
+    );
 }
 
 /// redis-server on a Unix socket, redis-cli and a client pipelining:
@@ -261,26 +267,11 @@ fn redis_commands_and_replies() {
     }
     let dir = socket_dir("decode-redis");
     let path = dir.path();
-    let Some(mut server) = redis_server(&dir) else {
+    let Some(server) = RedisServer::start("redis_commands_and_replies", path) else {
         return;
     };
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        path,
-    ])
-    .unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
-            .args(["-s", path])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    };
+    let trace = decoded_exchanges(path);
+    let cli = |args: &[&str]| RedisServer::cli(path, args);
     cli(&["SET", "user:1", "alice"]);
     cli(&["GET", "user:1"]);
     cli(&["NOSUCHCOMMAND", "x"]);
@@ -299,8 +290,7 @@ s.close()
 "#;
     python(PIPELINE, &[path]).unwrap();
     let records = stopped(trace);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let decoded: Vec<(String, String, bool)> = exchanges(&records)
         .iter()
         .filter(|e| e["request"]["command"] != "COMMAND")
@@ -388,7 +378,7 @@ fn dns_answers_pair_with_their_queries() {
             assert_eq!(e["request"]["id"], e["response"]["id"], "{e}");
             (
                 e["request"]["name"].as_str().unwrap().to_owned(),
-                e["request"]["type"].as_str().unwrap().to_owned(),
+                e["request"]["qtype"].as_str().unwrap().to_owned(),
                 e["response"]["rcode"].as_str().unwrap().to_owned(),
                 e["failed"].as_bool().unwrap(),
             )
@@ -452,6 +442,550 @@ fn decoded_lines_under_calls_and_decode_as() {
     assert!(err.contains("`gopher` is not a protocol"), "{err}");
 }
 
+/// A private bus: dbus-daemon on its own socket, stopped when dropped.
+struct Bus(Child);
+
+impl Bus {
+    /// Starts one listening on `path`, once it says it is.
+    fn start(path: &str) -> Self {
+        let mut daemon = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address"])
+            .arg(format!("--address=unix:path={path}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dbus-daemon");
+        let mut address = String::new();
+        BufReader::new(daemon.stdout.as_mut().expect("piped"))
+            .read_line(&mut address)
+            .expect("reading dbus-daemon's address");
+        assert!(address.starts_with("unix:path="), "{address}");
+        Self(daemon)
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A service on the bus (python3-dbus with GLib's loop): it owns
+/// `org.sockspy.Test` and answers `Echo`. Prints its pid once it does.
+const DBUS_SERVICE: &str = r#"
+import os, sys
+import dbus, dbus.service, dbus.mainloop.glib
+from gi.repository import GLib
+dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
+bus = dbus.bus.BusConnection(sys.argv[1])
+class Test(dbus.service.Object):
+    @dbus.service.method('org.sockspy.Test', in_signature='s', out_signature='s')
+    def Echo(self, text):
+        return text
+name = dbus.service.BusName('org.sockspy.Test', bus)
+Test(bus, '/org/sockspy/Test')
+print(os.getpid(), flush=True)
+GLib.MainLoop().run()
+"#;
+
+/// A Python that has the D-Bus bindings and GLib (Debian's python3-dbus
+/// and python3-gi are the system interpreter's, which may not be the one
+/// on PATH).
+fn python_with_dbus() -> Option<&'static str> {
+    [python3(), "/usr/bin/python3"].into_iter().find(|python| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import dbus.mainloop.glib; from gi.repository import GLib",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// dbus-send against a private dbus-daemon: a call and its return, a
+/// call that fails, a signal; and a Python service answering a call the
+/// bus passes it (an exchange the server asked). Each call pairs with
+/// its answer by serial; signals are one-way exchanges.
+#[test]
+fn dbus_calls_errors_and_signals() {
+    let test = "dbus_calls_errors_and_signals";
+    if !have_root(test) {
+        return;
+    }
+    if !have_program("dbus-daemon") || !have_program("dbus-send") {
+        skip(
+            test,
+            "dbus-daemon or dbus-send is missing (cargo xtask setup installs them)",
+        );
+        return;
+    }
+    let Some(service_python) = python_with_dbus() else {
+        skip(
+            test,
+            "no python3 with dbus and gi (python3-dbus, python3-gi)",
+        );
+        return;
+    };
+    let dir = socket_dir("decode-dbus");
+    let path = dir.path();
+    let address = format!("--bus=unix:path={path}");
+    let bus = Bus::start(path);
+    let args = ["--unix", "--exchanges", "--decode", "--path", path];
+    let trace = Trace::start(&[&args[..], &["--json"]].concat()).unwrap();
+    let text_trace = trace.also(&args).unwrap();
+    let mut service = Command::new(service_python)
+        .arg("-c")
+        .arg(DBUS_SERVICE)
+        .arg(format!("unix:path={path}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let service_pid = first_line(&mut service)[0];
+    let send = |args: &[&str]| {
+        Command::new("dbus-send")
+            .arg(&address)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bus_method = |method: &str| {
+        send(&[
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            &format!("org.freedesktop.DBus.{method}"),
+        ])
+    };
+    assert!(bus_method("ListNames").status.success());
+    let failed = bus_method("NoSuchMethod");
+    assert!(!failed.status.success(), "{failed:?}");
+    let signal = send(&[
+        "--type=signal",
+        "/org/sockspy",
+        "org.sockspy.Test.Ping",
+        "string:hi",
+    ]);
+    assert!(signal.status.success(), "{signal:?}");
+    // The second larger than what a call captures, each way.
+    let long = "x".repeat(6000);
+    for text in ["hello", &long] {
+        let echo = send(&[
+            "--print-reply",
+            "--dest=org.sockspy.Test",
+            "/org/sockspy/Test",
+            "org.sockspy.Test.Echo",
+            &format!("string:{text}"),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&echo.stdout).contains(text),
+            "{echo:?}"
+        );
+    }
+    thread::sleep(Duration::from_millis(200));
+    let text = text_trace.stop().unwrap().stdout.join("\n");
+    let records = stopped(trace);
+    let _ = service.kill();
+    let _ = service.wait();
+    drop(bus);
+
+    let exchanges = exchanges(&records);
+    for exchange in &exchanges {
+        assert_eq!(exchange["app"], "dbus", "{exchange}");
+    }
+    let by_member = |member: &str| -> Vec<&&Value> {
+        exchanges
+            .iter()
+            .filter(|e| e["request"]["member"] == member)
+            .collect()
+    };
+    let one = |member: &str| -> &Value {
+        let found = by_member(member);
+        assert_eq!(found.len(), 1, "{member}: {records:#?}");
+        found[0]
+    };
+    // A call and its return, paired by serial.
+    let list = one("ListNames");
+    assert_eq!(list["client"]["comm"], "dbus-send", "{list}");
+    assert_eq!(list["request"]["type"], "method_call");
+    assert_eq!(list["request"]["destination"], "org.freedesktop.DBus");
+    assert_eq!(list["request"]["path"], "/org/freedesktop/DBus");
+    assert_eq!(list["request"]["interface"], "org.freedesktop.DBus");
+    assert_eq!(list["response"]["type"], "method_return");
+    assert_eq!(list["response"]["reply_serial"], list["request"]["serial"]);
+    assert_eq!(list["failed"], false);
+    assert!(list.get("asked_by").is_none(), "{list}");
+    assert!(list["wait_us"].is_u64(), "{list}");
+    // An error: its name, and its message from the body.
+    let error = one("NoSuchMethod");
+    assert_eq!(error["response"]["type"], "error");
+    assert_eq!(
+        error["response"]["error_name"],
+        "org.freedesktop.DBus.Error.UnknownMethod"
+    );
+    assert_eq!(
+        error["response"]["reply_serial"],
+        error["request"]["serial"]
+    );
+    assert!(
+        error["response"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NoSuchMethod"),
+        "{error}"
+    );
+    assert_eq!(error["failed"], true);
+    // A signal the client sends: one-way, no response.
+    let ping = one("Ping");
+    assert_eq!(ping["request"]["type"], "signal");
+    assert_eq!(ping["one_way"], true);
+    assert_eq!(ping["response_bytes"], 0);
+    assert!(ping["response"].is_null(), "{ping}");
+    assert_eq!(ping["failed"], false);
+    // The bus's NameAcquired to every client: one-way, asked by the server.
+    let acquired = by_member("NameAcquired");
+    assert!(acquired.len() >= 4, "{records:#?}");
+    for signal in &acquired {
+        assert_eq!(signal["asked_by"], "server", "{signal}");
+        assert_eq!(signal["one_way"], true, "{signal}");
+    }
+    // Authentication: lines of their own.
+    let auth: Vec<_> = exchanges
+        .iter()
+        .filter(|e| e["request"]["type"] == "auth" && e["request"]["command"] == "AUTH")
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|e| e["response"]["command"] == "OK"),
+        "{records:#?}"
+    );
+    // Echo: dbus-send asks the bus; the bus asks the service, which answers.
+    // Echo: dbus-send asks the bus; the bus asks the service, which
+    // answers; twice, the second message larger than the capture.
+    let echoes = by_member("Echo");
+    let (asked, passed): (Vec<&&Value>, Vec<&&Value>) = echoes
+        .iter()
+        .partition(|e| e["client"]["comm"] == "dbus-send");
+    assert_eq!((asked.len(), passed.len()), (2, 2), "{records:#?}");
+    for served in &passed {
+        assert_eq!(served["client"]["pid"], service_pid, "{served}");
+        assert_eq!(served["asked_by"], "server", "{served}");
+        assert!(served.get("one_way").is_none(), "{served}");
+        assert!(served["wait_us"].is_u64(), "the bus's wait: {served}");
+    }
+    for echo in asked.iter().chain(&passed) {
+        assert_eq!(echo["response"]["type"], "method_return", "{echo}");
+        assert_eq!(
+            echo["response"]["reply_serial"], echo["request"]["serial"],
+            "{echo}"
+        );
+        if echo["request"]["body_bytes"].as_u64().unwrap() > 6000 {
+            assert!(
+                echo["request_bytes"].as_u64().unwrap() > 6000
+                    && echo["response_bytes"].as_u64().unwrap() > 6000,
+                "{echo}"
+            );
+        }
+    }
+    assert!(asked.iter().all(|e| e.get("asked_by").is_none()));
+    let long_ones = echoes
+        .iter()
+        .filter(|e| e["response"]["body_bytes"].as_u64().unwrap() > 6000)
+        .count();
+    assert_eq!(long_ones, 2, "{records:#?}");
+    assert!(
+        exchanges.iter().all(|e| e.get("undecoded").is_none()),
+        "{records:#?}"
+    );
+
+    for line in [
+        "dbus: call org.freedesktop.DBus.ListNames -> return\n",
+        "dbus: call org.freedesktop.DBus.NoSuchMethod -> error org.freedesktop.DBus.Error.UnknownMethod (failed)\n",
+        "one-way = queue ",
+        "dbus: signal org.sockspy.Test.Ping\n",
+        "dbus: signal org.freedesktop.DBus.NameAcquired\n",
+        "dbus: AUTH EXTERNAL -> OK\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let served_line = text
+        .lines()
+        .find(|line| {
+            line.ends_with("dbus: call org.sockspy.Test.Echo -> return") && line.contains(" <- ")
+        })
+        .unwrap_or_else(|| panic!("no Echo asked by the server in:\n{text}"));
+    assert!(
+        served_line.contains(&format!(" python3[{service_pid}] "))
+            && served_line.contains(" (asked by server)  "),
+        "{served_line}"
+    );
+}
+
+/// A PostgreSQL server of the test's own, in a temporary directory,
+/// listening only on a Unix socket there, trusting every local user; run
+/// as the `postgres` user (its programs refuse root). Stopped when dropped,
+/// whether the test passed or not.
+struct Postgres {
+    bin: PathBuf,
+    dir: SocketDir,
+}
+
+impl Postgres {
+    /// Runs one of the server's programs as `postgres`.
+    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("running {program}: {err}"))
+    }
+
+    /// Starts a server, or says why it cannot (`None`: the test skips,
+    /// or fails where `SOCKSPY_REQUIRE_ROOT` is set).
+    fn start(test: &str) -> Option<Self> {
+        // Debian's server programs: /usr/lib/postgresql/VERSION/bin.
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max();
+        let Some(bin) = bin else {
+            skip(
+                test,
+                "PostgreSQL's server is missing (cargo xtask setup installs postgresql)",
+            );
+            return None;
+        };
+        for program in ["psql", "pgbench", "runuser"] {
+            if !have_program(program) {
+                skip(
+                    test,
+                    &format!("{program} is missing (cargo xtask setup installs it)"),
+                );
+                return None;
+            }
+        }
+        let dir = socket_dir(test);
+        let chown = Command::new("chown")
+            .args(["postgres:"])
+            .arg(&*dir)
+            .status()
+            .unwrap();
+        assert!(chown.success(), "no postgres user to run the server as");
+        let server = Postgres { bin, dir };
+        let data = server.dir.join("data");
+        let data = data.to_str().unwrap();
+        let init = server.run("initdb", &["-D", data, "-A", "trust", "-U", "postgres"]);
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let options = format!(
+            "-k {} -c listen_addresses='' -c fsync=off",
+            server.dir.display()
+        );
+        let log = server.dir.join("log");
+        let started = server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            started.status.success(),
+            "the server did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(server)
+    }
+
+    /// The directory of its socket (psql's `-h`).
+    fn host(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// psql running `sql` in one connection; whether it succeeded.
+    fn psql(&self, sql: &str) -> bool {
+        Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                self.host(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+/// psql's query with rows and its failing query, and pgbench's extended
+/// protocol (Parse, Bind, Describe, Execute, Sync in one request): each
+/// request with its SQL, each answer with its tag, rows or SQLSTATE; the
+/// startup with its user and database; the failure failed. The same on
+/// the text lines of a second trace.
+#[test]
+fn postgresql_queries_errors_and_the_extended_protocol() {
+    let test = "postgresql_queries_errors_and_the_extended_protocol";
+    if !have_root(test) {
+        return;
+    }
+    let Some(server) = Postgres::start("decode-postgresql") else {
+        return;
+    };
+    let socket = format!("{}/.s.PGSQL.*", server.host());
+    let trace = decoded_exchanges(&socket);
+    let text = trace
+        .also(&["--unix", "--exchanges", "--decode", "--path", &socket])
+        .unwrap();
+    assert!(server.psql("select generate_series(1, 3)"));
+    assert!(!server.psql("selec 1"), "a syntax error must fail");
+    let script = server.dir.join("script.sql");
+    std::fs::write(&script, "\\set n 4\nselect generate_series(1, :n);\n").unwrap();
+    let bench = Command::new("pgbench")
+        .args([
+            "-h",
+            server.host(),
+            "-U",
+            "postgres",
+            "-n",
+            "-M",
+            "extended",
+        ])
+        .args(["-t", "2", "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    thread::sleep(Duration::from_millis(200));
+    let records = stopped(trace);
+    let lines = text.stop().unwrap().stdout.join("\n");
+    drop(server);
+    // Each connection ends with a Terminate, which nothing answers.
+    let (terminates, answered): (Vec<&Value>, Vec<&Value>) = exchanges(&records)
+        .into_iter()
+        .partition(|e| e["request"]["type"] == "terminate");
+    assert_eq!(terminates.len(), 4, "{records:#?}");
+    let decoded: Vec<(String, String, String, String, bool)> = answered
+        .iter()
+        .map(|e| {
+            assert_eq!(e["app"], "postgresql", "{e}");
+            let (request, response) = (&e["request"], &e["response"]);
+            let asked = match request["type"].as_str().unwrap() {
+                "startup" => format!(
+                    "startup {} {}",
+                    request["user"].as_str().unwrap(),
+                    request["database"].as_str().unwrap()
+                ),
+                kind => format!("{kind} {}", request["query"].as_str().unwrap_or("-")),
+            };
+            let answered = match response["sqlstate"].as_str() {
+                Some(sqlstate) => format!("{sqlstate} {}", response["message"].as_str().unwrap()),
+                None => format!("{} {}", response["tag"], response["rows"]),
+            };
+            (
+                e["client"]["comm"].as_str().unwrap().to_owned(),
+                asked,
+                answered,
+                request["batch"].to_string(),
+                e["failed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let startup = (
+        "startup postgres postgres",
+        "null null",
+        r#"["startup"]"#,
+        false,
+    );
+    let extended = (
+        "execute select generate_series(1, $1);",
+        r#""SELECT 4" 4"#,
+        r#"["parse","bind","describe","execute","sync"]"#,
+        false,
+    );
+    let want = [
+        ("psql", startup),
+        (
+            "psql",
+            (
+                "query select generate_series(1, 3)",
+                r#""SELECT 3" 3"#,
+                r#"["query"]"#,
+                false,
+            ),
+        ),
+        ("psql", startup),
+        (
+            "psql",
+            (
+                "query selec 1",
+                r#"42601 syntax error at or near "selec""#,
+                r#"["query"]"#,
+                true,
+            ),
+        ),
+        // pgbench connects once to check the server, then for its client.
+        ("pgbench", startup),
+        ("pgbench", startup),
+        ("pgbench", extended),
+        ("pgbench", extended),
+    ];
+    assert_eq!(
+        decoded,
+        want.map(|(c, (q, r, b, f))| (c.to_owned(), q.to_owned(), r.to_owned(), b.to_owned(), f)),
+        "{records:#?}"
+    );
+    for line in [
+        r#"postgresql: Query "select generate_series(1, 3)" -> SELECT 3"#,
+        r#"postgresql: Query "selec 1" -> ERROR 42601 syntax error at or near "selec" (failed)"#,
+        r#"postgresql: Execute "select generate_series(1, $1);" -> SELECT 4"#,
+        "postgresql: Startup user=postgres database=postgres -> AuthenticationOk",
+    ] {
+        assert!(lines.contains(line), "no `{line}` in:\n{lines}");
+    }
+}
+
 /// Starts `script`, which connects to `path`, prints its pid and waits
 /// for a line (see [`go_on`]); returns it once it has printed, and the pid.
 fn connected_before(script: &str, path: &str) -> (Child, u64) {
@@ -507,15 +1041,7 @@ fn http_keep_alive_joined_mid_body_resynchronises() {
     let (mut client, client_pid) = connected_before(KEEP_ALIVE_CLIENT, path);
     // The server has read the first half before the trace starts.
     thread::sleep(Duration::from_millis(200));
-    let trace = Trace::start(&[
-        "--unix",
-        "--json",
-        "--exchanges",
-        "--decode",
-        "--path",
-        path,
-    ])
-    .unwrap();
+    let trace = decoded_exchanges(path);
     go_on(&mut client);
     thread::sleep(Duration::from_millis(200));
     let _ = server.kill();
@@ -593,15 +1119,14 @@ fn redis_joined_mid_value_resynchronises() {
     }
     let dir = socket_dir("decode-resync-redis");
     let path = dir.path();
-    let Some(mut server) = redis_server(&dir) else {
+    let Some(server) = RedisServer::start("redis_joined_mid_value_resynchronises", path) else {
         return;
     };
     let (mut client, client_pid) = connected_before(REDIS_CLIENT, path);
     let trace = Trace::start(&["--unix", "--exchanges", "--decode", "--path", path]).unwrap();
     go_on(&mut client);
     let finished = trace.stop().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let text = finished.stdout.join("\n");
     let client = format!("[{client_pid}] fd");
     let lines: Vec<&str> = finished

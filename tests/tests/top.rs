@@ -20,8 +20,8 @@ use std::{
 
 use serde_json::Value;
 use sockspy_tests::{
-    SocketDir, Trace, first_line, have_program, have_root, one_trace_at_a_time, python3,
-    run_sockspy, signal, socket_dir, sockspy_bin, spawn_python, wait_ok,
+    RedisServer, SocketDir, Trace, first_line, have_program, have_root, one_trace_at_a_time,
+    python3, run_sockspy, signal, socket_dir, sockspy_bin, spawn_python, wait_ok,
 };
 
 /// Names the process `NAME`: the tests trace only these two names, which
@@ -779,4 +779,127 @@ fn the_live_screen_shows_the_pair_and_gives_the_terminal_back() {
     tmux.wait_for("sockspy top's header", |screen| screen.contains("QUEUED"));
     signal(tmux.program_pid(), libc::SIGTERM);
     tmux.assert_restored("SIGTERM");
+}
+
+/// The bytes of a RESP request of `words`, as redis-cli sends it.
+fn resp(words: &[&str]) -> u64 {
+    let mut bytes = format!("*{}\r\n", words.len());
+    for word in words {
+        bytes += &format!("${}\r\n{word}\r\n", word.len());
+    }
+    bytes.len() as u64
+}
+
+/// `top --decode` against redis-server and redis-cli: one row per server
+/// and command (redis-cli's connections added up), each command's count,
+/// bytes and failures (INCR of a string is an error reply), rates and
+/// waits; and the text table's KIND column.
+#[test]
+fn decoded_rows_per_request_kind() {
+    if !have_root("decoded_rows_per_request_kind") {
+        return;
+    }
+    let dir = socket_dir("top-kinds");
+    let path = dir.path();
+    let Some(redis) = RedisServer::start("decoded_rows_per_request_kind", path) else {
+        return;
+    };
+    let select = ["--unix", "--path", path];
+    let top =
+        Trace::top(&[&["-b", "--json", "-d", "0.5", "--decode"][..], &select].concat()).unwrap();
+    RedisServer::cli(path, &["-r", "6", "SET", "k", "v"]);
+    RedisServer::cli(path, &["-r", "3", "GET", "k"]);
+    RedisServer::cli(path, &["-r", "2", "INCR", "k"]);
+    RedisServer::cli(path, &["GET", "k"]);
+    // The last connection's rows come with the refresh after it closed.
+    thread::sleep(Duration::from_millis(1200));
+    let finished = top.stop().unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let all = finished.events();
+    let rows: Vec<&Value> = all
+        .iter()
+        .filter(|row| row["server"]["path"] == path)
+        .collect();
+    for row in &rows {
+        assert_eq!(row["server"]["pid"], redis.pid, "{row}");
+        assert_eq!(row["app"], "redis", "{row}");
+        assert!(row["kind"].is_string(), "{row}");
+        assert!(row.get("connection").is_none(), "a kind's row: {row}");
+        assert!(row["queued_bytes"].is_null(), "{row}");
+        let secs = row["interval_s"].as_f64().unwrap();
+        let requests = row["requests"].as_u64().unwrap();
+        assert!(
+            (row["requests_per_s"].as_f64().unwrap() - requests as f64 / secs).abs() < 1e-6,
+            "{row}"
+        );
+        if requests > 0 {
+            let (p50, p99, max) = (
+                row["wait_p50_us"].as_u64().unwrap(),
+                row["wait_p99_us"].as_u64().unwrap(),
+                row["wait_max_us"].as_u64().unwrap(),
+            );
+            assert!(0 < p50 && p50 <= p99 && p99 <= max, "{row}");
+        }
+    }
+    let of_kind = |kind: &str| -> Vec<&Value> {
+        rows.iter()
+            .copied()
+            .filter(|row| row["kind"] == kind)
+            .collect()
+    };
+    let (ok, value) = ("+OK\r\n".len() as u64, "$1\r\nv\r\n".len() as u64);
+    for (kind, count, errors, sent, received) in [
+        ("SET", 6, 0, 6 * resp(&["SET", "k", "v"]), 6 * ok),
+        ("GET", 4, 0, 4 * resp(&["GET", "k"]), 4 * value),
+        ("INCR", 2, 2, 2 * resp(&["INCR", "k"]), 0),
+    ] {
+        let mine = of_kind(kind);
+        assert_eq!(sum(&mine, "requests"), count, "{kind}: {rows:#?}");
+        assert_eq!(sum(&mine, "errors"), errors, "{kind}: {rows:#?}");
+        assert_eq!(sum(&mine, "sent_bytes"), sent, "{kind}: {rows:#?}");
+        if received > 0 {
+            assert_eq!(sum(&mine, "received_bytes"), received, "{kind}");
+        }
+    }
+    // Two redis-cli made GETs: a row adds up what both did in its interval.
+    assert!(
+        of_kind("GET")
+            .iter()
+            .all(|row| row["clients"].as_u64() <= Some(2)),
+        "{rows:#?}"
+    );
+
+    // The text table, sorted by kind: a KIND column, and no QUEUED.
+    let top = Trace::top(
+        &[
+            &["-b", "-n", "3", "-d", "0.5", "--decode", "--sort", "kind"][..],
+            &select,
+        ]
+        .concat(),
+    )
+    .unwrap();
+    RedisServer::cli(path, &["-r", "50", "-i", "0.02", "PING"]);
+    let finished = top.finish().unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let text = finished.stdout.join("\n");
+    let header: Vec<&str> = finished.stdout[1].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "CLIENT", "SERVER", "KIND", "CONNS", "REQ/S", "SENT/S", "RECV/S", "P50", "P99", "MAX",
+            "ERR"
+        ],
+        "{text}"
+    );
+    let server = format!("redis-server[{}] {path}", redis.pid);
+    assert!(
+        finished
+            .stdout
+            .iter()
+            .any(|line| line.starts_with("redis-cli[")
+                && line.contains(&server)
+                && line.contains(" PING ")),
+        "{text}"
+    );
+    assert!(text.contains("request kind"), "{text}");
 }

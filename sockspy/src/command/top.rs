@@ -19,12 +19,12 @@ use crate::{
         events::clock_ns,
         loader::{self, Tracer},
     },
-    cli::TopOptions,
+    cli::{DECODE_CAPTURE, TopOptions},
     filter::Filter,
     output::{
         record::Item,
         top::{
-            Queues, Top, by_server,
+            Queues, Row, RowsBy, Top, by_server,
             screen::{Asked, Screen},
             sort,
             table::{self, Interval},
@@ -65,20 +65,18 @@ impl Session<'_> {
         self.since = now;
         self.due = now + self.options.delay;
         let queues = Queues::read(self.options.select.families);
-        let mut rows = self.top.refresh(Some(&queues));
-        if self.options.by_server {
-            rows = by_server(rows);
-        }
-        let (by_server, column) = (self.options.by_server, self.options.sort);
+        let rows = self.top.refresh(Some(&queues));
+        let mut rows = grouped(rows, self.options.by);
+        let (by, column) = (self.options.by, self.options.sort);
         let shown = match &mut self.view {
             View::Screen(screen) => screen.show(rows, interval),
             View::Text(out) => {
                 sort(&mut rows, column);
-                table::write_text(out, &rows, &interval, by_server, column)
+                table::write_text(out, &rows, &interval, by, column)
             }
             View::Json(out) => {
                 sort(&mut rows, column);
-                table::write_json(out, &rows, &interval)
+                table::write_json(out, &rows, &interval, by)
             }
         };
         if shown.is_err() {
@@ -135,6 +133,20 @@ impl Consumer for Session<'_> {
     }
 }
 
+/// A refresh's rows (per connection, or per connection and kind), added
+/// up as `by` asks.
+fn grouped(rows: Vec<Row>, by: RowsBy) -> Vec<Row> {
+    match by {
+        RowsBy::Connection => rows,
+        RowsBy::Server | RowsBy::Kind => by_server(rows),
+    }
+}
+
+/// `top`'s rows as `options` ask: decoded, per kind.
+fn new_top(options: &TopOptions) -> Top {
+    Top::with(options.decode.clone(), options.by == RowsBy::Kind)
+}
+
 /// Runs `top`, live or over a recording.
 pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
     if let Some(file) = &options.read {
@@ -149,7 +161,12 @@ pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
     let capture = live::attach(&live::Request {
         select: &options.select,
         buffer_bytes: options.buffer_bytes,
-        capture_bytes: 0,
+        // The decoders need the start of each message; nothing is shown.
+        capture_bytes: if options.decode.is_some() {
+            DECODE_CAPTURE
+        } else {
+            0
+        },
         backend: options.backend,
         kernel_log: false,
     })?;
@@ -159,11 +176,7 @@ pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
             "sockspy top: tracing {families} sockets, first refresh in {:.1}s",
             options.delay.as_secs_f64()
         );
-        View::Screen(Box::new(Screen::open(
-            options.sort,
-            options.by_server,
-            waiting,
-        )?))
+        View::Screen(Box::new(Screen::open(options.sort, options.by, waiting)?))
     } else {
         eprintln!("sockspy: tracing {families} sockets (Ctrl-C to stop)");
         let out = BufWriter::with_capacity(1 << 16, io::stdout());
@@ -176,7 +189,7 @@ pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
     let now = Instant::now();
     let mut session = Session {
         options,
-        top: Top::new(),
+        top: new_top(options),
         view,
         since: now,
         due: now + options.delay,
@@ -199,7 +212,7 @@ pub fn run(options: &TopOptions) -> anyhow::Result<ExitCode> {
 /// time from its first event to its last.
 fn recording(options: &TopOptions, file: &Path) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout());
-    let mut top = Top::new();
+    let mut top = new_top(options);
     let mut filter = Filter::new(options.select.clone());
     let mut span: Option<(u64, u64)> = None;
     let each = |item: Item, _: &mut BufWriter<io::Stdout>| {
@@ -217,10 +230,7 @@ fn recording(options: &TopOptions, file: &Path) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     top.finish();
-    let mut rows = top.refresh(None);
-    if options.by_server {
-        rows = by_server(rows);
-    }
+    let mut rows = grouped(top.refresh(None), options.by);
     sort(&mut rows, options.sort);
     let (first, last) = span.unwrap_or_default();
     let interval = Interval {
@@ -230,9 +240,9 @@ fn recording(options: &TopOptions, file: &Path) -> anyhow::Result<ExitCode> {
         wall_ns: i128::from(last),
     };
     let written = if options.json {
-        table::write_json(&mut out, &rows, &interval)
+        table::write_json(&mut out, &rows, &interval, options.by)
     } else {
-        table::write_text(&mut out, &rows, &interval, options.by_server, options.sort)
+        table::write_text(&mut out, &rows, &interval, options.by, options.sort)
     };
     // A closed pipe is a clean end.
     let _ = written.and_then(|()| out.flush());

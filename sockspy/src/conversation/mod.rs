@@ -131,7 +131,10 @@ impl End {
 }
 
 /// Where an exchange's time went, in microseconds; each part is there
-/// when the records it needs were seen.
+/// when the records it needs were seen. They are the asker's: in an
+/// exchange the server asked ([`Turn::asked_by_server`]), `queue_us` is
+/// the server's send until the client read it, `server_us` the client's
+/// time to answer, `wait_us` what the server waited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Times {
     /// The request's first send until the server first read it.
@@ -189,6 +192,7 @@ pub struct Exchange {
     /// The connection's number in this trace.
     pub connection: u64,
     pub kind: Kind,
+    /// The connection's ends (whichever asked: [`Turn::asked_by_server`]).
     pub client: End,
     pub server: End,
     /// When it started: the request's first send (or first read).
@@ -202,6 +206,22 @@ pub struct Exchange {
     /// Decoding picked up this connection, older than the trace, at this
     /// offset of its requests (said once, on its first decoded exchange).
     pub resync_offset: Option<u64>,
+}
+
+impl Exchange {
+    /// Its response says the request failed (decoded exchanges only).
+    pub fn failed(&self) -> bool {
+        self.turn
+            .response
+            .message
+            .as_ref()
+            .is_some_and(|message| message.failed)
+    }
+
+    /// Its request's kind ([`decode::Message::kind`]), when decoded.
+    pub fn request_kind(&self) -> Option<&str> {
+        self.turn.request.message.as_ref()?.kind.as_deref()
+    }
 }
 
 /// A connection, when it ended or when the trace did (`"event": "summary"`).
@@ -254,10 +274,22 @@ pub struct Wanted {
     pub no_wait_percentiles: bool,
     /// Only exchanges whose [`Times::seen_us`] is at least this.
     pub slower_than_us: Option<u64>,
+    /// `--errors`: only exchanges whose response says they failed.
+    pub errors_only: bool,
     /// `--decode`: protocols decoded, exchanges split at their messages.
     pub decode: bool,
     /// `--decode-as`: the protocol of a server's connections, by its path or port.
     pub decode_as: Vec<decode::Rule>,
+}
+
+impl Wanted {
+    /// Whether `exchange` passes `--slower-than` and `--errors`.
+    fn keeps(&self, exchange: &Exchange) -> bool {
+        let slow_enough = self
+            .slower_than_us
+            .is_none_or(|threshold| exchange.times.seen_us().is_some_and(|us| us >= threshold));
+        slow_enough && (!self.errors_only || exchange.failed())
+    }
 }
 
 /// The conversation stage of a trace or a reading: the tracker, what it
@@ -454,15 +486,23 @@ impl Connection {
         }
     }
 
-    /// Makes `turn` an exchange; its wait goes into the connection's
-    /// histogram when `percentiles` are wanted.
-    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
-        let times = Times::of(&turn);
+    /// Where the time of `turn` went; its wait goes into the connection's
+    /// histogram when `percentiles` are wanted and the client asked (an
+    /// exchange the server asked times the client's answer).
+    fn timed(&mut self, turn: &Turn, percentiles: bool) -> Times {
+        let times = Times::of(turn);
         if let Some(wait) = times.seen_us()
             && percentiles
+            && !turn.asked_by_server()
         {
             self.wait.add(wait);
         }
+        times
+    }
+
+    /// Makes `turn` an exchange (see [`Self::timed`]).
+    fn exchange(&mut self, turn: Turn, percentiles: bool) -> Exchange {
+        let times = self.timed(&turn, percentiles);
         let (client, server) = self.client_server();
         let start_ns = [
             turn.request.first_send,
@@ -666,22 +706,27 @@ impl Tracker {
                         Change::None => {}
                     }
                     for message in messages {
-                        if !self.wanted.exchanges {
+                        // Without exchanges the turns need only where it ends.
+                        let (dir, end) = (message.dir, message.end);
+                        let kept = if self.wanted.exchanges {
+                            message
+                        } else {
+                            let bare = message.bare();
                             found(Finding::Message(Box::new(Decoded {
                                 ts_ns: event.ts_ns,
                                 connection: conn.id,
                                 app: conn.app.unwrap_or_default(),
-                                message: message.clone(),
+                                message,
                             })));
-                        }
-                        conn.turns.end_message(message.dir, message.end, message);
+                            bare
+                        };
+                        conn.turns.end_message(dir, end, kept);
                     }
                 }
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
                 while let Some(turn) = conn.turns.next_finished() {
-                    let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
-                    Self::hand_on(&self.wanted, exchange, found);
+                    Self::hand_on(&self.wanted, conn, turn, found);
                 }
             }
             EventKind::Recv if event.ret == 0 && conn.datagram.is_none() => {
@@ -705,16 +750,23 @@ impl Tracker {
         }
     }
 
-    fn hand_on(wanted: &Wanted, exchange: Exchange, found: &mut impl FnMut(Finding)) {
+    /// Hands on `turn` of `conn` as an exchange, if exchanges are wanted
+    /// (its wait counts in the summary's percentiles either way).
+    fn hand_on(
+        wanted: &Wanted,
+        conn: &mut Connection,
+        turn: Turn,
+        found: &mut impl FnMut(Finding),
+    ) {
+        let percentiles = !wanted.no_wait_percentiles;
         if !wanted.exchanges {
+            conn.timed(&turn, percentiles);
             return;
         }
-        if let Some(threshold) = wanted.slower_than_us
-            && exchange.times.seen_us().is_none_or(|us| us < threshold)
-        {
-            return;
+        let exchange = conn.exchange(turn, percentiles);
+        if wanted.keeps(&exchange) {
+            found(Finding::Exchange(Box::new(exchange)));
         }
-        found(Finding::Exchange(Box::new(exchange)));
     }
 
     /// The connection `event` (on `sock`) belongs to; a new one if
@@ -818,8 +870,7 @@ impl Tracker {
         };
         let turns: Vec<Turn> = conn.turns.drain().collect();
         for turn in turns {
-            let exchange = conn.exchange(turn, !self.wanted.no_wait_percentiles);
-            Self::hand_on(&self.wanted, exchange, found);
+            Self::hand_on(&self.wanted, &mut conn, turn, found);
         }
         if self.wanted.summaries {
             found(Finding::Summary(Box::new(conn.summary(open))));
@@ -1000,5 +1051,69 @@ mod tests {
             "said once, on the exchange handed on as it gave up"
         );
         assert!(found.iter().all(|e| e.app.is_none()));
+    }
+
+    /// An exchange the client waited `wait_us` for; decoded when `failed`
+    /// says whether its response failed.
+    fn exchange(wait_us: u64, failed: Option<bool>) -> Exchange {
+        let mut turn = Turn::default();
+        turn.response.message = failed.map(|failed| {
+            Box::new(decode::Message {
+                dir: RESPONSE,
+                end: 0,
+                text: String::new(),
+                fields: serde_json::Map::new(),
+                failed,
+                key: None,
+                role: decode::Role::Answers,
+                kind: None,
+            })
+        });
+        Exchange {
+            connection: 1,
+            kind: Kind::default(),
+            client: End::default(),
+            server: End::default(),
+            start_ns: 0,
+            turn,
+            times: Times {
+                wait_us: Some(wait_us),
+                ..Times::default()
+            },
+            app: failed.map(|_| "http"),
+            undecoded: None,
+            resync_offset: None,
+        }
+    }
+
+    /// `--errors` keeps failed exchanges only; with `--slower-than`, an
+    /// exchange must be both.
+    #[test]
+    fn errors_and_slower_than_must_both_hold() {
+        let kept = |errors_only: bool, slower_than_us: Option<u64>| {
+            let wanted = Wanted {
+                exchanges: true,
+                errors_only,
+                slower_than_us,
+                decode: true,
+                ..Wanted::default()
+            };
+            let all = [
+                (100, Some(false)),
+                (200, Some(true)),
+                (5_000, Some(true)),
+                (6_000, Some(false)),
+                (7_000, None),
+            ];
+            all.into_iter()
+                .map(|(wait, failed)| exchange(wait, failed))
+                .filter(|exchange| wanted.keeps(exchange))
+                .map(|exchange| exchange.times.wait_us.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(false, None).len(), 5);
+        assert_eq!(kept(true, None), [200, 5_000]);
+        assert_eq!(kept(true, Some(1_000)), [5_000]);
+        assert_eq!(kept(false, Some(1_000)), [5_000, 6_000, 7_000]);
     }
 }

@@ -19,12 +19,23 @@
 //! Datagrams are different: every datagram the client sends starts an
 //! exchange of its own, and the replies until the next one are its
 //! response.
+//!
+//! Decoded, each message is a turn of its own, and its [`Role`] says
+//! where it goes: a message that asks starts an exchange, from either
+//! side (a D-Bus bus passes its client calls to answer: that exchange is
+//! asked by the server, [`Turn::asker`]); an answer joins the oldest
+//! exchange asked the other way and not answered, or the one whose
+//! request has its key; a one-way message is an exchange with no answer,
+//! handed on as soon as its bytes are in, past exchanges still waiting.
+//! A message's bytes may come before the decoder finished it (its header
+//! split across calls): they open a turn where the usual role puts them,
+//! which moves when the message says otherwise.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::decode::Message;
+use super::decode::{Message, Role};
 
 /// Bytes from the client to the server.
 pub const REQUEST: usize = 0;
@@ -117,13 +128,20 @@ impl Span {
 /// One request and its response, as their turns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Turn {
+    /// What was asked, and its answer: in the direction [`Self::asker`]
+    /// sends, and the other.
     pub request: Span,
     pub response: Span,
+    /// The direction of the request: [`REQUEST`], or [`RESPONSE`] for an
+    /// exchange the server asked (decoded D-Bus).
+    pub asker: usize,
+    /// A request that expects no answer (decoded: a D-Bus signal).
+    pub one_way: bool,
 }
 
 impl Turn {
     fn get(&self, dir: usize) -> &Span {
-        if dir == REQUEST {
+        if dir == self.asker {
             &self.request
         } else {
             &self.response
@@ -131,11 +149,31 @@ impl Turn {
     }
 
     fn span(&mut self, dir: usize) -> &mut Span {
-        if dir == REQUEST {
+        if dir == self.asker {
             &mut self.request
         } else {
             &mut self.response
         }
+    }
+
+    /// The server asked, the client answered.
+    pub fn asked_by_server(&self) -> bool {
+        self.asker == RESPONSE
+    }
+
+    /// A turn that asks `dir`'s way: a new exchange.
+    fn asking(dir: usize, one_way: bool) -> Self {
+        Self {
+            asker: dir,
+            one_way,
+            ..Self::default()
+        }
+    }
+
+    /// Nothing in it but `dir`'s span (left empty): removable.
+    fn empty_but(&self, dir: usize) -> bool {
+        let other = self.get(1 - dir);
+        other.bytes() == 0 && other.messages() == 0 && other.message.is_none()
     }
 }
 
@@ -267,43 +305,94 @@ impl Turns {
 
     /// Begins the turn in direction `dir` that bytes at `offset` start:
     /// at a direction change (plain turns), or after the last message
-    /// of that direction (decoded).
+    /// of that direction (decoded), where that message goes (as its
+    /// direction's messages usually do while it is not decoded yet).
     fn open_span(&mut self, dir: usize, offset: u64) -> usize {
-        if self.bounds.is_none() {
+        let Some(bounds) = &self.bounds else {
             self.boundary(dir);
             return self.open.len() - 1;
-        }
+        };
         let start = self.ends[dir].unwrap_or(offset);
-        // A response that names its request (a DNS id) answers that one;
-        // the others answer the oldest request not answered.
-        let key = self
-            .bounds
-            .as_ref()
-            .and_then(|bounds| bounds[dir].front())
-            .and_then(|(_, message)| message.key)
-            .filter(|_| dir == RESPONSE);
+        let (role, key) = bounds[dir]
+            .front()
+            .map_or((Role::usual(dir), None), |(_, message)| {
+                (message.role, message.key)
+            });
+        let index = self.place(dir, role, key, None);
+        self.open[index].span(dir).begin(start);
+        index
+    }
+
+    /// The open exchange a message of direction `dir` answers: the one
+    /// whose request has its key (a DNS id, a D-Bus serial), or else the
+    /// oldest not answered, asked the other way. `current`: the turn
+    /// holding the message's span now, taken as not answered.
+    fn answered(&self, dir: usize, key: Option<u64>, current: Option<usize>) -> Option<usize> {
+        let waiting = |(index, turn): &(usize, &Turn)| {
+            turn.asker != dir && !turn.one_way && (!turn.get(dir).begun || Some(*index) == current)
+        };
+        let mut candidates = self.open.iter().enumerate().filter(waiting);
         let keyed = key.and_then(|key| {
-            self.open.iter().position(|turn| {
-                !turn.response.begun
-                    && turn.request.message.as_ref().and_then(|m| m.key) == Some(key)
-            })
+            candidates
+                .clone()
+                .find(|(_, turn)| turn.request.message.as_ref().and_then(|m| m.key) == Some(key))
         });
-        if let Some(index) =
-            keyed.or_else(|| self.open.iter().position(|turn| !turn.get(dir).begun))
+        keyed.or_else(|| candidates.next()).map(|(index, _)| index)
+    }
+
+    /// The turn whose span of `dir` a message of that direction with
+    /// `role` and `key` takes, made if need be (not begun yet).
+    fn place(&mut self, dir: usize, role: Role, key: Option<u64>, current: Option<usize>) -> usize {
+        if role == Role::Answers
+            && let Some(index) = self.answered(dir, key, current)
         {
-            self.open[index].span(dir).begin(start);
             return index;
         }
-        let mut turn = Turn::default();
-        if dir == RESPONSE {
-            // A message that answers nothing sent (a greeting).
-            let at = self.edge(REQUEST);
-            turn.request.begin(self.ends[REQUEST].unwrap_or(at));
-            turn.request.close(self.ends[REQUEST].unwrap_or(at));
-        }
-        turn.span(dir).begin(start);
+        let turn = match role {
+            Role::Answers => self.unasked(dir),
+            _ => Turn::asking(dir, role == Role::OneWay),
+        };
         self.open.push_back(turn);
         self.open.len() - 1
+    }
+
+    /// A turn for an answer to nothing asked (a greeting): its request
+    /// is empty, where the other direction stands.
+    fn unasked(&self, dir: usize) -> Turn {
+        let other = 1 - dir;
+        let mut turn = Turn::asking(other, false);
+        let at = self.ends[other].unwrap_or_else(|| self.edge(other));
+        turn.request.begin(at);
+        turn.request.close(at);
+        turn
+    }
+
+    /// The open span of `dir` in turn `index` holds `message`'s bytes:
+    /// the turn it belongs in, moved there if the span was opened before
+    /// the message was decoded and went elsewhere.
+    fn rehome(&mut self, index: usize, dir: usize, message: &Message) -> usize {
+        let asker = self.open[index].asker;
+        let fits = match message.role {
+            Role::Asks | Role::OneWay => asker == dir,
+            Role::Answers => {
+                asker != dir
+                    && self
+                        .answered(dir, message.key, Some(index))
+                        .is_none_or(|i| i == index)
+            }
+        };
+        let turn = &mut self.open[index];
+        if fits {
+            turn.one_way = message.role == Role::OneWay;
+            return index;
+        }
+        let span = std::mem::take(turn.span(dir));
+        if turn.empty_but(dir) {
+            self.open.remove(index);
+        }
+        let to = self.place(dir, message.role, message.key, None);
+        *self.open[to].span(dir) = span;
+        to
     }
 
     /// Decoded messages follow from offsets `from` (request, response)
@@ -337,28 +426,33 @@ impl Turns {
         }
     }
 
-    /// Ends the open turn of `dir` at the first message end past its start.
+    /// Ends the open turn of `dir` at the first message end past its
+    /// start, in the exchange the message belongs to.
     fn apply_bounds(&mut self, dir: usize) {
-        let Some(bounds) = &mut self.bounds else {
-            return;
-        };
-        while let Some((end, _)) = bounds[dir].front() {
+        loop {
+            let Some(bounds) = &mut self.bounds else {
+                return;
+            };
+            let Some((end, _)) = bounds[dir].front() else {
+                return;
+            };
             let end = *end;
-            let Some(turn) = self
+            let Some(index) = self
                 .open
-                .iter_mut()
-                .find(|turn| turn.get(dir).begun && turn.get(dir).end.is_none())
+                .iter()
+                .position(|turn| turn.get(dir).begun && turn.get(dir).end.is_none())
             else {
                 return;
             };
             let (_, message) = bounds[dir].pop_front().expect("looked at");
-            let span = turn.span(dir);
+            if end <= self.open[index].get(dir).start {
+                continue;
+            }
+            let index = self.rehome(index, dir, &message);
+            let span = self.open[index].span(dir);
             if end == u64::MAX {
                 // It lasts as long as the connection: the turn stays open.
                 span.message = Some(Box::new(message));
-                continue;
-            }
-            if end <= span.start {
                 continue;
             }
             span.close(end);
@@ -387,12 +481,14 @@ impl Turns {
         let request_at = self.edge(REQUEST);
         let response_at = self.edge(RESPONSE);
         let mut ends = self.ends;
-        let answered = self.open.back().is_none_or(|turn| turn.response.begun);
+        // By direction: after decoding stopped, the last turn may be one
+        // the server asked.
+        let answered = self.open.back().is_none_or(|turn| turn.get(RESPONSE).begun);
         if let Some(last) = self.open.back_mut() {
             if dir == REQUEST || answered {
-                Self::close(&mut last.response, response_at, &mut ends, RESPONSE);
+                Self::close(last.span(RESPONSE), response_at, &mut ends, RESPONSE);
             }
-            Self::close(&mut last.request, request_at, &mut ends, REQUEST);
+            Self::close(last.span(REQUEST), request_at, &mut ends, REQUEST);
         }
         if dir == REQUEST || answered {
             // A new request; or the server speaks first (a greeting), or
@@ -410,7 +506,7 @@ impl Turns {
             self.open
                 .back_mut()
                 .expect("answered is false")
-                .response
+                .span(RESPONSE)
                 .begin(start);
         }
         self.ends = ends;
@@ -418,39 +514,55 @@ impl Turns {
 
     /// The oldest turn, once no record still to come can change it: the
     /// other side has answered, and every byte of it that a seen sender
-    /// sent or a seen reader read has been accounted for. Past
-    /// [`OPEN_KEPT`] open turns the oldest goes as it stands.
+    /// sent or a seen reader read has been accounted for. A one-way turn
+    /// (decoded) waits for no answer, nor for older turns: it goes as
+    /// soon as its bytes are in. Past [`OPEN_KEPT`] open turns the oldest
+    /// goes as it stands.
     pub fn next_finished(&mut self) -> Option<Turn> {
-        let turn = self.open.front()?;
-        // Answered: by a later turn (plain), or by its response's end (decoded).
-        let answered = if self.bounds.is_some() {
-            turn.request.end.is_some() && turn.response.end.is_some()
+        let front = self.open.front()?;
+        let index = if self.done(front, true) {
+            0
+        } else if let Some(index) = self
+            .open
+            .iter()
+            .position(|turn| turn.one_way && self.done(turn, false))
+        {
+            index
+        } else if self.open.len() > OPEN_KEPT {
+            0
         } else {
-            self.open.len() >= 2
-        };
-        if !answered && self.open.len() <= OPEN_KEPT {
             return None;
-        }
+        };
+        self.finished += 1;
+        self.open.remove(index)
+    }
+
+    /// `turn` (the oldest open, when `oldest`) is answered, and settled.
+    fn done(&self, turn: &Turn, oldest: bool) -> bool {
+        // Answered: by a later turn (plain), or by its response's end
+        // (decoded), unless it wants no answer.
+        let answered = if self.bounds.is_some() {
+            turn.request.end.is_some() && (turn.one_way || turn.response.end.is_some())
+        } else {
+            oldest && self.open.len() >= 2
+        };
         // An end whose records were seen sends one way and reads the
         // other: both are waited for.
         let client = self.seen[REQUEST][0] || self.seen[RESPONSE][1];
         let server = self.seen[RESPONSE][0] || self.seen[REQUEST][1];
-        let settled = [(REQUEST, &turn.request), (RESPONSE, &turn.response)]
-            .iter()
-            .all(|(dir, span)| {
-                let end = span.end.unwrap_or(u64::MAX);
-                let (sender, reader) = if *dir == REQUEST {
-                    (client, server)
-                } else {
-                    (server, client)
-                };
-                (!sender || self.sent[*dir] >= end) && (!reader || self.read[*dir] >= end)
-            });
-        if !settled && self.open.len() <= OPEN_KEPT {
-            return None;
-        }
-        self.finished += 1;
-        self.open.pop_front()
+        answered
+            && [REQUEST, RESPONSE]
+                .into_iter()
+                .filter(|&dir| !turn.one_way || dir == turn.asker)
+                .all(|dir| {
+                    let end = turn.get(dir).end.unwrap_or(u64::MAX);
+                    let (sender, reader) = if dir == REQUEST {
+                        (client, server)
+                    } else {
+                        (server, client)
+                    };
+                    (!sender || self.sent[dir] >= end) && (!reader || self.read[dir] >= end)
+                })
     }
 
     /// Every turn still open, oldest first (the connection ended, or the
@@ -594,16 +706,7 @@ mod tests {
         assert_eq!(rest[0].response.first_read, Some(150));
     }
 
-    fn message(dir: usize, text: &str) -> Message {
-        Message {
-            dir,
-            end: 0,
-            text: text.to_owned(),
-            fields: serde_json::Map::new(),
-            failed: false,
-            key: None,
-        }
-    }
+    use crate::conversation::decode::tests::message;
 
     #[test]
     fn decoded_messages_split_pipelined_calls() {
@@ -660,6 +763,132 @@ mod tests {
         assert_eq!(pairs, [("A", "A answer"), ("AAAA", "AAAA answer")]);
         assert_eq!(done[0].response.first_send, Some(300));
         assert_eq!(done[1].response.bytes(), 50);
+    }
+
+    /// A decoded message that asks, answers or is one-way, with `key`.
+    fn dbus(dir: usize, text: &str, role: Role, key: Option<u64>) -> Message {
+        Message {
+            role,
+            key,
+            ..message(dir, text)
+        }
+    }
+
+    fn texts(turn: &Turn) -> (&str, Option<&str>) {
+        fn text(span: &Span) -> Option<&str> {
+            span.message.as_ref().map(|m| m.text.as_str())
+        }
+        (text(&turn.request).unwrap(), text(&turn.response))
+    }
+
+    /// A decoded connection whose client sent a call of 30 bytes (its
+    /// serial `serial`) at 100, read at 110.
+    fn calling(text: &str, serial: u64) -> Turns {
+        let mut turns = Turns::new(false);
+        turns.by_message([0; 2]);
+        let call = dbus(REQUEST, text, Role::Asks, Some(serial));
+        sent_and_read(&mut turns, REQUEST, 30, 100, call);
+        turns
+    }
+
+    /// The client answers the bus's call `asked`, then the bus answers
+    /// the client's serial 1 (`answer`): both exchanges are finished,
+    /// the client's first, as these texts say.
+    fn answered(turns: &mut Turns, asked: u32, answer: &str, ts: u64) -> Vec<Turn> {
+        let key = Some(1 << 32 | u64::from(asked));
+        let answer_asked = dbus(REQUEST, "return", Role::Answers, key);
+        sent_and_read(turns, REQUEST, 10, ts, answer_asked);
+        assert!(finished(turns).is_empty(), "in order, after the call");
+        let decoded = dbus(RESPONSE, answer, Role::Answers, Some(1));
+        sent_and_read(turns, RESPONSE, 10, ts + 100, decoded);
+        let done = finished(turns);
+        let pairs: Vec<_> = done.iter().map(texts).collect();
+        assert_eq!(
+            pairs,
+            [("call A", Some(answer)), ("call B", Some("return"))]
+        );
+        done
+    }
+
+    /// One message of `len` bytes, sent at `ts` and read 10 ns later.
+    fn sent_and_read(turns: &mut Turns, dir: usize, len: u64, ts: u64, decoded: Message) {
+        let end = turns.offset(dir, false) + len;
+        turns.end_message(dir, end, decoded);
+        turns.data(dir, false, len, ts, &NONE);
+        turns.data(dir, true, len, ts + 10, &NONE);
+    }
+
+    #[test]
+    fn calls_either_way_pair_by_serial_and_signals_wait_for_nothing() {
+        // A bus connection: the client calls (its serial 1); the bus sends
+        // a signal, then passes the client a call (the bus's serial 5),
+        // which the client answers before the bus answers its call.
+        let mut turns = calling("call A", 1);
+        let signal = dbus(RESPONSE, "signal S", Role::OneWay, None);
+        sent_and_read(&mut turns, RESPONSE, 50, 200, signal);
+        let done = finished(&mut turns);
+        assert_eq!(done.len(), 1, "the signal goes past the call waiting");
+        assert_eq!(texts(&done[0]), ("signal S", None));
+        assert!(done[0].one_way && done[0].asked_by_server());
+        assert_eq!((done[0].request.bytes(), done[0].response.bytes()), (50, 0));
+        let asked = dbus(RESPONSE, "call B", Role::Asks, Some(1 << 32 | 5));
+        sent_and_read(&mut turns, RESPONSE, 80, 300, asked);
+        let done = answered(&mut turns, 5, "error E", 400);
+        assert!(!done[0].asked_by_server());
+        let by_server = &done[1];
+        assert!(by_server.asked_by_server() && !by_server.one_way);
+        assert_eq!(
+            (by_server.request.bytes(), by_server.response.bytes()),
+            (80, 10)
+        );
+        // Timed from the server's side: it sent at 300, the client read
+        // at 310, answered at 400, and the server read that at 410.
+        assert_eq!(by_server.request.first_send, Some(300));
+        assert_eq!(by_server.request.last_read, Some(310));
+        assert_eq!(by_server.response.first_send, Some(400));
+        assert_eq!(by_server.response.first_read, Some(410));
+        assert_eq!(done[0].response.first_send, Some(500));
+        assert_eq!(turns.finished, 3);
+    }
+
+    #[test]
+    fn one_way_messages_never_hold_the_queue() {
+        let mut turns = calling("call", 9);
+        for ts in 0..(OPEN_KEPT as u64 * 3) {
+            let signal = dbus(RESPONSE, "signal", Role::OneWay, None);
+            sent_and_read(&mut turns, RESPONSE, 60, 200 + ts, signal);
+            let done = finished(&mut turns);
+            assert_eq!(done.len(), 1, "each signal as it is read");
+            assert!(done[0].one_way);
+        }
+        let client_signal = dbus(REQUEST, "signal mine", Role::OneWay, None);
+        sent_and_read(&mut turns, REQUEST, 20, 900, client_signal);
+        assert_eq!(texts(&finished(&mut turns)[0]), ("signal mine", None));
+        let answer = dbus(RESPONSE, "return", Role::Answers, Some(9));
+        sent_and_read(&mut turns, RESPONSE, 20, 1000, answer);
+        let done = finished(&mut turns);
+        assert_eq!(texts(&done[0]), ("call", Some("return")));
+        assert_eq!(done[0].response.first_send, Some(1000));
+    }
+
+    #[test]
+    fn bytes_before_their_message_join_its_exchange() {
+        // The client's read of the bus's first 16 bytes comes before the
+        // decoder has the message (its header fields were in the rest): a
+        // call from the bus, not the answer to the client's call.
+        let mut turns = calling("call A", 1);
+        turns.data(RESPONSE, true, 16, 200, &NONE);
+        let asked = dbus(RESPONSE, "call B", Role::Asks, Some(1 << 32 | 7));
+        turns.end_message(RESPONSE, 80, asked);
+        turns.data(RESPONSE, true, 64, 210, &NONE);
+        turns.data(RESPONSE, false, 80, 190, &NONE);
+        let done = answered(&mut turns, 7, "return A", 300);
+        let by_server = &done[1];
+        assert_eq!(by_server.request.bytes(), 80);
+        assert_eq!(by_server.request.first_read, Some(200));
+        assert_eq!(by_server.request.first_send, Some(190));
+        assert_eq!(done[0].response.bytes(), 10);
+        assert_eq!(done[0].response.first_send, Some(400));
     }
 
     #[test]

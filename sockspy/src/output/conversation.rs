@@ -106,7 +106,8 @@ fn turn_text(line: &mut String, bytes: u64, messages: u64) {
     }
 }
 
-fn times_text(line: &mut String, times: &Times) {
+/// `wait W = queue Q + ...`; a one-way exchange waits for nothing.
+fn times_text(line: &mut String, times: &Times, one_way: bool) {
     let parts = [
         ("queue", times.queue_us),
         ("read", times.read_us),
@@ -118,6 +119,7 @@ fn times_text(line: &mut String, times: &Times) {
             line.push_str("wait ");
             duration_text(line, wait);
         }
+        None if one_way => line.push_str("one-way"),
         None => line.push_str("wait ?"),
     }
     let mut first = true;
@@ -131,25 +133,37 @@ fn times_text(line: &mut String, times: &Times) {
     }
 }
 
-/// The one-line text of an exchange, without its time.
+/// The one-line text of an exchange, without its time. The ends stay
+/// client first; one the server asked reads `client <- server (asked by
+/// server)`, its request the server's.
 fn exchange_line(line: &mut String, exchange: &Exchange) {
+    let turn = &exchange.turn;
     end_text(line, &exchange.client, true);
-    line.push_str(" -> ");
+    line.push_str(if turn.asked_by_server() {
+        " <- "
+    } else {
+        " -> "
+    });
     end_text(line, &exchange.server, true);
+    if turn.asked_by_server() {
+        line.push_str(" (asked by server)");
+    }
     line.push_str("  ");
-    let (request, response) = (&exchange.turn.request, &exchange.turn.response);
+    let (request, response) = (&turn.request, &turn.response);
     turn_text(line, request.bytes(), request.messages());
     line.push_str(" -> ");
     turn_text(line, response.bytes(), response.messages());
     line.push_str("  ");
-    times_text(line, &exchange.times);
+    times_text(line, &exchange.times, turn.one_way);
     if let Some(app) = exchange.app {
         let _ = write!(line, "  {app}: ");
         let text = |m: Option<&Message>| m.map_or("?", |m| m.text.as_str()).to_owned();
         line.push_str(&text(request.message.as_deref()));
-        line.push_str(" -> ");
-        line.push_str(&text(response.message.as_deref()));
-        if failed(exchange) {
+        if !turn.one_way {
+            line.push_str(" -> ");
+            line.push_str(&text(response.message.as_deref()));
+        }
+        if exchange.failed() {
             line.push_str(" (failed)");
         }
     }
@@ -163,16 +177,6 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
     if let Some(reason) = &exchange.undecoded {
         let _ = writeln!(line, "    ({reason}; plain turns from here)");
     }
-}
-
-/// The response says the request failed.
-fn failed(exchange: &Exchange) -> bool {
-    exchange
-        .turn
-        .response
-        .message
-        .as_ref()
-        .is_some_and(|m| m.failed)
 }
 
 fn summary_line(line: &mut String, summary: &Summary) {
@@ -303,6 +307,12 @@ struct JsonExchange<'a> {
     server_us: Option<u64>,
     return_us: Option<u64>,
     wait_us: Option<u64>,
+    /// `server` for an exchange the server asked (decoded D-Bus).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    asked_by: Option<&'static str>,
+    /// A request that expects no answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    one_way: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -432,10 +442,12 @@ impl Printer {
                     server_us: exchange.times.server_us,
                     return_us: exchange.times.return_us,
                     wait_us: exchange.times.wait_us,
+                    asked_by: exchange.turn.asked_by_server().then_some("server"),
+                    one_way: exchange.turn.one_way,
                     request_data: captured(request),
                     response_data: captured(response),
                     app: exchange.app,
-                    failed: exchange.app.map(|_| failed(exchange)),
+                    failed: exchange.app.map(|_| exchange.failed()),
                     request: request.message.as_ref().map(|m| &m.fields),
                     response: response.message.as_ref().map(|m| &m.fields),
                     undecoded: exchange.undecoded.as_deref(),
@@ -617,6 +629,57 @@ mod tests {
             assert_eq!(json[field], value, "{field}");
         }
         assert!(json.get("request_data").is_none());
+    }
+
+    fn decoded(dir: usize, text: &str) -> Option<Box<Message>> {
+        Some(Box::new(crate::conversation::decode::tests::message(
+            dir, text,
+        )))
+    }
+
+    #[test]
+    fn exchanges_the_server_asked_and_one_way_ones() {
+        let mut exchange = update();
+        exchange.app = Some("dbus");
+        exchange.turn.asker = RESPONSE;
+        exchange.turn.request.message = decoded(RESPONSE, "call org.example.Foo.Bar");
+        exchange.turn.response.message = decoded(REQUEST, "return");
+        let text = printed(Format::Text, &exchange);
+        assert!(
+            text.contains(
+                "collectd[24861] fd 3 <- rrdcached[24853] fd 5 /run/rrdcached.sock (asked by server)  \
+                 81 B -> 31 B  wait 104us"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("dbus: call org.example.Foo.Bar -> return\n"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&printed(Format::Json, &exchange)).unwrap();
+        assert_eq!(json["asked_by"], "server");
+        assert_eq!(json["client"]["comm"], "collectd", "the ends stay");
+        assert!(json.get("one_way").is_none());
+
+        exchange.turn.one_way = true;
+        exchange.turn.response = Span::default();
+        exchange.turn.request.message = decoded(RESPONSE, "signal org.example.Foo.Changed");
+        exchange.times = Times::of(&exchange.turn);
+        let text = printed(Format::Text, &exchange);
+        assert!(
+            text.ends_with(
+                "81 B -> 0 B  one-way = queue 30us + read 0us  \
+                 dbus: signal org.example.Foo.Changed\n"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&printed(Format::Json, &exchange)).unwrap();
+        assert_eq!(json["one_way"], true);
+        assert_eq!(json["response_bytes"], 0);
+        assert!(json["response"].is_null());
+        assert_eq!(json["failed"], false);
     }
 
     #[test]

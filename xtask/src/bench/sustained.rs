@@ -28,6 +28,13 @@ const CPU_GOAL: f64 = 0.3;
 /// (`--summaries`: every call goes through the tracker) may add.
 const TRACKING_GOAL: f64 = 0.1;
 
+/// The CPU seconds per million events that decoding (`--decode`: the
+/// first bytes of every call captured, and each followed as Redis) may add.
+const DECODING_GOAL: f64 = 0.2;
+
+/// The plain row the others are compared with.
+const PLAIN: &str = "trace --unix > /dev/null";
+
 /// The generator, untraced, then traced to /dev/null and to a file.
 pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
     // At least two, so that both cores of a small machine send.
@@ -64,12 +71,18 @@ pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
     // per event: every byte is still written.
     let recording = scratch.0.join("sustained.pcapng");
     let sinks = [
-        ("trace --unix > /dev/null", vec![]),
+        (PLAIN, vec![]),
         // The same output, every call also followed by the conversation
         // tracker: the difference is what tracking costs.
         (
             "trace --unix --summaries > /dev/null",
             vec!["--summaries".to_owned()],
+        ),
+        // Every call's first bytes captured and decoded, a line for each
+        // command under its call.
+        (
+            "trace --unix --decode > /dev/null",
+            vec!["--decode".to_owned()],
         ),
         (
             "trace --unix -w FILE",
@@ -95,28 +108,34 @@ pub fn run(programs: &Programs, run_for: Duration) -> Result<Vec<Row>> {
             "`sockspy {mode}` saw none of the generator's sends"
         );
         let mut row = sustained_row(&scenario, mode, &untraced, &sent, usage);
-        if mode.contains("--summaries")
-            && let Some(added) = tracking_cost(&rows, &row)
-        {
-            row.result
-                .push_str(&format!(", tracking +{added:.2} CPU s per M events"));
-            row.goals.push(Check::at_most(
-                added,
-                TRACKING_GOAL,
-                "CPU s per M events added by tracking",
-            ));
+        let extra = [
+            ("--summaries", "tracking", TRACKING_GOAL),
+            ("--decode", "decoding", DECODING_GOAL),
+        ];
+        for (flag, what, goal) in extra {
+            if mode.contains(flag)
+                && let Some(added) = added_cost(&rows, &row)
+            {
+                row.result
+                    .push_str(&format!(", {what} +{added:.2} CPU s per M events"));
+                row.goals.push(Check::at_most(
+                    added,
+                    goal,
+                    &format!("CPU s per M events added by {what}"),
+                ));
+            }
         }
         rows.push(row);
     }
     Ok(rows)
 }
 
-/// What `row` (with the tracker) cost per million events beyond the plain
-/// `/dev/null` row before it.
-fn tracking_cost(rows: &[Row], row: &Row) -> Option<f64> {
+/// What `row` (with the tracker, or decoding) cost per million events
+/// beyond the plain `/dev/null` row before it.
+fn added_cost(rows: &[Row], row: &Row) -> Option<f64> {
     let plain = rows
         .iter()
-        .find(|r| r.mode == "trace --unix > /dev/null")?
+        .find(|r| r.mode == PLAIN)?
         .usage
         .as_ref()?
         .cpu_per_million()?;

@@ -39,9 +39,9 @@ pub enum Workload {
         #[arg(long)]
         cpu: Option<usize>,
     },
-    /// SENDERS processes writing SIZE-byte messages to Unix stream
-    /// sockets as fast as they can for SECONDS, each drained by a reader
-    /// process of its own; counts the writes
+    /// SENDERS processes writing SIZE-byte messages (Redis SET commands)
+    /// to Unix stream sockets as fast as they can for SECONDS, each
+    /// drained by a reader process of its own; counts the writes
     Flood {
         #[arg(long)]
         senders: usize,
@@ -228,16 +228,14 @@ fn echo(mut socket: UnixStream, buf: &mut [u8]) -> i32 {
 
 /// `senders` writers of `size`-byte messages, each to a socket of its
 /// own that a reader process drains in large reads, so that nearly every
-/// system call is a small send. Returns the writes of all senders over
-/// their mean running time.
+/// system call is a small send. Each message is a Redis `SET` command, so
+/// that `--decode` has a protocol to follow (nobody answers it). Returns
+/// the writes of all senders over their mean running time.
 pub fn flood(senders: usize, size: usize, run_for: Duration) -> Result<Counted> {
-    ensure!(
-        senders > 0 && size > 0,
-        "flood: no senders or empty messages"
-    );
+    ensure!(senders > 0, "flood: no senders");
+    let message = redis_set(size)?;
     // Each sender reports its count and seconds, 16 bytes (one atomic pipe write).
     let (mut reports, report) = io::pipe().context("flood: pipe")?;
-    let message = vec![0x5a; size];
     let mut drain_buf = vec![0; 1 << 16];
     let mut children = Vec::new();
     for _ in 0..senders {
@@ -280,6 +278,24 @@ pub fn flood(senders: usize, size: usize, run_for: Duration) -> Result<Counted> 
     received?;
     total.seconds /= senders as f64;
     Ok(total)
+}
+
+/// A RESP `SET key VALUE` command of exactly `size` bytes.
+fn redis_set(size: usize) -> Result<Vec<u8>> {
+    const HEAD: &str = "*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n";
+    // The value's length line and its ending take 5 to 8 more bytes.
+    for digits in 1..=4 {
+        let Some(value) = size.checked_sub(HEAD.len() + digits + 5) else {
+            break;
+        };
+        if value.to_string().len() == digits {
+            let mut message = format!("{HEAD}${value}\r\n").into_bytes();
+            message.resize(message.len() + value, b'v');
+            message.extend_from_slice(b"\r\n");
+            return Ok(message);
+        }
+    }
+    anyhow::bail!("flood: no SET command of {size} B (28 to 10,030 B)")
 }
 
 /// A flood sender's life: write `message` until `run_for` has passed, then
@@ -642,6 +658,22 @@ mod tests {
             cpu > Duration::ZERO && cpu.as_secs_f64() < 2.0 * counted.seconds,
             "{counted}"
         );
+    }
+
+    #[test]
+    fn flood_messages_are_set_commands_of_their_size() {
+        for size in [28, 32, 64, 4096, 10_030] {
+            let message = redis_set(size).expect("a command");
+            assert_eq!(message.len(), size);
+            let text = String::from_utf8(message).expect("text");
+            let value = text.split("\r\n").nth(6).expect("a value");
+            assert_eq!(
+                text.split("\r\n").nth(5),
+                Some(&*format!("${}", value.len()))
+            );
+        }
+        assert!(redis_set(27).is_err());
+        assert!(redis_set(10_031).is_err());
     }
 
     #[test]

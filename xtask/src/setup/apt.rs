@@ -7,13 +7,16 @@ use anyhow::{Result, ensure};
 
 use crate::exec;
 
-/// socat, nc, python3, collectd and rrdcached are the integration tests'
-/// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv (util-linux), ss (iproute2)
+/// socat, nc, python3, collectd and rrdcached, redis-server and
+/// postgresql (its server, psql and pgbench) are the integration tests'
+/// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv and runuser (util-linux), ss (iproute2)
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
 /// is compared with and debugged by. QEMU and a static busybox boot the
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
 /// podman with runc runs the container tests (crun, podman's default,
 /// refuses a hybrid cgroup hierarchy), its image built from busybox.
+/// dbus-daemon runs a private bus for dbus-send (dbus-bin) and a service
+/// written with python3-dbus and python3-gi.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -22,6 +25,11 @@ const PACKAGES: &[&str] = &[
     "collectd-core",
     "rrdcached",
     "redis-server",
+    "dbus-daemon",
+    "dbus-bin",
+    "python3-dbus",
+    "python3-gi",
+    "postgresql",
     "tshark",
     "iproute2",
     "util-linux",

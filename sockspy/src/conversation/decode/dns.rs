@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Resync, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::REQUEST;
 
 /// The header's size.
@@ -131,7 +131,7 @@ impl Dns {
         let mut fields = Map::new();
         fields.insert("id".into(), parsed.id.into());
         fields.insert("name".into(), parsed.name.clone().into());
-        fields.insert("type".into(), qtype.clone().into());
+        fields.insert("qtype".into(), qtype.clone().into());
         let text = if parsed.response {
             let rcode = rcode_name(parsed.rcode);
             fields.insert("rcode".into(), rcode.clone().into());
@@ -147,6 +147,8 @@ impl Dns {
             fields,
             failed: parsed.response && parsed.rcode != 0,
             key: Some(u64::from(parsed.id)),
+            role: Role::usual(dir),
+            kind: (!parsed.response).then(|| super::kind(&qtype)),
         })
     }
 }
@@ -271,6 +273,10 @@ mod tests {
             .unwrap();
         assert_eq!(found[0].text, "AAAA example.com");
         assert_eq!(found[0].key, Some(0x1234));
+        assert_eq!(
+            (found[0].kind.as_deref(), found[1].kind.as_deref()),
+            (Some("AAAA"), None)
+        );
         assert_eq!(found[1].text, "NXDOMAIN 0 answers");
         assert!(found[1].failed);
         assert_eq!(found[1].end, nx.len() as u64);

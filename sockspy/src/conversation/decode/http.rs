@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use serde_json::Map;
 
-use super::{Decoder, Message, Mismatch, Resync, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 const METHODS: [&str; 9] = [
@@ -93,6 +93,37 @@ fn strict_request_line(call: &[u8]) -> bool {
     METHODS.contains(&method) && target_ok && matches!(version, "HTTP/1.0" | "HTTP/1.1")
 }
 
+/// A request target's route: its path without the query, each segment
+/// that names one thing of many (a number, a UUID, a long hex id such as
+/// a container's) made `{id}`, so that requests of one kind group.
+pub fn route(target: &str) -> String {
+    // The absolute form (`http://host/path`, to a proxy) has a path too.
+    let path = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => target,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| if is_id(segment) { "{id}" } else { segment })
+        .collect();
+    segments.join("/")
+}
+
+/// A path segment that names one thing: a number, a UUID, or eight or
+/// more hex digits with a digit among them (a word like `deadbeef` is
+/// not taken for one).
+fn is_id(segment: &str) -> bool {
+    let hex = |part: &str| part.bytes().all(|b| b.is_ascii_hexdigit());
+    let number = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+    let uuid = segment.len() == 36
+        && segment.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && segment.split('-').all(hex);
+    let long_hex =
+        segment.len() >= 8 && hex(segment) && segment.bytes().any(|b| b.is_ascii_digit());
+    number || uuid || long_hex
+}
+
 impl Http {
     /// A client whose first line is an HTTP/1 request line.
     pub fn detect(first: &[u8]) -> Option<Self> {
@@ -113,6 +144,7 @@ impl Http {
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
+        let kind = (dir == REQUEST).then(|| super::kind(&format!("{a} {}", route(b))));
         let (text, failed) = if dir == REQUEST {
             fields.insert("method".into(), a.into());
             fields.insert("target".into(), b.into());
@@ -136,6 +168,8 @@ impl Http {
             fields,
             failed,
             key: None,
+            role: Role::usual(dir),
+            kind,
         });
     }
 
@@ -299,6 +333,7 @@ mod tests {
         let asked = feed(&mut http, REQUEST, request, request.len() as u64);
         assert_eq!(asked[0].text, "GET /v1.43/containers/json");
         assert_eq!(asked[0].fields["host"], "docker");
+        assert_eq!(asked[0].kind.as_deref(), Some("GET /v1.43/containers/json"));
         assert_eq!(asked[0].end, request.len() as u64);
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
         // 24 bytes of the body captured, the rest not.
@@ -309,6 +344,33 @@ mod tests {
         assert_eq!(answered[0].text, "200 OK 5000 B");
         assert_eq!(answered[0].end, head.len() as u64 + 5000);
         assert!(!answered[0].failed);
+        assert_eq!(answered[0].kind, None, "a response has no kind");
+    }
+
+    #[test]
+    fn routes_group_requests_for_different_things() {
+        for (target, want) in [
+            ("/users/42?full=1", "/users/{id}"),
+            ("/users/42/posts/7#top", "/users/{id}/posts/{id}"),
+            (
+                "/v1.43/containers/3f2a9c1b7d4e/json",
+                "/v1.43/containers/{id}/json",
+            ),
+            ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{id}"),
+            ("http://example.com/a/1?x", "/a/{id}"),
+            ("http://example.com", "/"),
+            ("/deadbeef/cafe/", "/deadbeef/cafe/"),
+            ("/", "/"),
+            ("*", "*"),
+        ] {
+            assert_eq!(route(target), want, "{target}");
+        }
+        let request = b"DELETE /v1.43/containers/3f2a9c1b7d4e?force=1 HTTP/1.1\r\n\r\n";
+        let asked = feed(&mut Http::default(), REQUEST, request, request.len() as u64);
+        assert_eq!(
+            asked[0].kind.as_deref(),
+            Some("DELETE /v1.43/containers/{id}")
+        );
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //! first call that does, within [`RESYNC_CALLS`] calls, and the response
 //! direction where it stood when that request was sent.
 
+pub mod dbus;
 pub mod dns;
 pub mod http;
+pub mod postgresql;
 pub mod redis;
 pub mod rrdcached;
 pub mod stream;
@@ -45,8 +47,66 @@ pub struct Message {
     /// A response that says its request failed.
     pub failed: bool,
     /// What matches a response to its request when answers may come in
-    /// another order (a DNS id); `None` answers in order.
+    /// another order (a DNS id, a D-Bus serial); `None` answers in order.
     pub key: Option<u64>,
+    /// Whether it asks, answers, or expects no answer.
+    pub role: Role,
+    /// A request's kind, what `top --by kind` groups requests by: a few
+    /// words that many requests share and that say what was asked,
+    /// made with [`kind`]. HTTP: method and route (`GET /users/{id}`);
+    /// Redis: the command; rrdcached: the command, upper-cased; DNS: the
+    /// query type; PostgreSQL: the SQL verb (the query's first word,
+    /// upper-cased; a Parse, Bind or Execute by its statement's query);
+    /// D-Bus: `interface.member`. `None` for responses, and for a
+    /// request a decoder cannot name.
+    pub kind: Option<String>,
+}
+
+/// What a message is to the exchanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It asks: what answers it comes the other way.
+    Asks,
+    /// It answers what the other way asked.
+    Answers,
+    /// It expects no answer (a D-Bus signal): an exchange of its own.
+    OneWay,
+}
+
+impl Role {
+    /// A message of direction `dir` where clients ask and servers answer.
+    pub fn usual(dir: usize) -> Self {
+        if dir == super::turns::REQUEST {
+            Self::Asks
+        } else {
+            Self::Answers
+        }
+    }
+}
+
+impl Message {
+    /// The message without its text and fields: where it ends and what
+    /// pairs it, all that turns need of it.
+    pub fn bare(&self) -> Self {
+        Self {
+            text: String::new(),
+            fields: Map::new(),
+            kind: None,
+            ..*self
+        }
+    }
+}
+
+/// The most characters a request's kind keeps.
+pub const MAX_KIND: usize = 80;
+
+/// A request's kind, `text` cut to [`MAX_KIND`] characters: routes and
+/// commands read from arbitrary bytes stay short.
+pub fn kind(text: &str) -> String {
+    match text.char_indices().nth(MAX_KIND) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
 }
 
 /// The bytes stopped matching the protocol: why.
@@ -108,6 +168,15 @@ pub trait Decoder: fmt::Debug {
         Resync::Never
     }
 
+    /// What direction `dir`'s stream holds is all that was captured
+    /// before bytes that were not: a decoder that can follow a message
+    /// whose start it holds from its lengths alone finishes it now (by
+    /// default what it holds waits, and the bytes not captured then end
+    /// the decoding).
+    fn truncated(&mut self, _dir: usize, _found: &mut Vec<Message>) -> Result<(), Mismatch> {
+        Ok(())
+    }
+
     /// Takes the next `len` bytes of direction `dir`, of which `data` (a
     /// prefix) was captured; pushes the messages they complete.
     fn feed(
@@ -122,8 +191,10 @@ pub trait Decoder: fmt::Debug {
 }
 
 /// What [`Decoder::feed`] does with a stream: the captured bytes are
-/// consumed, then those not captured passed over (a body being skipped
-/// may end there, so what follows is consumed again).
+/// consumed (a piece at a time, so that what stays buffered is one
+/// message's start however much a call captured), then those not
+/// captured passed over (a body being skipped may end there, so what
+/// follows is consumed again).
 pub fn feed_stream<D: Decoder + ?Sized>(
     decoder: &mut D,
     dir: usize,
@@ -131,9 +202,15 @@ pub fn feed_stream<D: Decoder + ?Sized>(
     len: u64,
     found: &mut Vec<Message>,
 ) -> Result<(), Mismatch> {
-    decoder.stream(dir).push(data)?;
-    decoder.consume(dir, found)?;
-    decoder.stream(dir).gap(len - data.len() as u64)?;
+    for piece in data.chunks(stream::PIECE) {
+        decoder.stream(dir).push(piece)?;
+        decoder.consume(dir, found)?;
+    }
+    let missed = len - data.len() as u64;
+    if missed > 0 {
+        decoder.truncated(dir, found)?;
+    }
+    decoder.stream(dir).gap(missed)?;
     decoder.consume(dir, found)
 }
 
@@ -143,10 +220,16 @@ pub fn detect(first: &[u8], datagram: bool) -> Option<Box<dyn Decoder>> {
     if let Some(decoder) = dns::Dns::detect(first, datagram) {
         return Some(Box::new(decoder));
     }
+    if let Some(decoder) = postgresql::Postgresql::detect(first).filter(|_| !datagram) {
+        return Some(Box::new(decoder));
+    }
     if let Some(decoder) = http::Http::detect(first) {
         return Some(Box::new(decoder));
     }
     if let Some(decoder) = redis::Redis::detect(first) {
+        return Some(Box::new(decoder));
+    }
+    if let Some(decoder) = dbus::Dbus::detect(first) {
         return Some(Box::new(decoder));
     }
     rrdcached::Rrdcached::detect(first).map(|d| Box::new(d) as Box<dyn Decoder>)
@@ -394,14 +477,16 @@ impl Decoding {
 
 /// The protocols there are decoders for, by the names `--decode-as` and
 /// the JSON's `"app"` use.
-pub const PROTOCOLS: [&str; 4] = ["dns", "http", "redis", "rrdcached"];
+pub const PROTOCOLS: [&str; 6] = ["dbus", "dns", "http", "postgresql", "redis", "rrdcached"];
 
 /// A decoder for protocol `name` (one of [`PROTOCOLS`]) on a stream, or
 /// on datagrams.
 pub fn by_name(name: &str, datagram: bool) -> Option<Box<dyn Decoder>> {
     match name {
+        "dbus" => Some(Box::new(dbus::Dbus::default())),
         "dns" => Some(Box::new(dns::Dns::new(datagram))),
         "http" => Some(Box::new(http::Http::default())),
+        "postgresql" => Some(Box::new(postgresql::Postgresql::default())),
         "redis" => Some(Box::new(redis::Redis::default())),
         "rrdcached" => Some(Box::new(rrdcached::Rrdcached::default())),
         _ => None,
@@ -468,6 +553,20 @@ impl Rule {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    /// A message of direction `dir` saying `text`, nothing more.
+    pub fn message(dir: usize, text: &str) -> Message {
+        Message {
+            dir,
+            end: 0,
+            text: text.to_owned(),
+            fields: Map::new(),
+            failed: false,
+            key: None,
+            role: Role::usual(dir),
+            kind: None,
+        }
+    }
 
     /// The messages `decoder` finds in the next `len` bytes of `dir`, of
     /// which `data` was captured; the bytes must match.

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Resync, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// The longest value kept for a summary (a command, a key, a short reply).
@@ -213,12 +213,14 @@ impl Redis {
         let error = side.error.take();
         side.attribute = false;
         let mut fields = Map::new();
+        let mut request_kind = None;
         let text = if dir == REQUEST {
             let command = values
                 .first()
                 .map(|c| c.to_ascii_uppercase())
                 .unwrap_or_default();
             let key = values.get(1).cloned();
+            request_kind = Some(super::kind(&command));
             fields.insert("command".into(), command.clone().into());
             fields.insert("key".into(), key.clone().into());
             match key {
@@ -248,6 +250,8 @@ impl Redis {
             fields,
             failed: dir == RESPONSE && error.is_some(),
             key: None,
+            role: Role::usual(dir),
+            kind: request_kind,
         });
     }
 
@@ -333,6 +337,8 @@ mod tests {
         let requests = feed(&mut redis, REQUEST, asked);
         let texts: Vec<&str> = requests.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["SET user:1", "GET user:1", "PING"]);
+        let kinds: Vec<Option<&str>> = requests.iter().map(|m| m.kind.as_deref()).collect();
+        assert_eq!(kinds, [Some("SET"), Some("GET"), Some("PING")]);
         assert_eq!(requests[1].fields["key"], "user:1");
         assert_eq!(requests[2].end, asked.len() as u64);
         let replies = feed(
@@ -355,6 +361,7 @@ mod tests {
         assert!(replies[2].failed);
         assert_eq!(replies[2].fields["error"], "ERR unknown command");
         assert_eq!(replies[0].fields["type"], "simple");
+        assert!(replies.iter().all(|reply| reply.kind.is_none()));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Resync, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// Commands rrdcached knows (`HELP` lists them).
@@ -78,6 +78,8 @@ impl Rrdcached {
                     ]),
                     failed: false,
                     key: None,
+                    role: Role::Asks,
+                    kind: Some(super::kind("BATCH")),
                 });
             } else {
                 command(line).ok_or_else(|| Mismatch(format!("`{line}` in a batch")))?;
@@ -103,6 +105,8 @@ impl Rrdcached {
             fields: fields([("command", Value::from(word)), ("args", Value::from(args))]),
             failed: false,
             key: None,
+            role: Role::Asks,
+            kind: Some(super::kind(&word.to_ascii_uppercase())),
         });
         Ok(())
     }
@@ -132,6 +136,8 @@ impl Rrdcached {
                 ]),
                 failed: status < 0,
                 key: None,
+                role: Role::Answers,
+                kind: None,
             });
         }
         Ok(())
@@ -201,6 +207,7 @@ mod tests {
         assert_eq!(requests[0].text, "update load.rrd");
         assert_eq!(requests[0].end, update.len() as u64);
         assert_eq!(requests[0].fields["command"], "update");
+        assert_eq!(requests[0].kind.as_deref(), Some("UPDATE"));
         assert_eq!(
             requests[0].fields["args"][0],
             "/var/lib/collectd/rrd/host/load/load.rrd"
@@ -235,6 +242,7 @@ mod tests {
         assert_eq!(batch[0].text, "BATCH");
         assert_eq!(batch[1].text, "BATCH of 2 commands .");
         assert_eq!(batch[1].fields["commands"], 2);
+        assert_eq!(batch[1].kind.as_deref(), Some("BATCH"));
         let answers = feed(
             &mut decoder,
             RESPONSE,

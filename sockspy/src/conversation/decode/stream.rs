@@ -8,11 +8,19 @@ use super::Mismatch;
 /// per-connection bound.
 pub const MAX_BUFFERED: usize = 16 * 1024;
 
+/// The most a decoder is given at once of what a call captured: with
+/// [`MAX_BUFFERED`] kept of an unfinished message, a call full of small
+/// messages never overflows it.
+pub const PIECE: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Stream {
-    /// Bytes consumed so far: the offset of `buf`'s first byte.
+    /// Bytes consumed so far: the offset of the first byte not consumed.
     pos: u64,
+    /// `buf[head..]` is not consumed yet; what is before `head` goes when
+    /// bytes are added (not at every message: a call carries many).
     buf: Vec<u8>,
+    head: usize,
     /// Bytes still to pass over, beyond what `buf` holds.
     skip: u64,
 }
@@ -29,6 +37,8 @@ impl Stream {
         self.skip -= passed;
         self.pos += passed;
         data = &data[passed as usize..];
+        self.buf.drain(..self.head);
+        self.head = 0;
         if self.buf.len() + data.len() > MAX_BUFFERED {
             return Err(Mismatch(format!(
                 "no message end within {MAX_BUFFERED} bytes"
@@ -43,7 +53,7 @@ impl Stream {
         if len == 0 {
             return Ok(());
         }
-        if !self.buf.is_empty() || self.skip < len {
+        if self.buffered() > 0 || self.skip < len {
             return Err(Mismatch(
                 "bytes of a message's start were not captured".to_owned(),
             ));
@@ -55,33 +65,37 @@ impl Stream {
 
     /// The next whole line (with its `\n`), and the offset past it.
     pub fn line(&mut self) -> Option<(Vec<u8>, u64)> {
-        let end = self.buf.iter().position(|&b| b == b'\n')? + 1;
-        let line: Vec<u8> = self.buf.drain(..end).collect();
-        self.pos += end as u64;
-        Some((line, self.pos))
+        let end = self.buf[self.head..].iter().position(|&b| b == b'\n')? + 1;
+        self.take(end)
     }
 
     /// The next `len` bytes, once they are all here, and the offset past them.
     pub fn take(&mut self, len: usize) -> Option<(Vec<u8>, u64)> {
-        if self.buf.len() < len {
-            return None;
-        }
-        let bytes: Vec<u8> = self.buf.drain(..len).collect();
+        let bytes = self
+            .buf
+            .get(self.head..self.head.checked_add(len)?)?
+            .to_vec();
+        self.head += len;
         self.pos += len as u64;
         Some((bytes, self.pos))
     }
 
+    /// The bytes buffered and not consumed, left there.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf[self.head..]
+    }
+
     /// Bytes buffered and not consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.head
     }
 
     /// Passes over the next `len` bytes, buffered or still to come (a
     /// length field may say anything: past `u64::MAX` is the same as
     /// until the end).
     pub fn skip(&mut self, len: u64) {
-        let now = (len.min(self.buf.len() as u64)) as usize;
-        self.buf.drain(..now);
+        let now = len.min(self.buffered() as u64) as usize;
+        self.head += now;
         self.pos += now as u64;
         self.skip = self.skip.saturating_add(len - now as u64);
     }
@@ -110,6 +124,9 @@ mod tests {
         assert_eq!((stream.pos(), stream.skipping()), (17, 0));
         stream.push(b"next\n").unwrap();
         assert_eq!(stream.line(), Some((b"next\n".to_vec(), 22)));
+        stream.push(b"one\ntwo").unwrap();
+        assert_eq!(stream.line(), Some((b"one\n".to_vec(), 26)));
+        assert_eq!(stream.peek(), b"two");
         // A line's start not captured cannot be followed.
         stream.push(b"par").unwrap();
         assert!(stream.gap(3).is_err());

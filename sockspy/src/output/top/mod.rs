@@ -7,11 +7,18 @@
 //! byte and error counts, and hands on one [`Row`] per connection (or per
 //! server with [`by_server`]) for `table` to print and `screen` to show.
 //!
+//! With `--by kind` (decoding), each connection's exchanges are tallied
+//! by request kind (what its decoder calls the request:
+//! [`Message::kind`](crate::conversation::decode::Message::kind)) and the
+//! rows are one per connection and kind, which [`by_server`] adds up per
+//! server endpoint and kind.
+//!
 //! What is kept per connection between intervals is bounded: the counts
 //! seen at the last refresh, and the interval's exchanges and their waits
 //! ([`Waits`]: the values themselves while there are few, then a
-//! fixed-bucket histogram; dropped at the refresh). Ended connections are
-//! shown in the interval they ended in, then forgotten.
+//! fixed-bucket histogram; dropped at the refresh), by kind for at most
+//! [`MAX_KINDS`] kinds. Ended connections are shown in the interval they
+//! ended in, then forgotten.
 
 pub mod screen;
 pub mod table;
@@ -27,10 +34,20 @@ use sockspy_common::{AF_UNIX, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     capture::events::UnixName,
-    conversation::{Conversation, End, Finding, Kind, Summary, Wanted, histogram::Histogram},
+    conversation::{
+        Conversation, End, Exchange, Finding, Kind, Summary, Wanted, decode::Rule,
+        histogram::Histogram,
+    },
     idmap::IdMap,
     table::{diag, resolve::Event},
 };
+
+/// Request kinds tallied apart per connection in an interval; the
+/// exchanges of any more count under [`OTHER_KINDS`].
+pub const MAX_KINDS: usize = 32;
+
+/// The kind that exchanges of kinds past [`MAX_KINDS`] count under.
+pub const OTHER_KINDS: &str = "(other kinds)";
 
 /// Waits kept as they are before they go into a histogram's buckets.
 const EXACT: usize = 32;
@@ -115,11 +132,27 @@ pub struct Row {
     /// The client's wait (or with the client elsewhere, the server's
     /// time) of each exchange finished in the interval.
     pub wait: Waits,
-    /// Failed calls and socket errors in the interval.
+    /// Failed calls and socket errors, and failed decoded exchanges, in
+    /// the interval; a kind's row: its failed exchanges.
     pub errors: u64,
     /// Bytes unread in the connections' sockets at the refresh (sock_diag);
-    /// none when not known (a recording).
+    /// none when not known (a recording, a kind's row).
     pub queued: Option<u64>,
+    /// A kind's row (`--by kind`): the protocol decoded, if any.
+    pub app: Option<&'static str>,
+    /// A kind's row: the requests' kind (`kind` in JSON); none for
+    /// exchanges not decoded.
+    pub request_kind: Option<Rc<str>>,
+}
+
+/// What `top` makes a row of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RowsBy {
+    #[default]
+    Connection,
+    Server,
+    /// A server endpoint and a request kind.
+    Kind,
 }
 
 /// The columns, in the order shown; `--sort` takes their names.
@@ -127,6 +160,7 @@ pub struct Row {
 pub enum Column {
     Client,
     Server,
+    Kind,
     Connections,
     #[default]
     Requests,
@@ -140,16 +174,35 @@ pub enum Column {
 }
 
 impl Column {
-    /// The next column to sort by (`>`), or the one before (`<`).
-    pub fn step(self, forward: bool) -> Self {
-        let all = Self::value_variants();
-        let at = all.iter().position(|c| *c == self).unwrap_or(0);
-        let next = if forward {
-            (at + 1) % all.len()
-        } else {
-            (at + all.len() - 1) % all.len()
+    /// The columns shown for rows `by`, in order: a connection count for
+    /// rows of several connections, a kind for kinds' rows, and no queue
+    /// for them (a socket's queue is of no one kind).
+    pub fn shown(by: RowsBy) -> Vec<Self> {
+        Self::value_variants()
+            .iter()
+            .copied()
+            .filter(|column| match column {
+                Self::Connections => by != RowsBy::Connection,
+                Self::Kind => by == RowsBy::Kind,
+                Self::Queued => by != RowsBy::Kind,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The next column shown for rows `by` to sort by (`>`), or the one
+    /// before (`<`).
+    pub fn step(self, forward: bool, by: RowsBy) -> Self {
+        let shown = Self::shown(by);
+        let Some(at) = shown.iter().position(|c| *c == self) else {
+            return Self::default();
         };
-        all[next]
+        let next = if forward {
+            (at + 1) % shown.len()
+        } else {
+            (at + shown.len() - 1) % shown.len()
+        };
+        shown[next]
     }
 
     /// The name `--sort` takes.
@@ -157,6 +210,7 @@ impl Column {
         match self {
             Self::Client => "client",
             Self::Server => "server",
+            Self::Kind => "kind",
             Self::Connections => "connections",
             Self::Requests => "requests",
             Self::Sent => "sent",
@@ -170,15 +224,73 @@ impl Column {
     }
 }
 
+/// Exchanges finished in an interval: of a connection, or of one kind of
+/// request on it.
+#[derive(Debug, Default)]
+struct Tally {
+    requests: u64,
+    /// The exchanges' request and response bytes.
+    bytes: [u64; 2],
+    wait: Waits,
+    /// Those whose response says they failed.
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, exchange: &Exchange) {
+        self.requests += 1;
+        self.bytes[0] += exchange.turn.request.bytes();
+        self.bytes[1] += exchange.turn.response.bytes();
+        if let Some(us) = exchange.times.seen_us() {
+            self.wait.add(us);
+        }
+        self.failed += u64::from(exchange.failed());
+    }
+}
+
+/// One request kind's exchanges on a connection in an interval.
+#[derive(Debug)]
+struct KindTally {
+    /// The protocol, and the kind (none for exchanges not decoded).
+    app: Option<&'static str>,
+    kind: Option<Rc<str>>,
+    tally: Tally,
+}
+
+/// Counts `exchange` among a connection's `kinds`, under its own kind
+/// while there are fewer than [`MAX_KINDS`].
+fn add_by_kind(kinds: &mut Vec<KindTally>, exchange: &Exchange) {
+    let app = exchange.app;
+    let find = |kinds: &[KindTally], kind: Option<&str>| {
+        kinds
+            .iter()
+            .position(|of| of.app == app && of.kind.as_deref() == kind)
+    };
+    let mut kind = exchange.request_kind();
+    let mut at = find(kinds, kind);
+    if at.is_none() && kinds.len() >= MAX_KINDS {
+        kind = Some(OTHER_KINDS);
+        at = find(kinds, kind);
+    }
+    let at = at.unwrap_or_else(|| {
+        kinds.push(KindTally {
+            app,
+            kind: kind.map(Rc::from),
+            tally: Tally::default(),
+        });
+        kinds.len() - 1
+    });
+    kinds[at].tally.add(exchange);
+}
+
 /// What `top` keeps of a connection between refreshes.
 #[derive(Debug, Default)]
 struct Seen {
     /// The connection's totals at the last refresh.
     bytes: [u64; 2],
     errors: u64,
-    /// Since the last refresh.
-    requests: u64,
-    wait: Waits,
+    /// Its exchanges since the last refresh.
+    all: Tally,
     /// The refresh that last found it live.
     refresh: u64,
 }
@@ -192,6 +304,9 @@ pub struct Top {
     /// Connections that ended since the last refresh, as they ended.
     ended: Vec<Row>,
     refreshes: u64,
+    /// `--by kind`: each connection's exchanges since the last refresh by
+    /// request kind (kept apart from [`Seen`], which stays small).
+    kinds: Option<IdMap<u64, Vec<KindTally>>>,
 }
 
 impl Default for Top {
@@ -201,19 +316,29 @@ impl Default for Top {
 }
 
 impl Top {
+    /// Rows per connection, exchanges by direction (no decoding).
     pub fn new() -> Self {
+        Self::with(None, false)
+    }
+
+    /// `decode`: decode each connection's protocol (with these
+    /// `--decode-as` rules); `by_kind`: a row per connection and request
+    /// kind.
+    pub fn with(decode: Option<Vec<Rule>>, by_kind: bool) -> Self {
         Self {
             conversation: Conversation::new(Wanted {
                 exchanges: true,
                 // For what ended connections moved since the last refresh.
                 summaries: true,
                 no_wait_percentiles: true,
-                slower_than_us: None,
+                decode: decode.is_some(),
+                decode_as: decode.unwrap_or_default(),
                 ..Wanted::default()
             }),
             seen: IdMap::default(),
             ended: Vec::new(),
             refreshes: 0,
+            kinds: by_kind.then(IdMap::default),
         }
     }
 
@@ -234,17 +359,24 @@ impl Top {
         for finding in &found {
             match finding {
                 Finding::Exchange(exchange) => {
-                    let seen = self.seen.entry(exchange.connection).or_default();
-                    seen.requests += 1;
-                    if let Some(us) = exchange.times.seen_us() {
-                        seen.wait.add(us);
+                    let id = exchange.connection;
+                    match &mut self.kinds {
+                        Some(kinds) => add_by_kind(kinds.entry(id).or_default(), exchange),
+                        None => self.seen.entry(id).or_default().all.add(exchange),
                     }
                 }
                 Finding::Summary(summary) => {
                     let seen = self.seen.remove(&summary.connection).unwrap_or_default();
-                    self.ended.push(ended_row(summary, seen));
+                    if let Some(kinds) = &mut self.kinds {
+                        let ends = (&summary.client, &summary.server);
+                        let of = kinds.remove(&summary.connection).unwrap_or_default();
+                        let rows = kind_rows(summary.kind, ends, summary.connection, of);
+                        self.ended.extend(rows);
+                    } else {
+                        self.ended.push(ended_row(summary, seen));
+                    }
                 }
-                // Not asked for: top does not decode (yet).
+                // Not asked for: top hands on exchanges only.
                 Finding::Message(_) => {}
             }
         }
@@ -262,19 +394,26 @@ impl Top {
             let (client, server) = conn.client_server();
             let bytes = conn.bytes();
             let errors = conn.error_count();
-            rows.push(Row {
-                kind: conn.kind,
-                client: client.clone(),
-                server: server.clone(),
-                connection: Some(conn.id),
-                connections: 1,
-                clients: 1,
-                requests: seen.requests,
-                bytes: [0, 1].map(|dir| bytes[dir].saturating_sub(seen.bytes[dir])),
-                wait: std::mem::take(&mut seen.wait),
-                errors: errors.saturating_sub(seen.errors),
-                queued: queues.map(|queues| queues.of(client, server)),
-            });
+            if let Some(kinds) = &mut self.kinds {
+                let of = kinds.remove(&conn.id).unwrap_or_default();
+                rows.extend(kind_rows(conn.kind, (client, server), conn.id, of));
+            } else {
+                let all = std::mem::take(&mut seen.all);
+                rows.push(Row {
+                    kind: conn.kind,
+                    client: client.clone(),
+                    server: server.clone(),
+                    connection: Some(conn.id),
+                    connections: 1,
+                    clients: 1,
+                    requests: all.requests,
+                    bytes: [0, 1].map(|dir| bytes[dir].saturating_sub(seen.bytes[dir])),
+                    wait: all.wait,
+                    errors: errors.saturating_sub(seen.errors) + all.failed,
+                    queued: queues.map(|queues| queues.of(client, server)),
+                    ..Row::default()
+                });
+            }
             *seen = Seen {
                 bytes,
                 errors,
@@ -284,6 +423,9 @@ impl Top {
         }
         // Connections dropped for room go without a summary.
         self.seen.retain(|_, seen| seen.refresh == refresh);
+        if let Some(kinds) = &mut self.kinds {
+            kinds.clear();
+        }
         rows
     }
 }
@@ -297,17 +439,48 @@ fn ended_row(summary: &Summary, seen: Seen) -> Row {
         connection: Some(summary.connection),
         connections: 1,
         clients: 1,
-        requests: seen.requests,
+        requests: seen.all.requests,
         bytes: [0, 1].map(|dir| summary.bytes[dir].saturating_sub(seen.bytes[dir])),
-        wait: seen.wait,
+        wait: seen.all.wait,
         errors: summary
             .errors
             .iter()
             .map(|(_, count)| count)
             .sum::<u64>()
-            .saturating_sub(seen.errors),
+            .saturating_sub(seen.errors)
+            + seen.all.failed,
         queued: None,
+        ..Row::default()
     }
+}
+
+/// A row per request kind of connection `connection` (its `socket`'s
+/// kind and its `(client, server)` ends): the exchanges of each kind, their
+/// bytes and their failures.
+fn kind_rows(
+    socket: Kind,
+    (client, server): (&End, &End),
+    connection: u64,
+    kinds: Vec<KindTally>,
+) -> impl Iterator<Item = Row> {
+    let (client, server) = (client.clone(), server.clone());
+    kinds
+        .into_iter()
+        .map(move |KindTally { app, kind, tally }| Row {
+            kind: socket,
+            client: client.clone(),
+            server: server.clone(),
+            connection: Some(connection),
+            connections: 1,
+            clients: 1,
+            requests: tally.requests,
+            bytes: tally.bytes,
+            wait: tally.wait,
+            errors: tally.failed,
+            queued: None,
+            app,
+            request_kind: kind,
+        })
 }
 
 /// Bytes waiting in sockets' queues, by inode, as sock_diag reports them
@@ -425,15 +598,18 @@ fn common(end: &mut End, other: &End) {
     keep(&mut end.addr, &other.addr);
 }
 
-/// One row per server endpoint, adding up its connections' rows.
+/// One row per server endpoint (and for kinds' rows, per server endpoint
+/// and kind), adding up its connections' rows.
 pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
+    type Key = (ServerKey, Option<&'static str>, Option<Rc<str>>);
     let mut servers: Vec<(Row, Vec<ClientKey>)> = Vec::new();
-    let mut index: HashMap<ServerKey, usize> = HashMap::new();
+    let mut index: HashMap<Key, usize> = HashMap::new();
     for mut row in rows {
         let client = ClientKey::of(&row.client);
         // One listener, as its IPv4 and its IPv4-mapped IPv6 clients see it.
         row.server.addr = row.server.addr.map(canonical);
-        match index.entry(ServerKey::of(&row)) {
+        let key = (ServerKey::of(&row), row.app, row.request_kind.clone());
+        match index.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(servers.len());
                 servers.push((
@@ -479,7 +655,7 @@ pub fn by_server(rows: Vec<Row>) -> Vec<Row> {
 pub fn sort(rows: &mut [Row], column: Column) {
     let number = |row: &Row| -> Option<u64> {
         match column {
-            Column::Client | Column::Server => None,
+            Column::Client | Column::Server | Column::Kind => None,
             Column::Connections => Some(row.connections),
             Column::Requests => Some(row.requests),
             Column::Sent => Some(row.bytes[0]),
@@ -495,12 +671,14 @@ pub fn sort(rows: &mut [Row], column: Column) {
         let by_column = match column {
             Column::Client => table::client_text(a).cmp(&table::client_text(b)),
             Column::Server => table::server_text(a).cmp(&table::server_text(b)),
+            Column::Kind => a.request_kind.cmp(&b.request_kind),
             _ => number(b).cmp(&number(a)),
         };
         by_column
             .then_with(|| (b.bytes[0] + b.bytes[1]).cmp(&(a.bytes[0] + a.bytes[1])))
             .then_with(|| a.connection.cmp(&b.connection))
             .then_with(|| table::server_text(a).cmp(&table::server_text(b)))
+            .then_with(|| a.request_kind.cmp(&b.request_kind))
     });
 }
 
@@ -547,6 +725,23 @@ mod tests {
         top.event(&call(pid, false, EventKind::Recv, 10, ms));
         top.event(&call(pid, false, EventKind::Send, 4, ms + wait_ms));
         top.event(&call(pid, true, EventKind::Recv, 4, ms + wait_ms));
+    }
+
+    /// One decoded exchange on collectd `pid`'s connection: `request`
+    /// sent at `ms`, `response` read `wait_ms` later (each call carrying
+    /// its bytes, as `--decode` captures them).
+    fn said(top: &mut Top, pid: u32, ms: u64, wait_ms: u64, request: &[u8], response: &[u8]) {
+        let calls = [
+            (true, EventKind::Send, request, ms),
+            (false, EventKind::Recv, request, ms),
+            (false, EventKind::Send, response, ms + wait_ms),
+            (true, EventKind::Recv, response, ms + wait_ms),
+        ];
+        for (client, kind, bytes, at) in calls {
+            let mut event = call(pid, client, kind, bytes.len() as i64, at);
+            event.data = bytes::Bytes::copy_from_slice(bytes);
+            top.event(&event);
+        }
     }
 
     fn close(top: &mut Top, pid: u32, ms: u64) {
@@ -617,6 +812,100 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].bytes), (2, [20, 8]));
         assert_eq!(rows[0].wait.percentile(50), Some(5_000));
+    }
+
+    /// Rows per server and request kind, from two clients: each kind's
+    /// exchanges, bytes, waits and failures; failures count as errors in
+    /// a connection's row too.
+    #[test]
+    fn decoded_exchanges_make_rows_per_kind() {
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        let (ok, value, err) = (&b"+OK\r\n"[..], &b"$1\r\nv\r\n"[..], &b"-ERR no\r\n"[..]);
+        let run = |by_kind| {
+            let mut top = Top::with(Some(Vec::new()), by_kind);
+            said(&mut top, 10, 0, 2, set, ok);
+            said(&mut top, 10, 10, 4, get, value);
+            said(&mut top, 10, 20, 6, get, value);
+            said(&mut top, 11, 0, 30, get, err);
+            // An inline command, after the connection was recognised.
+            said(&mut top, 11, 50, 1, b"PING\r\n", b"+PONG\r\n");
+            close(&mut top, 10, 100);
+            close(&mut top, 11, 100);
+            let rows = top.refresh(None);
+            let kept = top.kinds.as_ref().map_or(0, |kinds| kinds.len());
+            assert_eq!(kept, 0, "nothing kept of ended connections");
+            rows
+        };
+        let rows = by_server(run(true));
+        type Counts<'a> = (Option<&'a str>, Option<&'a str>, u64, u64, u64, [u64; 2]);
+        let mut kinds: Vec<Counts> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.app,
+                    row.request_kind.as_deref(),
+                    row.requests,
+                    row.connections,
+                    row.errors,
+                    row.bytes,
+                )
+            })
+            .collect();
+        kinds.sort();
+        let (get, set) = (get.len() as u64, set.len() as u64);
+        let (ok, value, err) = (ok.len() as u64, value.len() as u64, err.len() as u64);
+        assert_eq!(
+            kinds,
+            [
+                (
+                    Some("redis"),
+                    Some("GET"),
+                    3,
+                    2,
+                    1,
+                    [3 * get, 2 * value + err]
+                ),
+                (Some("redis"), Some("PING"), 1, 1, 0, [6, 7]),
+                (Some("redis"), Some("SET"), 1, 1, 0, [set, ok]),
+            ]
+        );
+        let gets = rows
+            .iter()
+            .find(|row| row.request_kind.as_deref() == Some("GET"))
+            .unwrap();
+        assert_eq!(gets.clients, 2);
+        assert_eq!(gets.wait.max(), Some(30_000));
+        assert_eq!(gets.wait.percentile(50), Some(6_000));
+        assert_eq!(gets.queued, None);
+        // By connection, failed exchanges count as errors.
+        let mut rows = run(false);
+        rows.sort_by_key(|row| row.client.pid);
+        let counts: Vec<(u64, u64)> = rows.iter().map(|r| (r.requests, r.errors)).collect();
+        assert_eq!(counts, [(3, 0), (2, 1)]);
+        assert!(rows.iter().all(|row| row.request_kind.is_none()));
+    }
+
+    #[test]
+    fn kinds_past_the_bound_count_together() {
+        let mut top = Top::with(Some(Vec::new()), true);
+        let mut at = 0;
+        for n in 0..MAX_KINDS + 5 {
+            let command = format!("CMD{n:02}");
+            let request = format!("*1\r\n${}\r\n{command}\r\n", command.len());
+            said(&mut top, 10, at, 1, request.as_bytes(), b"+OK\r\n");
+            at += 10;
+        }
+        close(&mut top, 10, at);
+        let rows = top.refresh(None);
+        assert_eq!(rows.len(), MAX_KINDS + 1);
+        let other = rows
+            .iter()
+            .find(|row| row.request_kind.as_deref() == Some(OTHER_KINDS))
+            .unwrap();
+        assert_eq!(other.requests, 5);
+        let all = MAX_KINDS as u64 + 5;
+        assert_eq!(rows.iter().map(|row| row.requests).sum::<u64>(), all);
     }
 
     #[test]
@@ -778,16 +1067,28 @@ mod tests {
     }
 
     #[test]
-    fn the_sort_key_steps_through_every_column() {
-        let mut column = Column::Requests;
-        let mut seen = Vec::new();
-        for _ in 0..Column::value_variants().len() {
-            column = column.step(true);
-            seen.push(column);
+    fn the_sort_key_steps_through_every_column_shown() {
+        for (by, count) in [
+            (RowsBy::Connection, 10),
+            (RowsBy::Server, 11),
+            (RowsBy::Kind, 11),
+        ] {
+            let shown = Column::shown(by);
+            assert_eq!(shown.len(), count, "{by:?}");
+            let mut column = Column::Requests;
+            let mut seen = Vec::new();
+            for _ in 0..count {
+                column = column.step(true, by);
+                seen.push(column);
+            }
+            assert_eq!(column, Column::Requests);
+            seen.sort_by_key(|column| shown.iter().position(|c| c == column));
+            assert_eq!(seen, shown, "every column shown, once");
+            assert_eq!(Column::Client.step(false, by), Column::Errors);
         }
-        assert_eq!(column, Column::Requests);
-        assert_eq!(seen.len(), 11);
-        assert_eq!(Column::Client.step(false), Column::Errors);
+        assert!(!Column::shown(RowsBy::Connection).contains(&Column::Connections));
+        assert!(!Column::shown(RowsBy::Kind).contains(&Column::Queued));
+        assert!(Column::shown(RowsBy::Kind).contains(&Column::Kind));
         for column in Column::value_variants() {
             let value = column.to_possible_value().unwrap();
             assert_eq!(value.get_name(), column.name(), "--sort's name");

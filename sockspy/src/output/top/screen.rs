@@ -23,7 +23,7 @@ use ratatui::{
 };
 
 use super::{
-    Column, Row, sort,
+    Column, Row, RowsBy, sort,
     table::{self, Interval},
 };
 
@@ -40,21 +40,21 @@ pub struct Screen {
     rows: Vec<Row>,
     interval: Option<Interval>,
     sort: Column,
-    by_server: bool,
+    by: RowsBy,
     /// Shown until the first refresh.
     waiting: String,
 }
 
 impl Screen {
     /// Takes over the terminal.
-    pub fn open(sort: Column, by_server: bool, waiting: String) -> io::Result<Self> {
+    pub fn open(sort: Column, by: RowsBy, waiting: String) -> io::Result<Self> {
         let terminal = ratatui::try_init().inspect_err(|_| restore())?;
         let mut screen = Self {
             terminal,
             rows: Vec::new(),
             interval: None,
             sort,
-            by_server,
+            by,
             waiting,
         };
         screen.draw()?;
@@ -102,10 +102,7 @@ impl Screen {
     }
 
     fn resort(&mut self, forward: bool) {
-        self.sort = self.sort.step(forward);
-        if !self.by_server && self.sort == Column::Connections {
-            self.sort = self.sort.step(forward);
-        }
+        self.sort = self.sort.step(forward, self.by);
         sort(&mut self.rows, self.sort);
     }
 
@@ -115,11 +112,10 @@ impl Screen {
             rows,
             interval,
             sort,
-            by_server,
+            by,
             waiting,
         } = self;
-        terminal
-            .draw(|frame| render(frame, rows, interval.as_ref(), *sort, *by_server, waiting))?;
+        terminal.draw(|frame| render(frame, rows, interval.as_ref(), *sort, *by, waiting))?;
         Ok(())
     }
 }
@@ -138,24 +134,37 @@ fn aligned(column: Column, text: String) -> Line<'static> {
 }
 
 /// Every column's width in `width` characters: the numbers' own; of what
-/// is left, the client what its widest shown cell needs, up to two
-/// fifths, and the server the rest.
+/// is left, the client and then the kind what their widest shown cell
+/// needs, up to two fifths of what is left at their turn, and the server
+/// the rest.
 fn end_widths(columns: &[Column], rows: &[Row], width: usize) -> Vec<usize> {
     let numbers: usize = columns.iter().filter_map(|c| table::width(*c)).sum();
-    let left = width.saturating_sub(numbers + SPACING * (columns.len() - 1));
-    let widest_client = rows
-        .iter()
-        .map(|row| table::client_text(row).chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(table::title(Column::Client).len());
-    let client = widest_client.min((left * 2 / 5).max(6));
+    let mut left = width.saturating_sub(numbers + SPACING * (columns.len() - 1));
+    let mut fitted = |column: Column| {
+        let widest = rows
+            .iter()
+            .map(|row| table::cell(row, column, 1.0).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(table::title(column).len());
+        let width = widest.min((left * 2 / 5).max(6));
+        left = left.saturating_sub(width + SPACING);
+        width
+    };
+    let client = fitted(Column::Client);
+    let kind = if columns.contains(&Column::Kind) {
+        fitted(Column::Kind)
+    } else {
+        0
+    };
+    let server = left.max(6);
     columns
         .iter()
         .map(|column| match (table::width(*column), column) {
             (Some(width), _) => width,
             (None, Column::Client) => client,
-            (None, _) => left.saturating_sub(client + SPACING).max(6),
+            (None, Column::Kind) => kind,
+            (None, _) => server,
         })
         .collect()
 }
@@ -165,7 +174,7 @@ fn render(
     rows: &[Row],
     interval: Option<&Interval>,
     sort: Column,
-    by_server: bool,
+    by: RowsBy,
     waiting: &str,
 ) {
     let [status, body, help] = Layout::vertical([
@@ -178,7 +187,7 @@ fn render(
         Some(interval) => format!(
             "sockspy top {}  {}",
             table::time_text(interval, true),
-            table::status_line(rows, interval, by_server)
+            table::status_line(rows, interval, by)
         ),
         None => waiting.to_owned(),
     };
@@ -186,7 +195,7 @@ fn render(
     // Only the rows that fit are made into cells.
     let shown = &rows[..rows.len().min(usize::from(body.height.saturating_sub(1)))];
     let secs = interval.map_or(1.0, |interval| interval.secs);
-    let columns = table::columns(by_server);
+    let columns = Column::shown(by);
     let widths = end_widths(&columns, shown, usize::from(body.width));
     let header = TableRow::new(columns.iter().map(|column| {
         let cell = Cell::from(aligned(*column, table::title(*column).to_owned()));

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{Column, Row};
+use super::{Column, Row, RowsBy};
 use crate::{
     conversation::End,
     output::{
@@ -29,21 +29,12 @@ pub struct Interval {
     pub wall_ns: i128,
 }
 
-/// The columns shown: a connection count only for server rows.
-pub fn columns(by_server: bool) -> Vec<Column> {
-    use clap::ValueEnum;
-    Column::value_variants()
-        .iter()
-        .copied()
-        .filter(|column| by_server || *column != Column::Connections)
-        .collect()
-}
-
 /// A column's header.
 pub fn title(column: Column) -> &'static str {
     match column {
         Column::Client => "CLIENT",
         Column::Server => "SERVER",
+        Column::Kind => "KIND",
         Column::Connections => "CONNS",
         Column::Requests => "REQ/S",
         Column::Sent => "SENT/S",
@@ -56,10 +47,11 @@ pub fn title(column: Column) -> &'static str {
     }
 }
 
-/// A number column's width; none for the two ends, which take the rest.
+/// A number column's width; none for the two ends and the kind, which
+/// take the rest.
 pub fn width(column: Column) -> Option<usize> {
     match column {
-        Column::Client | Column::Server => None,
+        Column::Client | Column::Server | Column::Kind => None,
         Column::Connections => Some(5),
         Column::Errors => Some(4),
         _ => Some(6),
@@ -154,6 +146,7 @@ pub fn cell(row: &Row, column: Column, secs: f64) -> String {
     match column {
         Column::Client => client_text(row),
         Column::Server => server_text(row),
+        Column::Kind => row.request_kind.as_deref().unwrap_or("-").to_owned(),
         Column::Connections => row.connections.to_string(),
         Column::Requests => per_second(row.requests),
         Column::Sent => per_second(row.bytes[0]),
@@ -178,15 +171,20 @@ fn plural(count: u64, what: &str) -> String {
     format!("{count} {what}{}", if count == 1 { "" } else { "s" })
 }
 
-/// What a refresh covered: `12 connections, 3 servers  over 1.00s`.
-pub fn status_line(rows: &[Row], interval: &Interval, by_server: bool) -> String {
+/// What a refresh covered: `12 connections, 3 servers  over 1.00s`, or
+/// for kinds' rows `4 request kinds  over 1.00s` (a connection may
+/// count in several).
+pub fn status_line(rows: &[Row], interval: &Interval, by: RowsBy) -> String {
     let connections: u64 = rows.iter().map(|row| row.connections).sum();
-    let plural =
-        |count: u64, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
-    let mut line = plural(connections, "connection");
-    if by_server {
-        let _ = write!(line, ", {}", plural(rows.len() as u64, "server"));
-    }
+    let mut line = match by {
+        RowsBy::Connection => plural(connections, "connection"),
+        RowsBy::Server => format!(
+            "{}, {}",
+            plural(connections, "connection"),
+            plural(rows.len() as u64, "server")
+        ),
+        RowsBy::Kind => plural(rows.len() as u64, "request kind"),
+    };
     let _ = write!(line, "  over {:.2}s", interval.secs);
     line
 }
@@ -228,10 +226,10 @@ pub fn write_text(
     out: &mut impl Write,
     rows: &[Row],
     interval: &Interval,
-    by_server: bool,
+    by: RowsBy,
     sort: Column,
 ) -> io::Result<()> {
-    let columns = columns(by_server);
+    let columns = Column::shown(by);
     // The numbers have widths of their own; the ends are measured first,
     // so that a table of many rows is written a line at a time.
     let mut widths: Vec<usize> = columns
@@ -240,12 +238,10 @@ pub fn write_text(
         .collect();
     for row in rows {
         for (at, column) in columns.iter().enumerate() {
-            let text = match column {
-                Column::Client => client_text(row),
-                Column::Server => server_text(row),
-                _ => continue,
-            };
-            widths[at] = widths[at].max(text.chars().count());
+            if width(*column).is_none() {
+                let text = cell(row, *column, interval.secs);
+                widths[at] = widths[at].max(text.chars().count());
+            }
         }
     }
     let line_of = |line: &mut String, words: &mut dyn Iterator<Item = String>| {
@@ -267,7 +263,7 @@ pub fn write_text(
     let mut line = format!(
         "sockspy top {}  {}  sorted by {}\n",
         time_text(interval, false),
-        status_line(rows, interval, by_server),
+        status_line(rows, interval, by),
         sort.name()
     );
     out.write_all(line.as_bytes())?;
@@ -293,6 +289,9 @@ struct JsonRow<'a> {
     connection: Option<u64>,
     #[serde(flatten)]
     kind: JsonKind,
+    /// Kinds' rows only.
+    #[serde(flatten)]
+    request: Option<JsonRequestKind<'a>>,
     client: JsonEnd<'a>,
     server: JsonEnd<'a>,
     connections: u64,
@@ -310,8 +309,21 @@ struct JsonRow<'a> {
     errors: u64,
 }
 
+/// What a kind's row (`--by kind`) is of: `app` and `kind`, null for
+/// exchanges not decoded.
+#[derive(Serialize)]
+struct JsonRequestKind<'a> {
+    app: Option<&'a str>,
+    kind: Option<&'a str>,
+}
+
 /// One JSON object per row, a line each.
-pub fn write_json(out: &mut impl Write, rows: &[Row], interval: &Interval) -> io::Result<()> {
+pub fn write_json(
+    out: &mut impl Write,
+    rows: &[Row],
+    interval: &Interval,
+    by: RowsBy,
+) -> io::Result<()> {
     let mut ts = String::new();
     rfc3339(&mut ts, interval.wall_ns);
     let rate = |count: u64| count as f64 / interval.secs;
@@ -321,6 +333,10 @@ pub fn write_json(out: &mut impl Write, rows: &[Row], interval: &Interval) -> io
             interval_s: interval.secs,
             connection: row.connection,
             kind: JsonKind::new(&row.kind),
+            request: (by == RowsBy::Kind).then_some(JsonRequestKind {
+                app: row.app,
+                kind: row.request_kind.as_deref(),
+            }),
             client: JsonEnd::new(&row.client),
             server: JsonEnd::new(&row.server),
             connections: row.connections,
@@ -436,7 +452,14 @@ mod tests {
     #[test]
     fn a_text_snapshot_lines_up_its_columns() {
         let mut out = Vec::new();
-        write_text(&mut out, &[row()], &INTERVAL, false, Column::P99).unwrap();
+        write_text(
+            &mut out,
+            &[row()],
+            &INTERVAL,
+            RowsBy::Connection,
+            Column::P99,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -457,7 +480,7 @@ mod tests {
     #[test]
     fn json_rows_use_the_contract_names() {
         let mut out = Vec::new();
-        write_json(&mut out, &[row()], &INTERVAL).unwrap();
+        write_json(&mut out, &[row()], &INTERVAL, RowsBy::Connection).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let expect = serde_json::json!({
             "ts": "2023-11-14T22:13:20.000000Z",

@@ -76,8 +76,10 @@ c.close()
 /// port), names itself ARGV[3], and in mode ARGV[4] asks ARGV[5] times
 /// and reads each answer (`pipelined`: three requests, then three
 /// answers; `flood`: asks once, reads 64 KiB and closes; `reset`: asks
-/// once, then resets the connection). Prints its pid and when it sent
-/// each request (`CLOCK_MONOTONIC` ns).
+/// once, then resets the connection; `exit`: as the default, then exits
+/// without closing; `shutdown`: asks once, shuts down its sending side,
+/// and reads the answer 0.3 s later). Prints its pid and when it sent each
+/// request (`CLOCK_MONOTONIC` ns).
 const CLIENT: &str = r#"
 import ctypes, os, socket, struct, sys, time
 kind, address, name, mode, rounds = sys.argv[1:6]
@@ -106,6 +108,12 @@ elif mode == 'pipelined':
         while got.count(b'\n') < 3:
             got += s.recv(4096)
         time.sleep(0.01)
+elif mode == 'shutdown':
+    s.send(b'question 0\n')
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(0.3)
+    while s.recv(4096):
+        pass
 else:
     for i in range(int(rounds)):
         sent.append(time.monotonic_ns())
@@ -113,8 +121,10 @@ else:
         s.recv(4096)
         if mode != 'lazy':
             time.sleep(0.01)
-s.close()
 print(os.getpid(), *sent, flush=True)
+if mode == 'exit':
+    os._exit(0)
+s.close()
 "#;
 
 /// A server of [`SERVER`] with its pid and port.
@@ -738,4 +748,49 @@ print(os.getpid(), port, flush=True)
     }
     assert_eq!(summaries[0]["server"]["port"], numbers[1]);
     assert_eq!(summaries[1]["server"]["path"], path);
+}
+
+/// A client that exits without closing its socket (the kernel closes it,
+/// with no system call): its connection ends when the server has read
+/// the end of the stream and closed, not when the trace stops. A client
+/// that only shut down its sending side still reads the answer after the
+/// server closed: its connection ends after that read.
+#[test]
+fn a_client_gone_without_a_close_ends_its_connection() {
+    if !have_root("a_client_gone_without_a_close_ends_its_connection") {
+        return;
+    }
+    let dir = socket_dir("conv-exit");
+    let path = dir.path();
+    let trace = Trace::start(&[
+        "--unix",
+        "--json",
+        "--summaries",
+        "--exchanges",
+        "--path",
+        path,
+    ])
+    .unwrap();
+    for (mode, rounds) in [("exit", 3), ("shutdown", 1)] {
+        let mut srv = server("unix", path, "exitsrv", "plain", rounds);
+        let (client_pid, _) = client("unix", path, "exitcli", mode, rounds);
+        wait_ok(&mut srv.child);
+        // The server's close is the last record of the connection.
+        thread::sleep(Duration::from_millis(300));
+        let _ = std::fs::remove_file(path);
+        let records = trace.events_so_far();
+        let summary = of_kind(&records, "summary")
+            .into_iter()
+            .find(|s| s["client"]["pid"] == client_pid)
+            .unwrap_or_else(|| panic!("{mode}: no summary before the trace stopped: {records:#?}"));
+        assert_eq!(summary["open"], false, "{mode}: {summary}");
+        assert_eq!(summary["closed_by"], "client", "{mode}: {summary}");
+        assert_eq!(summary["exchanges"], rounds, "{mode}: {summary}");
+        let answered = of_kind(&records, "exchange")
+            .into_iter()
+            .filter(|e| e["client"]["pid"] == client_pid)
+            .all(|e| e["return_us"].is_u64());
+        assert!(answered, "{mode}: every answer was read: {records:#?}");
+    }
+    let _ = stopped(trace);
 }

@@ -454,14 +454,26 @@ impl Connection {
 
     /// Every end whose records were seen is done with the connection: it
     /// closed it, or read its end after the other end closed (a process
-    /// that then exits closes nothing the trace sees).
+    /// that then exits closes nothing the trace sees), or it is gone
+    /// without a close the trace saw (its process exited: the kernel
+    /// closes what an exiting process holds, with no system call): the
+    /// other end read the end of the stream, closed, and nothing it sent
+    /// is still to be read (an end that only shut down its sending side
+    /// still reads the answer, and is done once it has).
     fn done(&self) -> bool {
-        (0..2).all(|i| !self.ends[i].seen || self.closed[i] || (self.eof[i] && self.closed[1 - i]))
+        (0..2).all(|i| {
+            let toward = if self.client == Some(i) {
+                RESPONSE
+            } else {
+                REQUEST
+            };
+            !self.ends[i].seen
+                || self.closed[i]
+                || (self.eof[i] && self.closed[1 - i])
+                || (self.eof[1 - i] && self.closed[1 - i] && !self.turns.unread(toward))
+        })
     }
 
-    /// Counts a failed call, or a socket error (`state`) of `end`; the
-    /// call that then fails with that socket's error (a reset, a refused
-    /// connect) is the same error, counted once.
     /// What a `--decode-as` rule says of this connection's server: its
     /// protocol, or `Some(None)` to leave it undecoded.
     fn forced_protocol(&self, rules: &[decode::Rule]) -> Option<Option<&'static str>> {
@@ -474,6 +486,9 @@ impl Connection {
             .map(|rule| rule.protocol)
     }
 
+    /// Counts a failed call, or a socket error (`state`) of `end`; the
+    /// call that then fails with that socket's error (a reset, a refused
+    /// connect) is the same error, counted once.
     fn error(&mut self, end: usize, errno: i64, socket_error: bool) {
         if socket_error {
             self.socket_error[end] = Some(errno);

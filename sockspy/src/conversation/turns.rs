@@ -286,6 +286,12 @@ impl Turns {
         }
     }
 
+    /// Whether bytes sent in direction `dir` are still to be read (by a
+    /// reader whose records are seen: the caller knows).
+    pub fn unread(&self, dir: usize) -> bool {
+        self.read[dir] < self.sent[dir]
+    }
+
     /// Where the next send (or `read`) of direction `dir` starts in its stream.
     pub fn offset(&self, dir: usize, read: bool) -> u64 {
         self.counter(dir, read)

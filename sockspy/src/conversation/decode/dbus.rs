@@ -400,7 +400,7 @@ impl Dbus {
                 let Some((line, end)) = stream.line() else {
                     return Ok(());
                 };
-                found.push(auth(dir, &line, end)?);
+                found.push(auth(dir, line, end)?);
                 continue;
             }
             if buf.len() < FIXED {
@@ -415,8 +415,9 @@ impl Dbus {
             let kept = wanted.min(buffered);
             let start = stream.pos();
             let (bytes, _) = stream.take(kept as usize).expect("buffered");
+            let decoded = message(dir, start + fixed.total, &fixed, bytes);
             stream.skip(fixed.total - kept);
-            found.push(message(dir, start + fixed.total, &fixed, &bytes));
+            found.push(decoded);
         }
     }
 }

@@ -181,9 +181,10 @@ impl Decoder for Dns {
                     }
                     let start = stream.pos();
                     let (bytes, _) = stream.take(wanted).expect("buffered");
+                    let decoded = Self::message(dir, start + length, bytes)?;
                     stream.skip(length - wanted as u64);
                     self.lengths[dir] = None;
-                    found.push(Self::message(dir, start + length, &bytes)?);
+                    found.push(decoded);
                 }
             }
         }

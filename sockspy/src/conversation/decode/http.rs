@@ -254,7 +254,7 @@ impl Http {
             let Some((line, end)) = side.stream.line() else {
                 return Ok(());
             };
-            let line = String::from_utf8_lossy(&line);
+            let line = String::from_utf8_lossy(line).into_owned();
             let line = line.trim_end_matches(['\r', '\n']);
             match side.state {
                 State::Start => {

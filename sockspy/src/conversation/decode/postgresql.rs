@@ -390,7 +390,12 @@ impl Postgresql {
                         _ if cut => buffered,
                         _ => return Ok(()),
                     };
-                    let (head, _) = side.stream.take(take as usize).expect("buffered");
+                    let head = side
+                        .stream
+                        .take(take as usize)
+                        .expect("buffered")
+                        .0
+                        .to_vec();
                     side.stream.skip(len - take);
                     side.at = At::Header;
                     let end = side.end();
@@ -409,12 +414,12 @@ impl Postgresql {
     fn header(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<bool, Mismatch> {
         if dir == RESPONSE && self.encryption_asked > 0 {
             // The one-byte answer to an SSLRequest or GSSENCRequest.
-            let Some((byte, _)) = self.sides[dir].stream.take(1) else {
+            let Some(byte) = self.sides[dir].stream.take(1).map(|(byte, _)| byte[0]) else {
                 return Ok(false);
             };
             self.encryption_asked -= 1;
             self.begin_answer(found);
-            let what = match byte[0] {
+            let what = match byte {
                 b'N' => "nothing",
                 b'S' => "tls",
                 b'G' => "gssapi",

@@ -37,7 +37,6 @@ enum Began {
 /// What is being read in one direction.
 #[derive(Debug, Default)]
 struct Side {
-    stream: Stream,
     /// Elements still to come at each level of the value being read.
     pending: Vec<u64>,
     bulk: Option<Bulk>,
@@ -53,6 +52,7 @@ struct Side {
 
 #[derive(Debug, Default)]
 pub struct Redis {
+    streams: [Stream; 2],
     sides: [Side; 2],
 }
 
@@ -257,10 +257,10 @@ impl Redis {
 
     fn run(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         loop {
-            let side = &mut self.sides[dir];
+            let (stream, side) = (&mut self.streams[dir], &mut self.sides[dir]);
             let end = match side.bulk {
                 Some(Bulk::Keep(len)) => {
-                    let Some((bytes, end)) = side.stream.take(len as usize + 2) else {
+                    let Some((bytes, end)) = stream.take(len as usize + 2) else {
                         return Ok(());
                     };
                     let value = String::from_utf8_lossy(&bytes[..len as usize]).into_owned();
@@ -272,22 +272,22 @@ impl Redis {
                     side.bulk = None;
                     end
                 }
-                Some(Bulk::Skipping) if side.stream.skipping() > 0 => return Ok(()),
+                Some(Bulk::Skipping) if stream.skipping() > 0 => return Ok(()),
                 Some(Bulk::Skipping) => {
                     side.bulk = None;
-                    side.stream.pos()
+                    stream.pos()
                 }
                 None => {
-                    let Some((line, end)) = side.stream.line() else {
+                    let Some((line, end)) = stream.line() else {
                         return Ok(());
                     };
-                    match side.element(dir, &line)? {
+                    match side.element(dir, line)? {
                         Began::Aggregate => continue,
                         Began::Bulk(len) => {
                             side.bulk = Some(if side.values.len() < 2 && len as usize <= KEPT {
                                 Bulk::Keep(len)
                             } else {
-                                side.stream.skip(len + 2);
+                                stream.skip(len + 2);
                                 Bulk::Skipping
                             });
                             continue;
@@ -309,7 +309,7 @@ impl Decoder for Redis {
     }
 
     fn stream(&mut self, dir: usize) -> &mut Stream {
-        &mut self.sides[dir].stream
+        &mut self.streams[dir]
     }
 
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {

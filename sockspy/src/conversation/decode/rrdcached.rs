@@ -177,7 +177,7 @@ impl Decoder for Rrdcached {
 
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         while let Some((line, end)) = self.streams[dir].line() {
-            let line = String::from_utf8_lossy(&line).into_owned();
+            let line = String::from_utf8_lossy(line).into_owned();
             if dir == REQUEST {
                 self.request(&line, end, found)?;
             } else {

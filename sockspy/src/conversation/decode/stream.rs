@@ -64,20 +64,21 @@ impl Stream {
     }
 
     /// The next whole line (with its `\n`), and the offset past it.
-    pub fn line(&mut self) -> Option<(Vec<u8>, u64)> {
+    pub fn line(&mut self) -> Option<(&[u8], u64)> {
         let end = self.buf[self.head..].iter().position(|&b| b == b'\n')? + 1;
         self.take(end)
     }
 
-    /// The next `len` bytes, once they are all here, and the offset past them.
-    pub fn take(&mut self, len: usize) -> Option<(Vec<u8>, u64)> {
-        let bytes = self
-            .buf
-            .get(self.head..self.head.checked_add(len)?)?
-            .to_vec();
-        self.head += len;
+    /// The next `len` bytes, once they are all here, and the offset past
+    /// them (borrowed: they stay in the buffer until more is pushed).
+    pub fn take(&mut self, len: usize) -> Option<(&[u8], u64)> {
+        let start = self.head;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len())?;
+        self.head = end;
         self.pos += len as u64;
-        Some((bytes, self.pos))
+        Some((&self.buf[start..end], self.pos))
     }
 
     /// The bytes buffered and not consumed, left there.
@@ -116,16 +117,16 @@ mod tests {
         stream.push(b"HEAD").unwrap();
         assert_eq!(stream.line(), None);
         stream.push(b"ER\nbo").unwrap();
-        assert_eq!(stream.line(), Some((b"HEADER\n".to_vec(), 7)));
+        assert_eq!(stream.line(), Some((&b"HEADER\n"[..], 7)));
         stream.skip(10);
         assert_eq!((stream.pos(), stream.skipping()), (9, 8));
         // The rest of the body was not captured: it is passed over.
         stream.gap(8).unwrap();
         assert_eq!((stream.pos(), stream.skipping()), (17, 0));
         stream.push(b"next\n").unwrap();
-        assert_eq!(stream.line(), Some((b"next\n".to_vec(), 22)));
+        assert_eq!(stream.line(), Some((&b"next\n"[..], 22)));
         stream.push(b"one\ntwo").unwrap();
-        assert_eq!(stream.line(), Some((b"one\n".to_vec(), 26)));
+        assert_eq!(stream.line(), Some((&b"one\n"[..], 26)));
         assert_eq!(stream.peek(), b"two");
         // A line's start not captured cannot be followed.
         stream.push(b"par").unwrap();

@@ -11,12 +11,12 @@
 //! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
 //! back to plain turns.
 //!
-//! A connection older than the trace (its connect or accept not seen) is
-//! joined mid-stream: its first bytes seen may be anywhere in a message.
-//! Each protocol that can tells whether a call's bytes begin a request
-//! ([`Decoder::resync`], stricter than detection); decoding starts at the
-//! first call that does, within [`RESYNC_CALLS`] calls, and the response
-//! direction where it stood when that request was sent.
+//! A connection older than the trace (no connect, accept or socketpair
+//! seen) is joined mid-stream: its first bytes seen may be anywhere in a
+//! message. Each protocol that can tells whether a call's bytes begin a
+//! request ([`Decoder::resync`], stricter than detection); decoding
+//! starts at the first call that does, within [`RESYNC_CALLS`] calls, and
+//! the response direction where it stood when that request was sent.
 
 pub mod dbus;
 pub mod dns;

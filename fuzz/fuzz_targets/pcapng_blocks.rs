@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../sockspy/src/pcapng.rs"]
+#[path = "../../sockspy/src/output/pcapng.rs"]
 #[expect(dead_code, reason = "the writer half is used only by sockspy")]
 mod pcapng;
 

@@ -3,10 +3,12 @@
 //! client pipelining HTTP requests, redis-server and redis-cli, a
 //! resolver asking A and AAAA at once of a DNS server that answers them
 //! in the other order, dbus-send and a Python service on a private
-//! dbus-daemon, and a PostgreSQL server with psql and pgbench.
+//! dbus-daemon, a PostgreSQL server with psql and pgbench, and
+//! connections opened before the trace started (picked up at a
+//! request's start, or said not to be).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -106,6 +108,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers['Content-Length']))
+        self.do_GET()
     def log_message(self, *args):
         pass
 class Server(socketserver.UnixStreamServer):
@@ -1015,4 +1020,236 @@ fn postgresql_queries_errors_and_the_extended_protocol() {
     ] {
         assert!(lines.contains(line), "no `{line}` in:\n{lines}");
     }
+}
+
+/// Starts `script`, which connects to `path`, prints its pid and waits
+/// for a line (see [`go_on`]); returns it once it has printed, and the pid.
+fn connected_before(script: &str, path: &str) -> (Child, u64) {
+    let mut client = spawn_python(script, &[path]);
+    let pid = first_line(&mut client)[0];
+    (client, pid)
+}
+
+/// Lets a client spawned by [`connected_before`] go on past its
+/// `sys.stdin.readline()`, and waits for it.
+fn go_on(client: &mut std::process::Child) {
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    wait_ok(client);
+}
+
+/// A keep-alive client (python's http.client on the Unix socket): half
+/// of a POST's body, its pid printed; once it reads a line, the other
+/// half, and three GETs on the same connection.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import http.client, os, socket, sys
+class UnixConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+c = UnixConnection('api')
+c.putrequest('POST', '/missing')
+c.putheader('Content-Length', '1000')
+c.endheaders()
+c.send(b'x' * 500)
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+c.send(b'y' * 500)
+c.getresponse().read()
+for path in ('/ok', '/missing', '/boom'):
+    c.request('GET', path)
+    c.getresponse().read()
+c.close()
+"#;
+
+/// A keep-alive connection opened before the trace, which starts in the
+/// middle of a POST's body: decoding picks it up at the next request,
+/// says where, and pairs each request with its own answer (the POST's
+/// 404, sent after the trace started, is no GET's).
+#[test]
+fn http_keep_alive_joined_mid_body_resynchronises() {
+    if !have_root("http_keep_alive_joined_mid_body_resynchronises") {
+        return;
+    }
+    let dir = socket_dir("decode-resync-http");
+    let path = dir.path();
+    let mut server = spawn_python(HTTP_SERVER, &[path]);
+    first_line(&mut server);
+    let (mut client, client_pid) = connected_before(KEEP_ALIVE_CLIENT, path);
+    // The server has read the first half before the trace starts.
+    thread::sleep(Duration::from_millis(200));
+    let trace = decoded_exchanges(path);
+    go_on(&mut client);
+    thread::sleep(Duration::from_millis(200));
+    let _ = server.kill();
+    let _ = server.wait();
+    let records = stopped(trace);
+    let mine: Vec<&Value> = exchanges(&records)
+        .into_iter()
+        .filter(|e| e["client"]["pid"] == client_pid)
+        .collect();
+    assert_eq!(mine.len(), 4, "{records:#?}");
+    // The POST's rest and its answer: plain.
+    assert_eq!(mine[0]["request_bytes"], 500, "{records:#?}");
+    assert!(mine[0].get("app").is_none(), "{}", mine[0]);
+    let decoded: Vec<(&str, u64, bool)> = mine[1..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["app"], "http", "{e}");
+            (
+                e["request"]["target"].as_str().unwrap(),
+                e["response"]["status"].as_u64().unwrap(),
+                e["failed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decoded,
+        [
+            ("/ok", 200, false),
+            ("/missing", 404, false),
+            ("/boom", 500, true)
+        ],
+        "{records:#?}"
+    );
+    assert_eq!(mine[1]["resync_offset"], 500, "{}", mine[1]);
+    assert!(mine[2].get("resync_offset").is_none() && mine[3].get("resync_offset").is_none());
+    assert!(
+        mine.iter().all(|e| e.get("undecoded").is_none()),
+        "{records:#?}"
+    );
+}
+
+/// A RESP client on the Unix socket: most of a SET of a 1000-byte value,
+/// its pid printed; once it reads a line, the rest, then GET, INCR and
+/// an LPUSH on a string (an error), each answer read before the next.
+const REDIS_CLIENT: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+def command(*words):
+    return b'*%d\r\n' % len(words) + b''.join(b'$%d\r\n%s\r\n' % (len(w), w) for w in words)
+def reply():
+    got = b''
+    while not got.endswith(b'\r\n'):
+        got += s.recv(4096)
+big = command(b'SET', b'big', b'v' * 1000)
+s.sendall(big[:600])
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+s.sendall(big[600:])
+reply()
+for words in ((b'GET', b'missing'), (b'INCR', b'n'), (b'LPUSH', b'big', b'x')):
+    s.sendall(command(*words))
+    reply()
+s.close()
+"#;
+
+/// redis-server and a connection opened before the trace, which starts
+/// inside a SET's value: in the text, the exchanges after it decoded,
+/// the first saying where decoding picked the connection up (offsets
+/// count from the first byte the trace saw).
+#[test]
+fn redis_joined_mid_value_resynchronises() {
+    if !have_root("redis_joined_mid_value_resynchronises") {
+        return;
+    }
+    let dir = socket_dir("decode-resync-redis");
+    let path = dir.path();
+    let Some(server) = RedisServer::start("redis_joined_mid_value_resynchronises", path) else {
+        return;
+    };
+    let (mut client, client_pid) = connected_before(REDIS_CLIENT, path);
+    let trace = Trace::start(&["--unix", "--exchanges", "--decode", "--path", path]).unwrap();
+    go_on(&mut client);
+    let finished = trace.stop().unwrap();
+    drop(server);
+    let text = finished.stdout.join("\n");
+    let client = format!("[{client_pid}] fd");
+    let lines: Vec<&str> = finished
+        .stdout
+        .iter()
+        .map(String::as_str)
+        .skip_while(|line| !line.contains(&client))
+        .collect();
+    let decoded: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| Some(line.split_once("  redis: ")?.1))
+        .collect();
+    assert_eq!(decoded.len(), 3, "{text}");
+    assert_eq!(
+        decoded[..2],
+        ["GET missing -> bulk", "INCR n -> :1"],
+        "{text}"
+    );
+    assert!(
+        decoded[2].starts_with("LPUSH big -> -WRONGTYPE ") && decoded[2].ends_with(" (failed)"),
+        "{text}"
+    );
+    let first = lines
+        .iter()
+        .position(|line| line.contains("redis: GET missing"))
+        .unwrap();
+    // The 431 bytes of the SET the trace saw come before the GET.
+    assert_eq!(
+        lines[first + 1],
+        "    (joined mid-connection: resynchronised at byte offset 431 of its requests)",
+        "{text}"
+    );
+    assert_eq!(text.matches("joined mid-connection").count(), 1, "{text}");
+}
+
+/// Both ends of a connection made before it prints its pid, in one
+/// process: once it reads a line, twenty rounds of random bytes each way.
+const BINARY_PAIR: &str = r#"
+import os, socket, sys
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1])
+srv.listen()
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect(sys.argv[1])
+s, _ = srv.accept()
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+for _ in range(20):
+    c.sendall(os.urandom(64))
+    s.recv(64, socket.MSG_WAITALL)
+    s.sendall(os.urandom(32))
+    c.recv(32, socket.MSG_WAITALL)
+"#;
+
+/// `--decode-as PATH=http` on a connection older than the trace whose
+/// bytes are no HTTP: still looked at for a request's start, given up
+/// after as many calls as said, once.
+#[test]
+fn a_forced_protocol_joined_mid_stream_says_it_cannot_resynchronise() {
+    if !have_root("a_forced_protocol_joined_mid_stream_says_it_cannot_resynchronise") {
+        return;
+    }
+    let dir = socket_dir("decode-resync-binary");
+    let path = dir.path();
+    let (mut pair, _) = connected_before(BINARY_PAIR, path);
+    let rule = format!("{path}=http");
+    let trace = Trace::start(&[
+        "--unix",
+        "--exchanges",
+        "--decode-as",
+        &rule,
+        "--path",
+        path,
+    ])
+    .unwrap();
+    go_on(&mut pair);
+    let finished = trace.stop().unwrap();
+    let text = finished.stdout.join("\n");
+    assert_eq!(
+        text.matches(
+            "\n    (joined mid-connection: no http request start in the first 16 calls; \
+             plain turns from here)"
+        )
+        .count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("http: "), "{text}");
+    assert!(text.matches("64 B -> 32 B").count() >= 15, "{text}");
 }

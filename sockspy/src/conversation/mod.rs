@@ -25,7 +25,7 @@ use std::{collections::HashMap, net::SocketAddr, rc::Rc};
 use sockspy_common::{EventKind, FLAG_PEEK};
 
 use self::{
-    decode::{Change, Decoding, Piece},
+    decode::{Change, Decoding, Opening, Piece},
     histogram::Histogram,
     turns::{REQUEST, RESPONSE, Turn, Turns},
 };
@@ -203,6 +203,9 @@ pub struct Exchange {
     pub app: Option<&'static str>,
     /// Why this connection is no longer decoded, said once.
     pub undecoded: Option<String>,
+    /// Decoding picked up this connection, older than the trace, at this
+    /// offset of its requests (said once, on its first decoded exchange).
+    pub resync_offset: Option<u64>,
 }
 
 impl Exchange {
@@ -360,6 +363,9 @@ pub struct Connection {
     ends: [End; 2],
     /// Which of `ends` is the client, once known.
     client: Option<usize>,
+    /// Its connect, accept or socketpair was seen: its streams' offsets
+    /// count from their start (otherwise it is older than the trace).
+    opened: bool,
     pub turns: Turns,
     pub decoding: Decoding,
     /// The protocol its messages were decoded as.
@@ -392,6 +398,7 @@ impl Connection {
             },
             ends: [End::default(), End::default()],
             client: None,
+            opened: false,
             turns: Turns::new(datagram.is_some()),
             decoding: Decoding::default(),
             app: None,
@@ -540,6 +547,7 @@ impl Connection {
             times,
             app,
             undecoded: self.decoding.take_reason(),
+            resync_offset: app.and_then(|_| self.decoding.take_resynced()),
         }
     }
 
@@ -635,7 +643,11 @@ impl Tracker {
         let data = matches!(event.kind, EventKind::Send | EventKind::Recv);
         let tracked = match event.kind {
             EventKind::Send | EventKind::Recv => event.flags & FLAG_PEEK == 0,
-            EventKind::Connect | EventKind::Accept | EventKind::Close | EventKind::State => true,
+            EventKind::Connect
+            | EventKind::Accept
+            | EventKind::Socketpair
+            | EventKind::Close
+            | EventKind::State => true,
             _ => false,
         };
         if !tracked || (data && event.ret == 0 && event.kind == EventKind::Send) {
@@ -647,7 +659,8 @@ impl Tracker {
         let starts = (data && event.ret > 0)
             || (event.kind == EventKind::Connect && (!failed || is_failure(-event.ret)))
             || (event.kind == EventKind::State && failed)
-            || (event.kind == EventKind::Accept && !failed);
+            || (event.kind == EventKind::Accept && !failed)
+            || (event.kind == EventKind::Socketpair && !failed && event.sock_type != SOCK_DGRAM);
         let Some(id) = self.connection_of(sock, event, starts) else {
             return;
         };
@@ -662,10 +675,14 @@ impl Tracker {
         match event.kind {
             EventKind::Connect if !failed || !is_failure(-event.ret) => {
                 conn.client.get_or_insert(end);
+                conn.opened = true;
             }
             EventKind::Accept => {
                 conn.client.get_or_insert(1 - end);
+                conn.opened = true;
             }
+            // Both ends at once; the first to send is the client.
+            EventKind::Socketpair if !failed => conn.opened = true,
             EventKind::Send | EventKind::Recv if event.ret > 0 => {
                 let read = event.kind == EventKind::Recv;
                 // The first to send is the client, unless a connect or an
@@ -694,18 +711,22 @@ impl Tracker {
                     let forced = matches!(conn.decoding, Decoding::Undecided)
                         .then(|| conn.forced_protocol(&self.wanted.decode_as))
                         .flatten();
-                    let datagram = conn.datagram.is_some();
+                    let opening = Opening {
+                        forced,
+                        datagram: conn.datagram.is_some(),
+                        joined: !conn.opened,
+                    };
                     let piece = Piece {
                         dir,
                         offset,
                         data: &event.data,
                         len,
                     };
-                    let change = conn.decoding.feed(forced, datagram, piece, &mut messages);
+                    let change = conn.decoding.feed(opening, piece, &mut messages);
                     match change {
-                        Change::Started => {
+                        Change::Started(from) => {
                             conn.app = conn.decoding.app();
-                            conn.turns.by_message();
+                            conn.turns.by_message(from);
                         }
                         Change::Stopped => conn.turns.by_direction(),
                         Change::None => {}
@@ -918,7 +939,143 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use bytes::Bytes;
+
+    use super::{decode::RESYNC_CALLS, *};
+    use crate::output::print::tests::send_event;
+
+    /// A call moving `data` on collectd's connection to rrdcached (pid 10,
+    /// sock 100; pid 20, sock 101): a send of the client's, or of the server's.
+    fn send(client: bool, data: &'static [u8], ms: u64) -> Event {
+        call(client, EventKind::Send, data, ms)
+    }
+
+    /// Its read by the other end.
+    fn read(client: bool, data: &'static [u8], ms: u64) -> Event {
+        call(client, EventKind::Recv, data, ms)
+    }
+
+    fn call(client: bool, kind: EventKind, data: &'static [u8], ms: u64) -> Event {
+        let mut event = send_event();
+        event.kind = kind;
+        event.ts_ns = ms * 1_000_000;
+        event.ret = data.len() as i64;
+        event.data = Bytes::from_static(data);
+        if !client {
+            event.path = event.peer.as_ref().and_then(|peer| peer.path.clone());
+            (event.pid, event.comm, event.sock) = (20, "rrdcached".into(), Some(101));
+            event.peer = Some(Peer {
+                sock: Some(100),
+                pid: Some(10),
+                comm: Some("collectd".into()),
+                ..Peer::default()
+            });
+        }
+        event
+    }
+
+    /// The exchanges `events` make, decoded (as `decode_as` says).
+    fn exchanges(events: &[Event], decode_as: &[&str]) -> Vec<Exchange> {
+        let mut conversation = Conversation::new(Wanted {
+            exchanges: true,
+            decode: true,
+            decode_as: decode_as.iter().map(|rule| rule.parse().unwrap()).collect(),
+            ..Wanted::default()
+        });
+        for event in events {
+            conversation.event(event);
+        }
+        conversation.finish();
+        conversation
+            .take()
+            .into_iter()
+            .filter_map(|finding| match finding {
+                Finding::Exchange(exchange) => Some(*exchange),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn texts(exchange: &Exchange) -> [Option<&str>; 2] {
+        [&exchange.turn.request, &exchange.turn.response]
+            .map(|span| span.message.as_ref().map(|m| m.text.as_str()))
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn a_connection_older_than_the_trace_resynchronises_at_a_request() {
+        // Joined in the middle of a request's body, and its answer.
+        let events = [
+            send(true, b"rest of a body", 1),
+            send(false, OK, 2),
+            send(true, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", 3),
+            send(
+                false,
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno",
+                4,
+            ),
+            send(true, b"GET /b HTTP/1.1\r\n\r\n", 5),
+            send(false, OK, 6),
+        ];
+        let found = exchanges(&events, &[]);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert_eq!(found[0].app, None);
+        assert_eq!(
+            (
+                found[0].turn.request.bytes(),
+                found[0].turn.response.bytes()
+            ),
+            (14, OK.len() as u64)
+        );
+        assert_eq!(found[1].app, Some("http"));
+        assert_eq!(
+            texts(&found[1]),
+            [Some("GET /a"), Some("404 Not Found 2 B")]
+        );
+        assert_eq!(found[1].resync_offset, Some(14), "said once, where");
+        assert_eq!(texts(&found[2]), [Some("GET /b"), Some("200 OK 0 B")]);
+        assert_eq!(found[2].resync_offset, None);
+        assert!(found.iter().all(|e| e.undecoded.is_none()));
+
+        // Its connect seen, the same bytes are a connection whose first
+        // bytes are no protocol's: plain turns, nothing looked for.
+        let mut connect = send(true, b"", 0);
+        (connect.kind, connect.ret) = (EventKind::Connect, 0);
+        let found = exchanges(&[&[connect][..], &events].concat(), &[]);
+        assert!(
+            found
+                .iter()
+                .all(|e| e.app.is_none() && e.undecoded.is_none())
+        );
+    }
+
+    #[test]
+    fn a_forced_protocol_mid_stream_still_needs_a_request_start() {
+        let mut events = Vec::new();
+        for ms in (0..RESYNC_CALLS as u64 + 2).map(|i| 4 * i) {
+            let (request, response) = (b"\x00\x17binary\xff", b"\x01ok");
+            events.push(send(true, request, ms));
+            events.push(read(false, request, ms + 1));
+            events.push(send(false, response, ms + 2));
+            events.push(read(true, response, ms + 3));
+        }
+        let found = exchanges(&events, &["/run/rrdcached.sock=http"]);
+        let noted: Vec<(usize, &str)> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.undecoded.as_deref()?)))
+            .collect();
+        assert_eq!(
+            noted,
+            [(
+                RESYNC_CALLS as usize - 2,
+                "joined mid-connection: no http request start in the first 16 calls"
+            )],
+            "said once, on the exchange handed on as it gave up"
+        );
+        assert!(found.iter().all(|e| e.app.is_none()));
+    }
 
     /// An exchange the client waited `wait_us` for; decoded when `failed`
     /// says whether its response failed.
@@ -949,6 +1106,7 @@ mod tests {
             },
             app: failed.map(|_| "http"),
             undecoded: None,
+            resync_offset: None,
         }
     }
 

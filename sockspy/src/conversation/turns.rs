@@ -401,10 +401,22 @@ impl Turns {
         to
     }
 
-    /// Decoded messages follow: turns end where messages do, not where
-    /// the direction changes.
-    pub fn by_message(&mut self) {
-        self.bounds.get_or_insert_with(Default::default);
+    /// Decoded messages follow from offsets `from` (request, response)
+    /// on: turns end where messages do, not where the direction changes.
+    /// The plain turns still open end there (decoding picked up a
+    /// connection joined mid-stream at a request: what came before is
+    /// not its).
+    pub fn by_message(&mut self, from: [u64; 2]) {
+        if self.bounds.is_some() {
+            return;
+        }
+        self.bounds = Some(Default::default());
+        for turn in &mut self.open {
+            for dir in [REQUEST, RESPONSE] {
+                turn.span(dir).close(from[dir]);
+            }
+        }
+        self.ends = from.map(Some);
     }
 
     /// The decoder could not follow: plain turns from here on.
@@ -705,7 +717,7 @@ mod tests {
     #[test]
     fn decoded_messages_split_pipelined_calls() {
         let mut turns = Turns::new(false);
-        turns.by_message();
+        turns.by_message([0; 2]);
         // The decoder is fed each call's bytes before they are noted (as
         // the tracker does): two requests in one send, two answers in one.
         turns.end_message(REQUEST, 2, message(REQUEST, "a"));
@@ -733,7 +745,7 @@ mod tests {
     #[test]
     fn keyed_answers_pair_with_their_requests_in_any_order() {
         let mut turns = Turns::new(true);
-        turns.by_message();
+        turns.by_message([0; 2]);
         let keyed = |dir, text, key| Message {
             key: Some(key),
             ..message(dir, text)
@@ -779,7 +791,7 @@ mod tests {
     /// serial `serial`) at 100, read at 110.
     fn calling(text: &str, serial: u64) -> Turns {
         let mut turns = Turns::new(false);
-        turns.by_message();
+        turns.by_message([0; 2]);
         let call = dbus(REQUEST, text, Role::Asks, Some(serial));
         sent_and_read(&mut turns, REQUEST, 30, 100, call);
         turns

@@ -168,6 +168,12 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
         }
     }
     line.push('\n');
+    if let Some(offset) = exchange.resync_offset {
+        let _ = writeln!(
+            line,
+            "    (joined mid-connection: resynchronised at byte offset {offset} of its requests)"
+        );
+    }
     if let Some(reason) = &exchange.undecoded {
         line.push_str("    (");
         push_one_line(line, reason);
@@ -323,6 +329,8 @@ struct JsonExchange<'a> {
     response: Option<&'a serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     undecoded: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resync_offset: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -432,6 +440,7 @@ impl Printer {
                     request: request.message.as_ref().map(|m| &m.fields),
                     response: response.message.as_ref().map(|m| &m.fields),
                     undecoded: exchange.undecoded.as_deref(),
+                    resync_offset: exchange.resync_offset,
                 };
                 serde_json::to_writer(&mut *out, &json)?;
                 out.write_all(b"\n")
@@ -531,6 +540,7 @@ mod tests {
             turn,
             app: None,
             undecoded: None,
+            resync_offset: None,
         }
     }
 

@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::REQUEST;
 
 /// The fixed header's size.
@@ -438,6 +438,24 @@ impl Decoder for Dbus {
     fn truncated(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         self.run(dir, true, found)
     }
+
+    /// A method call's fixed header (byte order, type, version 1, a
+    /// serial, lengths within the specification's) and the start of its
+    /// first header field (a known code, a one-type signature). Both
+    /// sides are then past their authentication lines.
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        let Some(head) = call.get(..FIXED + 2) else {
+            return Resync::NotHere;
+        };
+        let call_header = Fixed::parse(&head[..FIXED]).is_ok_and(|fixed| fixed.kind == METHOD_CALL);
+        let field = (1..=9).contains(&head[FIXED]) && head[FIXED + 1] == 1;
+        if call_header && field {
+            for side in &mut self.sides {
+                side.binary = true;
+            }
+        }
+        Resync::here_if(call_header && field)
+    }
 }
 
 #[cfg(test)]
@@ -785,6 +803,36 @@ mod tests {
         let mut found = Vec::new();
         feed(&mut dbus, REQUEST, b"BEGIN\r\n");
         assert!(dbus.feed(REQUEST, &next[..10], 100, &mut found).is_err());
+    }
+
+    #[test]
+    fn a_call_start_inside_a_stream() {
+        let hello = call(false, 2, "org.freedesktop.DBus", "Hello");
+        let big = call(true, 3, "org.example.Foo", "Bar");
+        let mut signal = hello.clone();
+        signal[1] = SIGNAL;
+        let mut no_serial = hello.clone();
+        no_serial[8..12].fill(0);
+        crate::conversation::decode::tests::resyncs(
+            "dbus",
+            &[&hello, &big, &hello[..FIXED + 2]],
+            // Inside a message, the header cut before its first field, a
+            // signal (not a call), no serial, authentication.
+            &[
+                &hello[1..],
+                &hello[..FIXED],
+                &signal,
+                &no_serial,
+                b"AUTH EXTERNAL 30\r\n",
+            ],
+        );
+        // Picked up there, past the authentication: the call is decoded.
+        let mut dbus = Dbus::default();
+        assert_eq!(dbus.resync(&big), Resync::Here);
+        assert_eq!(
+            texts(&feed(&mut dbus, REQUEST, &big)),
+            ["call org.example.Foo.Bar"]
+        );
     }
 
     #[test]

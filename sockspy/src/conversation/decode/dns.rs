@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::REQUEST;
 
 /// The header's size.
@@ -31,6 +31,8 @@ struct Parsed {
     answers: u16,
     name: String,
     qtype: u16,
+    /// One past the question (its type and class).
+    question_end: usize,
 }
 
 fn parse(bytes: &[u8]) -> Option<Parsed> {
@@ -72,6 +74,7 @@ fn parse(bytes: &[u8]) -> Option<Parsed> {
             labels.join(".")
         },
         qtype,
+        question_end: at + 4,
     })
 }
 
@@ -187,6 +190,36 @@ impl Decoder for Dns {
         }
     }
 
+    /// A query whose header and question are whole in the call, asking
+    /// nothing odd (a standard query, no answers); over TCP, after a
+    /// length prefix that holds them.
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        let (message, length) = if self.datagram {
+            (call, call.len())
+        } else {
+            let Some(prefix) = call.get(..2) else {
+                return Resync::NotHere;
+            };
+            (
+                &call[2..],
+                usize::from(u16::from_be_bytes([prefix[0], prefix[1]])),
+            )
+        };
+        let opcode = |bytes: &[u8]| (bytes[2] >> 3) & 0xf;
+        match parse(message) {
+            Some(parsed)
+                if !parsed.response
+                    && parsed.rcode == 0
+                    && parsed.answers == 0
+                    && opcode(message) == 0
+                    && parsed.question_end <= length.min(message.len()) =>
+            {
+                Resync::Here
+            }
+            _ => Resync::NotHere,
+        }
+    }
+
     /// UDP: each call is one message; TCP: a stream.
     fn feed(
         &mut self,
@@ -259,6 +292,27 @@ mod tests {
             .unwrap();
         assert_eq!(found[0].end, framed.len() as u64);
         assert_eq!(found[0].fields["name"], "example.com");
+    }
+
+    #[test]
+    fn a_query_start_inside_a_stream() {
+        let query = message(9, None, "example.com", 1);
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        let tcp = || Dns::new(false);
+        assert_eq!(tcp().resync(&framed), Resync::Here);
+        // A prefix too short for the question, the question cut, a
+        // response, a message without its prefix.
+        let mut short = framed.clone();
+        short[1] = 12;
+        assert_eq!(tcp().resync(&short), Resync::NotHere);
+        assert_eq!(tcp().resync(&framed[..framed.len() - 3]), Resync::NotHere);
+        let answer = message(9, Some(0), "example.com", 1);
+        let mut framed_answer = (answer.len() as u16).to_be_bytes().to_vec();
+        framed_answer.extend_from_slice(&answer);
+        assert_eq!(tcp().resync(&framed_answer), Resync::NotHere);
+        assert_eq!(tcp().resync(&query), Resync::NotHere);
+        assert_eq!(Dns::new(true).resync(&query), Resync::Here);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use serde_json::Map;
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 const METHODS: [&str; 9] = [
@@ -64,6 +64,33 @@ fn method(line: &str) -> Option<&str> {
     let (word, rest) = line.split_once(' ')?;
     (METHODS.contains(&word) && rest.trim_end().rsplit(' ').next()?.starts_with("HTTP/1."))
         .then_some(word)
+}
+
+/// `GET /x HTTP/1.1\r\n` and nothing looser: a known method, a target
+/// of the forms clients send (a path, `*`, an absolute URL, CONNECT's
+/// `host:port`) in visible characters, HTTP/1.0 or 1.1, the line's
+/// `\r\n`; what a request's start inside a stream must look like.
+fn strict_request_line(call: &[u8]) -> bool {
+    let Some(end) = call.windows(2).position(|pair| pair == b"\r\n") else {
+        return false;
+    };
+    let Ok(line) = std::str::from_utf8(&call[..end]) else {
+        return false;
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let target_ok = !target.is_empty()
+        && target.bytes().all(|b| b.is_ascii_graphic())
+        && (target.starts_with('/')
+            || target == "*"
+            || target.starts_with("http://")
+            || target.starts_with("https://")
+            || (method == "CONNECT" && target.contains(':')));
+    METHODS.contains(&method) && target_ok && matches!(version, "HTTP/1.0" | "HTTP/1.1")
 }
 
 /// A request target's route: its path without the query, each segment
@@ -251,9 +278,9 @@ impl Http {
                     if size == 0 {
                         side.state = State::Trailers;
                     } else {
-                        side.head.body_bytes += size;
+                        side.head.body_bytes = side.head.body_bytes.saturating_add(size);
                         // The chunk and the line end after it.
-                        side.stream.skip(size + 2);
+                        side.stream.skip(size.saturating_add(2));
                         side.state = State::ChunkData;
                     }
                 }
@@ -286,13 +313,17 @@ impl Decoder for Http {
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         self.run(dir, found)
     }
+
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        Resync::here_if(strict_request_line(call))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::conversation::decode::tests::fed as feed;
+    use crate::conversation::decode::tests::{fed as feed, resyncs};
 
     #[test]
     fn a_request_and_its_answer_with_a_body_not_captured() {
@@ -357,6 +388,50 @@ mod tests {
         assert_eq!(answered[1].text, "503 Busy 4 B");
         assert!(answered[1].failed);
         assert_eq!(answered[1].end, answers.len() as u64);
+    }
+
+    #[test]
+    fn a_request_start_inside_a_stream() {
+        resyncs(
+            "http",
+            &[
+                b"GET /v1.43/containers/json HTTP/1.1\r\nHost: x\r\n",
+                b"OPTIONS * HTTP/1.1\r\n",
+                b"CONNECT example.com:443 HTTP/1.1\r\n",
+                b"POST http://api/x HTTP/1.0\r\n",
+            ],
+            // What detection takes at a connection's start, but a body
+            // might hold: a bare `\n`, another version, odd targets.
+            &[
+                b"GET /x HTTP/1.1\n",
+                b"GET /x HTTP/1.9\r\n",
+                b"GET x HTTP/1.1\r\n",
+                b"GET /a b HTTP/1.1\r\n",
+                b"GET /x HTTP/1.1",
+                b"ET /x HTTP/1.1\r\n",
+                b"HTTP/1.1 200 OK\r\n",
+                b"\x00\x01\x02",
+                b"",
+            ],
+        );
+    }
+
+    #[test]
+    fn lengths_beyond_what_a_number_holds() {
+        // Found by fuzzing: chunk sizes that overflow when added up, and
+        // a body until close that goes on for many calls.
+        let mut http = Http::default();
+        let chunks = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n";
+        let answered = feed(&mut http, RESPONSE, chunks, chunks.len() as u64);
+        assert!(answered.is_empty());
+        assert_eq!(http.sides[RESPONSE].stream.skipping(), u64::MAX);
+        let mut http = Http::default();
+        let answered = feed(&mut http, RESPONSE, b"HTTP/1.0 200 OK\r\n\r\n", 19);
+        assert_eq!(answered[0].end, u64::MAX);
+        for _ in 0..4 {
+            assert!(feed(&mut http, RESPONSE, b"body", 1 << 40).is_empty());
+        }
+        assert_eq!(http.sides[RESPONSE].stream.skipping(), u64::MAX);
     }
 
     #[test]

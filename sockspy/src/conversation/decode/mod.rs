@@ -10,6 +10,13 @@
 //! Each protocol is a module behind [`Decoder`]. A decoder that meets
 //! bytes it cannot follow says so ([`Mismatch`]) and the connection falls
 //! back to plain turns.
+//!
+//! A connection older than the trace (no connect, accept or socketpair
+//! seen) is joined mid-stream: its first bytes seen may be anywhere in a
+//! message. Each protocol that can tells whether a call's bytes begin a
+//! request ([`Decoder::resync`], stricter than detection); decoding
+//! starts at the first call that does, within [`RESYNC_CALLS`] calls, and
+//! the response direction where it stood when that request was sent.
 
 pub mod dbus;
 pub mod dns;
@@ -112,6 +119,28 @@ impl fmt::Display for Mismatch {
     }
 }
 
+/// Whether a call's bytes begin a request: [`Decoder::resync`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resync {
+    /// They do: decoding starts there.
+    Here,
+    /// They do not.
+    NotHere,
+    /// The protocol cannot be picked up mid-stream.
+    Never,
+}
+
+impl Resync {
+    /// [`Resync::Here`] when `starts`, [`Resync::NotHere`] otherwise.
+    pub fn here_if(starts: bool) -> Self {
+        if starts { Self::Here } else { Self::NotHere }
+    }
+}
+
+/// Calls of the client's looked at for a request's start on a connection
+/// joined mid-stream before it is left undecoded.
+pub const RESYNC_CALLS: u32 = 16;
+
 /// One protocol's decoder of one connection: it reads each direction
 /// from a [`Stream`], which passes over what a length field said to skip.
 pub trait Decoder: fmt::Debug {
@@ -124,6 +153,20 @@ pub trait Decoder: fmt::Debug {
     /// Consumes what direction `dir`'s stream holds; pushes the messages
     /// it completes.
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch>;
+
+    /// On a connection joined mid-stream, whether `call` (the captured
+    /// bytes of one call of the client's) begins a request; asked of a
+    /// new decoder. The check is stricter than detection, since inside a
+    /// stream bytes that merely look like a message's start are common.
+    /// On [`Resync::Here`] the decoder is fed from `call`'s first byte
+    /// on: one whose connections begin with a handshake (a startup
+    /// message, an authentication) sets itself past it. A protocol whose
+    /// message starts cannot be told from the middle of its messages
+    /// says [`Resync::Never`] (the default).
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        let _ = call;
+        Resync::Never
+    }
 
     /// What direction `dir`'s stream holds is all that was captured
     /// before bytes that were not: a decoder that can follow a message
@@ -198,11 +241,25 @@ pub enum Decoding {
     /// No bytes seen yet.
     #[default]
     Undecided,
+    /// Joined mid-stream: looking for a call that begins a request.
+    Resyncing {
+        /// The protocol a `--decode-as` rule forces, `None` for any.
+        protocol: Option<&'static str>,
+        /// The client's calls looked at so far.
+        tried: u32,
+        /// How far each direction's bytes were seen.
+        seen: [u64; 2],
+    },
     Active {
         decoder: Box<dyn Decoder>,
         /// How far each direction's stream was fed: its sends and its
         /// reads carry the same bytes, and whichever comes first feeds.
         fed: [u64; 2],
+        /// Where each direction's decoding began (the decoder counts its
+        /// offsets from there): 0 at a connection's start.
+        base: [u64; 2],
+        /// Resynchronised at this request offset: said once.
+        resynced: Option<u64>,
     },
     /// Not decoded, and why (said once, in the first exchange after).
     Plain(Option<String>),
@@ -218,12 +275,25 @@ pub struct Piece<'a> {
     pub len: u64,
 }
 
+/// What the tracker knows of a connection when its first bytes come.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Opening {
+    /// What a `--decode-as` rule says of it (`Some(None)`: not to decode it).
+    pub forced: Option<Option<&'static str>>,
+    /// Each call is one message.
+    pub datagram: bool,
+    /// Its start was before the trace (no connect, accept or socketpair
+    /// seen): its offsets count from the first byte seen.
+    pub joined: bool,
+}
+
 /// What feeding changed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
     None,
-    /// A protocol was recognised: turns follow its messages from here.
-    Started,
+    /// A protocol was recognised: turns follow its messages from these
+    /// offsets (request, response) on.
+    Started([u64; 2]),
     /// The bytes stopped matching: plain turns from here.
     Stopped,
 }
@@ -245,54 +315,49 @@ impl Decoding {
         }
     }
 
-    /// Feeds what the decoder has not had yet of `piece`. `forced`: what a
-    /// `--decode-as` rule says of this connection (`Some(None)`: not to
-    /// decode it); `datagram`: each call is one message.
-    pub fn feed(
-        &mut self,
-        forced: Option<Option<&'static str>>,
-        datagram: bool,
-        piece: Piece<'_>,
-        found: &mut Vec<Message>,
-    ) -> Change {
+    /// The request offset where decoding picked up a connection joined
+    /// mid-stream, once.
+    pub fn take_resynced(&mut self) -> Option<u64> {
+        match self {
+            Self::Active { resynced, .. } => resynced.take(),
+            _ => None,
+        }
+    }
+
+    /// Feeds what the decoder has not had yet of `piece`, from a
+    /// connection that `opening` describes.
+    pub fn feed(&mut self, opening: Opening, piece: Piece<'_>, found: &mut Vec<Message>) -> Change {
         let Piece {
             dir,
             offset,
             data,
             len,
         } = piece;
+        let data = &data[..data.len().min(len as usize)];
         let mut change = Change::None;
         if let Self::Undecided = self {
-            // The start of a connection: its client's first bytes say
-            // which protocol it speaks, unless a rule said.
-            let decoder = match forced {
-                Some(protocol) => protocol.and_then(|name| by_name(name, datagram)),
-                None => (dir == super::turns::REQUEST && offset == 0)
-                    .then(|| detect(data, datagram))
-                    .flatten(),
-            };
-            *self = match decoder {
-                Some(decoder) => {
-                    change = Change::Started;
-                    Self::Active {
-                        decoder,
-                        fed: [0; 2],
-                    }
-                }
-                None => Self::Plain(None),
-            };
+            *self = Self::open(opening, dir, offset, data);
+            if let Self::Active { .. } = self {
+                change = Change::Started([0; 2]);
+            }
         }
-        let Self::Active { decoder, fed } = self else {
+        if let Self::Resyncing { .. } = self {
+            change = self.resync(dir, offset, data, len);
+        }
+        let Self::Active {
+            decoder, fed, base, ..
+        } = self
+        else {
             return change;
         };
         let end = offset + len;
         if end <= fed[dir] {
             return change;
         }
-        let data = &data[..data.len().min(len as usize)];
         let missed = offset.saturating_sub(fed[dir]);
         let skip = fed[dir].saturating_sub(offset);
         let data = data.get(skip as usize..).unwrap_or_default();
+        let first = found.len();
         // Bytes no record showed (lost records) go first, as a gap.
         let result = if missed > 0 {
             decoder.feed(dir, &[], missed, found)
@@ -301,12 +366,112 @@ impl Decoding {
         }
         .and_then(|()| decoder.feed(dir, data, len - skip, found));
         fed[dir] = end;
+        for message in &mut found[first..] {
+            if message.end != u64::MAX {
+                message.end += base[dir];
+            }
+        }
         if let Err(mismatch) = result {
             let name = decoder.name();
             *self = Self::Plain(Some(format!("not {name} any more: {mismatch}")));
             return Change::Stopped;
         }
         change
+    }
+
+    /// A connection's first bytes: which protocol it speaks (its client's
+    /// first bytes say, unless a rule did), or, joined mid-stream, a
+    /// request's start to look for.
+    fn open(opening: Opening, dir: usize, offset: u64, data: &[u8]) -> Self {
+        let Opening {
+            forced,
+            datagram,
+            joined,
+        } = opening;
+        // Every datagram starts a message: nothing to look for.
+        if joined && !datagram && forced != Some(None) {
+            return Self::Resyncing {
+                protocol: forced.flatten(),
+                tried: 0,
+                seen: [0; 2],
+            };
+        }
+        let decoder = match forced {
+            Some(protocol) => protocol.and_then(|name| by_name(name, datagram)),
+            None => (dir == super::turns::REQUEST && offset == 0)
+                .then(|| detect(data, datagram))
+                .flatten(),
+        };
+        match decoder {
+            Some(decoder) => Self::Active {
+                decoder,
+                fed: [0; 2],
+                base: [0; 2],
+                resynced: None,
+            },
+            None => Self::Plain(None),
+        }
+    }
+
+    /// Joined mid-stream: whether this call begins a request of the
+    /// protocol looked for (or of any); decoding starts there, and the
+    /// responses where they stood (those to earlier requests are not
+    /// decoded). Gives up after [`RESYNC_CALLS`] of the client's calls, or
+    /// at once for a protocol that cannot be picked up mid-stream.
+    fn resync(&mut self, dir: usize, offset: u64, data: &[u8], len: u64) -> Change {
+        let Self::Resyncing {
+            protocol,
+            tried,
+            seen,
+        } = self
+        else {
+            return Change::None;
+        };
+        // A call that begins where no call began before: its sender's
+        // (or its reader's, whichever came first).
+        let fresh = offset >= seen[dir];
+        let responses = seen[super::turns::RESPONSE];
+        seen[dir] = seen[dir].max(offset + len);
+        if dir != super::turns::REQUEST || !fresh {
+            return Change::None;
+        }
+        let names = match protocol {
+            Some(name) => std::slice::from_ref(&*name),
+            None => &PROTOCOLS[..],
+        };
+        let mut never = None;
+        for name in names {
+            let Some(mut decoder) = by_name(name, false) else {
+                continue;
+            };
+            match decoder.resync(data) {
+                Resync::Here => {
+                    let at = [offset, responses];
+                    *self = Self::Active {
+                        decoder,
+                        fed: at,
+                        base: at,
+                        resynced: Some(offset),
+                    };
+                    return Change::Started(at);
+                }
+                Resync::NotHere => {}
+                Resync::Never => never = Some(*name),
+            }
+        }
+        *tried += 1;
+        let protocol = *protocol;
+        if let (Some(name), Some(_)) = (protocol, never) {
+            *self = Self::Plain(Some(format!(
+                "joined mid-connection: {name} cannot be picked up mid-stream"
+            )));
+        } else if *tried >= RESYNC_CALLS {
+            let what = protocol.unwrap_or("known");
+            *self = Self::Plain(Some(format!(
+                "joined mid-connection: no {what} request start in the first {RESYNC_CALLS} calls"
+            )));
+        }
+        Change::None
     }
 }
 
@@ -409,5 +574,17 @@ pub mod tests {
         let mut found = Vec::new();
         decoder.feed(dir, data, len, &mut found).unwrap();
         found
+    }
+
+    /// A new decoder for protocol `name` picks a connection up
+    /// mid-stream at each of `starts`, and at none of `inside`.
+    pub fn resyncs(name: &str, starts: &[&[u8]], inside: &[&[u8]]) {
+        let new = || by_name(name, false).unwrap();
+        for start in starts {
+            assert_eq!(new().resync(start), Resync::Here, "{start:?}");
+        }
+        for bytes in inside {
+            assert_eq!(new().resync(bytes), Resync::NotHere, "{bytes:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::{
-    Decoder, Message, Mismatch, Role,
+    Decoder, Message, Mismatch, Resync, Role,
     stream::{PIECE, Stream},
 };
 use crate::conversation::turns::{REQUEST, RESPONSE};
@@ -326,6 +326,25 @@ fn telling(types: &[&'static str]) -> (&'static str, &'static str) {
 
 fn be32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The SQL of a Query or Parse message of type `kind` whose body is
+/// `whole` bytes, `body` of them captured; `None` when the body is not
+/// one (a Query's one string must end where its length says).
+fn resync_sql(kind: u8, body: &[u8], whole: usize) -> Option<&[u8]> {
+    let captured = &body[..body.len().min(whole)];
+    let nul = |bytes: &[u8]| bytes.iter().position(|&b| b == 0);
+    match kind {
+        b'Q' => match nul(captured) {
+            Some(at) => (at + 1 == whole).then_some(&captured[..at]),
+            None => (body.len() < whole).then_some(captured),
+        },
+        b'P' => {
+            let rest = &captured[nul(captured)? + 1..];
+            Some(&rest[..nul(rest).unwrap_or(rest.len())])
+        }
+        _ => None,
+    }
 }
 
 impl Postgresql {
@@ -819,6 +838,26 @@ impl Decoder for Postgresql {
         self.run(dir, false, found)
     }
 
+    /// A simple Query (`Q`, its length, its SQL ending in a NUL where the
+    /// length says) or a Parse (`P`, a statement's name, its SQL), as
+    /// far as it was captured: the client is then past its startup.
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        let here = call.get(..5).is_some_and(|head| {
+            let (kind, len) = (head[0], be32(&head[1..]));
+            plausible(REQUEST, kind, len)
+                && resync_sql(kind, &call[5..], (len as usize).saturating_sub(4)).is_some_and(
+                    |sql| {
+                        !sql.is_empty()
+                            && std::str::from_utf8(sql).is_ok_and(|sql| {
+                                sql.chars().all(|c| !c.is_control() || c.is_whitespace())
+                            })
+                    },
+                )
+        });
+        self.typed |= here;
+        Resync::here_if(here)
+    }
+
     /// As [`super::feed_stream`], but a message's start cut short by the
     /// capture is read as far as it goes, and a header not captured loses
     /// this side's boundaries until the other side speaks (the module's
@@ -978,6 +1017,38 @@ mod tests {
         feed(&mut pg, REQUEST, &packet);
         feed(&mut pg, RESPONSE, &greeting());
         pg
+    }
+
+    #[test]
+    fn a_query_start_inside_a_stream() {
+        let query = msg(b'Q', b"select 1\0");
+        let parse = msg(b'P', b"\0select $1\0\0\0");
+        let long = msg(b'Q', &[b"select '".repeat(100), b"'\0".to_vec()].concat());
+        crate::conversation::decode::tests::resyncs(
+            "postgresql",
+            // Whole, or cut by the capture.
+            &[&query, &parse, &long[..40]],
+            // Not at a type byte, no NUL where the length says, control
+            // bytes, no SQL, a type the client does not send, a startup.
+            &[
+                &query[1..],
+                &msg(b'Q', b"select 1"),
+                &msg(b'Q', b"sel\0ect 1\0"),
+                &msg(b'Q', b"\x01\x02\0"),
+                &msg(b'Q', b"\0"),
+                &msg(b'T', b"select 1\0"),
+                &startup(&["user", "alice"]),
+            ],
+        );
+        // Picked up there, it decodes from that Query on.
+        let mut pg = Postgresql::default();
+        assert_eq!(pg.resync(&query), Resync::Here);
+        assert_eq!(
+            texts(&feed(&mut pg, REQUEST, &query)),
+            ["Query \"select 1\""]
+        );
+        let answer = [complete("SELECT 1"), ready()].concat();
+        assert_eq!(texts(&feed(&mut pg, RESPONSE, &answer)), ["SELECT 1"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// The longest value kept for a summary (a command, a key, a short reply).
@@ -58,6 +58,10 @@ const INLINE: [&str; 42] = [
     "ZADD",
     "ZRANGE",
 ];
+
+/// Aggregates nested deeper than this are no RESP a client or server
+/// sends (and would make the levels kept grow with the bytes).
+const MAX_DEPTH: usize = 128;
 
 /// A bulk value's bytes (and their `\r\n`) are next.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +163,12 @@ impl Side {
                 } else {
                     1
                 };
-                match number()? * pairs {
+                match number()?.saturating_mul(pairs) {
+                    _ if self.pending.len() >= MAX_DEPTH => {
+                        return Err(Mismatch(format!(
+                            "aggregates nested deeper than {MAX_DEPTH}"
+                        )));
+                    }
                     count if count > 0 => {
                         self.pending.push(count as u64);
                         Began::Aggregate
@@ -203,6 +212,40 @@ impl Side {
         // An attribute alone is not the reply: that comes next.
         !self.in_attribute()
     }
+}
+
+/// The decimal number `text` starts with, up to `\r\n`, and what follows.
+fn number_line(text: &[u8]) -> Option<(u64, &[u8])> {
+    let end = text.windows(2).position(|pair| pair == b"\r\n")?;
+    let digits = &text[..end];
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((number, &text[end + 2..]))
+}
+
+/// `*N\r\n$M\r\nNAME\r\n`: an array of bulk strings whose first, the
+/// command's name, is a word (letters, digits, `_`, `-`, `.`, `|`), whole
+/// in the call; what a request's start inside a stream must look like.
+fn strict_command(call: &[u8]) -> bool {
+    let Some(rest) = call.strip_prefix(b"*") else {
+        return false;
+    };
+    let Some((count, rest)) = number_line(rest) else {
+        return false;
+    };
+    let Some((len, rest)) = rest.strip_prefix(b"$").and_then(number_line) else {
+        return false;
+    };
+    let len = len as usize;
+    let word = |b: &u8| b.is_ascii_alphanumeric() || b"_-.|".contains(b);
+    count > 0
+        && (1..=KEPT).contains(&len)
+        && rest.len() >= len + 2
+        && rest[..len].iter().all(word)
+        && rest[0].is_ascii_alphabetic()
+        && &rest[len..len + 2] == b"\r\n"
 }
 
 impl Redis {
@@ -339,11 +382,16 @@ impl Decoder for Redis {
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         self.run(dir, found)
     }
+
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        Resync::here_if(strict_command(call))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conversation::decode::tests::resyncs;
 
     fn feed(redis: &mut Redis, dir: usize, data: &[u8]) -> Vec<Message> {
         crate::conversation::decode::tests::fed(redis, dir, data, data.len() as u64)
@@ -408,6 +456,49 @@ mod tests {
         assert_eq!(replies[2].fields["error"], "ERR unknown command");
         assert_eq!(replies[0].fields["type"], "simple");
         assert!(replies.iter().all(|reply| reply.kind.is_none()));
+    }
+
+    #[test]
+    fn a_command_start_inside_a_stream() {
+        resyncs(
+            "redis",
+            &[
+                b"*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n",
+                b"*1\r\n$4\r\nPING\r\n",
+                b"*2\r\n$8\r\nJSON.GET\r\n",
+            ],
+            // What detection takes at a connection's start, but a value
+            // might hold: a name not whole, not a word, no count.
+            &[
+                b"*2\r\n$3\r\nGE",
+                b"*2\r\n$3\r\n\x00\x01\x02\r\n",
+                b"*0\r\n$3\r\nGET\r\n",
+                b"*2\r\n$3\r\nGET\n",
+                b"*x\r\n$3\r\nGET\r\n",
+                b"*2\r\n:3\r\n",
+                b"$3\r\nGET\r\n",
+                b"PING\r\n",
+                b"",
+            ],
+        );
+    }
+
+    #[test]
+    fn counts_and_depths_beyond_bounds() {
+        // Found by fuzzing: a map's count doubled past what a number
+        // holds; aggregates nested without end.
+        let mut redis = Redis::default();
+        let huge = format!("%{}\r\n", i64::MAX);
+        assert!(feed(&mut redis, RESPONSE, huge.as_bytes()).is_empty());
+        assert_eq!(redis.sides[RESPONSE].pending, [i64::MAX as u64]);
+        let mut redis = Redis::default();
+        let nested = b"*1\r\n".repeat(MAX_DEPTH + 1);
+        let mut found = Vec::new();
+        let error = redis
+            .feed(RESPONSE, &nested, nested.len() as u64, &mut found)
+            .unwrap_err();
+        assert_eq!(error.0, "aggregates nested deeper than 128");
+        assert!(redis.sides[RESPONSE].pending.len() <= MAX_DEPTH);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Decoder, Message, Mismatch, Role, stream::Stream};
+use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
 
 /// Commands rrdcached knows (`HELP` lists them).
@@ -160,6 +160,21 @@ impl Decoder for Rrdcached {
         &mut self.streams[dir]
     }
 
+    /// A whole command line: one of rrdcached's commands, printable
+    /// text to its `\n`. (A line inside a `BATCH` looks the same: joined
+    /// mid-batch, decoding stops at the batch's `.`.)
+    fn resync(&mut self, call: &[u8]) -> Resync {
+        let Some(end) = call.iter().position(|&b| b == b'\n') else {
+            return Resync::NotHere;
+        };
+        let line = call[..end].strip_suffix(b"\r").unwrap_or(&call[..end]);
+        let printable = line
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let known = std::str::from_utf8(line).ok().and_then(command).is_some();
+        Resync::here_if(printable && known)
+    }
+
     fn consume(&mut self, dir: usize, found: &mut Vec<Message>) -> Result<(), Mismatch> {
         while let Some((line, end)) = self.streams[dir].line() {
             let line = String::from_utf8_lossy(line).into_owned();
@@ -176,6 +191,7 @@ impl Decoder for Rrdcached {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conversation::decode::tests::resyncs;
 
     fn feed(decoder: &mut Rrdcached, dir: usize, bytes: &[u8]) -> Vec<Message> {
         crate::conversation::decode::tests::fed(decoder, dir, bytes, bytes.len() as u64)
@@ -234,6 +250,26 @@ mod tests {
         );
         assert_eq!(answers.len(), 2);
         assert_eq!(answers[1].fields["status"], 1);
+    }
+
+    #[test]
+    fn a_command_start_inside_a_stream() {
+        resyncs(
+            "rrdcached",
+            &[
+                b"update /x/load.rrd 1796562583:1:2:3\nupdate",
+                b"FLUSHALL\r\n",
+            ],
+            // The rest of a line, a line not whole, not a command, binary.
+            &[
+                b"load.rrd 1796562583:1:2:3\n",
+                b"update /x/load.rrd 17965",
+                b"updates x\n",
+                b"update \x00\x01\n",
+                b"0 errors, enqueued 1 value(s).\n",
+                b"",
+            ],
+        );
     }
 
     #[test]

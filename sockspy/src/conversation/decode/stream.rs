@@ -91,12 +91,14 @@ impl Stream {
         self.buf.len() - self.head
     }
 
-    /// Passes over the next `len` bytes, buffered or still to come.
+    /// Passes over the next `len` bytes, buffered or still to come (a
+    /// length field may say anything: past `u64::MAX` is the same as
+    /// until the end).
     pub fn skip(&mut self, len: u64) {
         let now = len.min(self.buffered() as u64) as usize;
         self.head += now;
         self.pos += now as u64;
-        self.skip += len - now as u64;
+        self.skip = self.skip.saturating_add(len - now as u64);
     }
 
     /// Bytes still to pass over.
@@ -129,5 +131,17 @@ mod tests {
         // A line's start not captured cannot be followed.
         stream.push(b"par").unwrap();
         assert!(stream.gap(3).is_err());
+    }
+
+    #[test]
+    fn lengths_past_the_end_of_numbers_skip_to_the_end() {
+        // Found by fuzzing: a body until close skipped again at every call.
+        let mut stream = Stream::default();
+        for _ in 0..3 {
+            stream.skip(u64::MAX / 2);
+        }
+        assert_eq!(stream.skipping(), u64::MAX);
+        stream.gap(1000).unwrap();
+        assert_eq!(stream.skipping(), u64::MAX - 1000);
     }
 }

@@ -474,6 +474,14 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     /// `upid.nr`.
     pub upid_nr: u32,
+    /// `task_struct.cgroups` (the task's `css_set`).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: its cgroup in the v2 hierarchy.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`: the cgroup's kernfs node.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup id (what `bpf_get_current_cgroup_id` gives).
+    pub kernfs_node_id: u32,
 }
 
 /// Settings the loader gives the kernel programs before load (a read-only global).
@@ -528,7 +536,7 @@ const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(size_of::<SockEvent>() == 160);
 const _: () = assert!(size_of::<ProcEvent>() == 72);
 const _: () = assert!(size_of::<PassedFile>() == 16);
-const _: () = assert!(size_of::<KernelOffsets>() == 172);
+const _: () = assert!(size_of::<KernelOffsets>() == 188);
 const _: () = assert!(size_of::<TraceConfig>() == 24);
 
 #[cfg(feature = "user")]

@@ -8,14 +8,14 @@
 //! IP socket's namespace. Unix sockets skip the namespace: their peers are
 //! found by the kernel's peer pointer, never by address.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task};
+use aya_ebpf::helpers::bpf_get_current_cgroup_id;
 use sockspy_common::{FILTER_CGROUP, FLAG_CGROUP_UNDECIDED, SockEvent};
 
 use crate::{
     FILTER_CGROUPS,
     emit::Current,
     global,
-    kernel::{self, ReadFailed},
+    kernel::{self, ReadFailed, Reader},
 };
 
 /// Deepest pid namespace nesting the kernel allows (`MAX_PID_NS_LEVEL`).
@@ -29,10 +29,12 @@ fn cgroup_id() -> u64 {
 }
 
 /// Fills in the calling task's cgroup id and, inside a pid namespace, its
-/// process id as that namespace sees it.
+/// process id as that namespace sees it: with `R`'s reads (plain loads in
+/// BTF-typed hooks), but for the pid at the namespace's level, whose
+/// offset is known only at run time, which is read the long way.
 #[inline(always)]
-pub fn task_facts(ev: &mut SockEvent, me: Current) -> Result<(), ReadFailed> {
-    ev.cgroup = cgroup_id();
+pub fn task_facts<R: Reader>(ev: &mut SockEvent, me: Current) -> Result<(), ReadFailed> {
+    ev.cgroup = R::cgroup_id(me);
     if global!(CONFIG.filters) & FILTER_CGROUP != 0
         // SAFETY: a plain value of the map's type.
         && unsafe { FILTER_CGROUPS.get(ev.cgroup) }.is_none()
@@ -41,14 +43,13 @@ pub fn task_facts(ev: &mut SockEvent, me: Current) -> Result<(), ReadFailed> {
     }
     ev.nspid = 0;
     ev.netns = 0;
-    // SAFETY: helper without preconditions.
-    let mut task = unsafe { bpf_get_current_task() };
+    let mut task = R::task(me);
     if !me.is_main_thread() {
         // The process's id is its leader's; a thread's own would be its tid.
-        task = kernel::read(task, global!(OFFSETS.task_group_leader))?;
+        task = R::read(task, global!(OFFSETS.task_group_leader))?;
     }
-    let pid: u64 = kernel::read(task, global!(OFFSETS.task_thread_pid))?;
-    let level: u32 = kernel::read(pid, global!(OFFSETS.pid_level))?;
+    let pid: u64 = R::read(task, global!(OFFSETS.task_thread_pid))?;
+    let level: u32 = R::read(pid, global!(OFFSETS.pid_level))?;
     if level == 0 || level > MAX_PID_NS_LEVEL {
         return Ok(());
     }

@@ -253,7 +253,7 @@ impl Record {
             passed_fds = 0,
             passed_files = 0,
         );
-        if crate::container::task_facts(ev, me).is_err() {
+        if crate::container::task_facts::<R>(ev, me).is_err() {
             count(Stat::ReadFailed);
         }
         Some(Self { scratch })

@@ -13,8 +13,8 @@
 //! globals, which the verifier reads as constants.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-    bpf_probe_read_kernel, bpf_probe_read_user,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
     generated::{bpf_get_current_task_btf, bpf_skc_to_unix_sock},
 };
 use sockspy_common::{AF_INET, AF_INET6, AF_UNIX, COMM_LEN, NO_FIELD};
@@ -61,6 +61,8 @@ pub trait Reader {
     fn thread_comm(me: Current) -> [u8; COMM_LEN];
     /// The current thread's real user id.
     fn uid(me: Current) -> u32;
+    /// The current thread's cgroup v2 id.
+    fn cgroup_id(me: Current) -> u64;
     /// The `unix_sock` around a Unix socket's `struct sock`, whose fields
     /// lie past the end of `struct sock`.
     fn unix_sock(sk: u64) -> u64;
@@ -100,6 +102,12 @@ impl Reader for Probe {
     #[inline(always)]
     fn uid(_me: Current) -> u32 {
         bpf_get_current_uid_gid() as u32
+    }
+
+    #[inline(always)]
+    fn cgroup_id(_me: Current) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
     }
 
     #[inline(always)]
@@ -154,6 +162,17 @@ impl Reader for Btf {
     fn uid(me: Current) -> u32 {
         let cred: u64 = load(me.task, global!(OFFSETS.task_cred));
         load(cred, global!(OFFSETS.cred_uid))
+    }
+
+    /// The id `bpf_get_current_cgroup_id` gives, by four loads (the task's
+    /// `css_set`, its v2 cgroup, that cgroup's kernfs node, its id)
+    /// instead of a helper call.
+    #[inline(always)]
+    fn cgroup_id(me: Current) -> u64 {
+        let css_set: u64 = load(me.task, global!(OFFSETS.task_cgroups));
+        let cgroup: u64 = load(css_set, global!(OFFSETS.css_set_dfl_cgrp));
+        let kn: u64 = load(cgroup, global!(OFFSETS.cgroup_kn));
+        load(kn, global!(OFFSETS.kernfs_node_id))
     }
 
     #[inline(always)]

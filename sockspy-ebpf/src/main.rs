@@ -74,6 +74,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     pid_numbers: 0,
     upid_size: 0,
     upid_nr: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 /// What to trace, filled in by the loader before load.

@@ -57,6 +57,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         pid_numbers: at("pid", "numbers")?,
         upid_size: btf.struct_size("upid")?,
         upid_nr: at("upid", "nr")?,
+        task_cgroups: at("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: at("css_set", "dfl_cgrp")?,
+        cgroup_kn: at("cgroup", "kn")?,
+        kernfs_node_id: at("kernfs_node", "id")?,
     })
 }
 

@@ -4,7 +4,7 @@
 //! starts with a type byte and a line; bulk values are passed over by
 //! their lengths, so only the start of each message need be captured.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::{Decoder, Message, Mismatch, Resync, Role, stream::Stream};
 use crate::conversation::turns::{REQUEST, RESPONSE};
@@ -276,40 +276,40 @@ impl Redis {
     fn finish(&mut self, dir: usize, end: u64, found: &mut Vec<Message>) {
         let side = &mut self.sides[dir];
         let kind = side.kind.take().unwrap_or("null");
-        let values = std::mem::take(&mut side.values);
         let error = side.error.take();
         side.attribute = false;
+        // Drained, not taken: the list keeps its room for the next message.
+        let mut values = side.values.drain(..);
         let mut fields = Map::new();
         let mut request_kind = None;
         let text = if dir == REQUEST {
-            let command = values
-                .first()
-                .map(|c| c.to_ascii_uppercase())
-                .unwrap_or_default();
-            let key = values.get(1).cloned();
-            request_kind = Some(super::kind(&command));
-            fields.insert("command".into(), command.clone().into());
-            fields.insert("key".into(), key.clone().into());
-            match key {
-                Some(key) => format!("{command} {key}"),
-                None => command,
+            let mut command = values.next().unwrap_or_default();
+            command.make_ascii_uppercase();
+            let key = values.next();
+            let mut text = command.clone();
+            if let Some(key) = &key {
+                text.push(' ');
+                text.push_str(key);
             }
+            request_kind = Some(super::kind(&command));
+            fields.insert("command".into(), command.into());
+            fields.insert("key".into(), key.into());
+            text
         } else {
-            let value = values.first().cloned();
-            fields.insert("type".into(), kind.into());
-            fields.insert("value".into(), value.clone().into());
-            fields.insert(
-                "error".into(),
-                error.clone().map_or(Value::Null, Value::from),
-            );
-            match (kind, &error, value) {
+            let value = values.next();
+            let text = match (kind, &error, &value) {
                 (_, Some(error), _) => format!("-{error}"),
                 ("simple", _, Some(v)) => format!("+{v}"),
                 ("integer", _, Some(v)) => format!(":{v}"),
                 (kind, _, Some(v)) => format!("{kind} {v}"),
                 (kind, _, None) => kind.to_owned(),
-            }
+            };
+            fields.insert("type".into(), kind.into());
+            fields.insert("value".into(), value.into());
+            fields.insert("error".into(), error.clone().into());
+            text
         };
+        drop(values);
         found.push(Message {
             dir,
             end,

@@ -160,14 +160,32 @@ impl Times {
             .flatten()
             .min()
             .unwrap_or_default();
-        let us = |ns: Option<u64>| ns.map(|ns| ns.saturating_sub(base) / 1000);
-        let between = |from: Option<u64>, to: Option<u64>| Some(us(to)?.saturating_sub(us(from)?));
+        let mut stamps = [
+            request.first_send,
+            request.first_read,
+            request.last_read,
+            response.first_send,
+            response.first_read,
+        ]
+        .map(|ns| ns.map(|ns| ns.saturating_sub(base) / 1000));
+        // In the order the exchange went, and none past the client's read
+        // of the answer: a stamp taken as a call returned (a hook at a
+        // function's exit, a sender preempted by the reader it woke) can
+        // come after one the other end took as its call went on.
+        let last = stamps[4];
+        let mut floor = None;
+        for stamp in stamps.iter_mut().flatten() {
+            *stamp = (*stamp).max(floor.unwrap_or(0));
+            *stamp = last.map_or(*stamp, |last| (*stamp).min(last));
+            floor = Some(*stamp);
+        }
+        let between = |from: usize, to: usize| Some(stamps[to]? - stamps[from]?);
         Self {
-            queue_us: between(request.first_send, request.first_read),
-            read_us: between(request.first_read, request.last_read),
-            server_us: between(request.last_read, response.first_send),
-            return_us: between(response.first_send, response.first_read),
-            wait_us: between(request.first_send, response.first_read),
+            queue_us: between(0, 1),
+            read_us: between(1, 2),
+            server_us: between(2, 3),
+            return_us: between(3, 4),
+            wait_us: between(0, 4),
         }
     }
 
@@ -1108,6 +1126,43 @@ mod tests {
             undecoded: None,
             resync_offset: None,
         }
+    }
+
+    /// The parts of an exchange's time always add up to its wait, even
+    /// when a stamp taken as a call returned comes after one the other end
+    /// took later in the exchange (a sender preempted by the reader it
+    /// woke, hooks at a function's exit).
+    #[test]
+    fn the_parts_add_up_whatever_order_the_stamps_came_in() {
+        let turn = |stamps_us: [u64; 5]| {
+            let ns = stamps_us.map(|us| Some(1_000_000 + us * 1000));
+            let mut turn = Turn::default();
+            turn.request.first_send = ns[0];
+            turn.request.first_read = ns[1];
+            turn.request.last_read = ns[2];
+            turn.response.first_send = ns[3];
+            turn.response.first_read = ns[4];
+            turn
+        };
+        let parts = |times: &Times| {
+            [
+                times.queue_us,
+                times.read_us,
+                times.server_us,
+                times.return_us,
+            ]
+            .map(Option::unwrap)
+        };
+        // In order: each part as it was.
+        let times = Times::of(&turn([0, 30, 30, 5_030, 5_040]));
+        assert_eq!(parts(&times), [30, 0, 5_000, 10]);
+        assert_eq!(times.wait_us, Some(5_040));
+        // The client's send stamped 800 us late, after the server read it;
+        // the server's answer stamped after the client read it.
+        let times = Times::of(&turn([800, 0, 0, 5_800, 5_750]));
+        assert_eq!(parts(&times), [0, 0, 4_950, 0]);
+        assert_eq!(times.wait_us, Some(4_950));
+        assert_eq!(parts(&times).iter().sum::<u64>(), 4_950);
     }
 
     /// `--errors` keeps failed exchanges only; with `--slower-than`, an

@@ -618,6 +618,8 @@ pub struct Tracker {
     next_id: u64,
     /// The messages the last event's call completed.
     decoded: Vec<Decoded>,
+    /// Room for the messages a call completes, kept from call to call.
+    completed: Vec<decode::Message>,
 }
 
 impl Tracker {
@@ -723,7 +725,7 @@ impl Tracker {
                 }
                 if self.wanted.decode {
                     let offset = conn.turns.offset(dir, read);
-                    let mut messages = Vec::new();
+                    let mut messages = std::mem::take(&mut self.completed);
                     let len = event.ret as u64;
                     // Asked only while the connection's protocol is undecided.
                     let forced = matches!(conn.decoding, Decoding::Undecided)
@@ -749,7 +751,7 @@ impl Tracker {
                         Change::Stopped => conn.turns.by_direction(),
                         Change::None => {}
                     }
-                    for message in messages {
+                    for message in messages.drain(..) {
                         // Without exchanges the turns need only where it ends.
                         let (dir, end) = (message.dir, message.end);
                         let kept = if self.wanted.exchanges {
@@ -764,6 +766,7 @@ impl Tracker {
                         };
                         conn.turns.end_message(dir, end, kept);
                     }
+                    self.completed = messages;
                 }
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);

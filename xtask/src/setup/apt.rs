@@ -16,8 +16,7 @@ use crate::exec;
 /// podman with runc runs the container tests (crun, podman's default,
 /// refuses a hybrid cgroup hierarchy), its image built from busybox.
 /// dbus-daemon runs a private bus for dbus-send (dbus-bin) and a service
-/// written with python3-dbus and python3-gi; dig (bind9-dnsutils) asks a
-/// test's DNS server.
+/// written with python3-dbus and python3-gi.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -31,7 +30,6 @@ const PACKAGES: &[&str] = &[
     "python3-dbus",
     "python3-gi",
     "postgresql",
-    "bind9-dnsutils",
     "tshark",
     "iproute2",
     "util-linux",

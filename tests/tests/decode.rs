@@ -21,6 +21,19 @@ use sockspy_tests::{
     run_sockspy, skip, socket_dir, spawn_python, wait_ok,
 };
 
+/// Runs `command` with `input` on its stdin (closed after it) and its
+/// output thrown away; how it ended.
+fn fed(command: &mut Command, input: &[u8]) -> std::process::ExitStatus {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+    drop(child.stdin.take());
+    child.wait().unwrap()
+}
+
 fn exchanges(records: &[Value]) -> Vec<&Value> {
     records
         .iter()
@@ -59,20 +72,13 @@ fn rrdcached_commands_and_statuses() {
     thread::sleep(Duration::from_secs(4));
     // A batch sent with socat: its two updates of a file that is not there
     // come back as two errors after the batch's `.`.
-    let mut socat = Command::new("socat")
-        .arg("-")
-        .arg(format!("UNIX-CONNECT:{}", setup.socket.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        socat.stdin.as_mut().unwrap(),
+    let socat = fed(
+        Command::new("socat")
+            .arg("-")
+            .arg(format!("UNIX-CONNECT:{}", setup.socket.display())),
         b"BATCH\nupdate missing.rrd N:1\nupdate missing.rrd N:2\n.\n",
-    )
-    .unwrap();
-    drop(socat.stdin.take());
-    wait_ok(&mut socat);
+    );
+    assert!(socat.success(), "socat: {socat}");
     drop(setup);
     let records = stopped(trace);
     let exchanges = exchanges(&records);
@@ -325,20 +331,12 @@ s.close()
     python(PIPELINE, &[path]).unwrap();
     // redis-cli --pipe writes every command at once, then an ECHO of its
     // own, and reads the replies.
-    let mut pipe = Command::new("redis-cli")
-        .args(["-s", path, "--pipe"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        pipe.stdin.as_mut().unwrap(),
+    let pipe = fed(
+        Command::new("redis-cli").args(["-s", path, "--pipe"]),
         b"SET p:1 one\r\nINCR p:1\r\nGET p:1\r\n",
-    )
-    .unwrap();
-    drop(pipe.stdin.take());
+    );
     // Its status says an error came back (INCR of a string).
-    assert_eq!(pipe.wait().unwrap().code(), Some(1));
+    assert_eq!(pipe.code(), Some(1));
     let records = stopped(trace);
     drop(server);
     let decoded: Vec<(String, String, bool)> = exchanges(&records)

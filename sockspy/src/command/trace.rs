@@ -55,8 +55,7 @@ impl Consumer for Session {
     fn event(&mut self, event: &Event) -> ControlFlow<Stop> {
         // Out of the session while the call is printed with the messages
         // it completed, which the conversation holds.
-        if let Some(conversation) = self.conversation.take() {
-            let mut conversation = conversation;
+        if let Some(mut conversation) = self.conversation.take() {
             conversation.event(event);
             let flow = if conversation.calls_too() {
                 self.emit(Output::Call(event, conversation.decoded()))

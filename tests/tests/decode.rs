@@ -1,11 +1,12 @@
 //! Protocol decoding (`--decode`, `--decode-as`) against real programs:
-//! collectd and rrdcached, curl and an HTTP server on a Unix socket, a
-//! client pipelining HTTP requests, redis-server and redis-cli, a
-//! resolver asking A and AAAA at once of a DNS server that answers them
-//! in the other order, dbus-send and a Python service on a private
-//! dbus-daemon, a PostgreSQL server with psql and pgbench, and
-//! connections opened before the trace started (picked up at a
-//! request's start, or said not to be).
+//! collectd and rrdcached (and a batch sent with socat), curl and an HTTP
+//! server on a Unix socket and over loopback TCP, a client pipelining
+//! HTTP requests, redis-server and redis-cli, a resolver asking A and
+//! AAAA at once of a DNS server that answers them in the other order, dig
+//! asking a small server that exits after answering, dbus-send and a
+//! Python service on a private dbus-daemon, a PostgreSQL server with psql
+//! and pgbench, and connections opened before the trace started (picked
+//! up at a request's start, or said not to be).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -15,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sockspy_tests::{
     Collectd, RedisServer, SocketDir, Trace, first_line, have_program, have_root, python, python3,
     run_sockspy, skip, socket_dir, spawn_python, wait_ok,
@@ -41,6 +42,19 @@ fn exchanges(records: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// Each exchange's values at `fields` (`request.target`, `failed`), in an
+/// array, once it is seen decoded as `app`.
+fn decoded_as(exchanges: &[&Value], app: &str, fields: &[&str]) -> Vec<Value> {
+    exchanges
+        .iter()
+        .map(|e| {
+            assert_eq!(e["app"], app, "{e}");
+            let at = |field: &&str| field.split('.').fold(*e, |value, key| &value[key]).clone();
+            Value::Array(fields.iter().map(at).collect())
+        })
+        .collect()
+}
+
 /// A trace of the exchanges, decoded, in JSON, of the Unix sockets at `path`.
 fn decoded_exchanges(path: &str) -> Trace {
     Trace::start(&[
@@ -52,6 +66,24 @@ fn decoded_exchanges(path: &str) -> Trace {
         path,
     ])
     .unwrap()
+}
+
+/// A Python server of `script` (printing its pid and port first) and a
+/// trace of the exchanges on its port over `transport` (`--tcp`,
+/// `--udp`), decoded, in JSON.
+fn served_and_traced(script: &str, args: &[&str], transport: &str) -> (Child, String, Trace) {
+    let mut server = spawn_python(script, args);
+    let port = first_line(&mut server)[1].to_string();
+    let trace = Trace::start(&[
+        transport,
+        "--port",
+        &port,
+        "--json",
+        "--exchanges",
+        "--decode",
+    ])
+    .unwrap();
+    (server, port, trace)
 }
 
 fn stopped(trace: Trace) -> Vec<Value> {
@@ -218,29 +250,20 @@ fn http_requests_each_get_their_answer() {
     let [server_pid, _, client_pid] = http_clients(path, &["/ok", "/missing"]);
     let records = stopped(trace);
     let exchanges = exchanges(&records);
-    let summary: Vec<(String, String, u64, bool)> = exchanges
-        .iter()
-        .map(|e| {
-            assert_eq!(e["app"], "http", "{e}");
-            assert_eq!(e["server"]["pid"], server_pid, "{e}");
-            (
-                e["client"]["comm"].as_str().unwrap().to_owned(),
-                e["request"]["target"].as_str().unwrap().to_owned(),
-                e["response"]["status"].as_u64().unwrap(),
-                e["failed"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    for e in &exchanges {
+        assert_eq!(e["server"]["pid"], server_pid, "{e}");
+    }
+    let fields = ["client.comm", "request.target", "response.status", "failed"];
     let want = [
-        ("curl", "/ok", 200, false),
-        ("curl", "/missing", 404, false),
-        ("python3", "/ok", 200, false),
-        ("python3", "/missing", 404, false),
-        ("python3", "/boom", 500, true),
+        json!(["curl", "/ok", 200, false]),
+        json!(["curl", "/missing", 404, false]),
+        json!(["python3", "/ok", 200, false]),
+        json!(["python3", "/missing", 404, false]),
+        json!(["python3", "/boom", 500, true]),
     ];
     assert_eq!(
-        summary,
-        want.map(|(c, t, s, f)| (c.to_owned(), t.to_owned(), s, f)),
+        decoded_as(&exchanges, "http", &fields),
+        want,
         "{records:#?}"
     );
     let pipelined: Vec<&&Value> = exchanges
@@ -1293,17 +1316,7 @@ fn http_over_loopback_tcp() {
     if !have_root("http_over_loopback_tcp") {
         return;
     }
-    let mut server = spawn_python(HTTP_SERVER, &["tcp"]);
-    let port = first_line(&mut server)[1].to_string();
-    let trace = Trace::start(&[
-        "--tcp",
-        "--port",
-        &port,
-        "--json",
-        "--exchanges",
-        "--decode",
-    ])
-    .unwrap();
+    let (mut server, port, trace) = served_and_traced(HTTP_SERVER, &["tcp"], "--tcp");
     let url = |target: &str| format!("http://127.0.0.1:{port}{target}");
     let curl = Command::new("curl")
         .args([
@@ -1340,4 +1353,71 @@ fn http_over_loopback_tcp() {
         want.map(|(m, t, s, f)| (m.to_owned(), t.to_owned(), s, f)),
         "{records:#?}"
     );
+}
+
+/// A DNS server on 127.0.0.1 answering ARGV[1] queries: an A record, or
+/// NXDOMAIN for `nx.` names. Prints its pid and port.
+const DIG_SERVER: &str = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('127.0.0.1', 0))
+print(os.getpid(), s.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[1])):
+    data, addr = s.recvfrom(4096)
+    at = 12
+    while data[at]:
+        at += data[at] + 1
+    question = data[12:at + 5]
+    nx = question.startswith(b'\x02nx')
+    flags = 0x8180 | (3 if nx else 0)
+    header = data[:2] + struct.pack('>HHHHH', flags, 1, 0 if nx else 1, 0, 0)
+    answer = b'' if nx else b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([192, 0, 2, 1])
+    s.sendto(header + question + answer, addr)
+"#;
+
+/// dig, a real resolver client, asks a small server on loopback: an
+/// answer and an NXDOMAIN, each paired with its query. The server exits
+/// after its last answer, often before dig's read of it is recorded
+/// (the conversation waits for that read), and its first read began
+/// before the trace (it names no address).
+#[test]
+fn dig_gets_an_answer_and_an_nxdomain() {
+    let test = "dig_gets_an_answer_and_an_nxdomain";
+    if !have_root(test) {
+        return;
+    }
+    if !have_program("dig") {
+        skip(
+            test,
+            "dig is not installed (cargo xtask setup installs bind9-dnsutils)",
+        );
+        return;
+    }
+    let (mut server, port, trace) = served_and_traced(DIG_SERVER, &["2"], "--udp");
+    for name in ["example.com", "nx.example.com"] {
+        let dig = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+tries=1", "+time=3", name, "A"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&dig.stdout);
+        assert!(said.contains("status: "), "{said}");
+    }
+    wait_ok(&mut server);
+    let records = stopped(trace);
+    let exchanges = exchanges(&records);
+    for e in &exchanges {
+        assert_eq!(e["request"]["id"], e["response"]["id"], "{e}");
+    }
+    let fields = [
+        "request.name",
+        "request.qtype",
+        "response.rcode",
+        "response.answers",
+        "failed",
+    ];
+    let want = [
+        json!(["example.com", "A", "NOERROR", 1, false]),
+        json!(["nx.example.com", "A", "NXDOMAIN", 0, true]),
+    ];
+    assert_eq!(decoded_as(&exchanges, "dns", &fields), want, "{records:#?}");
 }

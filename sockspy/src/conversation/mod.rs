@@ -10,8 +10,9 @@
 //!
 //! A connection is a pair of sockets: a connected stream's two ends
 //! (Unix stream or seqpacket, TCP), found through each event's peer; or
-//! a datagram socket and the one it sends to or receives from. An end
-//! on another machine is its address. Memory is bounded: a connection's
+//! a datagram socket and the one it sends to or receives from, found
+//! through the peer or the address each record names ([`Datagrams`]). An
+//! end on another machine is its address. Memory is bounded: a connection's
 //! state is small and fixed, ended connections are summarised and
 //! dropped, and past [`MAX_CONNECTIONS`] the least recently active are
 //! summarised as they stand.
@@ -20,7 +21,11 @@ pub mod decode;
 pub mod histogram;
 pub mod turns;
 
-use std::{collections::HashMap, net::SocketAddr, rc::Rc};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::{IpAddr, SocketAddr},
+    rc::Rc,
+};
 
 use sockspy_common::{EventKind, FLAG_PEEK};
 
@@ -32,7 +37,7 @@ use self::{
 use crate::{
     capture::events::UnixName,
     idmap::IdMap,
-    table::resolve::{Event, Peer},
+    table::resolve::{Event, Peer, at_or_wildcard, canonical},
 };
 
 /// Connections followed at once; past this the least recently active
@@ -366,11 +371,136 @@ impl Conversation {
     }
 }
 
-/// Where a datagram goes: a socket here, or an address.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-enum Endpoint {
-    Sock(u64),
-    Addr(SocketAddr),
+/// Where a datagram conversation is found: by its two sockets (in order),
+/// or by one of its sockets and the address the other end sends from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum DatagramKey {
+    Socks(u64, u64),
+    Addr(u64, SocketAddr),
+}
+
+/// Keys kept per datagram conversation: a record gives at most three, and
+/// the two ends' records the same few.
+const DATAGRAM_KEYS: usize = 8;
+
+impl DatagramKey {
+    /// The sockets it names.
+    fn socks(self) -> [Option<u64>; 2] {
+        match self {
+            Self::Socks(a, b) => [Some(a), Some(b)],
+            Self::Addr(sock, _) => [Some(sock), None],
+        }
+    }
+}
+
+/// The datagram conversations by [`DatagramKey`]. Records name the other
+/// end as they can: its socket when the resolver knew it, else only its
+/// address; and a socket bound to a wildcard address (a server on
+/// `0.0.0.0`) knows its own port but not the address its peers reach it
+/// at. Every key a record gives is kept, so the two ends' records find one
+/// conversation whichever came first and however much of it was named.
+#[derive(Debug, Default)]
+struct Datagrams {
+    by_socks: HashMap<(u64, u64), u64>,
+    /// (socket, the other end's port) -> the other end's address (any when
+    /// unspecified) and the conversation.
+    by_port: HashMap<(u64, u16), Vec<(IpAddr, u64)>>,
+    /// (network namespace, address) -> the datagram socket seen bound
+    /// there, and back: the other end of a record that names it only by
+    /// its address, when the resolver could not (yet) say whose it is.
+    at: HashMap<(u32, SocketAddr), u64>,
+    addr_of: IdMap<u64, (u32, SocketAddr)>,
+}
+
+impl Datagrams {
+    /// Socket `sock` is at `addr` in network namespace `netns`.
+    fn learn(&mut self, sock: u64, netns: u32, addr: SocketAddr) {
+        let place = (netns, canonical(addr));
+        if addr.port() == 0 || self.addr_of.get(&sock) == Some(&place) {
+            return;
+        }
+        // Hints only: past the bound, start again.
+        if self.addr_of.len() >= 2 * MAX_CONNECTIONS {
+            self.at.clear();
+            self.addr_of.clear();
+        }
+        self.forget_socket(sock);
+        self.at.insert(place, sock);
+        self.addr_of.insert(sock, place);
+    }
+
+    /// The socket seen at `addr` in `netns` (or bound to its port's wildcard).
+    fn socket_at(&self, netns: u32, addr: SocketAddr) -> Option<u64> {
+        at_or_wildcard(canonical(addr), |addr| self.at.get(&(netns, addr)).copied())
+    }
+
+    /// Socket `sock` closed: it is at no address any more.
+    fn forget_socket(&mut self, sock: u64) {
+        if let Some(place) = self.addr_of.remove(&sock)
+            && self.at.get(&place) == Some(&sock)
+        {
+            self.at.remove(&place);
+        }
+    }
+
+    fn get(&self, key: DatagramKey) -> Option<u64> {
+        match key {
+            DatagramKey::Socks(a, b) => self.by_socks.get(&(a, b)).copied(),
+            DatagramKey::Addr(sock, addr) => {
+                let ip = addr.ip().to_canonical();
+                let known = self.by_port.get(&(sock, addr.port()))?;
+                known
+                    .iter()
+                    .find(|(other, _)| *other == ip)
+                    .or_else(|| {
+                        known
+                            .iter()
+                            .find(|(other, _)| other.is_unspecified() || ip.is_unspecified())
+                    })
+                    .map(|(_, id)| *id)
+            }
+        }
+    }
+
+    /// Files `key` under `id`, unless it already names a conversation.
+    fn insert(&mut self, key: DatagramKey, id: u64) -> bool {
+        match key {
+            DatagramKey::Socks(a, b) => match self.by_socks.entry((a, b)) {
+                Entry::Occupied(_) => false,
+                Entry::Vacant(entry) => {
+                    entry.insert(id);
+                    true
+                }
+            },
+            DatagramKey::Addr(sock, addr) => {
+                let ip = addr.ip().to_canonical();
+                let known = self.by_port.entry((sock, addr.port())).or_default();
+                if known.iter().any(|(other, _)| *other == ip) {
+                    return false;
+                }
+                known.push((ip, id));
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, key: DatagramKey, id: u64) {
+        match key {
+            DatagramKey::Socks(a, b) => {
+                if self.by_socks.get(&(a, b)) == Some(&id) {
+                    self.by_socks.remove(&(a, b));
+                }
+            }
+            DatagramKey::Addr(sock, addr) => {
+                if let Entry::Occupied(mut known) = self.by_port.entry((sock, addr.port())) {
+                    known.get_mut().retain(|(_, other)| *other != id);
+                    if known.get().is_empty() {
+                        known.remove();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One connection's state.
@@ -401,12 +531,12 @@ pub struct Connection {
     socket_error: [Option<i64>; 2],
     closed_by: Option<usize>,
     pub errors: Vec<(i64, u64)>,
-    /// A datagram conversation's key.
-    datagram: Option<(Endpoint, Endpoint)>,
+    /// A datagram conversation's keys (at most [`DATAGRAM_KEYS`]).
+    datagram: Option<Vec<DatagramKey>>,
 }
 
 impl Connection {
-    fn new(id: u64, event: &Event, datagram: Option<(Endpoint, Endpoint)>) -> Self {
+    fn new(id: u64, event: &Event, datagram: Option<Vec<DatagramKey>>) -> Self {
         Self {
             id,
             kind: Kind {
@@ -482,16 +612,32 @@ impl Connection {
     /// still reads the answer, and is done once it has).
     fn done(&self) -> bool {
         (0..2).all(|i| {
-            let toward = if self.client == Some(i) {
-                RESPONSE
-            } else {
-                REQUEST
-            };
             !self.ends[i].seen
                 || self.closed[i]
                 || (self.eof[i] && self.closed[1 - i])
-                || (self.eof[1 - i] && self.closed[1 - i] && !self.turns.unread(toward))
+                || (self.eof[1 - i] && self.closed[1 - i] && !self.turns.unread(self.toward(i)))
         })
+    }
+
+    /// A datagram conversation is done when an end closed, unless the
+    /// other, seen and open, has still to read what the closed one sent
+    /// (a server that answers and exits before its client reads).
+    fn datagram_done(&self) -> bool {
+        (0..2).any(|i| {
+            self.closed[i]
+                && (!self.ends[1 - i].seen
+                    || self.closed[1 - i]
+                    || !self.turns.unread(self.toward(1 - i)))
+        })
+    }
+
+    /// The direction of the bytes `end` reads.
+    fn toward(&self, end: usize) -> usize {
+        if self.client == Some(end) {
+            RESPONSE
+        } else {
+            REQUEST
+        }
     }
 
     /// What a `--decode-as` rule says of this connection's server: its
@@ -611,8 +757,7 @@ pub struct Tracker {
     connections: IdMap<u64, Connection>,
     /// A connected stream's socket -> its connection.
     streams: IdMap<u64, u64>,
-    /// A datagram conversation (ends in order) -> its connection.
-    datagrams: HashMap<(Endpoint, Endpoint), u64>,
+    datagrams: Datagrams,
     /// A datagram socket -> its conversations.
     datagram_socks: IdMap<u64, Vec<u64>>,
     next_id: u64,
@@ -646,15 +791,21 @@ impl Tracker {
         self.decoded.clear();
         let Some(sock) = event.sock else { return };
         if event.kind == EventKind::Close && event.sock_type == SOCK_DGRAM {
-            // Every conversation of a datagram socket ends with it.
+            // A datagram socket's conversations end with it (see
+            // `Connection::datagram_done`).
             if event.released {
+                self.datagrams.forget_socket(sock);
                 for id in self.datagram_socks.get(&sock).cloned().unwrap_or_default() {
-                    if let Some(conn) = self.connections.get_mut(&id) {
-                        conn.last_ns = conn.last_ns.max(event.ts_ns);
-                        let end = conn.end_of(sock);
-                        conn.closed_by.get_or_insert(end);
+                    let Some(conn) = self.connections.get_mut(&id) else {
+                        continue;
+                    };
+                    conn.last_ns = conn.last_ns.max(event.ts_ns);
+                    let end = conn.end_of(sock);
+                    conn.closed_by.get_or_insert(end);
+                    conn.closed[end] = true;
+                    if conn.datagram_done() {
+                        self.end(id, false, found);
                     }
-                    self.end(id, false, found);
                 }
             }
             return;
@@ -850,39 +1001,66 @@ impl Tracker {
     }
 
     fn datagram_of(&mut self, sock: u64, event: &Event, starts: bool) -> Option<u64> {
-        let other = match event.peer.as_ref().and_then(|peer| peer.sock) {
-            Some(peer) => Endpoint::Sock(peer),
-            None => Endpoint::Addr(
-                event
-                    .peer
-                    .as_ref()
-                    .and_then(|peer| peer.addr)
-                    .or(event.remote)?,
-            ),
-        };
-        let this = Endpoint::Sock(sock);
-        let key = if this <= other {
-            (this, other)
-        } else {
-            (other, this)
-        };
-        if let Some(&id) = self.datagrams.get(&key) {
-            return Some(id);
+        let netns = event.context.netns.unwrap_or(0);
+        if let Some(local) = event.local {
+            self.datagrams.learn(sock, netns, local);
         }
-        if !starts {
-            return None;
+        let remote = event
+            .peer
+            .as_ref()
+            .and_then(|peer| peer.addr)
+            .or(event.remote);
+        let peer = event
+            .peer
+            .as_ref()
+            .and_then(|peer| peer.sock)
+            .or_else(|| self.datagrams.socket_at(netns, remote?))
+            .filter(|&peer| peer != sock);
+        // The other end by its address from here; this end by its own
+        // address from the other end's socket; the two sockets.
+        let keys = [
+            remote.map(|addr| DatagramKey::Addr(sock, addr)),
+            peer.zip(event.local)
+                .map(|(peer, local)| DatagramKey::Addr(peer, local)),
+            peer.map(|peer| DatagramKey::Socks(sock.min(peer), sock.max(peer))),
+        ];
+        if keys.iter().all(Option::is_none) {
+            // Nothing says where it went or came from (a read that began
+            // before the trace): the socket's one conversation, if it has one.
+            return match self.datagram_socks.get(&sock).map(Vec::as_slice) {
+                Some(&[id]) => Some(id),
+                _ => None,
+            };
         }
-        let id = self.open(event, Some(key));
-        self.datagrams.insert(key, id);
-        for end in [key.0, key.1] {
-            if let Endpoint::Sock(ino) = end {
-                self.datagram_socks.entry(ino).or_default().push(id);
+        let id = match keys
+            .iter()
+            .flatten()
+            .find_map(|key| self.datagrams.get(*key))
+        {
+            Some(id) => id,
+            None if starts => self.open(event, Some(Vec::new())),
+            None => return None,
+        };
+        let filed = self
+            .connections
+            .get_mut(&id)
+            .and_then(|conn| conn.datagram.as_mut())
+            .expect("a datagram conversation");
+        for key in keys.into_iter().flatten() {
+            if filed.len() >= DATAGRAM_KEYS || !self.datagrams.insert(key, id) {
+                continue;
             }
+            for ino in key.socks().into_iter().flatten() {
+                if !filed.iter().any(|known| known.socks().contains(&Some(ino))) {
+                    self.datagram_socks.entry(ino).or_default().push(id);
+                }
+            }
+            filed.push(key);
         }
         Some(id)
     }
 
-    fn open(&mut self, event: &Event, datagram: Option<(Endpoint, Endpoint)>) -> u64 {
+    fn open(&mut self, event: &Event, datagram: Option<Vec<DatagramKey>>) -> u64 {
         if self.connections.len() >= MAX_CONNECTIONS {
             self.make_room();
         }
@@ -931,12 +1109,10 @@ impl Tracker {
                 self.streams.remove(&sock);
             }
         }
-        if let Some(key) = conn.datagram {
-            self.datagrams.remove(&key);
-            for end in [key.0, key.1] {
-                if let Endpoint::Sock(ino) = end
-                    && let Some(ids) = self.datagram_socks.get_mut(&ino)
-                {
+        for &key in conn.datagram.iter().flatten() {
+            self.datagrams.remove(key, id);
+            for ino in key.socks().into_iter().flatten() {
+                if let Some(ids) = self.datagram_socks.get_mut(&ino) {
                     ids.retain(|other| *other != id);
                     if ids.is_empty() {
                         self.datagram_socks.remove(&ino);
@@ -1023,6 +1199,136 @@ mod tests {
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    /// One call of a DNS client (sock 100, connected from 127.0.0.1:40000)
+    /// or of its server (sock 101, bound to 0.0.0.0:5353), naming the other
+    /// end's socket or only its address.
+    fn udp(client: bool, kind: EventKind, data: &'static [u8], named: bool) -> Event {
+        let mut event = call(true, kind, data, 1);
+        event.family = sockspy_common::AF_INET;
+        event.sock_type = SOCK_DGRAM;
+        event.protocol = sockspy_common::IPPROTO_UDP;
+        let client_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let (sock, local, remote, peer) = if client {
+            (100, client_addr, "127.0.0.1:5353".parse().unwrap(), 101)
+        } else {
+            (101, "0.0.0.0:5353".parse().unwrap(), client_addr, 100)
+        };
+        (event.sock, event.local, event.remote) = (Some(sock), Some(local), Some(remote));
+        (event.pid, event.comm) = if client {
+            (10, "dig".into())
+        } else {
+            (20, "named".into())
+        };
+        event.peer = named.then(|| Peer {
+            sock: Some(peer),
+            addr: Some(remote),
+            ..Peer::default()
+        });
+        event
+    }
+
+    #[test]
+    fn a_datagram_exchange_is_one_whatever_its_records_name_and_their_order() {
+        use EventKind::{Close, Recv, Send};
+        let calls = [
+            (true, Send, &b"ask"[..]),
+            (false, Recv, b"ask"),
+            (false, Send, b"answer"),
+            (true, Recv, b"answer"),
+            (false, Close, b""),
+            (true, Close, b""),
+        ];
+        // The order the calls were made in, orders records of calls on two
+        // CPUs can come in (a read before the send it read), and the server
+        // closing before the client read its answer.
+        let orders = [
+            [0, 1, 2, 3, 4, 5],
+            [1, 0, 2, 3, 4, 5],
+            [0, 1, 3, 2, 4, 5],
+            [1, 0, 3, 2, 4, 5],
+            [1, 3, 0, 2, 4, 5],
+            [0, 1, 2, 4, 3, 5],
+        ];
+        for order in orders {
+            for named in 0..16 {
+                let events: Vec<Event> = order
+                    .iter()
+                    .map(|&i| {
+                        let (client, kind, data) = calls[i];
+                        let mut event = udp(client, kind, data, named & (1 << i) != 0);
+                        event.released = kind == Close;
+                        event.ts_ns = i as u64 * 1_000;
+                        event
+                    })
+                    .collect();
+                let found = exchanges(&events, &[]);
+                let why = format!("order {order:?}, peers named {named:04b}: {found:#?}");
+                assert_eq!(found.len(), 1, "{why}");
+                let turn = &found[0].turn;
+                assert_eq!(found[0].client.sock, Some(100), "{why}");
+                assert_eq!(found[0].server.sock, Some(101), "{why}");
+                assert_eq!(
+                    turn.request.sent_bytes + turn.request.read_bytes,
+                    6,
+                    "{why}"
+                );
+                assert_eq!(
+                    turn.response.sent_bytes + turn.response.read_bytes,
+                    12,
+                    "{why}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_datagram_conversation_ends_at_a_close_once_nothing_sent_is_unread() {
+        use EventKind::{Close, Recv, Send};
+        // After which of `events` the conversation was still open.
+        let open_after = |events: &[Event]| {
+            let mut conversation = Conversation::new(Wanted {
+                summaries: true,
+                ..Wanted::default()
+            });
+            events
+                .iter()
+                .map(|event| {
+                    conversation.event(event);
+                    let taken = conversation.take();
+                    !taken
+                        .iter()
+                        .any(|found| matches!(found, Finding::Summary(_)))
+                })
+                .collect::<Vec<bool>>()
+        };
+        let call = |client, kind, data| {
+            let mut event = udp(client, kind, data, true);
+            event.released = kind == Close;
+            event
+        };
+        let mut query = [
+            call(true, Send, b"ask"),
+            call(false, Recv, b"ask"),
+            call(false, Send, b"answer"),
+        ];
+        let answered = call(true, Recv, b"answer");
+        let (client_closes, server_closes) = (call(true, Close, b""), call(false, Close, b""));
+        // A client that closes after its answer; a server that stays.
+        let client_done = [&query[..], &[answered.clone(), client_closes.clone()]].concat();
+        assert_eq!(open_after(&client_done), [true, true, true, true, false]);
+        // The same, the server's read named by nothing (it began before the
+        // trace): the socket's one conversation.
+        (query[1].remote, query[1].peer) = (None, None);
+        let unnamed = [&query[..], &[answered.clone(), client_closes.clone()]].concat();
+        assert_eq!(open_after(&unnamed), [true, true, true, true, false]);
+        // A server that exits before its client read the answer.
+        let server_gone = [&query[..], &[server_closes, answered, client_closes]].concat();
+        assert_eq!(
+            open_after(&server_gone),
+            [true, true, true, true, true, false]
+        );
+    }
 
     #[test]
     fn a_connection_older_than_the_trace_resynchronises_at_a_request() {

@@ -77,6 +77,17 @@ impl Span {
         self.begun && offset >= self.start && self.end.is_none_or(|end| offset < end)
     }
 
+    /// A datagram's span that the other end's record of it began: it
+    /// starts at `offset`, and no send (or `read`) of it was seen.
+    fn awaits(&self, offset: u64, read: bool) -> bool {
+        let seen = if read {
+            self.read_messages
+        } else {
+            self.sent_messages
+        };
+        self.begun && self.start == offset && seen == 0
+    }
+
     /// Bytes of the turn: as sent, or as read when the sender is not seen.
     pub fn bytes(&self) -> u64 {
         self.sent_bytes.max(self.read_bytes)
@@ -224,12 +235,16 @@ impl Turns {
         let mut offset = self.counter(dir, read);
         let mut left = len;
         let mut captured = data.clone();
-        // Every datagram of the client is a turn of its own.
-        let mut new_datagram = self.datagram && dir == REQUEST && !read && self.bounds.is_none();
+        // Every datagram of the client is a turn of its own: its send and
+        // its read find it at the same place in their direction's bytes,
+        // whichever of their records came first.
+        let mut datagram = self.datagram && dir == REQUEST && self.bounds.is_none();
         loop {
             self.apply_bounds(dir);
-            let found = if new_datagram {
-                None
+            let found = if datagram {
+                self.open
+                    .iter()
+                    .rposition(|turn| turn.request.awaits(offset, read))
             } else {
                 self.open
                     .iter()
@@ -246,7 +261,7 @@ impl Turns {
                     None
                 }
                 None => {
-                    new_datagram = false;
+                    datagram = false;
                     let index = self.open_span(dir, offset);
                     self.apply_bounds(dir);
                     let span = self.open[index].get(dir);
@@ -283,6 +298,7 @@ impl Turns {
             if left == 0 {
                 return;
             }
+            datagram = false;
         }
     }
 

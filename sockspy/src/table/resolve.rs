@@ -390,17 +390,22 @@ fn as_bound(
 
 /// An address as a table key: IPv4-mapped IPv6 as plain IPv4, so both
 /// ends of a dual-stack connection meet.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// The wildcard address of the same family (`0.0.0.0`, `::`).
-fn wildcard(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
+/// What `at` finds at `addr`, or else at the wildcard address of its
+/// port (a socket bound to every address): of its family, or IPv6's (a
+/// dual-stack socket takes IPv4 too).
+pub fn at_or_wildcard<T>(addr: SocketAddr, at: impl Fn(SocketAddr) -> Option<T>) -> Option<T> {
+    let any = |ip| SocketAddr::new(ip, addr.port());
+    let family_any = match addr.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    SocketAddr::new(ip, addr.port())
+    at(addr)
+        .or_else(|| at(any(family_any)))
+        .or_else(|| at(any(IpAddr::V6(Ipv6Addr::UNSPECIFIED))))
 }
 
 /// How much the table holds, for `--stats`: it must follow what is live
@@ -514,11 +519,9 @@ impl Resolver {
                 return Some((ino, true));
             }
         }
-        let at = |addr| self.bound.find(&(protocol, addr), netns, across);
-        let v6_any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), remote.port());
-        let ino = at(remote)
-            .or_else(|| at(wildcard(remote)))
-            .or_else(|| at(v6_any))?;
+        let ino = at_or_wildcard(remote, |addr| {
+            self.bound.find(&(protocol, addr), netns, across)
+        })?;
         // A listener is not the connection itself; a UDP socket is.
         Some((ino, protocol == IPPROTO_UDP))
     }

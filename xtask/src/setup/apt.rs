@@ -16,7 +16,8 @@ use crate::exec;
 /// podman with runc runs the container tests (crun, podman's default,
 /// refuses a hybrid cgroup hierarchy), its image built from busybox.
 /// dbus-daemon runs a private bus for dbus-send (dbus-bin) and a service
-/// written with python3-dbus and python3-gi.
+/// written with python3-dbus and python3-gi; dig (bind9-dnsutils) asks a
+/// test's DNS server.
 const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
@@ -30,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "python3-dbus",
     "python3-gi",
     "postgresql",
+    "bind9-dnsutils",
     "tshark",
     "iproute2",
     "util-linux",

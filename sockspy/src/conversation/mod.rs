@@ -1047,7 +1047,10 @@ impl Tracker {
             .and_then(|conn| conn.datagram.as_mut())
             .expect("a datagram conversation");
         for key in keys.into_iter().flatten() {
-            if filed.len() >= DATAGRAM_KEYS || !self.datagrams.insert(key, id) {
+            if filed.contains(&key)
+                || filed.len() >= DATAGRAM_KEYS
+                || !self.datagrams.insert(key, id)
+            {
                 continue;
             }
             for ino in key.socks().into_iter().flatten() {

@@ -477,7 +477,13 @@ fn the_readme_examples_are_what_the_printer_writes() {
                 event.data = Bytes::from(data);
             }
             let mut printed = Vec::new();
-            printer.call(&mut printed, &event, &[]).unwrap();
+            printer
+                .call(
+                    &mut printed,
+                    &event,
+                    &crate::conversation::CallDecoding::NONE,
+                )
+                .unwrap();
             let printed = String::from_utf8(printed).unwrap();
             let shown = block[at - 1 - payload..at].join("\n") + "\n";
             // TIME is the reader's local time of a stamp the README does

@@ -1274,39 +1274,39 @@ for _ in range(20):
 
 /// `--decode-as PATH=http` on a connection older than the trace whose
 /// bytes are no HTTP: still looked at for a request's start, given up
-/// after as many calls as said, once.
+/// after as many calls as said, once: on an exchange, or without
+/// `--exchanges` on the call where it gave up.
 #[test]
 fn a_forced_protocol_joined_mid_stream_says_it_cannot_resynchronise() {
     if !have_root("a_forced_protocol_joined_mid_stream_says_it_cannot_resynchronise") {
         return;
     }
-    let dir = socket_dir("decode-resync-binary");
-    let path = dir.path();
-    let (mut pair, _) = connected_before(BINARY_PAIR, path);
-    let rule = format!("{path}=http");
-    let trace = Trace::start(&[
-        "--unix",
-        "--exchanges",
-        "--decode-as",
-        &rule,
-        "--path",
-        path,
-    ])
-    .unwrap();
-    go_on(&mut pair);
-    let finished = trace.stop().unwrap();
-    let text = finished.stdout.join("\n");
-    assert_eq!(
-        text.matches(
-            "\n    (joined mid-connection: no http request start in the first 16 calls; \
-             plain turns from here)"
-        )
-        .count(),
-        1,
-        "{text}"
-    );
+    let said = "joined mid-connection: no http request start in the first 16 calls";
+    let finished = |how: &str| {
+        let dir = socket_dir("decode-resync-binary");
+        let path = dir.path();
+        let (mut pair, _) = connected_before(BINARY_PAIR, path);
+        let rule = format!("{path}=http");
+        let args = ["--unix", how, "--decode-as", &rule, "--path", path];
+        let trace = Trace::start(&args).unwrap();
+        go_on(&mut pair);
+        trace.stop().unwrap()
+    };
+    let text = finished("--exchanges").stdout.join("\n");
+    let line = format!("\n    ({said}; plain turns from here)");
+    assert_eq!(text.matches(&line).count(), 1, "{text}");
     assert!(!text.contains("http: "), "{text}");
     assert!(text.matches("64 B -> 32 B").count() >= 15, "{text}");
+
+    let calls = finished("--json").events();
+    let noted: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.get("undecoded").is_some())
+        .collect();
+    assert_eq!(noted.len(), 1, "{calls:#?}");
+    assert_eq!(noted[0]["undecoded"], said);
+    assert!(["send", "recv"].contains(&noted[0]["event"].as_str().unwrap()));
+    assert!(calls.iter().all(|c| c.get("app").is_none()), "{calls:#?}");
 }
 
 /// curl over loopback TCP, two requests on one kept-alive connection to a

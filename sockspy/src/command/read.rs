@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     cli::ReadOptions,
-    conversation::Conversation,
+    conversation::{CallDecoding, Conversation},
     filter::Filter,
     output::{
         conversation::Output,
@@ -96,7 +96,7 @@ pub fn run(options: &ReadOptions) -> anyhow::Result<ExitCode> {
                     }
                     .and_then(|()| shown.found(out, conversation))
                 }
-                None => shown.show(out, Output::Call(&event, &[])),
+                None => shown.show(out, Output::Call(&event, &CallDecoding::NONE)),
             }
         }
     };

@@ -16,7 +16,7 @@ use super::live::{self, Consumer, Pipeline, Stop};
 use crate::{
     capture::loader::{self, KernelStats, Tracer},
     cli::TraceOptions,
-    conversation::Conversation,
+    conversation::{CallDecoding, Conversation},
     output::record::Recorder,
     output::{
         conversation::Output,
@@ -66,7 +66,7 @@ impl Consumer for Session {
             flow?;
             return self.emit_found();
         }
-        self.emit(Output::Call(event, &[]))
+        self.emit(Output::Call(event, &CallDecoding::NONE))
     }
 
     /// Flushes output; a failure to print means the reader of our output is gone.

@@ -277,6 +277,34 @@ pub struct Decoded {
     pub message: decode::Message,
 }
 
+/// What decoding made of one call (`--decode` without `--exchanges`):
+/// the messages its bytes completed, and what decoding says once per
+/// connection, at the call it happened at (as an exchange says it with
+/// `--exchanges`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallDecoding {
+    pub messages: Vec<Decoded>,
+    /// Why the connection went back to plain turns.
+    pub undecoded: Option<String>,
+    /// Where decoding picked up a connection joined mid-stream.
+    pub resync_offset: Option<u64>,
+}
+
+impl CallDecoding {
+    /// A call that decoding made nothing of.
+    pub const NONE: Self = Self {
+        messages: Vec::new(),
+        undecoded: None,
+        resync_offset: None,
+    };
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.undecoded = None;
+        self.resync_offset = None;
+    }
+}
+
 /// What the tracker found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
@@ -335,8 +363,8 @@ impl Conversation {
         self.tracker.connections()
     }
 
-    /// The messages the last event's call completed.
-    pub fn decoded(&self) -> &[Decoded] {
+    /// What decoding made of the last event's call.
+    pub fn decoded(&self) -> &CallDecoding {
         self.tracker.decoded()
     }
 
@@ -761,8 +789,8 @@ pub struct Tracker {
     /// A datagram socket -> its conversations.
     datagram_socks: IdMap<u64, Vec<u64>>,
     next_id: u64,
-    /// The messages the last event's call completed.
-    decoded: Vec<Decoded>,
+    /// What decoding made of the last event's call.
+    decoded: CallDecoding,
     /// Room for the messages a call completes, kept from call to call.
     completed: Vec<decode::Message>,
 }
@@ -780,9 +808,9 @@ impl Tracker {
         self.connections.values()
     }
 
-    /// The messages the last event's call completed (decoding without
+    /// What decoding made of the last event's call (decoding without
     /// exchanges).
-    pub fn decoded(&self) -> &[Decoded] {
+    pub fn decoded(&self) -> &CallDecoding {
         &self.decoded
     }
 
@@ -909,7 +937,7 @@ impl Tracker {
                             message
                         } else {
                             let bare = message.bare();
-                            self.decoded.push(Decoded {
+                            self.decoded.messages.push(Decoded {
                                 app: conn.app.unwrap_or_default(),
                                 message,
                             });
@@ -918,6 +946,10 @@ impl Tracker {
                         conn.turns.end_message(dir, end, kept);
                     }
                     self.completed = messages;
+                    if !self.wanted.exchanges {
+                        self.decoded.undecoded = conn.decoding.take_reason();
+                        self.decoded.resync_offset = conn.decoding.take_resynced();
+                    }
                 }
                 conn.turns
                     .data(dir, read, event.ret as u64, event.ts_ns, &event.data);
@@ -1405,6 +1437,56 @@ mod tests {
             "said once, on the exchange handed on as it gave up"
         );
         assert!(found.iter().all(|e| e.app.is_none()));
+    }
+
+    /// Without `--exchanges`, what decoding says once goes with the call it
+    /// happened at: (index of the call, what it carries) for each.
+    fn said_on_calls(events: &[Event], decode_as: &[&str]) -> Vec<(usize, CallDecoding)> {
+        let mut conversation = Conversation::new(Wanted {
+            decode: true,
+            decode_as: decode_as.iter().map(|rule| rule.parse().unwrap()).collect(),
+            ..Wanted::default()
+        });
+        let mut said = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            conversation.event(event);
+            let decoded = conversation.decoded();
+            if decoded.undecoded.is_some() || decoded.resync_offset.is_some() {
+                said.push((i, decoded.clone()));
+            }
+        }
+        said
+    }
+
+    #[test]
+    fn calls_say_where_decoding_picked_up_or_gave_up() {
+        let joined = [
+            send(true, b"rest of a body", 1),
+            send(false, OK, 2),
+            send(true, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", 3),
+            send(false, OK, 4),
+        ];
+        let said = said_on_calls(&joined, &[]);
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert_eq!(said[0].0, 2, "the request decoding picked up at");
+        assert_eq!(said[0].1.resync_offset, Some(14));
+        assert_eq!(said[0].1.messages[0].message.text, "GET /a");
+
+        let binary: Vec<Event> = (0..RESYNC_CALLS as u64 + 2)
+            .flat_map(|i| {
+                [
+                    send(true, b"\x00\x17binary\xff", 2 * i),
+                    send(false, b"\x01ok", 2 * i + 1),
+                ]
+            })
+            .collect();
+        let said = said_on_calls(&binary, &["/run/rrdcached.sock=http"]);
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert_eq!(
+            said[0].1.undecoded.as_deref(),
+            Some("joined mid-connection: no http request start in the first 16 calls")
+        );
+        assert!(said[0].1.messages.is_empty());
     }
 
     /// An exchange the client waited `wait_us` for; decoded when `failed`

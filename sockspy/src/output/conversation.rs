@@ -19,7 +19,7 @@ use super::print::{
 use crate::{
     capture::events::{family_name, proto_name, type_name},
     conversation::{
-        Decoded, End, Exchange, Finding, Kind, Summary, Times, decode::Message, turns::Span,
+        CallDecoding, End, Exchange, Finding, Kind, Summary, Times, decode::Message, turns::Span,
     },
     table::resolve::Event,
 };
@@ -28,7 +28,7 @@ use crate::{
 /// the conversations found.
 #[derive(Clone, Copy)]
 pub enum Output<'a> {
-    Call(&'a Event, &'a [Decoded]),
+    Call(&'a Event, &'a CallDecoding),
     Finding(&'a Finding),
 }
 
@@ -168,13 +168,20 @@ fn exchange_line(line: &mut String, exchange: &Exchange) {
         }
     }
     line.push('\n');
-    if let Some(offset) = exchange.resync_offset {
+    said_text(line, exchange.resync_offset, exchange.undecoded.as_deref());
+}
+
+/// The lines decoding says once per connection, under an exchange or a
+/// call: where it picked the connection up mid-stream, or why it went back
+/// to plain turns.
+pub fn said_text(line: &mut String, resync_offset: Option<u64>, undecoded: Option<&str>) {
+    if let Some(offset) = resync_offset {
         let _ = writeln!(
             line,
             "    (joined mid-connection: resynchronised at byte offset {offset} of its requests)"
         );
     }
-    if let Some(reason) = &exchange.undecoded {
+    if let Some(reason) = undecoded {
         line.push_str("    (");
         push_one_line(line, reason);
         line.push_str("; plain turns from here)\n");

@@ -18,8 +18,8 @@ use crate::{
         UnixName, clock_ns, comm_text, family_name, kind_name, proto_name, tcp_state_name,
         type_name,
     },
-    conversation::Decoded,
-    output::side::BySocket,
+    conversation::{CallDecoding, Decoded},
+    output::{conversation::said_text, side::BySocket},
     table::container::Context,
     table::resolve::{Event, Peer, PeerHolder},
 };
@@ -113,16 +113,16 @@ impl Printer {
         Ok(())
     }
 
-    /// Writes one event.
-    /// One event with the messages its call completed (`--decode`): in
-    /// text, a line for each under the event's; in JSON, the protocol
-    /// (`app`) and the first message's fields (`message`), all of them
-    /// in `messages` when there are several.
+    /// One event with what decoding made of its call (`--decode`): in
+    /// text, a line under the event's for each message it completed, and
+    /// for what decoding says once; in JSON, the protocol (`app`) and the
+    /// first message's fields (`message`), all of them in `messages` when
+    /// there are several, and `undecoded` or `resync_offset`.
     pub fn call(
         &mut self,
         out: &mut impl Write,
         event: &Event,
-        decoded: &[Decoded],
+        decoded: &CallDecoding,
     ) -> io::Result<()> {
         match self.format {
             Format::Text => {
@@ -137,30 +137,39 @@ impl Printer {
                 if self.payload.captured && is_data(event) && event.ret > 0 {
                     payload_text(&mut self.line, &event.data, event.ret, self.payload.hex);
                 }
-                for Decoded { app, message } in decoded {
+                for Decoded { app, message } in &decoded.messages {
                     let _ = write!(self.line, "    = {app}: ");
                     push_one_line(&mut self.line, &message.text);
                     let failed = if message.failed { " (failed)" } else { "" };
                     let _ = writeln!(self.line, "{failed}");
                 }
+                said_text(
+                    &mut self.line,
+                    decoded.resync_offset,
+                    decoded.undecoded.as_deref(),
+                );
                 out.write_all(self.line.as_bytes())
             }
             Format::Json => {
                 self.line.clear();
                 rfc3339(&mut self.line, self.clock.wall_ns(event.ts_ns));
                 let json = JsonEvent::new(event, &self.line, self.payload.captured);
-                match decoded {
-                    [] => serde_json::to_writer(&mut *out, &json)?,
-                    [first, ..] => serde_json::to_writer(
+                if *decoded == CallDecoding::NONE {
+                    serde_json::to_writer(&mut *out, &json)?;
+                } else {
+                    let messages = &decoded.messages;
+                    serde_json::to_writer(
                         &mut *out,
                         &JsonCall {
                             event: json,
-                            app: first.app,
-                            message: &first.message.fields,
-                            messages: (decoded.len() > 1)
-                                .then(|| decoded.iter().map(|d| &d.message.fields).collect()),
+                            app: messages.first().map(|first| first.app),
+                            message: messages.first().map(|first| &first.message.fields),
+                            messages: (messages.len() > 1)
+                                .then(|| messages.iter().map(|d| &d.message.fields).collect()),
+                            undecoded: decoded.undecoded.as_deref(),
+                            resync_offset: decoded.resync_offset,
                         },
-                    )?,
+                    )?;
                 }
                 out.write_all(b"\n")
             }
@@ -741,10 +750,16 @@ pub fn errno_name(errno: i64) -> String {
 struct JsonCall<'a> {
     #[serde(flatten)]
     event: JsonEvent<'a>,
-    app: &'static str,
-    message: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     messages: Option<Vec<&'a serde_json::Map<String, serde_json::Value>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undecoded: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resync_offset: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -1040,7 +1055,9 @@ pub(crate) mod tests {
     fn inet_json_fields() {
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.call(&mut out, &tcp_event(), &[]).unwrap();
+        printer
+            .call(&mut out, &tcp_event(), &CallDecoding::NONE)
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["family"], "inet6");
         assert_eq!(value["proto"], "tcp");
@@ -1054,7 +1071,9 @@ pub(crate) mod tests {
         );
         // Unix events carry none of the IP keys.
         let mut out = Vec::new();
-        printer.call(&mut out, &send_event(), &[]).unwrap();
+        printer
+            .call(&mut out, &send_event(), &CallDecoding::NONE)
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(value.get("proto").is_none() && value.get("lport").is_none());
     }
@@ -1074,12 +1093,17 @@ pub(crate) mod tests {
                 ..crate::conversation::decode::tests::message(0, &format!("{command} k"))
             },
         };
-        let json = |messages: &[Decoded]| {
+        let of = |messages: &[Decoded]| CallDecoding {
+            messages: messages.to_vec(),
+            ..CallDecoding::NONE
+        };
+        let json_of = |decoding: &CallDecoding| {
             let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
             let mut out = Vec::new();
-            printer.call(&mut out, &send_event(), messages).unwrap();
+            printer.call(&mut out, &send_event(), decoding).unwrap();
             serde_json::from_slice::<serde_json::Value>(&out).unwrap()
         };
+        let json = |messages: &[Decoded]| json_of(&of(messages));
         let one = json(&[decoded("GET")]);
         assert_eq!(one["event"], "send");
         assert_eq!(one["app"], "redis");
@@ -1094,11 +1118,40 @@ pub(crate) mod tests {
         assert_eq!(two["messages"].as_array().map(Vec::len), Some(2));
         let plain = json(&[]);
         assert!(plain.get("app").is_none() && plain.get("message").is_none());
+        // What decoding says once goes with the call it happened at, with
+        // or without a message.
+        let said = CallDecoding {
+            undecoded: Some("not http any more: no request line".to_owned()),
+            ..of(&[])
+        };
+        let fell_back = json_of(&said);
+        assert_eq!(fell_back["undecoded"], "not http any more: no request line");
+        assert!(fell_back.get("app").is_none() && fell_back.get("resync_offset").is_none());
+        let resynced = json_of(&CallDecoding {
+            resync_offset: Some(431),
+            ..of(&[decoded("GET")])
+        });
+        assert_eq!(
+            (resynced["resync_offset"].as_u64(), &resynced["app"]),
+            (Some(431), &"redis".into())
+        );
+        let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
+        let mut out = Vec::new();
+        printer.call(&mut out, &send_event(), &said).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().nth(1),
+            Some("    (not http any more: no request line; plain turns from here)")
+        );
 
         let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
         printer
-            .call(&mut out, &send_event(), &[decoded("SET"), decoded("GET")])
+            .call(
+                &mut out,
+                &send_event(),
+                &of(&[decoded("SET"), decoded("GET")]),
+            )
             .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -1107,7 +1160,7 @@ pub(crate) mod tests {
         let mut odd = decoded("GET");
         odd.message.text = "bulk a\nb\u{1b}[2J".to_owned();
         let mut out = Vec::new();
-        printer.call(&mut out, &send_event(), &[odd]).unwrap();
+        printer.call(&mut out, &send_event(), &of(&[odd])).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().nth(1),
@@ -1124,8 +1177,12 @@ pub(crate) mod tests {
             addr: Some("192.0.2.7:443".parse().unwrap()),
             ..Peer::default()
         });
-        printer.call(&mut out, &tcp_event(), &[]).unwrap();
-        printer.call(&mut out, &remote_only, &[]).unwrap();
+        printer
+            .call(&mut out, &tcp_event(), &CallDecoding::NONE)
+            .unwrap();
+        printer
+            .call(&mut out, &remote_only, &CallDecoding::NONE)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -1145,7 +1202,9 @@ pub(crate) mod tests {
         };
         let mut printer = Printer::new(Format::Json, clock, PayloadStyle::default());
         let mut out = Vec::new();
-        printer.call(&mut out, &send_event(), &[]).unwrap();
+        printer
+            .call(&mut out, &send_event(), &CallDecoding::NONE)
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["ts"], "1970-01-01T00:00:01.000005Z");
         assert_eq!(value["event"], "send");
@@ -1172,14 +1231,14 @@ pub(crate) mod tests {
         event.ret = -i64::from(libc::ECONNREFUSED);
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.call(&mut out, &event, &[]).unwrap();
+        printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["error"], "ECONNREFUSED");
         assert_eq!(value["ret"], -111);
         assert!(value.get("bytes").is_none());
         let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
-        printer.call(&mut out, &event, &[]).unwrap();
+        printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("connect") && text.contains("ECONNREFUSED"),
@@ -1192,7 +1251,9 @@ pub(crate) mod tests {
         let mut printer = Printer::new(Format::Text, Clock::now(), PayloadStyle::default());
         let mut out = Vec::new();
         printer.header(&mut out).unwrap();
-        printer.call(&mut out, &send_event(), &[]).unwrap();
+        printer
+            .call(&mut out, &send_event(), &CallDecoding::NONE)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("TIME"));
@@ -1227,7 +1288,7 @@ pub(crate) mod tests {
         let mut printer =
             Printer::new(Format::Text, Clock::now(), PayloadStyle::default()).wide(true);
         printer.header(&mut out).unwrap();
-        printer.call(&mut out, &event, &[]).unwrap();
+        printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -1249,7 +1310,7 @@ pub(crate) mod tests {
         );
         let mut out = Vec::new();
         let mut printer = Printer::new(Format::Json, Clock::now(), PayloadStyle::default());
-        printer.call(&mut out, &event, &[]).unwrap();
+        printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["cgroup"], format!("/docker/{ID}"));
         assert_eq!(value["container"], ID);
@@ -1270,7 +1331,7 @@ pub(crate) mod tests {
         let print = |format| {
             let mut printer = Printer::new(format, Clock::now(), PayloadStyle::default());
             let mut out = Vec::new();
-            printer.call(&mut out, &event, &[]).unwrap();
+            printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
             String::from_utf8(out).unwrap()
         };
         let text = print(Format::Text);
@@ -1297,7 +1358,7 @@ pub(crate) mod tests {
         event.ret = moved;
         let mut printer = Printer::new(format, Clock::now(), style);
         let mut out = Vec::new();
-        printer.call(&mut out, &event, &[]).unwrap();
+        printer.call(&mut out, &event, &CallDecoding::NONE).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -1420,10 +1481,12 @@ pub(crate) mod tests {
         let mut printer = Printer::new(Format::Text, clock, PayloadStyle::default());
         for event in &events {
             let mut repeated = Vec::new();
-            printer.call(&mut repeated, event, &[]).unwrap();
+            printer
+                .call(&mut repeated, event, &CallDecoding::NONE)
+                .unwrap();
             let mut fresh = Vec::new();
             Printer::new(Format::Text, clock, PayloadStyle::default())
-                .call(&mut fresh, event, &[])
+                .call(&mut fresh, event, &CallDecoding::NONE)
                 .unwrap();
             assert_eq!(
                 String::from_utf8(repeated).unwrap(),

@@ -1539,7 +1539,7 @@ mod tests {
                 let print = |clock, event: &Event| {
                     let mut out = Vec::new();
                     Printer::new(format, clock, style)
-                        .call(&mut out, event, &[])
+                        .call(&mut out, event, &crate::conversation::CallDecoding::NONE)
                         .unwrap();
                     String::from_utf8(out).unwrap()
                 };

@@ -69,20 +69,13 @@ fn decoded_exchanges(path: &str) -> Trace {
 }
 
 /// A Python server of `script` (printing its pid and port first) and a
-/// trace of the exchanges on its port over `transport` (`--tcp`,
+/// trace of the exchanges on its port over `transports` (`--tcp`,
 /// `--udp`), decoded, in JSON.
-fn served_and_traced(script: &str, args: &[&str], transport: &str) -> (Child, String, Trace) {
+fn served_and_traced(script: &str, args: &[&str], transports: &[&str]) -> (Child, String, Trace) {
     let mut server = spawn_python(script, args);
     let port = first_line(&mut server)[1].to_string();
-    let trace = Trace::start(&[
-        transport,
-        "--port",
-        &port,
-        "--json",
-        "--exchanges",
-        "--decode",
-    ])
-    .unwrap();
+    let decoded = ["--json", "--exchanges", "--decode", "--port", &port];
+    let trace = Trace::start(&[transports, &decoded[..]].concat()).unwrap();
     (server, port, trace)
 }
 
@@ -1316,7 +1309,7 @@ fn http_over_loopback_tcp() {
     if !have_root("http_over_loopback_tcp") {
         return;
     }
-    let (mut server, port, trace) = served_and_traced(HTTP_SERVER, &["tcp"], "--tcp");
+    let (mut server, port, trace) = served_and_traced(HTTP_SERVER, &["tcp"], &["--tcp"]);
     let url = |target: &str| format!("http://127.0.0.1:{port}{target}");
     let curl = Command::new("curl")
         .args([
@@ -1358,25 +1351,48 @@ fn http_over_loopback_tcp() {
 /// A DNS server on 127.0.0.1 answering ARGV[1] queries: an A record, or
 /// NXDOMAIN for `nx.` names. Prints its pid and port.
 const DIG_SERVER: &str = r#"
-import os, socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(('127.0.0.1', 0))
-print(os.getpid(), s.getsockname()[1], flush=True)
-for _ in range(int(sys.argv[1])):
-    data, addr = s.recvfrom(4096)
+import os, select, socket, struct, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('127.0.0.1', 0))
+port = u.getsockname()[1]
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.bind(('127.0.0.1', port))
+t.listen()
+print(os.getpid(), port, flush=True)
+
+def answer(query):
     at = 12
-    while data[at]:
-        at += data[at] + 1
-    question = data[12:at + 5]
+    while query[at]:
+        at += query[at] + 1
+    question = query[12:at + 5]
     nx = question.startswith(b'\x02nx')
     flags = 0x8180 | (3 if nx else 0)
-    header = data[:2] + struct.pack('>HHHHH', flags, 1, 0 if nx else 1, 0, 0)
-    answer = b'' if nx else b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([192, 0, 2, 1])
-    s.sendto(header + question + answer, addr)
+    header = query[:2] + struct.pack('>HHHHH', flags, 1, 0 if nx else 1, 0, 0)
+    rr = b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([192, 0, 2, 1])
+    return header + question + (b'' if nx else rr)
+
+def exactly(c, n):
+    data = b''
+    while len(data) < n:
+        data += c.recv(n - len(data))
+    return data
+
+for _ in range(int(sys.argv[1])):
+    ready, _, _ = select.select([u, t], [], [])
+    if u in ready:
+        query, addr = u.recvfrom(4096)
+        u.sendto(answer(query), addr)
+    else:
+        c, _ = t.accept()
+        query = exactly(c, struct.unpack('>H', exactly(c, 2))[0])
+        reply = answer(query)
+        c.sendall(struct.pack('>H', len(reply)) + reply)
+        c.close()
 "#;
 
 /// dig, a real resolver client, asks a small server on loopback: an
-/// answer and an NXDOMAIN, each paired with its query. The server exits
+/// answer and an NXDOMAIN over UDP and an answer over TCP, each paired
+/// with its query. The server exits
 /// after its last answer, often before dig's read of it is recorded
 /// (the conversation waits for that read), and its first read began
 /// before the trace (it names no address).
@@ -1393,10 +1409,15 @@ fn dig_gets_an_answer_and_an_nxdomain() {
         );
         return;
     }
-    let (mut server, port, trace) = served_and_traced(DIG_SERVER, &["2"], "--udp");
-    for name in ["example.com", "nx.example.com"] {
+    let (mut server, port, trace) = served_and_traced(DIG_SERVER, &["3"], &["--udp", "--tcp"]);
+    for (name, over) in [
+        ("example.com", "+notcp"),
+        ("nx.example.com", "+notcp"),
+        ("tcp.example.com", "+tcp"),
+    ] {
         let dig = Command::new("dig")
-            .args(["@127.0.0.1", "-p", &port, "+tries=1", "+time=3", name, "A"])
+            .args(["@127.0.0.1", "-p", &port, over, "+tries=1", "+time=3"])
+            .args([name, "A"])
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&dig.stdout);
@@ -1409,6 +1430,7 @@ fn dig_gets_an_answer_and_an_nxdomain() {
         assert_eq!(e["request"]["id"], e["response"]["id"], "{e}");
     }
     let fields = [
+        "proto",
         "request.name",
         "request.qtype",
         "response.rcode",
@@ -1416,8 +1438,9 @@ fn dig_gets_an_answer_and_an_nxdomain() {
         "failed",
     ];
     let want = [
-        json!(["example.com", "A", "NOERROR", 1, false]),
-        json!(["nx.example.com", "A", "NXDOMAIN", 0, true]),
+        json!(["udp", "example.com", "A", "NOERROR", 1, false]),
+        json!(["udp", "nx.example.com", "A", "NXDOMAIN", 0, true]),
+        json!(["tcp", "tcp.example.com", "A", "NOERROR", 1, false]),
     ];
     assert_eq!(decoded_as(&exchanges, "dns", &fields), want, "{records:#?}");
 }

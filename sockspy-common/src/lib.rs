@@ -236,6 +236,10 @@ pub const FLAG_PEER_PENDING: u16 = 1 << 4;
 /// it): the record wakes the reader at once, whose verdict then stops the
 /// cgroup's other records in the kernel.
 pub const FLAG_CGROUP_UNDECIDED: u16 = 1 << 5;
+/// `SockEvent::flags`, with [`FLAG_PEER_PENDING`]: the embryo is being
+/// accepted as the record is written (Linux 6.10+ has unlinked it from its
+/// listener and not yet given it its socket): the `accept` record names it.
+pub const FLAG_PEER_ACCEPTING: u16 = 1 << 6;
 
 /// Starts every record in the ring buffer.
 #[repr(C)]

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use sockspy_common::{
     Call, EventHeader, EventKind, FILTER_COMM, FILTER_PID, FILTER_PID_TREE, FILTER_PORT,
-    FILTER_UID, FLAG_PEER_PENDING, MAX_ADDR_LEN, MAX_DATA_LEN, MAX_PASSED_FILES, PassedFile,
-    ProcEvent, SockEvent, Stat,
+    FILTER_UID, FLAG_PEER_ACCEPTING, FLAG_PEER_PENDING, MAX_ADDR_LEN, MAX_DATA_LEN,
+    MAX_PASSED_FILES, PassedFile, ProcEvent, SockEvent, Stat,
 };
 
 pub use crate::kernel::Current;
@@ -304,8 +304,10 @@ impl Record {
     /// A Unix peer without an inode is an embryo in a listener's accept
     /// queue (connected, not accepted yet) or a socket already released
     /// (closed). For an embryo: the flag, its listener's inode where the
-    /// kernel keeps the link, and the name it carries (the listener's), so
-    /// that userspace can name who will accept it before anyone has.
+    /// kernel keeps the link (or, where it keeps one but the link is gone,
+    /// the flag that it is being accepted), and the name it carries (the
+    /// listener's), so that userspace can name who will accept it before
+    /// anyone has.
     #[inline(always)]
     fn embryo_peer(&mut self, peer: u64) -> Result<(), kernel::ReadFailed> {
         let state: u8 = kernel::read(peer, global!(OFFSETS.sock_state))?;
@@ -320,6 +322,9 @@ impl Record {
         };
         let ev = self.ev();
         ev.flags |= FLAG_PEER_PENDING;
+        if listener == 0 && kernel::names_listeners() {
+            ev.flags |= FLAG_PEER_ACCEPTING;
+        }
         ev.peer_listener = listener_ino;
         if let Some((name, len)) = kernel::unix_name::<kernel::Probe>(peer)? {
             self.peer_addr_kernel(name, len);

@@ -235,11 +235,14 @@ fn makes(rec: &ProcRecord, pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sockspy_common::{FLAG_PEER_PENDING, ProcEvent, SockEvent};
+    use sockspy_common::{AF_UNIX, FLAG_PEER_ACCEPTING, FLAG_PEER_PENDING, ProcEvent, SockEvent};
 
     use super::*;
     use crate::{
-        capture::events::tests::{sockaddr_un, unix_stream},
+        capture::events::{
+            Record, decode,
+            tests::{sock_bytes, sockaddr_un, unix_stream},
+        },
         table::procfs::Procfs,
     };
 
@@ -371,6 +374,42 @@ mod tests {
         assert_eq!(events.len(), 2991);
         assert_eq!(peer_of(&events[0]), (Some(SERVER), Some(5)));
         assert!(events.windows(2).all(|pair| pair[0].ts_ns < pair[1].ts_ns));
+    }
+
+    /// The client's connect, written while the server's accept was taking
+    /// its connection (Linux 6.10+ unlinks the embryo from its listener
+    /// before it gives it its socket), to the server's socket reached
+    /// through another path: it waits for that accept and names the
+    /// accepted socket, by both paths.
+    #[test]
+    fn a_connect_written_while_it_was_accepted_waits_for_the_accept() {
+        let mut resolver = table();
+        let mut hold = Hold::default();
+        let bytes = sock_bytes(
+            EventKind::Connect,
+            |ev| {
+                (ev.header.pid, ev.header.tid, ev.header.ts_ns) = (CLIENT, CLIENT, 10);
+                (ev.fd, ev.sock, ev.family, ev.sock_type) = (4, CLIENT_SOCK, AF_UNIX, 1);
+                ev.peer_sk = 0xffff_0000;
+                ev.flags = FLAG_PEER_PENDING | FLAG_PEER_ACCEPTING;
+            },
+            [b"", &sockaddr_un(b"/view/app.sock\0"), b""],
+        );
+        let Ok(Record::Sock(connect)) = decode(&bytes) else {
+            panic!("not a socket record")
+        };
+        assert!(hold.admit(connect, &mut resolver).is_none(), "it waits");
+        assert!(hold.admit(accepts(SERVER, 12), &mut resolver).is_none());
+        let events = drain(&mut hold, &mut resolver, Waits::Until(13));
+        assert_eq!(events[0].kind, EventKind::Connect, "ring order");
+        let peer = events[0].peer.clone().expect("a peer");
+        assert!(!peer.pending);
+        assert_eq!(
+            (peer.pid, peer.fd, peer.sock),
+            (Some(SERVER), Some(5), Some(ACCEPTED))
+        );
+        assert_eq!(peer.path.unwrap().to_string(), "/run/app.sock");
+        assert_eq!(peer.via.unwrap().to_string(), "/view/app.sock");
     }
 
     /// The client's send was written before the server's accept: the send

@@ -29,7 +29,8 @@ use std::{
 
 use bytes::Bytes;
 use sockspy_common::{
-    AF_UNIX, COMM_LEN, Call, EventKind, FLAG_PEER_PENDING, IPPROTO_TCP, IPPROTO_UDP, PassedFile,
+    AF_UNIX, COMM_LEN, Call, EventKind, FLAG_PEER_ACCEPTING, FLAG_PEER_PENDING, IPPROTO_TCP,
+    IPPROTO_UDP, PassedFile,
 };
 
 use crate::{
@@ -358,6 +359,10 @@ pub enum Awaited {
     /// A TCP connection's other end, by its (local, remote) pair, in a
     /// network namespace (where a loopback address pairs only inside it).
     Conn(Conn, u32),
+    /// The accepted end of Unix socket `.0`'s connection, being accepted
+    /// as its record was written ([`FLAG_PEER_ACCEPTING`]): the `accept`
+    /// that names it.
+    Accepted(u64),
 }
 
 impl Awaited {
@@ -365,6 +370,7 @@ impl Awaited {
     pub fn revealed_by(&self, rec: &SockRecord) -> bool {
         match *self {
             Self::Sock(ino) => rec.ev.sock == ino,
+            Self::Accepted(ino) => rec.kind == EventKind::Accept && rec.ev.peer_sock == ino,
             Self::Conn(key, netns) => {
                 rec.ev.protocol == IPPROTO_TCP
                     && inet_addr(&rec.addr).map(canonical) == Some(key.0)
@@ -830,6 +836,10 @@ impl Resolver {
             return None;
         }
         if ev.family == AF_UNIX {
+            if ev.flags & FLAG_PEER_ACCEPTING != 0 {
+                let known = self.socks.get(&ev.sock).is_some_and(|sock| sock.peer != 0);
+                return (!known).then_some(Awaited::Accepted(ev.sock));
+            }
             let peer = ev.peer_sock;
             if peer == 0 {
                 return None;
@@ -1075,7 +1085,15 @@ impl Resolver {
 
         let mut peer_ino = ev.peer_sock;
         let mut listener = None;
-        let pending = ev.flags & FLAG_PEER_PENDING != 0;
+        let mut pending = ev.flags & FLAG_PEER_PENDING != 0;
+        if ev.flags & FLAG_PEER_ACCEPTING != 0
+            && let Some(accepted) = self.socks.get(&ino).map(|sock| sock.peer)
+            && accepted != 0
+        {
+            // Accepted as the record was written, and the accept's record
+            // (waited for) said by which socket.
+            (peer_ino, pending) = (accepted, false);
+        }
         if inet {
             let tcp = ev.protocol == IPPROTO_TCP;
             if !failed {

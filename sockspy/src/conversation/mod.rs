@@ -457,9 +457,12 @@ impl Datagrams {
         self.addr_of.insert(sock, place);
     }
 
-    /// The socket seen at `addr` in `netns` (or bound to its port's wildcard).
-    fn socket_at(&self, netns: u32, addr: SocketAddr) -> Option<u64> {
-        at_or_wildcard(canonical(addr), |addr| self.at.get(&(netns, addr)).copied())
+    /// The socket seen at `addr` in `netns`, or bound to its port's
+    /// wildcard when `addr` is this machine's (`here`).
+    fn socket_at(&self, netns: u32, addr: SocketAddr, here: bool) -> Option<u64> {
+        at_or_wildcard(canonical(addr), here, |addr| {
+            self.at.get(&(netns, addr)).copied()
+        })
     }
 
     /// Socket `sock` closed: it is at no address any more.
@@ -1046,7 +1049,15 @@ impl Tracker {
             .peer
             .as_ref()
             .and_then(|peer| peer.sock)
-            .or_else(|| self.datagrams.socket_at(netns, remote?))
+            .or_else(|| {
+                // This machine's: loopback, this end's own address, or
+                // one the resolver found a socket here at.
+                let remote = remote?;
+                let here = remote.ip().to_canonical().is_loopback()
+                    || event.local.is_some_and(|local| local.ip() == remote.ip())
+                    || event.unresolved;
+                self.datagrams.socket_at(netns, remote, here)
+            })
             .filter(|&peer| peer != sock);
         // The other end by its address from here; this end by its own
         // address from the other end's socket; the two sockets.

@@ -7,7 +7,11 @@
 //! reads, for one process, fill gaps later (a descriptor inherited or
 //! passed over a socket before sockspy saw it).
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use crate::capture::events::UnixName;
 
@@ -155,6 +159,16 @@ impl Procfs {
             .ok()
     }
 
+    /// The addresses of this network namespace's interfaces: IPv4 from
+    /// the local routing table (/proc/net/fib_trie), IPv6 from
+    /// /proc/net/if_inet6. Empty where neither can be read.
+    pub fn local_ips(&self) -> Vec<IpAddr> {
+        let read = |name| fs::read_to_string(self.root.join("net").join(name)).unwrap_or_default();
+        let mut ips = local_ipv4s(&read("fib_trie"));
+        ips.extend(read("if_inet6").lines().filter_map(if_inet6_line));
+        ips
+    }
+
     /// A process's command name.
     pub fn comm(&self, pid: u32) -> Option<String> {
         let comm = fs::read_to_string(self.root.join(pid.to_string()).join("comm")).ok()?;
@@ -180,6 +194,34 @@ fn unix_names_line(line: &str) -> Option<(u64, UnixName)> {
         None => UnixName::Path(path.to_owned()),
     };
     Some((ino.parse().ok()?, name))
+}
+
+/// The addresses /proc/net/fib_trie lists as `/32 host LOCAL`: each leaf
+/// (`|-- 10.0.0.5`) is followed by its routes' lines.
+fn local_ipv4s(fib_trie: &str) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    let mut leaf = None;
+    for line in fib_trie.lines().map(str::trim) {
+        if let Some(ip) = line.strip_prefix("|-- ") {
+            leaf = ip.parse::<Ipv4Addr>().ok();
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(ip) = leaf.take()
+            && !ips.contains(&IpAddr::V4(ip))
+        {
+            ips.push(IpAddr::V4(ip));
+        }
+    }
+    ips
+}
+
+/// The address of a /proc/net/if_inet6 line: 32 hex digits first.
+fn if_inet6_line(line: &str) -> Option<IpAddr> {
+    let hex = line
+        .split_whitespace()
+        .next()
+        .filter(|hex| hex.len() == 32)?;
+    let bits = u128::from_str_radix(hex, 16).ok()?;
+    Some(IpAddr::V6(Ipv6Addr::from(bits)))
 }
 
 /// The innermost pid of /proc/PID/status's `NSpid:` line, when the
@@ -221,6 +263,41 @@ mod tests {
         assert!(cgroup.is_some_and(|c| c.starts_with('/')));
         assert_eq!(nspid, None, "the tests run in the initial pid namespace");
         assert!(procfs.netns(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn reads_the_local_addresses() {
+        let fib_trie = "\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+           |-- 192.0.2.2
+              /32 host LOCAL
+Local:
+           |-- 192.0.2.2
+              /32 host LOCAL
+";
+        assert_eq!(
+            local_ipv4s(fib_trie),
+            ["127.0.0.1", "192.0.2.2"].map(|ip| ip.parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(
+            if_inet6_line("fd000000000000000000000000000002 04 40 00 82     eth0"),
+            Some("fd00::2".parse().unwrap())
+        );
+        assert_eq!(if_inet6_line("garbage"), None);
+        let here = Procfs::default().local_ips();
+        assert!(here.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{here:?}");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! address that one namespace alone has.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry},
+    collections::{HashMap, HashSet, VecDeque, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     rc::Rc,
 };
@@ -217,6 +217,10 @@ pub struct Resolver {
     cgroups: Cgroups,
     /// sockspy's own network namespace: that of the sockets read at start-up.
     own_netns: u32,
+    /// The addresses of this machine: its interfaces' (read at start-up
+    /// and with every /proc rescan) and every one a socket here was seen
+    /// bound to, in any network namespace (canonical).
+    local_ips: HashSet<IpAddr>,
     /// When /proc was last rescanned for a peer nobody was known to hold
     /// (`CLOCK_MONOTONIC` nanoseconds, the records' clock).
     last_rescan: Option<i128>,
@@ -400,18 +404,25 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// What `at` finds at `addr`, or else at the wildcard address of its
-/// port (a socket bound to every address): of its family, or IPv6's (a
-/// dual-stack socket takes IPv4 too).
-pub fn at_or_wildcard<T>(addr: SocketAddr, at: impl Fn(SocketAddr) -> Option<T>) -> Option<T> {
+/// What `at` finds at `addr`, or else, when `addr` is this machine's
+/// (`here`), at the wildcard address of its port (a socket bound to every
+/// address of the machine): of its family, or IPv6's (a dual-stack socket
+/// takes IPv4 too). A server on `0.0.0.0:80` is no peer of a connection
+/// to port 80 of another machine.
+pub fn at_or_wildcard<T>(
+    addr: SocketAddr,
+    here: bool,
+    at: impl Fn(SocketAddr) -> Option<T>,
+) -> Option<T> {
     let any = |ip| SocketAddr::new(ip, addr.port());
     let family_any = match addr.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    at(addr)
-        .or_else(|| at(any(family_any)))
-        .or_else(|| at(any(IpAddr::V6(Ipv6Addr::UNSPECIFIED))))
+    at(addr).or_else(|| {
+        here.then(|| at(any(family_any)).or_else(|| at(any(IpAddr::V6(Ipv6Addr::UNSPECIFIED)))))
+            .flatten()
+    })
 }
 
 /// How much the table holds, for `--stats`: it must follow what is live
@@ -435,10 +446,16 @@ impl Resolver {
 
     pub fn new(procfs: Procfs) -> Self {
         let own_netns = procfs.netns(std::process::id()).unwrap_or(0);
+        let local_ips = procfs
+            .local_ips()
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .collect();
         Self {
             procfs,
             cgroups: Cgroups::new(),
             own_netns,
+            local_ips,
             ..Self::default()
         }
     }
@@ -490,6 +507,9 @@ impl Resolver {
             sock.remote = remote;
         }
         let Some(local) = local else { return };
+        if !local.ip().is_unspecified() {
+            self.local_ips.insert(local.ip());
+        }
         if protocol == IPPROTO_TCP
             && let Some(remote) = remote
         {
@@ -525,7 +545,10 @@ impl Resolver {
                 return Some((ino, true));
             }
         }
-        let ino = at_or_wildcard(remote, |addr| {
+        let here = !across
+            || local.is_some_and(|local| canonical(local).ip() == remote.ip())
+            || self.local_ips.contains(&remote.ip());
+        let ino = at_or_wildcard(remote, here, |addr| {
             self.bound.find(&(protocol, addr), netns, across)
         })?;
         // A listener is not the connection itself; a UDP socket is.
@@ -1264,6 +1287,9 @@ impl Resolver {
             return false;
         }
         self.last_rescan = Some(now);
+        let ips = self.procfs.local_ips();
+        self.local_ips
+            .extend(ips.into_iter().map(|ip| ip.to_canonical()));
         let Ok(scan) = self.procfs.scan() else {
             return false;
         };
@@ -1770,6 +1796,47 @@ pub(crate) mod tests {
             }
         }
         assert!(repeats >= 4, "only {repeats} events were repeats");
+    }
+
+    /// A server listening on every address (`0.0.0.0:80`) is the peer of
+    /// a connection to port 80 of this machine, not of another machine's.
+    #[test]
+    fn a_wildcard_listener_is_no_peer_of_another_machines_port() {
+        let peer_of = |local: [u8; 4], remote: [u8; 4]| {
+            let mut resolver = Resolver::new(Procfs::at("/nonexistent"));
+            let process = |pid, comm: &str, fd, ino| ProcessSockets {
+                pid,
+                comm: comm.into(),
+                fds: vec![(fd, ino)],
+            };
+            let scan = Scan {
+                processes: vec![
+                    process(100, "nginx", 5, 1001),
+                    process(200, "curl", 3, 2002),
+                ],
+                unreadable: 0,
+            };
+            resolver.seed(scan, Vec::new());
+            resolver.seed_inet(vec![InetDiag {
+                ino: 1001,
+                family: AF_INET,
+                protocol: IPPROTO_TCP,
+                state: STATE_LISTEN,
+                local: "0.0.0.0:80".parse().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
+                rqueue: 0,
+                wqueue: 0,
+                uid: 0,
+                netns: 0,
+            }]);
+            let ends = [&sockaddr_in(local, 50000)[..], &sockaddr_in(remote, 80)];
+            let event = send_to(&mut resolver, 200, 3, 2002, AF_INET, ends);
+            (event.peer.and_then(|peer| peer.pid), event.unresolved)
+        };
+        let (here, elsewhere) = ([192, 0, 2, 2], [93, 184, 216, 34]);
+        assert_eq!(peer_of(here, elsewhere), (None, false));
+        assert_eq!(peer_of(here, here), (Some(100), false));
+        assert_eq!(peer_of([127, 0, 0, 1], [127, 0, 0, 1]), (Some(100), false));
     }
 
     #[test]

@@ -576,3 +576,62 @@ print(os.getpid(), pid, flush=True)
         assert!(event["peer"]["pending"].is_null(), "{event}");
     }
 }
+
+/// A server on every address, any port: prints its pid and port; once it
+/// reads a line, connects without waiting to that port of another machine
+/// (TEST-NET-2, never this one's address) and to its own port on
+/// loopback, which it accepts.
+const WILDCARD_AND_ELSEWHERE: &str = "
+import os, socket, sys
+srv = socket.socket()
+srv.bind(('0.0.0.0', 0))
+srv.listen(4)
+port = srv.getsockname()[1]
+print(os.getpid(), port, flush=True)
+sys.stdin.readline()
+away = socket.socket()
+away.setblocking(False)
+try:
+    away.connect(('198.51.100.77', port))
+except OSError:
+    pass
+near = socket.socket()
+near.connect(('127.0.0.1', port))
+srv.accept()
+";
+
+/// A server bound to every address (`0.0.0.0`) is the peer of a connect
+/// to its port on this machine, never of one to the same port of another
+/// machine.
+#[test]
+fn a_wildcard_server_is_no_peer_of_another_machines_port() {
+    if !have_root("a_wildcard_server_is_no_peer_of_another_machines_port") {
+        return;
+    }
+    let mut server = spawn_python(WILDCARD_AND_ELSEWHERE, &[]);
+    let [pid, port] = first_line(&mut server)[..] else {
+        panic!("no pid and port")
+    };
+    let trace = Trace::start(&["--tcp", "--json", "--port", &port.to_string()]).unwrap();
+    writeln!(server.stdin.as_mut().unwrap()).unwrap();
+    wait_ok(&mut server);
+    let events = trace.stop().unwrap().events();
+    let connects: Vec<&Value> = by_pid(&events, pid)
+        .into_iter()
+        .filter(|ev| ev["event"] == "connect")
+        .collect();
+    let to = |addr: &str| {
+        connects
+            .iter()
+            .find(|ev| ev["raddr"] == addr)
+            .unwrap_or_else(|| panic!("no connect to {addr} in {events:#?}"))
+    };
+    let away = &to("198.51.100.77")["peer"];
+    assert!(
+        away.get("pid").is_none() && away.get("pending").is_none(),
+        "{away}"
+    );
+    assert_eq!(away["addr"], "198.51.100.77");
+    let near = &to("127.0.0.1")["peer"];
+    assert_eq!(near["pid"], pid, "{near}");
+}

@@ -347,19 +347,24 @@ impl Turns {
 
     /// The open exchange a message of direction `dir` answers: the one
     /// whose request has its key (a DNS id, a D-Bus serial), or else the
-    /// oldest not answered, asked the other way. `current`: the turn
-    /// holding the message's span now, taken as not answered.
+    /// oldest not answered, asked the other way, whose request has no key
+    /// to disagree with the answer's (an answer to a request handed on
+    /// already answers none of the others). `current`: the turn holding
+    /// the message's span now, taken as not answered.
     fn answered(&self, dir: usize, key: Option<u64>, current: Option<usize>) -> Option<usize> {
         let waiting = |(index, turn): &(usize, &Turn)| {
             turn.asker != dir && !turn.one_way && (!turn.get(dir).begun || Some(*index) == current)
         };
+        let request_key = |turn: &Turn| turn.request.message.as_ref().and_then(|m| m.key);
         let mut candidates = self.open.iter().enumerate().filter(waiting);
         let keyed = key.and_then(|key| {
             candidates
                 .clone()
-                .find(|(_, turn)| turn.request.message.as_ref().and_then(|m| m.key) == Some(key))
+                .find(|(_, turn)| request_key(turn) == Some(key))
         });
-        keyed.or_else(|| candidates.next()).map(|(index, _)| index)
+        keyed
+            .or_else(|| candidates.find(|(_, turn)| key.is_none() || request_key(turn).is_none()))
+            .map(|(index, _)| index)
     }
 
     /// The turn whose span of `dir` a message of that direction with
@@ -397,10 +402,7 @@ impl Turns {
         let fits = match message.role {
             Role::Asks | Role::OneWay => asker == dir,
             Role::Answers => {
-                asker != dir
-                    && self
-                        .answered(dir, message.key, Some(index))
-                        .is_none_or(|i| i == index)
+                asker != dir && self.answered(dir, message.key, Some(index)) == Some(index)
             }
         };
         let turn = &mut self.open[index];
@@ -785,6 +787,46 @@ mod tests {
         assert_eq!(pairs, [("A", "A answer"), ("AAAA", "AAAA answer")]);
         assert_eq!(done[0].response.first_send, Some(300));
         assert_eq!(done[1].response.bytes(), 50);
+    }
+
+    /// An answer whose key no open request has (its request was handed on
+    /// as eight more waited) is an exchange of its own, not the answer to
+    /// the oldest request waiting; one without a key still pairs in order.
+    #[test]
+    fn a_keyed_answer_to_no_open_request_takes_none() {
+        let mut turns = Turns::new(true);
+        turns.by_message([0; 2]);
+        let keyed = |dir, text, key| Message {
+            key,
+            ..message(dir, text)
+        };
+        turns.end_message(REQUEST, 30, keyed(REQUEST, "A", Some(1)));
+        turns.data(REQUEST, false, 30, 100, &NONE);
+        turns.end_message(RESPONSE, 40, keyed(RESPONSE, "lost answer", Some(9)));
+        turns.data(RESPONSE, false, 40, 200, &NONE);
+        turns.end_message(RESPONSE, 90, keyed(RESPONSE, "A answer", Some(1)));
+        turns.data(RESPONSE, false, 50, 300, &NONE);
+        turns.end_message(REQUEST, 60, keyed(REQUEST, "B", Some(2)));
+        turns.data(REQUEST, false, 30, 400, &NONE);
+        turns.end_message(RESPONSE, 120, keyed(RESPONSE, "unkeyed", None));
+        turns.data(RESPONSE, false, 30, 500, &NONE);
+        let done: Vec<Turn> = turns.drain().collect();
+        let text = |span: &Span| span.message.as_ref().map(|m| m.text.clone());
+        let pairs: Vec<_> = done
+            .iter()
+            .map(|turn| (text(&turn.request), text(&turn.response)))
+            .collect();
+        let pair = |request: Option<&str>, response: &str| {
+            (request.map(str::to_owned), Some(response.to_owned()))
+        };
+        assert_eq!(
+            pairs,
+            [
+                pair(Some("A"), "A answer"),
+                pair(None, "lost answer"),
+                pair(Some("B"), "unkeyed"),
+            ]
+        );
     }
 
     /// A decoded message that asks, answers or is one-way, with `key`.

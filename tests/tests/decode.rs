@@ -1145,9 +1145,11 @@ fn http_keep_alive_joined_mid_body_resynchronises() {
     );
 }
 
-/// A RESP client on the Unix socket: most of a SET of a 1000-byte value,
-/// its pid printed; once it reads a line, the rest, then GET, INCR and
-/// an LPUSH on a string (an error), each answer read before the next.
+/// A RESP client on the Unix socket: most of a SET of a 1000-byte value
+/// (with argv[2] `answer`: a BLPOP of an empty list that times out in 3
+/// s), its pid printed; once it reads a line, the rest, then GET, INCR
+/// and an LPUSH on `big` (an error after the SET), each answer read
+/// before the next.
 const REDIS_CLIENT: &str = r#"
 import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1158,11 +1160,14 @@ def reply():
     got = b''
     while not got.endswith(b'\r\n'):
         got += s.recv(4096)
-big = command(b'SET', b'big', b'v' * 1000)
-s.sendall(big[:600])
+first = command(b'SET', b'big', b'v' * 1000)
+if sys.argv[2:] == ['answer']:
+    first = command(b'BLPOP', b'empty', b'3')
+s.sendall(first[:600])
 print(os.getpid(), flush=True)
 sys.stdin.readline()
-s.sendall(big[600:])
+if first[600:]:
+    s.sendall(first[600:])
 reply()
 for words in ((b'GET', b'missing'), (b'INCR', b'n'), (b'LPUSH', b'big', b'x')):
     s.sendall(command(*words))
@@ -1222,6 +1227,50 @@ fn redis_joined_mid_value_resynchronises() {
         "{text}"
     );
     assert_eq!(text.matches("joined mid-connection").count(), 1, "{text}");
+}
+
+/// redis-server and a connection opened before the trace, which starts
+/// while the server holds a BLPOP's answer: the first call seen is the
+/// server's, and the ends' names still say which is the client (the
+/// server's socket has its listener's name), so the next requests decode.
+#[test]
+fn redis_joined_at_an_answer_knows_its_client() {
+    let test = "redis_joined_at_an_answer_knows_its_client";
+    if !have_root(test) {
+        return;
+    }
+    let dir = socket_dir("decode-resync-answer");
+    let path = dir.path();
+    let Some(server) = RedisServer::start(test, path) else {
+        return;
+    };
+    let mut client = spawn_python(REDIS_CLIENT, &[path, "answer"]);
+    let client_pid = first_line(&mut client)[0];
+    let trace = decoded_exchanges(path);
+    go_on(&mut client);
+    let records = stopped(trace);
+    drop(server);
+    let ours: Vec<&Value> = exchanges(&records)
+        .into_iter()
+        .filter(|e| e["client"]["pid"] == client_pid || e["server"]["pid"] == client_pid)
+        .collect();
+    assert!(
+        ours.iter().all(|e| e["client"]["pid"] == client_pid),
+        "{records:#?}"
+    );
+    // The BLPOP's answer, its request sent before the trace: plain.
+    assert!(ours[0].get("app").is_none(), "{}", ours[0]);
+    let fields = ["request.command", "response.type"];
+    let want = [
+        json!(["GET", "bulk"]),
+        json!(["INCR", "integer"]),
+        json!(["LPUSH", "integer"]),
+    ];
+    assert_eq!(
+        decoded_as(&ours[1..], "redis", &fields),
+        want,
+        "{records:#?}"
+    );
 }
 
 /// Both ends of a connection made before it prints its pid, in one

@@ -773,6 +773,30 @@ impl Connection {
     }
 }
 
+/// The ephemeral ports Linux gives a connecting socket by default
+/// (`net.ipv4.ip_local_port_range`).
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// Whether the end whose event this is serves its connection, when the
+/// ends say so by themselves (a connection older than the trace, whose
+/// connect and accept were not seen): of a Unix connection, the end that
+/// has a name (an accepted socket has its listener's) and the other not;
+/// of a TCP connection, the end whose port is not ephemeral and the
+/// other's is.
+fn is_server(event: &Event) -> Option<bool> {
+    let peer = event.peer.as_ref();
+    if event.family == sockspy_common::AF_UNIX {
+        let peer_named = peer.is_some_and(|peer| peer.path.is_some());
+        return (event.path.is_some() != peer_named).then_some(event.path.is_some());
+    }
+    if event.protocol != sockspy_common::IPPROTO_TCP {
+        return None;
+    }
+    let local = EPHEMERAL.contains(&event.local?.port());
+    let remote = EPHEMERAL.contains(&event.remote?.port());
+    (local != remote).then_some(remote)
+}
+
 /// Errors that are not failures: retry, would block, in progress.
 fn is_failure(errno: i64) -> bool {
     !matches!(
@@ -888,13 +912,14 @@ impl Tracker {
             EventKind::Send | EventKind::Recv if event.ret > 0 => {
                 let read = event.kind == EventKind::Recv;
                 // The first to send is the client, unless a connect or an
-                // accept said; a send to a connection not yet accepted is
-                // from its client.
+                // accept said, or the ends' names or ports do; a send to a
+                // connection not yet accepted is from its client.
                 let pending = event.peer.as_ref().is_some_and(|peer| peer.pending);
-                let client =
-                    *conn
-                        .client
-                        .get_or_insert(if read && !pending { 1 - end } else { end });
+                let client = *conn.client.get_or_insert(match is_server(event) {
+                    Some(server) => usize::from(server) ^ end,
+                    None if read && !pending => 1 - end,
+                    None => end,
+                });
                 let dir = if (end == client) != read {
                     REQUEST
                 } else {
@@ -1185,7 +1210,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::{decode::RESYNC_CALLS, *};
-    use crate::output::print::tests::send_event;
+    use crate::output::print::tests::{send_event, tcp_event};
 
     /// A call moving `data` on collectd's connection to rrdcached (pid 10,
     /// sock 100; pid 20, sock 101): a send of the client's, or of the server's.
@@ -1421,6 +1446,45 @@ mod tests {
                 .iter()
                 .all(|e| e.app.is_none() && e.undecoded.is_none())
         );
+    }
+
+    /// Joined as the server sent the end of an answer: the ends' names
+    /// (the server's socket has its listener's) say who is the client, and
+    /// decoding picks up at the client's next request.
+    #[test]
+    fn a_connection_joined_at_an_answer_knows_its_client_by_name() {
+        let events = [
+            send(false, b"end of an earlier answer", 1),
+            send(true, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", 2),
+            send(false, OK, 3),
+        ];
+        let found = exchanges(&events, &[]);
+        assert!(found.iter().all(|e| e.client.pid == Some(10)), "{found:#?}");
+        let last = found.last().expect("exchanges");
+        assert_eq!(texts(last), [Some("GET /a"), Some("200 OK 0 B")]);
+        // Two unnamed ends (a socketpair's) say nothing: the first to
+        // send is the client.
+        let unnamed: Vec<Event> = events
+            .iter()
+            .cloned()
+            .map(|mut event| {
+                event.path = None;
+                event.peer.as_mut().unwrap().path = None;
+                event
+            })
+            .collect();
+        let found = exchanges(&unnamed, &[]);
+        assert_eq!(found[0].client.pid, Some(20));
+        assert!(found.iter().all(|e| e.app.is_none()));
+        // TCP: the end whose port is not ephemeral, when the other's is.
+        let mut client = tcp_event();
+        client.local = Some("127.0.0.1:41000".parse().unwrap());
+        client.remote = Some("127.0.0.1:6379".parse().unwrap());
+        assert_eq!(super::is_server(&client), Some(false));
+        (client.local, client.remote) = (client.remote, client.local);
+        assert_eq!(super::is_server(&client), Some(true));
+        client.remote = Some("127.0.0.1:5432".parse().unwrap());
+        assert_eq!(super::is_server(&client), None, "neither is ephemeral");
     }
 
     #[test]

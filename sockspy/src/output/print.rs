@@ -1034,7 +1034,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn tcp_event() -> Event {
+    pub fn tcp_event() -> Event {
         let mut event = send_event();
         event.family = sockspy_common::AF_INET6;
         event.protocol = sockspy_common::IPPROTO_TCP;

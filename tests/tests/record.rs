@@ -137,9 +137,11 @@ fn read_json(files: &[&Path]) -> Vec<Value> {
 }
 
 /// Events of `pid` without their time stamps (two tracers measure the
-/// wall clock offset apart, a microsecond may differ).
+/// wall clock offset apart, a microsecond may differ), thread by thread:
+/// the records two threads write at once on two CPUs can reach two
+/// tracers' ring buffers in either order, each thread's in its own.
 fn untimed(events: &[Value], pid: u64) -> Vec<Value> {
-    events
+    let mut mine: Vec<Value> = events
         .iter()
         .filter(|ev| ev["pid"] == pid)
         .map(|ev| {
@@ -147,7 +149,9 @@ fn untimed(events: &[Value], pid: u64) -> Vec<Value> {
             ev.as_object_mut().unwrap().remove("ts");
             ev
         })
-        .collect()
+        .collect();
+    mine.sort_by_key(|ev| ev["tid"].as_u64());
+    mine
 }
 
 #[test]

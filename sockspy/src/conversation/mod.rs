@@ -37,7 +37,7 @@ use self::{
 use crate::{
     capture::events::UnixName,
     idmap::IdMap,
-    table::resolve::{Event, Peer, at_or_wildcard, canonical},
+    table::resolve::{Event, Peer, at_or_wildcard, canonical, plainly_here},
 };
 
 /// Connections followed at once; past this the least recently active
@@ -1075,12 +1075,10 @@ impl Tracker {
             .as_ref()
             .and_then(|peer| peer.sock)
             .or_else(|| {
-                // This machine's: loopback, this end's own address, or
-                // one the resolver found a socket here at.
+                // This machine's, plainly or as the resolver found (it
+                // knows a socket here at it).
                 let remote = remote?;
-                let here = remote.ip().to_canonical().is_loopback()
-                    || event.local.is_some_and(|local| local.ip() == remote.ip())
-                    || event.unresolved;
+                let here = plainly_here(event.local, remote) || event.unresolved;
                 self.datagrams.socket_at(netns, remote, here)
             })
             .filter(|&peer| peer != sock);
@@ -1401,10 +1399,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_connection_older_than_the_trace_resynchronises_at_a_request() {
-        // Joined in the middle of a request's body, and its answer.
-        let events = [
+    /// A connection older than the trace, joined in the middle of a
+    /// request's body and its answer: then GET /a (a 404) and GET /b.
+    fn joined_mid_body() -> [Event; 6] {
+        [
             send(true, b"rest of a body", 1),
             send(false, OK, 2),
             send(true, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", 3),
@@ -1415,7 +1413,12 @@ mod tests {
             ),
             send(true, b"GET /b HTTP/1.1\r\n\r\n", 5),
             send(false, OK, 6),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_connection_older_than_the_trace_resynchronises_at_a_request() {
+        let events = joined_mid_body();
         let found = exchanges(&events, &[]);
         assert_eq!(found.len(), 3, "{found:#?}");
         assert_eq!(found[0].app, None);
@@ -1535,13 +1538,7 @@ mod tests {
 
     #[test]
     fn calls_say_where_decoding_picked_up_or_gave_up() {
-        let joined = [
-            send(true, b"rest of a body", 1),
-            send(false, OK, 2),
-            send(true, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", 3),
-            send(false, OK, 4),
-        ];
-        let said = said_on_calls(&joined, &[]);
+        let said = said_on_calls(&joined_mid_body(), &[]);
         assert_eq!(said.len(), 1, "{said:#?}");
         assert_eq!(said[0].0, 2, "the request decoding picked up at");
         assert_eq!(said[0].1.resync_offset, Some(14));

@@ -419,10 +419,20 @@ pub fn at_or_wildcard<T>(
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    at(addr).or_else(|| {
-        here.then(|| at(any(family_any)).or_else(|| at(any(IpAddr::V6(Ipv6Addr::UNSPECIFIED)))))
-            .flatten()
-    })
+    if let Some(found) = at(addr) {
+        return Some(found);
+    }
+    if !here {
+        return None;
+    }
+    at(any(family_any)).or_else(|| at(any(IpAddr::V6(Ipv6Addr::UNSPECIFIED))))
+}
+
+/// Whether `remote` is plainly an address of this machine, whose socket
+/// at `local` sends to it: loopback, or that socket's own address.
+pub fn plainly_here(local: Option<SocketAddr>, remote: SocketAddr) -> bool {
+    let remote = remote.ip().to_canonical();
+    remote.is_loopback() || local.is_some_and(|local| local.ip().to_canonical() == remote)
 }
 
 /// How much the table holds, for `--stats`: it must follow what is live
@@ -446,18 +456,22 @@ impl Resolver {
 
     pub fn new(procfs: Procfs) -> Self {
         let own_netns = procfs.netns(std::process::id()).unwrap_or(0);
-        let local_ips = procfs
-            .local_ips()
-            .into_iter()
-            .map(|ip| ip.to_canonical())
-            .collect();
-        Self {
+        let mut resolver = Self {
             procfs,
             cgroups: Cgroups::new(),
             own_netns,
-            local_ips,
             ..Self::default()
-        }
+        };
+        resolver.read_local_ips();
+        resolver
+    }
+
+    /// Adds the addresses of this network namespace's interfaces to
+    /// `local_ips` (an interface made since the last read has new ones).
+    fn read_local_ips(&mut self) {
+        let ips = self.procfs.local_ips();
+        self.local_ips
+            .extend(ips.into_iter().map(|ip| ip.to_canonical()));
     }
 
     /// Seeds the address tables with the TCP and UDP sockets that existed
@@ -545,9 +559,7 @@ impl Resolver {
                 return Some((ino, true));
             }
         }
-        let here = !across
-            || local.is_some_and(|local| canonical(local).ip() == remote.ip())
-            || self.local_ips.contains(&remote.ip());
+        let here = plainly_here(local, remote) || self.local_ips.contains(&remote.ip());
         let ino = at_or_wildcard(remote, here, |addr| {
             self.bound.find(&(protocol, addr), netns, across)
         })?;
@@ -1287,9 +1299,7 @@ impl Resolver {
             return false;
         }
         self.last_rescan = Some(now);
-        let ips = self.procfs.local_ips();
-        self.local_ips
-            .extend(ips.into_iter().map(|ip| ip.to_canonical()));
+        self.read_local_ips();
         let Ok(scan) = self.procfs.scan() else {
             return false;
         };

@@ -550,7 +550,15 @@ impl Collectd {
 }
 
 impl Drop for Collectd {
+    /// Stops collectd as its service manager would (SIGTERM), so that an
+    /// update it sent has its answer read before it exits; killed only if
+    /// it takes longer than ten seconds.
     fn drop(&mut self) {
+        signal(self.collectd.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.collectd.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.collectd.kill();
         let _ = self.collectd.wait();
         signal(self.rrdcached_pid as u32, libc::SIGTERM);

@@ -1120,15 +1120,7 @@ impl Resolver {
 
         let mut peer_ino = ev.peer_sock;
         let mut listener = None;
-        let mut pending = ev.flags & FLAG_PEER_PENDING != 0;
-        if ev.flags & FLAG_PEER_ACCEPTING != 0
-            && let Some(accepted) = self.socks.get(&ino).map(|sock| sock.peer)
-            && accepted != 0
-        {
-            // Accepted as the record was written, and the accept's record
-            // (waited for) said by which socket.
-            (peer_ino, pending) = (accepted, false);
-        }
+        let pending = ev.flags & FLAG_PEER_PENDING != 0;
         if inet {
             let tcp = ev.protocol == IPPROTO_TCP;
             if !failed {
@@ -1150,9 +1142,15 @@ impl Resolver {
             }
         } else if pending {
             // An embryo: it has no inode, and its kernel address is not
-            // the accepted socket's identity yet. Its listener is.
+            // the accepted socket's identity yet. Its listener is: the
+            // kernel's link, else the one the accept named (a record
+            // written while it was being accepted, which waited for that
+            // accept, shows as one written before it), else its name's.
+            let accepted_at = self.socks.get(&ino).map_or(0, |sock| sock.listener);
             listener = if ev.peer_listener != 0 {
                 Some(ev.peer_listener)
+            } else if accepted_at != 0 {
+                Some(accepted_at)
             } else {
                 peer_name
                     .as_ref()
@@ -1172,6 +1170,15 @@ impl Resolver {
             if kind == EventKind::Socketpair && ev.fd2 >= 0 {
                 self.hold(peer_ino, Holder { pid, fd: ev.fd2 });
             }
+            // The listener at which an accepted connection waited, for
+            // its client's records written while it was being accepted.
+            let accepted_at = match kind {
+                EventKind::Accept => self
+                    .procs
+                    .get(&pid)
+                    .and_then(|process| process.fds.get(&ev.fd2).copied()),
+                _ => None,
+            };
             if peer_ino != 0 {
                 if let Some(sock) = self.socks.get_mut(&ino)
                     && sock.peer != peer_ino
@@ -1187,6 +1194,12 @@ impl Resolver {
                     if peer.sk == 0 && ev.peer_sk != 0 {
                         peer.sk = ev.peer_sk;
                         self.sk_ino.insert(ev.peer_sk, peer_ino);
+                        self.version += 1;
+                    }
+                    if let Some(listener) = accepted_at
+                        && peer.listener == 0
+                    {
+                        peer.listener = listener;
                         self.version += 1;
                     }
                 }

@@ -24,6 +24,7 @@ pub mod turns;
 use std::{
     collections::{HashMap, hash_map::Entry},
     net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
     rc::Rc,
 };
 
@@ -773,17 +774,31 @@ impl Connection {
     }
 }
 
-/// The ephemeral ports Linux gives a connecting socket by default
-/// (`net.ipv4.ip_local_port_range`).
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+/// The ephemeral ports Linux gives a connecting socket: this machine's
+/// `net.ipv4.ip_local_port_range`, else its default.
+fn ephemeral_ports() -> RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| port_range(&text))
+        .unwrap_or(32768..=60999)
+}
+
+/// The range `ip_local_port_range` says: two ports, the lower first.
+fn port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let ends: Option<Vec<u16>> = text.split_whitespace().map(|n| n.parse().ok()).collect();
+    match ends.as_deref()? {
+        &[low, high] if low <= high => Some(low..=high),
+        _ => None,
+    }
+}
 
 /// Whether the end whose event this is serves its connection, when the
 /// ends say so by themselves (a connection older than the trace, whose
 /// connect and accept were not seen): of a Unix connection, the end that
 /// has a name (an accepted socket has its listener's) and the other not;
-/// of a TCP connection, the end whose port is not ephemeral and the
+/// of a TCP connection, the end whose port is not `ephemeral` and the
 /// other's is.
-fn is_server(event: &Event) -> Option<bool> {
+fn is_server(event: &Event, ephemeral: &RangeInclusive<u16>) -> Option<bool> {
     let peer = event.peer.as_ref();
     if event.family == sockspy_common::AF_UNIX {
         let peer_named = peer.is_some_and(|peer| peer.path.is_some());
@@ -792,8 +807,8 @@ fn is_server(event: &Event) -> Option<bool> {
     if event.protocol != sockspy_common::IPPROTO_TCP {
         return None;
     }
-    let local = EPHEMERAL.contains(&event.local?.port());
-    let remote = EPHEMERAL.contains(&event.remote?.port());
+    let local = ephemeral.contains(&event.local?.port());
+    let remote = ephemeral.contains(&event.remote?.port());
     (local != remote).then_some(remote)
 }
 
@@ -806,7 +821,7 @@ fn is_failure(errno: i64) -> bool {
 }
 
 /// Every connection of the trace.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
     wanted: Wanted,
     connections: IdMap<u64, Connection>,
@@ -820,13 +835,22 @@ pub struct Tracker {
     decoded: CallDecoding,
     /// Room for the messages a call completes, kept from call to call.
     completed: Vec<decode::Message>,
+    /// The ports a connecting TCP socket is given.
+    ephemeral: RangeInclusive<u16>,
 }
 
 impl Tracker {
     pub fn new(wanted: Wanted) -> Self {
         Self {
             wanted,
-            ..Self::default()
+            connections: IdMap::default(),
+            streams: IdMap::default(),
+            datagrams: Datagrams::default(),
+            datagram_socks: IdMap::default(),
+            next_id: 0,
+            decoded: CallDecoding::default(),
+            completed: Vec::new(),
+            ephemeral: ephemeral_ports(),
         }
     }
 
@@ -915,11 +939,13 @@ impl Tracker {
                 // accept said, or the ends' names or ports do; a send to a
                 // connection not yet accepted is from its client.
                 let pending = event.peer.as_ref().is_some_and(|peer| peer.pending);
-                let client = *conn.client.get_or_insert(match is_server(event) {
-                    Some(server) => usize::from(server) ^ end,
-                    None if read && !pending => 1 - end,
-                    None => end,
-                });
+                let client = *conn
+                    .client
+                    .get_or_insert(match is_server(event, &self.ephemeral) {
+                        Some(server) => usize::from(server) ^ end,
+                        None if read && !pending => 1 - end,
+                        None => end,
+                    });
                 let dir = if (end == client) != read {
                     REQUEST
                 } else {
@@ -1480,14 +1506,25 @@ mod tests {
         assert_eq!(found[0].client.pid, Some(20));
         assert!(found.iter().all(|e| e.app.is_none()));
         // TCP: the end whose port is not ephemeral, when the other's is.
+        const EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
         let mut client = tcp_event();
         client.local = Some("127.0.0.1:41000".parse().unwrap());
         client.remote = Some("127.0.0.1:6379".parse().unwrap());
-        assert_eq!(super::is_server(&client), Some(false));
+        assert_eq!(super::is_server(&client, &EPHEMERAL), Some(false));
         (client.local, client.remote) = (client.remote, client.local);
-        assert_eq!(super::is_server(&client), Some(true));
+        assert_eq!(super::is_server(&client, &EPHEMERAL), Some(true));
         client.remote = Some("127.0.0.1:5432".parse().unwrap());
-        assert_eq!(super::is_server(&client), None, "neither is ephemeral");
+        assert_eq!(
+            super::is_server(&client, &EPHEMERAL),
+            None,
+            "neither is ephemeral"
+        );
+        // A machine whose connecting sockets get ports from 1024 up.
+        assert_eq!(super::is_server(&client, &(1024..=65535)), None, "both are");
+        assert_eq!(super::port_range("1024\t65000\n"), Some(1024..=65000));
+        for bad in ["", "60999 32768", "1 2 3", "x 5"] {
+            assert_eq!(super::port_range(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

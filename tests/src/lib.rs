@@ -250,8 +250,16 @@ impl Trace {
                 break status;
             }
             if Instant::now() > deadline {
+                let stuck = where_stuck(self.child.id());
                 let _ = self.child.kill();
-                bail!("sockspy did not exit within {STOP_TIMEOUT:?}");
+                let stderr = self
+                    .stderr_reader
+                    .take()
+                    .and_then(|reader| reader.join().ok())
+                    .unwrap_or_default();
+                bail!(
+                    "sockspy did not exit within {STOP_TIMEOUT:?}; its stderr:\n{stderr}\n{stuck}"
+                );
             }
             thread::sleep(Duration::from_millis(50));
         };
@@ -580,6 +588,40 @@ fn wait_for_pid_file(path: &std::path::Path) -> Result<u64> {
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Where process `pid` is stuck, for a test's failure message: each
+/// thread's state and kernel stack, and its own stacks as gdb sees them.
+fn where_stuck(pid: u32) -> String {
+    let mut said = String::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    for task in tasks.into_iter().flatten().flatten() {
+        let dir = task.path();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        said.push_str(&format!(
+            "thread {}: {} wchan {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("stat").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    if have_program("gdb") {
+        let gdb = Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(gdb) = gdb {
+            said.push_str(&String::from_utf8_lossy(&gdb.stdout));
+        }
+    }
+    said
 }
 
 /// Runs `sockspy ARGS` to the end.

@@ -256,6 +256,34 @@ fn sigterm_and_sighup_stop_cleanly_with_a_summary() {
     }
 }
 
+/// A script that stops sockspy as soon as it says it is tracing (`sockspy
+/// trace ... 2>&1 | grep -m1 tracing && kill -INT ...`) still gets a clean
+/// stop and its summary: no signal finds sockspy between its word and
+/// being ready to hear one.
+#[test]
+fn a_signal_right_after_the_ready_line_stops_cleanly() {
+    if !have_root("a_signal_right_after_the_ready_line_stops_cleanly") {
+        return;
+    }
+    for (round, sig) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let trace = Trace::start(&["--unix", "--json"]).unwrap();
+        signal(trace.pid(), sig);
+        let done = trace.finish().unwrap();
+        assert!(
+            done.status.success(),
+            "round {round}: {}: {}",
+            done.status,
+            done.stderr
+        );
+        assert!(done.stderr.contains(" events, "), "{}", done.stderr);
+    }
+}
+
 #[test]
 fn closed_pipe_ends_the_trace() {
     if !have_root("closed_pipe_ends_the_trace") {

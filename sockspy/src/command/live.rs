@@ -224,6 +224,10 @@ pub fn attach(request: &Request) -> anyhow::Result<Capture> {
     {
         filter.tell_kernel(verdicts);
     }
+    // The caller says it is tracing before the capture runs, and a script
+    // may stop it the moment it does: a stop signal waits for the capture
+    // to be ready to hear it, rather than ending sockspy with no summary.
+    mask_stop_signals(libc::SIG_BLOCK);
     Ok(Capture {
         tracer,
         ring,
@@ -293,6 +297,8 @@ async fn pump(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Heard from here on; one that came since `attach` is delivered now.
+    mask_stop_signals(libc::SIG_UNBLOCK);
     let mut poll = interval(POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let every = consumer.tick_every();
@@ -354,6 +360,23 @@ async fn pump(
     tracer.flush_kernel_log();
     consumer.finish(stop);
     Ok(())
+}
+
+/// Blocks (`how` is `SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) the signals
+/// that stop a capture, SIGINT, SIGTERM and SIGHUP, for this thread: the
+/// one the event loop runs on (the others sockspy starts are scoped to a
+/// call and take its mask).
+fn mask_stop_signals(how: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before it is used,
+    // and pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
 }
 
 /// Now on the records' clock (`CLOCK_MONOTONIC`), in nanoseconds.

@@ -11,7 +11,8 @@ use crate::exec;
 /// postgresql (its server, psql and pgbench) are the integration tests'
 /// peers; tshark reads their captures; tmux is the terminal `top` runs in; setpriv and runuser (util-linux), ss (iproute2)
 /// and ps (procps) inspect them; strace, bpftool and perf are what sockspy
-/// is compared with and debugged by. QEMU and a static busybox boot the
+/// is compared with and debugged by, gdb what shows where a sockspy that
+/// would not stop in a test was. QEMU and a static busybox boot the
 /// guest kernels of `cargo xtask vm-test`; xz and zstd unpack them.
 /// podman with runc runs the container tests (crun, podman's default,
 /// refuses a hybrid cgroup hierarchy), its image built from busybox.
@@ -22,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
     "strace",
+    "gdb",
     "bpftool",
     "collectd-core",
     "rrdcached",

@@ -248,24 +248,13 @@ impl Trace {
 
     /// Waits for sockspy to exit on its own (`--count`, `--duration`).
     pub fn finish(mut self) -> Result<Finished> {
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
+        let (status, stuck) = match exited_within(&mut self.child, STOP_TIMEOUT)? {
+            Some(status) => (status, None),
+            None => {
                 let stuck = where_stuck(self.child.id());
                 let _ = self.child.kill();
-                let stderr = self
-                    .stderr_reader
-                    .take()
-                    .and_then(|reader| reader.join().ok())
-                    .unwrap_or_default();
-                bail!(
-                    "sockspy did not exit within {STOP_TIMEOUT:?}; its stderr:\n{stderr}\n{stuck}"
-                );
+                (self.child.wait()?, Some(stuck))
             }
-            thread::sleep(Duration::from_millis(50));
         };
         if let Some(reader) = self.stdout_reader.take() {
             let _ = reader.join();
@@ -275,6 +264,9 @@ impl Trace {
             .take()
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default();
+        if let Some(stuck) = stuck {
+            bail!("sockspy did not exit within {STOP_TIMEOUT:?}; its stderr:\n{stderr}\n{stuck}");
+        }
         let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
         Ok(Finished {
             status,
@@ -567,10 +559,7 @@ impl Drop for Collectd {
     /// it takes longer than ten seconds.
     fn drop(&mut self) {
         signal(self.collectd.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.collectd.try_wait(), Ok(None)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
+        let _ = exited_within(&mut self.collectd, Duration::from_secs(10));
         let _ = self.collectd.kill();
         let _ = self.collectd.wait();
         signal(self.rrdcached_pid as u32, libc::SIGTERM);
@@ -589,6 +578,20 @@ fn wait_for_pid_file(path: &std::path::Path) -> Result<u64> {
         }
         if Instant::now() > deadline {
             bail!("{} did not appear", path.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How `child` exited, if it did within `timeout`.
+fn exited_within(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
         }
         thread::sleep(Duration::from_millis(50));
     }

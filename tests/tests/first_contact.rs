@@ -231,6 +231,12 @@ fn round(scenario: &Scenario, busy: bool) -> (Vec<Value>, String, Server, BTreeS
     // Only this round's events are printed (the load's and the rest of
     // the machine's are not), so that the summary's count is this round's.
     let selection = [if scenario.unix() { "--path" } else { "--port" }, &address];
+    // The load runs only while this round traces (the trace's turn taken
+    // first, so that another test's round waiting for its turn adds none)
+    // and ends before the trace is stopped: in CI, with loads running, the
+    // kernel once took more than 60 s to detach sockspy's programs (a
+    // grace period in perf_trace_event_unreg), which no load here shows.
+    let trace = Trace::start(&[family, "--json", selection[0], selection[1]]).unwrap();
     let load = busy.then(|| {
         Load(
             Command::new(python3())
@@ -239,7 +245,6 @@ fn round(scenario: &Scenario, busy: bool) -> (Vec<Value>, String, Server, BTreeS
                 .expect("starting the load"),
         )
     });
-    let trace = Trace::start(&[family, "--json", selection[0], selection[1]]).unwrap();
     let server = start_server(scenario, &address);
     let mut clients: Vec<Child> = Vec::new();
     let spread = Duration::from_secs(2).div_f64(scenario.clients as f64);
@@ -267,8 +272,8 @@ fn round(scenario: &Scenario, busy: bool) -> (Vec<Value>, String, Server, BTreeS
             thread::sleep(Duration::from_millis(20));
         }
     }
-    let finished = trace.stop().unwrap();
     drop(load);
+    let finished = trace.stop().unwrap();
     (finished.events(), finished.stderr, server, pids)
 }
 
